@@ -1,0 +1,305 @@
+"""The workspace config, `lorabooth.toml`: schema, defaults, validation and comment-keeping writes.
+
+The schema is the dataclasses below. Each field's metadata holds its help text (written as a
+comment by `lorabooth init`) and its allowed values, so the file, the checks and the error
+messages never drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import tomlkit
+import tomlkit.exceptions
+
+from .fsutil import atomic_write_text
+
+CONFIG_NAME = "lorabooth.toml"
+
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
+MODEL_HELP = (
+    '"demo" (built-in tiny model), a local diffusers folder, or a Hugging Face repo id already'
+    " in your local cache (black-forest-labs/FLUX.1-dev, black-forest-labs/FLUX.1-schnell)"
+)
+
+
+def _opt(help: str, **rules: Any) -> Any:
+    """A schema field: its default comes from `default` or `default_factory` in rules."""
+    kwargs: dict[str, Any] = {}
+    if "default_factory" in rules:
+        kwargs["default_factory"] = rules.pop("default_factory")
+    else:
+        kwargs["default"] = rules.pop("default")
+    return field(metadata={"help": help, **rules}, **kwargs)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    resolution: list[int] = _opt(
+        "Training resolutions in px (the long-side bucket area); several train at once.",
+        default_factory=lambda: [512, 768, 1024],
+        min=64,
+        max=2048,
+        multiple_of=64,
+        min_items=1,
+    )
+    rank: int = _opt("LoRA rank: 16 suits a person; higher learns more detail and more noise.",
+                     default=16, min=1, max=256)
+    alpha: float = _opt("LoRA alpha; the update is scaled by alpha / rank.",
+                        default=16.0, min=0.01, max=1024)
+    learning_rate: float = _opt("Peak learning rate.", default=1e-4, min=1e-7, max=1e-1)
+    steps: int = _opt("Training steps in all.", default=1500, min=1, max=1_000_000)
+    batch_size: int = _opt("Images per step.", default=1, min=1, max=64)
+    optimizer: str = _opt("Optimizer: " + " | ".join(OPTIMIZERS) + ".",
+                          default="adamw", choices=OPTIMIZERS)
+    seed: int = _opt("Random seed: the same seed and data give the same LoRA.",
+                     default=42, min=0, max=2**32 - 1)
+    checkpoint_every: int = _opt("Save a resumable checkpoint every N steps.",
+                                 default=250, min=1, max=1_000_000)
+    keep_checkpoints: int = _opt("How many recent checkpoints to keep on disk.",
+                                 default=8, min=1, max=1000)
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    prompts: list[str] = _opt(
+        "Prompts rendered at every sample step; {trigger} becomes the trigger word.",
+        default_factory=lambda: [
+            "photo of {trigger}, studio portrait, soft light",
+            "{trigger} on a film poster, bold title text",
+            "candid photo of {trigger} laughing in a busy cafe",
+        ],
+        min_items=0,
+    )
+    every: int = _opt("Render samples every N steps (0 turns samples off).",
+                      default=250, min=0, max=1_000_000)
+    steps: int = _opt("Denoising steps for each sample image.", default=20, min=1, max=200)
+    seed: int = _opt("Seed of the sample images, the same at every step so they compare.",
+                     default=1234, min=0, max=2**32 - 1)
+
+
+@dataclass(frozen=True)
+class Config:
+    photos: str = _opt("Folder of your photos and their .txt captions (relative to this file).",
+                       default="photos", non_empty=True)
+    trigger: str = _opt("The word that names your subject in captions and prompts.",
+                        default="ohwx", non_empty=True, no_spaces=True)
+    model: str = _opt("Base model: " + MODEL_HELP + ".", default="black-forest-labs/FLUX.1-dev",
+                      non_empty=True)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    sample: SampleSettings = field(default_factory=SampleSettings)
+
+    def photos_dir(self, workspace: Path) -> Path:
+        return (workspace / self.photos).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+
+class ConfigError(Exception):
+    """One or more problems with a config; str() lists each on its own line."""
+
+    def __init__(self, problems: list[ConfigProblem], path: Path | None = None):
+        self.problems = problems
+        self.path = path
+        where = str(path) if path else CONFIG_NAME
+        lines = [f"{where}: {len(problems)} problem{'s' if len(problems) != 1 else ''}"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _describe_type(tp: Any) -> str:
+    if get_origin(tp) is list:
+        return f"a list of {_describe_type(get_args(tp)[0])}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    if get_origin(tp) is list:
+        return isinstance(value, list) and all(_type_ok(v, get_args(tp)[0]) for v in value)
+    if isinstance(value, bool):
+        return tp is bool
+    if tp is float:
+        return isinstance(value, int | float)
+    return isinstance(value, tp)
+
+
+def _show(value: Any) -> str:
+    return tomlkit.item(value).as_string() if value is not None else "nothing"
+
+
+def _check_rules(key: str, value: Any, tp: Any, rules: dict[str, Any]) -> list[ConfigProblem]:
+    if not _type_ok(value, tp):
+        return [ConfigProblem(key, f"{_show(value)} is not {_describe_type(tp)}"
+                              + _range_hint(rules))]
+    items = value if isinstance(value, list) else [value]
+    problems = []
+    if isinstance(value, list) and len(value) < rules.get("min_items", 0):
+        problems.append(ConfigProblem(key, f"needs at least {rules['min_items']} value(s)"))
+    for item in items:
+        what = f"{_show(item)}" + (f" (in {_show(value)})" if isinstance(value, list) else "")
+        lo, hi = rules.get("min"), rules.get("max")
+        if lo is not None and item < lo or hi is not None and item > hi:
+            problems.append(ConfigProblem(key, f"{what} is out of range; allowed: {lo} to {hi}"))
+        if (m := rules.get("multiple_of")) and isinstance(item, int) and item % m:
+            problems.append(ConfigProblem(key, f"{what} is not a multiple of {m}"))
+        if (choices := rules.get("choices")) and item not in choices:
+            problems.append(ConfigProblem(key, f"{what} is not one of: {', '.join(choices)}"))
+        if rules.get("non_empty") and isinstance(item, str) and not item.strip():
+            problems.append(ConfigProblem(key, "must not be empty"))
+        if rules.get("no_spaces") and isinstance(item, str) and any(c.isspace() for c in item):
+            problems.append(ConfigProblem(key, f"{what} must be one word, without spaces"))
+    return problems
+
+
+def _range_hint(rules: dict[str, Any]) -> str:
+    if "choices" in rules:
+        return f"; allowed: {', '.join(rules['choices'])}"
+    if "min" in rules and "max" in rules:
+        return f"; allowed: {rules['min']} to {rules['max']}"
+    return ""
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[ConfigProblem]) -> Any:
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            full = prefix + key
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            known = ", ".join(prefix + k for k in fields)
+            problems.append(ConfigProblem(full, f"unknown key{hint} (known here: {known})"))
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        tp, value, full = hints[name], data[name], prefix + name
+        if dataclasses.is_dataclass(tp):
+            if isinstance(value, dict):
+                values[name] = _build(tp, value, full + ".", problems)
+            else:
+                problems.append(ConfigProblem(full, f"must be a table [{full}], not {_show(value)}"))
+            continue
+        found = _check_rules(full, value, tp, dict(f.metadata))
+        problems.extend(found)
+        if not found:
+            values[name] = float(value) if tp is float else value
+    return cls(**values)
+
+
+def parse_config(text: str, path: Path | None = None) -> Config:
+    """Parse and validate config text; raise ConfigError listing every problem."""
+    try:
+        data = tomlkit.parse(text).unwrap()
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError([ConfigProblem("", f"not valid TOML: {exc}")], path) from None
+    problems: list[ConfigProblem] = []
+    config = _build(Config, data, "", problems)
+    if problems:
+        raise ConfigError(problems, path)
+    return config
+
+
+def load_config(workspace: Path, *, check_photos: bool = True) -> Config:
+    """Read `lorabooth.toml` from a workspace folder.
+
+    With `check_photos`, a photos folder that does not exist is reported like any other
+    problem, so one run of a command shows everything to fix.
+    """
+    path = workspace / CONFIG_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem("", f"no {CONFIG_NAME} here; create one with "
+                                             f"`lorabooth init {workspace} --photos DIR`")],
+                          path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigProblem("", f"not UTF-8 text ({exc.reason} at byte "
+                                             f"{exc.start})")], path) from None
+    config = parse_config(text, path)
+    if check_photos:
+        photos = config.photos_dir(workspace)
+        if not photos.is_dir():
+            raise ConfigError([ConfigProblem(
+                "photos", f"{_show(config.photos)}: folder {photos} does not exist; point "
+                          "photos at the folder that holds your pictures")], path)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def _schema_value(cls: type, dotted: str) -> tuple[Any, dict[str, Any]]:
+    """The type and rules of a dotted key such as `train.rank`."""
+    head, _, rest = dotted.partition(".")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if head not in fields:
+        raise ConfigError([ConfigProblem(dotted, "unknown key")])
+    tp = get_type_hints(cls)[head]
+    if rest:
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError([ConfigProblem(dotted, "unknown key")])
+        return _schema_value(tp, rest)
+    return tp, dict(fields[head].metadata)
+
+
+def set_config_value(workspace: Path, dotted: str, value: Any) -> Config:
+    """Change one key in `lorabooth.toml`, keeping the user's comments and order."""
+    path = workspace / CONFIG_NAME
+    tp, rules = _schema_value(Config, dotted)
+    problems = _check_rules(dotted, value, tp, rules)
+    if problems:
+        raise ConfigError(problems, path)
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    table: Any = doc
+    *parents, last = dotted.split(".")
+    for part in parents:
+        if part not in table:
+            table[part] = tomlkit.table()
+        table = table[part]
+    table[last] = value
+    text = tomlkit.dumps(doc)
+    config = parse_config(text, path)
+    atomic_write_text(path, text)
+    return config
+
+
+def render_config(photos: str, model: str, trigger: str) -> str:
+    """A complete, commented `lorabooth.toml` with every key at its default."""
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("lorabooth workspace config. Every key is optional; shown here with"))
+    doc.add(tomlkit.comment("its default. `lorabooth check` and the UI read this file."))
+    doc.add(tomlkit.nl())
+    overrides = {"photos": photos, "model": model, "trigger": trigger}
+    _render_into(doc, Config, Config(**overrides))
+    return tomlkit.dumps(doc)
+
+
+def _render_into(container: Any, cls: type, instance: Any) -> None:
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            table = tomlkit.table()
+            _render_into(table, hints[f.name], value)
+            container.add(tomlkit.nl())
+            container.add(f.name, table)
+            continue
+        container.add(tomlkit.comment(f.metadata["help"]))
+        container.add(f.name, value)
