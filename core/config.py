@@ -153,7 +153,7 @@ def _check_rules(key: str, value: Any, tp: Any, rules: dict[str, Any]) -> list[C
     for item in items:
         what = f"{_show(item)}" + (f" (in {_show(value)})" if isinstance(value, list) else "")
         lo, hi = rules.get("min"), rules.get("max")
-        if lo is not None and item < lo or hi is not None and item > hi:
+        if (lo is not None and item < lo) or (hi is not None and item > hi):
             problems.append(ConfigProblem(key, f"{what} is out of range; allowed: {lo} to {hi}"))
         if (m := rules.get("multiple_of")) and isinstance(item, int) and item % m:
             problems.append(ConfigProblem(key, f"{what} is not a multiple of {m}"))
@@ -193,7 +193,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[ConfigPr
             if isinstance(value, dict):
                 values[name] = _build(tp, value, full + ".", problems)
             else:
-                problems.append(ConfigProblem(full, f"must be a table [{full}], not {_show(value)}"))
+                problems.append(ConfigProblem(full,
+                                              f"must be a table [{full}], not {_show(value)}"))
             continue
         found = _check_rules(full, value, tp, dict(f.metadata))
         problems.extend(found)

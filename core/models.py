@@ -76,11 +76,13 @@ def resolve_model(spec: str, *, build_demo: bool = True) -> ModelSource:
     if spec == DEMO:
         path = ensure_demo_model() if build_demo else demo_model_path()
         return ModelSource(spec, path, is_demo=True)
-    repo_id = KNOWN_REPOS.get(spec.lower(), spec)
+    if spec.lower() in KNOWN_REPOS:
+        return ModelSource(spec, _find_in_hf_cache(KNOWN_REPOS[spec.lower()]))
     local = Path(spec).expanduser()
+    # "org/name" that is not a folder here is a Hugging Face repo id; anything else a path.
     if local.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         return ModelSource(spec, _check_folder(local.resolve()))
-    return ModelSource(spec, _find_in_hf_cache(repo_id))
+    return ModelSource(spec, _find_in_hf_cache(spec))
 
 
 def _check_folder(path: Path) -> Path:

@@ -7,7 +7,6 @@ made again byte for byte: `python sample_photos/make_photos.py`.
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 
@@ -62,11 +61,12 @@ COLOURS = {
 
 
 def vertical_gradient(size: tuple[int, int], top: tuple, bottom: tuple) -> Image.Image:
-    w, h = size
+    h = size[1]
     column = Image.new("RGB", (1, h))
     for y in range(h):
         t = y / max(1, h - 1)
-        column.putpixel((0, y), tuple(int(a + (b - a) * t) for a, b in zip(top, bottom)))
+        rgb = tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True))
+        column.putpixel((0, y), rgb)
     return column.resize(size)
 
 
@@ -206,7 +206,7 @@ def add_grain(img: Image.Image, rng: random.Random) -> Image.Image:
 
 
 def make_photo(index: int, shot: tuple) -> tuple[Image.Image, str]:
-    stem, outfit, bg, light, size, angle, mirror = shot
+    _stem, outfit, bg, light, size, angle, mirror = shot
     rng = random.Random(1000 + index)
     big = (size[0] * SCALE, size[1] * SCALE)
     img = background(bg, big, rng)

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_PHOTOS = REPO / "sample_photos"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lorabooth_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keep the demo model (and anything else cached) out of the user's home during tests;
+    built once per session and shared by every test and subprocess."""
+    cache = Path(os.environ.get("LORABOOTH_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
+    os.environ["LORABOOTH_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def demo_model(lorabooth_cache: Path) -> Path:
+    from lorabooth.core.models import ensure_demo_model
+
+    return ensure_demo_model()
+
+
+@pytest.fixture(scope="session")
+def demo_pipe(demo_model: Path):
+    from lorabooth.core.models import load_pipeline, resolve_model
+
+    return load_pipeline(resolve_model("demo"), device="cpu")
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """A copy of the sample photos that a test may change."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for source in SAMPLE_PHOTOS.iterdir():
+        if source.suffix in (".jpg", ".txt"):
+            shutil.copy2(source, folder / source.name)
+    return folder
+
+
+def run_cli(*args: str, cwd: Path | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    """The real `lorabooth` command in a subprocess, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "lorabooth.core.cli", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=timeout,
+        env={**os.environ, "COLUMNS": "120"},
+    )

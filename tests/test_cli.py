@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import run_cli
+
+from lorabooth.core import __version__
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"lorabooth {__version__}"
+
+
+def test_init_writes_a_commented_config_and_state_folder(tmp_path: Path, photos: Path):
+    ws = tmp_path / "ws"
+    result = run_cli("init", str(ws), "--photos", str(photos), "--model", "demo",
+                     "--trigger", "zorb")
+    assert result.returncode == 0, result.stderr
+    text = (ws / "lorabooth.toml").read_text()
+    assert "# LoRA rank" in text
+    assert 'trigger = "zorb"' in text and 'model = "demo"' in text
+    assert (ws / ".lorabooth" / "checkpoints").is_dir()
+    again = run_cli("init", str(ws), "--photos", str(photos))
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
+    assert (ws / "lorabooth.toml").read_text() == text
+
+
+def test_init_with_bad_trigger_is_a_usage_error(tmp_path: Path, photos: Path):
+    result = run_cli("init", str(tmp_path / "ws"), "--photos", str(photos), "--trigger", "a b")
+    assert result.returncode == 2
+    assert 'trigger: "a b" must be one word' in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "ws" / "lorabooth.toml").exists()
+
+
+def test_opening_a_folder_that_is_no_workspace(tmp_path: Path):
+    result = run_cli(str(tmp_path))
+    assert result.returncode == 2
+    assert "lorabooth init" in result.stderr and "lorabooth demo" in result.stderr
+
+
+def test_broken_config_exits_2_with_every_problem(tmp_path: Path):
+    (tmp_path / "lorabooth.toml").write_text('[train]\nrank = "x"\nsteps = -1\n')
+    result = run_cli(str(tmp_path))
+    assert result.returncode == 2
+    assert "2 problems" in result.stderr
+    assert "train.rank" in result.stderr and "train.steps" in result.stderr
+
+
+def test_doctor_reports_on_a_cpu_machine():
+    result = run_cli("doctor")
+    assert result.returncode == 0, result.stderr
+    for needle in ("python", "torch", "CUDA", "diffusers", "peft", "demo",
+                   "black-forest-labs/FLUX.1-dev", "colours", "images"):
+        assert needle in result.stdout
+
+
+def test_doctor_json():
+    result = run_cli("doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert checks["python"]["status"] == "ok"
+    assert checks["torch"]["status"] == "ok"
+
+
+def test_demo_without_ui_makes_a_workspace(tmp_path: Path):
+    result = run_cli("demo", str(tmp_path / "demo"), "--no-ui")
+    assert result.returncode == 0, result.stderr
+    photos = sorted((tmp_path / "demo" / "photos").glob("*.jpg"))
+    assert len(photos) >= 12
+    text = (tmp_path / "demo" / "lorabooth.toml").read_text()
+    assert 'model = "demo"' in text and "resolution = [256]" in text

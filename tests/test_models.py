@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lorabooth.core.models import ModelNotFound, resolve_model
+
+
+def test_demo_model_is_an_ordinary_diffusers_folder(demo_model: Path):
+    index = json.loads((demo_model / "model_index.json").read_text())
+    assert index["_class_name"] == "FluxPipeline"
+    assert index["transformer"] == ["diffusers", "FluxTransformer2DModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
+    assert index["text_encoder_2"] == ["transformers", "T5EncoderModel"]
+    # transformers 5 saves PreTrainedTokenizerFast under its new name, TokenizersBackend.
+    assert index["tokenizer_2"][1] in ("PreTrainedTokenizerFast", "TokenizersBackend")
+    assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
+    assert list((demo_model / "transformer").glob("*.safetensors"))
+
+
+def test_demo_loads_through_from_pretrained(demo_model: Path):
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(demo_model)
+    assert pipe.vae.config.latent_channels == 16
+    assert pipe.transformer.config.in_channels == 64
+    assert pipe.transformer.config.guidance_embeds
+
+
+def test_demo_generates_a_deterministic_image(demo_pipe):
+    def render(seed: int) -> np.ndarray:
+        image = demo_pipe("photo of zorb, studio portrait", height=64, width=64,
+                          num_inference_steps=4, max_sequence_length=32,
+                          generator=torch.Generator().manual_seed(seed)).images[0]
+        assert image.size == (64, 64)
+        return np.asarray(image)
+
+    first, again, other = render(1), render(1), render(2)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert first.std() > 1  # an image, not a flat fill
+
+
+def test_tokenizers_encode_any_text(demo_pipe):
+    ids = demo_pipe.tokenizer_2("zorb 🐙 «ünïcode» [bold]\x1b[31m").input_ids
+    assert ids[-1] == demo_pipe.tokenizer_2.eos_token_id
+    assert demo_pipe.tokenizer_2.unk_token_id not in ids
+
+
+def test_missing_repo_says_where_it_looked_and_how_to_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelNotFound) as info:
+        resolve_model("black-forest-labs/FLUX.1-dev")
+    text = str(info.value)
+    assert str(tmp_path) in text
+    assert "hf download black-forest-labs/FLUX.1-dev" in text
+    assert 'model = "demo"' in text
+
+
+def test_found_in_local_hf_cache(tmp_path, monkeypatch, demo_model: Path):
+    import shutil
+
+    import huggingface_hub.constants as constants
+
+    snapshot = tmp_path / "models--black-forest-labs--FLUX.1-schnell" / "snapshots" / "abc123"
+    shutil.copytree(demo_model, snapshot)
+    refs = tmp_path / "models--black-forest-labs--FLUX.1-schnell" / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    source = resolve_model("flux-schnell")
+    assert source.path == snapshot
+    assert not source.is_demo
+
+
+def test_incomplete_folder_lists_what_is_missing(tmp_path: Path):
+    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "transformer").mkdir()
+    with pytest.raises(ModelNotFound, match="missing vae, text_encoder"):
+        resolve_model(str(tmp_path))
