@@ -127,6 +127,13 @@ def _open_ui(root: Path) -> int:
     return run_app(root)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from .checkview import run_check
+
+    return run_check(Path(args.photos), as_json=args.json, recursive=args.recursive,
+                     resolution=args.resolution, trigger=args.trigger)
+
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -152,6 +159,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("dir", nargs="?", default="lorabooth-demo", metavar="DIR")
     p.add_argument("--no-ui", action="store_true", help="create the workspace and exit")
     handlers["demo"] = cmd_demo
+
+    p = sub.add_parser("check", help="validate a photo folder and report what it is short of")
+    p.add_argument("photos", metavar="PHOTOS_DIR")
+    p.add_argument("--json", action="store_true", help="one JSON record per file")
+    p.add_argument("--recursive", action="store_true", help="include sub-folders")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="smallest training resolution (default: the workspace's, else 512)")
+    p.add_argument("--trigger", default=None, help="trigger word (default: the workspace's)")
+    handlers["check"] = cmd_check
 
     p = sub.add_parser("doctor", help="GPU, versions, model weights, terminal support")
     p.add_argument("--json", action="store_true", help="machine-readable output")

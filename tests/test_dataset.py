@@ -1,0 +1,286 @@
+"""Every kind of file a phone folder holds, each with the status and reason a person reads."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+from lorabooth.core.dataset import (
+    Bucket,
+    ScanOptions,
+    bucket_sizes,
+    crop_to_bucket,
+    effective_caption,
+    list_photos,
+    nearest_bucket,
+    open_image,
+    read_caption,
+    scan_folder,
+    write_caption,
+)
+from lorabooth.core.report import build_report
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_photos"
+OPTIONS = ScanOptions(resolution=512, trigger="zorb")
+
+
+def sample(name: str = "01_studio.jpg") -> Image.Image:
+    return Image.open(SAMPLES / name).convert("RGB")
+
+
+def upright_marker() -> Image.Image:
+    """A 600x800 portrait photo, red at the top, blue at the bottom."""
+    img = sample("03_forest_beanie.jpg").resize((600, 800))
+    ImageDraw.Draw(img).rectangle([0, 0, 600, 100], fill=(255, 0, 0))
+    ImageDraw.Draw(img).rectangle([0, 700, 600, 800], fill=(0, 0, 255))
+    return img
+
+
+def png_bomb() -> bytes:
+    """A tiny PNG whose header claims 40000x40000 pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", 40000, 40000, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 5001)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("zoo")
+    base = sample()
+    base.save(folder / "ok.jpg", quality=90)
+    (folder / "ok.txt").write_text("photo of zorb in a studio\n")
+    shutil.copy(folder / "ok.jpg", folder / "ok_copy.jpg")
+    sample().resize((700, 700)).save(folder / "ok_resaved.jpg", quality=60)
+    # EXIF orientation 6: the pixels are stored rotated; viewers turn them upright.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright_marker().rotate(90, expand=True).save(folder / "rotated.jpg", exif=exif)
+    rgba = sample("02_beach_scarf.jpg").convert("RGBA")
+    rgba.putalpha(Image.new("L", rgba.size, 0).point(lambda _: 0))
+    ImageDraw.Draw(rgba).ellipse([200, 100, 600, 500], fill=(200, 30, 30, 255))
+    rgba.save(folder / "alpha.png")
+    sample("04_city_glasses.jpg").convert("P", palette=Image.Palette.ADAPTIVE).save(
+        folder / "palette.png")
+    sample("06_room_bowtie.jpg").convert("L").save(folder / "gray.png")
+    gray16 = (np.asarray(sample("07_park.jpg").convert("L"), dtype=np.uint16) * 257)
+    Image.fromarray(gray16).save(folder / "sixteen.png")
+    sample("08_pastel_scarf.jpg").convert("CMYK").save(folder / "cmyk.jpg")
+    sample("10_beach_glasses.jpg").save(folder / "scan.tiff")
+    sample("11_city_headphones.jpg").save(folder / "old.bmp")
+    sample("12_forest.jpg").save(folder / "web.webp")
+    frames = [sample("13_room_scarf.jpg"), sample("14_night_beanie.jpg")]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+    data = (folder / "ok.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "notes.jpg").write_text("this is not a picture")
+    (folder / "empty.png").write_bytes(b"")
+    sample().resize((180, 240)).save(folder / "tiny.jpg")
+    sample().resize((2000, 400)).save(folder / "banner.jpg")
+    (folder / "bomb.png").write_bytes(png_bomb())
+    sample("15_park_bowtie.jpg").filter(ImageFilter.GaussianBlur(14)).save(folder / "blurry.jpg")
+    ImageEnhance.Brightness(sample("16_pastel.jpg")).enhance(0.08).save(folder / "dark.jpg")
+    ImageEnhance.Brightness(sample("01_studio.jpg")).enhance(2.5).save(folder / "blown.jpg")
+    (folder / "iphone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64)
+    sample("05_night_headphones.jpg").save(folder / "latin1.jpg")
+    (folder / "latin1.txt").write_bytes("photo de zorb, très café".encode("latin-1"))
+    odd = "my photo [bold]1[red] ünï \x1b[31m.jpg"
+    sample("12_forest.jpg").transpose(Image.FLIP_LEFT_RIGHT).save(folder / odd)
+    for ignored in (".hidden.jpg", "incoming.jpg.part", "dl.jpg.crdownload", "x.tmp",
+                    "backup.jpg~"):
+        shutil.copy(folder / "ok.jpg", folder / ignored)
+    (folder / ".lorabooth").mkdir()
+    shutil.copy(folder / "ok.jpg", folder / ".lorabooth" / "cached.jpg")
+    (folder / "README.md").write_text("not a photo, not an error")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def records(zoo: Path, tmp_path_factory: pytest.TempPathFactory):
+    scan = scan_folder(zoo, OPTIONS, tmp_path_factory.mktemp("cache"))
+    return {r.path: r for r in scan.records}, scan
+
+
+def status(records, name: str) -> tuple[str, str]:
+    record = records[0][name]
+    return record.status, " | ".join(record.reasons)
+
+
+def test_ignored_files_are_not_reported(records):
+    names = set(records[0])
+    for ignored in (".hidden.jpg", "incoming.jpg.part", "dl.jpg.crdownload", "x.tmp",
+                    "backup.jpg~", ".lorabooth/cached.jpg", "README.md", "ok.txt"):
+        assert ignored not in names
+
+
+@pytest.mark.parametrize("name", ["ok.jpg", "alpha.png", "palette.png", "gray.png",
+                                  "sixteen.png", "cmyk.jpg", "scan.tiff", "old.bmp", "web.webp",
+                                  "anim.gif", "rotated.jpg",
+                                  "my photo [bold]1[red] ünï \x1b[31m.jpg"])
+def test_readable_formats_are_ok(records, name: str):
+    assert status(records, name) == ("ok", "")
+
+
+@pytest.mark.parametrize(("name", "expected", "reason"), [
+    ("truncated.jpg", "skipped", "truncated or damaged file"),
+    ("notes.jpg", "skipped", "not an image"),
+    ("empty.png", "skipped", "empty file (0 bytes)"),
+    ("tiny.jpg", "skipped", "too small: short side 180 px < 512"),
+    ("banner.jpg", "skipped", "extreme aspect ratio 5.0:1"),
+    ("bomb.png", "skipped", "decompression bomb"),
+    ("ok_copy.jpg", "skipped", "exact duplicate of ok.jpg"),
+    ("ok_resaved.jpg", "warn", "near-duplicate of ok.jpg"),
+    ("blurry.jpg", "warn", "very blurry"),
+    ("dark.jpg", "warn", "very dark"),
+    ("blown.jpg", "warn", "over-exposed"),
+    ("iphone.heic", "skipped", "pip install 'lorabooth[heic]'"),
+    ("latin1.jpg", "warn", "caption latin1.txt is not UTF-8"),
+])
+def test_problem_files_get_a_status_and_a_readable_reason(records, name, expected, reason):
+    got_status, got_reason = status(records, name)
+    assert got_status == expected
+    assert reason in got_reason
+
+
+def test_exif_rotated_photo_comes_out_upright(zoo: Path, records):
+    record = records[0]["rotated.jpg"]
+    assert (record.width, record.height) == (600, 800)
+    img = open_image((zoo / "rotated.jpg").read_bytes())
+    assert img.size == (600, 800)
+    top, bottom = np.asarray(img)[20, 300], np.asarray(img)[780, 300]
+    assert top[0] > 200 and top[2] < 60  # red stays on top
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_alpha_is_composited_on_neutral_grey(zoo: Path):
+    img = open_image((zoo / "alpha.png").read_bytes())
+    assert img.mode == "RGB"
+    assert tuple(np.asarray(img)[5, 5]) == (128, 128, 128)
+
+
+def test_sixteen_bit_and_cmyk_convert_to_rgb(zoo: Path):
+    for name in ("sixteen.png", "cmyk.jpg"):
+        img = open_image((zoo / name).read_bytes())
+        assert img.mode == "RGB"
+        assert 30 < np.asarray(img).mean() < 230
+
+
+def test_captions_sidecar_template_and_trigger(zoo: Path, records):
+    by_path = records[0]
+    assert by_path["ok.jpg"].caption == "photo of zorb in a studio"
+    assert by_path["ok.jpg"].caption_source == "sidecar"
+    assert by_path["gray.png"].caption == "photo of zorb"
+    assert by_path["gray.png"].caption_source == "template"
+    assert effective_caption("a plush toy on a beach", OPTIONS) == "zorb, a plush toy on a beach"
+    assert effective_caption("[trigger] at night", OPTIONS) == "zorb at night"
+
+
+def test_check_json_reports_every_file(zoo: Path):
+    from conftest import run_cli
+
+    result = run_cli("check", str(zoo), "--json", "--trigger", "zorb")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    rows = json.loads(result.stdout)
+    assert {"path", "status", "reasons", "width", "height", "caption"} <= set(rows[0])
+    assert len(rows) == len(list_photos(zoo))
+
+
+def test_check_exit_code_2_when_nothing_is_usable(tmp_path: Path):
+    from conftest import run_cli
+
+    (tmp_path / "a.jpg").write_text("nope")
+    result = run_cli("check", str(tmp_path))
+    assert result.returncode == 2
+    assert "not an image" in result.stdout
+
+
+def test_check_shows_names_as_typed(zoo: Path):
+    from conftest import run_cli
+
+    result = run_cli("check", str(zoo))
+    assert "my photo [bold]1[red] ünï ␛[31m.jpg" in result.stdout
+    assert "\x1b[31m.jpg" not in result.stdout
+
+
+def test_edited_caption_keeps_encoding_and_line_endings(tmp_path: Path):
+    photo = tmp_path / "p.jpg"
+    (tmp_path / "p.txt").write_bytes(b"\xef\xbb\xbfold caption\r\nsecond line\r\n")
+    write_caption(photo, "new caption, ünï\nline two")
+    assert (tmp_path / "p.txt").read_bytes() == \
+        b"\xef\xbb\xbfnew caption, \xc3\xbcn\xc3\xaf\r\nline two\r\n"
+    assert read_caption(photo).text == "new caption, ünï line two"
+    fresh = tmp_path / "q.jpg"
+    write_caption(fresh, "zorb on a bike")
+    assert (tmp_path / "q.txt").read_bytes() == b"zorb on a bike\n"
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left nothing behind
+
+
+def test_buckets_are_multiples_of_64_around_the_area():
+    for resolution in (512, 768, 1024):
+        buckets = bucket_sizes(resolution)
+        assert Bucket(resolution, resolution) in buckets
+        for b in buckets:
+            assert b.width % 64 == 0 and b.height % 64 == 0
+            assert 0.75 * resolution**2 <= b.width * b.height <= resolution**2
+    portrait = nearest_bucket(3000, 4000, bucket_sizes(1024))
+    assert portrait.height > portrait.width
+    assert abs(portrait.ratio - 0.75) < 0.1
+    img = crop_to_bucket(sample("02_beach_scarf.jpg"), portrait)
+    assert img.size == (portrait.width, portrait.height)
+
+
+def test_report_says_what_the_set_is_short_of(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    for i in range(14):
+        backdrop = (200, 200, 205) if i < 11 else tuple(int(v) for v in rng.integers(0, 255, 3))
+        img = Image.new("RGB", (640, 800), backdrop)
+        draw = ImageDraw.Draw(img)
+        x, y = int(rng.integers(150, 350)), int(rng.integers(200, 400))
+        draw.ellipse([x, y, x + 200, y + 260], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        draw.rectangle([x + 40, y + 60, x + 80 + i * 5, y + 90], fill=(20, 20, 20))
+        img.save(tmp_path / f"p{i:02}.jpg")
+    scan = scan_folder(tmp_path, OPTIONS)
+    report = build_report(scan, OPTIONS)
+    assert ("11 of 14 photos have the same background: the LoRA will learn it; add variety or "
+            "describe it in the captions.") in report.advice
+    assert report.orientation["portrait"] == 14
+    assert any("All photos are portrait" in a for a in report.advice)
+    assert any("14 photos have no caption file" in a for a in report.advice)
+
+
+def test_sample_photos_pass_cleanly():
+    scan = scan_folder(SAMPLES, ScanOptions(resolution=512, trigger="zorb"))
+    assert len(scan.records) == 16
+    assert all(r.status == "ok" for r in scan.records), [
+        (r.path, r.reasons) for r in scan.records if r.status != "ok"]
+    assert build_report(scan, OPTIONS).advice == []
+
+
+def test_warm_rescan_reuses_the_cache(zoo: Path, tmp_path: Path, monkeypatch):
+    import lorabooth.core.dataset as dataset
+
+    first = scan_folder(zoo, OPTIONS, tmp_path)
+    thumbs = list((tmp_path / "thumbs").glob("*.jpg"))
+    assert len(thumbs) >= 15
+    calls = []
+    real = dataset.measure
+    monkeypatch.setattr(dataset, "measure", lambda *a: calls.append(a) or real(*a))
+    second = scan_folder(zoo, OPTIONS, tmp_path)
+    assert calls == []
+    assert [r.public() for r in first.records] == [r.public() for r in second.records]
+    buffer = io.BytesIO()
+    sample().save(buffer, "JPEG", quality=70)
+    (zoo / "ok_resaved.jpg").write_bytes(buffer.getvalue())  # changed: measured again
+    scan_folder(zoo, OPTIONS, tmp_path)
+    assert [Path(c[0]).name for c in calls] == ["ok_resaved.jpg"]
