@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, timed  # noqa: E402
+from _common import report, timed
 
-from lorabooth.core.dataset import ScanOptions, list_photos, scan_folder  # noqa: E402
+from lorabooth.core.dataset import ScanOptions, list_photos, scan_folder
 
 
 def make_photos(folder: Path, count: int, size: tuple[int, int]) -> None:
