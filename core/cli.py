@@ -134,6 +134,12 @@ def cmd_check(args: argparse.Namespace) -> int:
                      resolution=args.resolution, trigger=args.trigger)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .traincli import run_train
+
+    return run_train(Path(args.workspace), steps=args.steps, resume=args.resume)
+
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -168,6 +174,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
                    help="smallest training resolution (default: the workspace's, else 512)")
     p.add_argument("--trigger", default=None, help="trigger word (default: the workspace's)")
     handlers["check"] = cmd_check
+
+    p = sub.add_parser("train", help="train the workspace's LoRA in the foreground")
+    p.add_argument("workspace", metavar="WORKSPACE")
+    p.add_argument("--steps", type=int, default=None, help="steps in all (default: config)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    handlers["train"] = cmd_train
 
     p = sub.add_parser("doctor", help="GPU, versions, model weights, terminal support")
     p.add_argument("--json", action="store_true", help="machine-readable output")

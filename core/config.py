@@ -21,6 +21,9 @@ from .fsutil import atomic_write_text
 CONFIG_NAME = "lorabooth.toml"
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
+TIMESTEP_SAMPLING = ("sigmoid", "shift", "uniform", "logit_normal")
+LR_SCHEDULES = ("constant", "cosine")
+TARGETS = ("attention", "all-linear")
 MODEL_HELP = (
     '"demo" (built-in tiny model), a local diffusers folder, or a Hugging Face repo id already'
     " in your local cache (black-forest-labs/FLUX.1-dev, black-forest-labs/FLUX.1-schnell)"
@@ -58,6 +61,24 @@ class TrainSettings:
                           default="adamw", choices=OPTIMIZERS)
     seed: int = _opt("Random seed: the same seed and data give the same LoRA.",
                      default=42, min=0, max=2**32 - 1)
+    timestep_sampling: str = _opt("How training noise levels are drawn: "
+                                  + " | ".join(TIMESTEP_SAMPLING) + ".",
+                                  default="sigmoid", choices=TIMESTEP_SAMPLING)
+    lr_schedule: str = _opt("Learning-rate schedule after warm-up: " + " | ".join(LR_SCHEDULES)
+                            + ".", default="constant", choices=LR_SCHEDULES)
+    warmup_steps: int = _opt("Steps of linear learning-rate warm-up.", default=0, min=0,
+                             max=100_000)
+    grad_accum: int = _opt("Gradient accumulation: batches per optimizer step.", default=1,
+                           min=1, max=256)
+    max_grad_norm: float = _opt("Clip gradients to this norm (0 turns clipping off).",
+                                default=1.0, min=0, max=1000)
+    caption_dropout: float = _opt("Share of steps trained with an empty caption.",
+                                  default=0.0, min=0, max=1)
+    targets: str = _opt("LoRA layers: attention (projections) | all-linear.",
+                        default="attention", choices=TARGETS)
+    dropout: float = _opt("LoRA dropout.", default=0.0, min=0, max=0.9)
+    guidance: float = _opt("Guidance value fed to Flux-dev while training (1.0 recommended).",
+                           default=1.0, min=0, max=20)
     checkpoint_every: int = _opt("Save a resumable checkpoint every N steps.",
                                  default=250, min=1, max=1_000_000)
     keep_checkpoints: int = _opt("How many recent checkpoints to keep on disk.",

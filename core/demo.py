@@ -12,9 +12,11 @@ from .config import set_config_value
 from .models import DEMO, ensure_demo_model
 from .workspace import Workspace, init_workspace
 
-# The tiny model learns at 256 px on a CPU; the real defaults (512-1024 px) would be slow.
+# The tiny model learns at 256 px on a CPU; the real defaults (512-1024 px) would be slow. Its
+# weights are random, not pretrained, so it needs a larger learning rate to visibly learn.
 DEMO_SETTINGS = {
     "train.resolution": [256],
+    "train.learning_rate": 1e-3,
     "train.steps": 300,
     "train.checkpoint_every": 50,
     "sample.every": 100,

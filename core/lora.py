@@ -1,0 +1,97 @@
+"""LoRA adapters on the Flux transformer through peft, and the files they are saved as.
+
+Saved files use the diffusers layout (`transformer.<module>.lora_A.weight`) that
+`FluxPipeline.load_lora_weights`, ai-toolkit, SimpleTuner and ComfyUI read, with the adapter
+config in the safetensors header (diffusers' `lora_adapter_metadata`) so alpha survives, and
+lorabooth's own facts (base model, trigger, rank, steps) beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+ADAPTER = "lorabooth"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+ATTENTION_TARGETS = ["to_k", "to_q", "to_v", "to_out.0",
+                     "add_k_proj", "add_q_proj", "add_v_proj", "to_add_out"]
+
+
+def target_modules(transformer: torch.nn.Module, targets: str) -> list[str]:
+    """Module names for `targets`: the attention projections, or every Linear in the blocks."""
+    if targets == "attention":
+        return list(ATTENTION_TARGETS)
+    return sorted(name for name, module in transformer.named_modules()
+                  if isinstance(module, torch.nn.Linear)
+                  and name.startswith(("transformer_blocks.", "single_transformer_blocks.")))
+
+
+def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, targets: str,
+             dropout: float = 0.0) -> dict:
+    """Inject a trainable LoRA; the base weights are frozen. Returns the adapter config."""
+    from peft import LoraConfig
+
+    transformer.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                        init_lora_weights="gaussian",
+                        target_modules=target_modules(transformer, targets))
+    transformer.add_adapter(config, adapter_name=ADAPTER)
+    # LoRA weights train in float32 even when the base is bf16 (as diffusers' examples do).
+    for param in transformer.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    return adapter_metadata(config)
+
+
+def adapter_metadata(config) -> dict:
+    data = config.to_dict()
+    keep = ("r", "lora_alpha", "lora_dropout", "target_modules", "init_lora_weights",
+            "use_dora", "use_rslora", "bias", "rank_pattern", "alpha_pattern")
+    data = {k: data[k] for k in keep if k in data}
+    if isinstance(data.get("target_modules"), set):
+        data["target_modules"] = sorted(data["target_modules"])
+    return data
+
+
+def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's weights under diffusers' `transformer.` prefix, as contiguous CPU tensors."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(transformer, adapter_name=ADAPTER)
+    return {f"transformer.{k}": v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def lora_file_metadata(adapter: dict, info: dict[str, object]) -> dict[str, str]:
+    """The safetensors header: diffusers' adapter config plus `lorabooth.*` facts."""
+    # Pipeline-level LoRA files prefix each config key with its component, as
+    # FluxPipeline.save_lora_weights does.
+    packed = {f"transformer.{k}": v for k, v in adapter.items()}
+    metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(packed, sort_keys=True)}
+    metadata.update({f"lorabooth.{k}": str(v) for k, v in info.items()})
+    return metadata
+
+
+def lora_file_bytes(transformer: torch.nn.Module, adapter: dict, info: dict[str, object],
+                    dtype: torch.dtype) -> bytes:
+    tensors = {k: v.to(dtype) for k, v in lora_state_dict(transformer).items()}
+    return save(tensors, metadata=lora_file_metadata(adapter, info))
+
+
+def set_lora_weights(transformer: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put saved weights (diffusers keys) into the adapter being trained."""
+    from peft.utils import set_peft_model_state_dict
+
+    weights = {k.removeprefix("transformer."): v for k, v in state.items()}
+    result = set_peft_model_state_dict(transformer, weights, adapter_name=ADAPTER)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"the saved LoRA does not match this one (unexpected {unexpected[:3]})")
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
