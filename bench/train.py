@@ -1,0 +1,172 @@
+"""Training speed: lorabooth's step against a bare step on the same transformer and batch.
+
+For each model (the demo, and a mid-size Flux config with hidden size 256):
+- `bare`: the same LoRA'd transformer and batch, a plain forward + backward + AdamW step, with
+  no caching, logging, metrics or checkpoints;
+- `lorabooth`: Trainer.train_step, data drawn from its caches as in a real run;
+- whole runs of N steps with caching (encode once) against encoding the photos every step.
+
+    python bench/train.py [--steps 30] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import report
+
+from lorabooth.core import flow
+from lorabooth.core.config import set_config_value
+from lorabooth.core.models import ModelSource, build_demo_pipeline, ensure_demo_model
+from lorabooth.core.train import Trainer
+from lorabooth.core.workspace import init_workspace
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def mid_size_model(folder: Path) -> Path:
+    """The demo pipeline with a bigger transformer: hidden 256, 4 double and 8 single blocks."""
+    from diffusers import FluxTransformer2DModel
+
+    if (folder / "model_index.json").exists():
+        return folder
+    pipe = build_demo_pipeline()
+    torch.manual_seed(0)
+    pipe.transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=4, num_single_layers=8, attention_head_dim=64,
+        num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=64,
+        guidance_embeds=True, axes_dims_rope=(16, 24, 24))
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def workspace(root: Path, resolution: int) -> Path:
+    photos = root / "photos"
+    shutil.copytree(REPO / "sample_photos", photos,
+                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    ws = init_workspace(root / "ws", photos, model="demo", trigger="zorb")
+    for key, value in {"train.resolution": [resolution], "train.checkpoint_every": 100000,
+                       "sample.every": 0}.items():
+        set_config_value(ws.root, key, value)
+    return ws.root
+
+
+def median_step(fn, steps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bare_step_fn(trainer: Trainer):
+    """A plain step on the trainer's own transformer and a fixed batch of the same shape."""
+    transformer = trainer.pipe.transformer
+    dev, dt = trainer.device, trainer.dtype
+    x0 = trainer.latents[0][None].to(dev)
+    embeds, pooled = (t[None].to(dev, dt) for t in trainer.texts[trainer.examples[0].caption])
+    _, _, h, w = x0.shape
+    img_ids, txt_ids = flow.image_ids(h, w, dev, dt), flow.text_ids(embeds.shape[1], dev, dt)
+    guidance = torch.ones(1, device=dev)
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        noise = torch.randn_like(x0)
+        sigma = torch.rand(1, device=dev)
+        noisy = (1 - sigma) * x0 + sigma * noise
+        pred = transformer(hidden_states=flow.pack(noisy).to(dt), timestep=sigma.to(dt),
+                           guidance=guidance, pooled_projections=pooled,
+                           encoder_hidden_states=embeds, txt_ids=txt_ids, img_ids=img_ids,
+                           return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(flow.unpack(pred.float(), h, w), noise - x0)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def uncached_run(trainer: Trainer, steps: int) -> float:
+    """N steps that encode their photo and caption each time, as a trainer without caches."""
+    from lorabooth.core.dataset import crop_to_bucket, open_image
+
+    pipe = trainer.pipe
+    start = time.perf_counter()
+    for i in range(steps):
+        example = trainer.examples[trainer.order[i][0]]
+        image = crop_to_bucket(open_image(example.photo.read_bytes()), example.bucket)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
+        pixels = pixels.permute(2, 0, 1)[None] / 127.5 - 1
+        with torch.no_grad():
+            pipe.vae.encode(pixels.to(pipe.vae.device, pipe.vae.dtype))
+            pipe.encode_prompt(example.caption, example.caption,
+                               device=pipe.text_encoder_2.device, max_sequence_length=32)
+        trainer.train_step()
+    return time.perf_counter() - start
+
+
+def bench_model(name: str, source: ModelSource, root: Path, resolution: int, steps: int,
+                device: str) -> list[dict]:
+    ws_root = workspace(root / name, resolution)
+    from lorabooth.core.workspace import Workspace
+
+    ws = Workspace.at(ws_root)
+    trainer = Trainer(ws, source=source, device=device)
+    trainer.prepare()
+    bare = median_step(bare_step_fn(trainer), steps)
+    ours = median_step(trainer.train_step, steps)
+    rows = [{"model": name, "case": "one step", "lorabooth_s": ours, "baseline": "bare step",
+             "baseline_s": bare, "ratio": ours / bare}]
+    cached_start = time.perf_counter()
+    fresh = Trainer(ws, source=source, device=device)
+    shutil.rmtree(ws.cache, ignore_errors=True)
+    fresh.run(steps=steps)
+    cached = time.perf_counter() - cached_start
+    uncached = uncached_run(trainer, steps)
+    rows.append({"model": name, "case": f"{steps}-step run, cached", "lorabooth_s": cached,
+                 "baseline": "encode every step", "baseline_s": uncached,
+                 "ratio": cached / uncached})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="lorabooth-bench-train-"))
+    os.environ.setdefault("LORABOOTH_CACHE", str(root / "cache"))
+    try:
+        demo = ModelSource("demo", ensure_demo_model(), is_demo=True)
+        mid = ModelSource("mid", mid_size_model(root / "mid-model"), is_demo=True)
+        rows = bench_model("demo", demo, root, args.resolution, args.steps, args.device)
+        rows += bench_model("mid-256", mid, root, args.resolution, args.steps, args.device)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report("train", rows, {"device": args.device, "resolution": args.resolution,
+                           "steps": args.steps, "peak_rss_mb": round(peak_rss),
+                           "goal": "one-step ratio <= 1.05; cached run faster than uncached"})
+    print(f"peak process memory: {peak_rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
