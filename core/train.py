@@ -172,6 +172,54 @@ def lr_lambda(warmup: int, total: int, schedule: str) -> Callable[[int], float]:
 
 
 # ---------------------------------------------------------------------------------------------
+# samples on disk
+
+
+def save_png(image, path: Path) -> Path:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def write_contact_sheet(samples: Path, cell: int = 192) -> Path | None:
+    """One image of every sample so far: a row per step, a column per prompt. Faces peak
+    early and then overfit; the sheet shows where."""
+    from PIL import Image, ImageDraw
+
+    steps = sorted(p for p in samples.glob("step-*") if p.is_dir())
+    grid = [sorted(step.glob("prompt-*.png")) for step in steps]
+    columns = max((len(row) for row in grid), default=0)
+    if not columns:
+        return None
+    label = 96
+    sheet = Image.new("RGB", (label + columns * cell, len(grid) * cell), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    for r, (step, row) in enumerate(zip(steps, grid, strict=True)):
+        draw.text((8, r * cell + cell // 2), step.name.replace("step-", "step "),
+                  fill=(220, 220, 220))
+        for c, path in enumerate(row):
+            with Image.open(path) as img:
+                sheet.paste(img.convert("RGB").resize((cell, cell)), (label + c * cell, r * cell))
+    return save_png(sheet, samples / "contact_sheet.png")
+
+
+def promote(ws: Workspace, step: int) -> Path:
+    """Make the LoRA of checkpoint `step` the workspace's LoRA."""
+    from .checkpoint import list_checkpoints
+
+    found = {c.step: c for c in list_checkpoints(ws.checkpoints)}
+    if step not in found:
+        raise TrainingError(f"no checkpoint at step {step}; there are: "
+                            f"{', '.join(map(str, sorted(found))) or 'none'}")
+    target = ws.loras / LORA_FILE
+    atomic_write_bytes(target, (found[step].path / LORA_FILE).read_bytes())
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
 # the trainer
 
 
@@ -180,7 +228,8 @@ class Trainer:
                  source: ModelSource | None = None, device: str | torch.device | None = None,
                  on_step: Callable[[StepMetrics], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None,
+                 on_sample: Callable[[int, list[Path]], None] | None = None):
         self.ws = ws
         self.config = config or ws.config()
         self.source = source or resolve_model(self.config.model)
@@ -189,6 +238,7 @@ class Trainer:
         self.on_step = on_step or (lambda m: None)
         self.should_stop = should_stop or (lambda: False)
         self.log = log or (lambda text: None)
+        self.on_sample = on_sample or (lambda step, paths: None)
         self.pipe = None
         self.examples: list[Example] = []
         self.encoder: Encoder | None = None
@@ -340,6 +390,34 @@ class Trainer:
         self.step = state["step"]
         self.log(f"resumed from {info.path.name}")
 
+    # -- samples ------------------------------------------------------------------------
+
+    def render_samples(self) -> list[Path]:
+        """The sample prompts at this step, from fixed seeds, without touching the training
+        state: eval mode, no grad, and the RNGs as they were."""
+        s = self.config.sample
+        if not self.sample_texts:
+            return []
+        size = min(self.config.train.resolution)
+        folder = self.ws.outputs / "samples" / f"step-{self.step:06d}"
+        transformer = self.pipe.transformer
+        transformer.eval()
+        paths = []
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                for index, (embeds, pooled) in enumerate(self.sample_texts):
+                    image = self.pipe(
+                        prompt_embeds=embeds[None].to(self.device, self.dtype),
+                        pooled_prompt_embeds=pooled[None].to(self.device, self.dtype),
+                        height=size, width=size, num_inference_steps=s.steps,
+                        generator=torch.Generator(self.device).manual_seed(s.seed + index),
+                    ).images[0]
+                    paths.append(save_png(image, folder / f"prompt-{index:02d}.png"))
+        finally:
+            transformer.train()
+        write_contact_sheet(self.ws.outputs / "samples")
+        return paths
+
     # -- the run ------------------------------------------------------------------------
 
     def run(self, steps: int | None = None, resume: bool = False) -> TrainResult:
@@ -359,6 +437,9 @@ class Trainer:
             self.on_step(metrics)
             if self.step % every == 0 or self.step == total:
                 self.save_checkpoint(loss)
+            sample_every = self.config.sample.every
+            if sample_every and (self.step % sample_every == 0 or self.step == total):
+                self.on_sample(self.step, self.render_samples())
             if self.should_stop() and self.step < total:
                 if self.step % every:
                     self.save_checkpoint(loss)

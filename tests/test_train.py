@@ -128,3 +128,26 @@ def test_pack_unpack_round_trip():
     tokens = pack(x)
     assert tokens.shape == (2, 4 * 6, 64)
     assert torch.equal(unpack(tokens, 8, 12), x)
+
+
+def test_samples_and_contact_sheet_leave_training_untouched(tmp_path: Path, photos: Path,
+                                                            demo_model):
+    from PIL import Image
+
+    from lorabooth.core.train import promote
+
+    quiet = make_ws(tmp_path / "quiet", photos)
+    plain_run = Trainer(quiet, device="cpu").run(steps=20)
+    ws = make_ws(tmp_path / "ws", photos, **{"sample.every": 10, "sample.steps": 2})
+    seen = []
+    result = Trainer(ws, device="cpu", on_sample=lambda step, paths: seen.append(step)).run(
+        steps=20)
+    assert seen == [10, 20]
+    assert np.allclose(plain_run.losses, result.losses, rtol=1e-5)  # samples cost no learning
+    sheet = ws.outputs / "samples" / "contact_sheet.png"
+    with Image.open(sheet) as img:
+        assert img.size == (96 + 3 * 192, 2 * 192)
+    assert len(list((ws.outputs / "samples" / "step-000010").glob("*.png"))) == 3
+    promoted = promote(ws, 10)
+    assert promoted.read_bytes() == \
+        (ws.checkpoints / "step-000010" / "pytorch_lora_weights.safetensors").read_bytes()
