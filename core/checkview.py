@@ -55,7 +55,7 @@ def options_for(ws: Workspace | None, resolution: int | None,
 
 def run_check(photos: Path, *, as_json: bool, recursive: bool, resolution: int | None,
               trigger: str | None) -> int:
-    from .cli import EXIT_OK, EXIT_USAGE, UsageError
+    from .errors import EXIT_OK, EXIT_USAGE, UsageError
 
     photos = photos.expanduser().resolve()
     if not photos.is_dir():

@@ -17,14 +17,10 @@ from rich.console import Console
 
 from . import __version__
 from .config import ConfigError
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
 from .models import ModelNotFound
 from .safetext import plain
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed without a traceback, exit code 2."""
+from .store import StoreError
 
 
 def _console(stderr: bool = False) -> Console:
@@ -135,9 +131,25 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.detach:
+        from .enginecli import detach_training
+
+        return detach_training(Path(args.workspace), args.steps, args.resume)
     from .traincli import run_train
 
     return run_train(Path(args.workspace), steps=args.steps, resume=args.resume)
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    from .enginecli import run_engine
+
+    return run_engine(Path(args.workspace), args.action, args.json)
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from .enginecli import run_queue
+
+    return run_queue(Path(args.workspace), args.action, args.id, args.position, args.json)
 
 
 Command = Callable[[argparse.Namespace], int]
@@ -179,7 +191,23 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("workspace", metavar="WORKSPACE")
     p.add_argument("--steps", type=int, default=None, help="steps in all (default: config)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--detach", action="store_true",
+                   help="hand the run to the engine and return at once")
     handlers["train"] = cmd_train
+
+    p = sub.add_parser("engine", help="start, stop or look at the workspace's engine")
+    p.add_argument("workspace", metavar="WORKSPACE")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    handlers["engine"] = cmd_engine
+
+    p = sub.add_parser("queue", help="list, cancel or reorder the workspace's jobs")
+    p.add_argument("workspace", metavar="WORKSPACE")
+    p.add_argument("action", choices=["list", "cancel", "move"])
+    p.add_argument("id", nargs="?", type=int, metavar="ID")
+    p.add_argument("position", nargs="?", type=int, metavar="POS")
+    p.add_argument("--json", action="store_true", help="list as JSON")
+    handlers["queue"] = cmd_queue
 
     p = sub.add_parser("doctor", help="GPU, versions, model weights, terminal support")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -206,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         error(str(exc))
         return EXIT_USAGE
+    except StoreError as exc:
+        error(str(exc))
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         error("interrupted")
         return 130

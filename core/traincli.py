@@ -18,7 +18,7 @@ PLAIN_EVERY = 10  # steps between lines when the output is not a terminal
 
 
 def run_train(root: Path, *, steps: int | None, resume: bool) -> int:
-    from .cli import EXIT_FAILURE, EXIT_OK, UsageError
+    from .errors import EXIT_FAILURE, EXIT_OK, UsageError
 
     ws = Workspace.at(root)
     if not ws.exists():

@@ -1,0 +1,241 @@
+"""The engine as a real detached process: it outlives the CLI, survives kill -9, refuses to
+run twice, and turns user-facing failures into failed jobs while staying up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from lorabooth.core.checkpoint import latest_checkpoint, read_state
+from lorabooth.core.config import set_config_value
+from lorabooth.core.engine import running_pid
+from lorabooth.core.store import Store
+from lorabooth.core.workspace import Workspace, init_workspace
+
+
+def make_ws(root: Path, photos: Path, **settings) -> Workspace:
+    ws = init_workspace(root, photos, model="demo", trigger="zorb")
+    base = {"train.resolution": [256], "train.learning_rate": 1e-3,
+            "train.checkpoint_every": 25, "sample.every": 0}
+    for key, value in {**base, **settings}.items():
+        set_config_value(ws.root, key, value)
+    return ws
+
+
+def wait_until(condition, timeout: float = 60.0, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def job_json(ws: Workspace) -> list[dict]:
+    result = run_cli("queue", str(ws.root), "list", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def engines():
+    """Stops every engine a test started, whatever happens."""
+    started: list[Workspace] = []
+    yield started
+    for ws in started:
+        pid = running_pid(ws)
+        if pid and pid > 0:
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_detached_training_survives_the_cli(tmp_path, photos, demo_model, engines):
+    ws = make_ws(tmp_path / "ws", photos)
+    engines.append(ws)
+    result = run_cli("train", str(ws.root), "--detach", "--steps", "300")
+    assert result.returncode == 0, result.stderr
+    assert "queued as job 1" in result.stdout
+    # The CLI has exited; another process sees progress.
+    running = wait_until(lambda: [j for j in job_json(ws) if j["state"] == "running"
+                                  and j["step"] > 0])
+    assert running[0]["kind"] == "train" and running[0]["total"] == 300
+    status = json.loads(run_cli("engine", str(ws.root), "status", "--json").stdout)
+    assert status["pid"] and status["job"]["id"] == 1
+    wait_until(lambda: job_json(ws)[0]["state"] == "done", timeout=120, every=0.3)
+    assert (ws.loras / "pytorch_lora_weights.safetensors").is_file()
+    assert len(Store(ws.db_path).metrics(1)) == 300
+    assert run_cli("engine", str(ws.root), "stop").returncode == 0
+    assert running_pid(ws) is None
+
+
+def test_kill_9_mid_training_resumes_from_the_checkpoint(tmp_path, photos, demo_model,
+                                                         engines):
+    ws = make_ws(tmp_path / "ws", photos)
+    engines.append(ws)
+    store = Store(ws.db_path)
+    assert run_cli("train", str(ws.root), "--detach", "--steps", "400").returncode == 0
+    wait_until(lambda: (store.job(1).step if store.job(1) else 0) >= 60)
+    pid = running_pid(ws)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: running_pid(ws) is None, timeout=10)
+    checkpoint = latest_checkpoint(ws.checkpoints)
+    assert checkpoint is not None and checkpoint.step >= 50
+    assert store.job(1).state == "running"  # as the dead engine left it
+
+    assert run_cli("engine", str(ws.root), "start").returncode == 0
+    steps_seen = []
+
+    def finished() -> bool:
+        job = store.job(1)
+        steps_seen.append(job.step)
+        return job.state == "done"
+
+    wait_until(finished, timeout=120)
+    after_restart = [s for s in steps_seen if s]
+    assert min(after_restart) >= checkpoint.step  # never back past the checkpoint
+    messages = [e["message"] for e in store.events()]
+    assert any("interrupted" in m for m in messages)
+    assert any(f"resumed from step-{checkpoint.step:06d}" in m for m in messages)
+    assert (ws.loras / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
+    script = """
+import sys, torch
+from pathlib import Path
+from lorabooth.core.checkpoint import write_checkpoint
+root = Path(sys.argv[1])
+step = 0
+while True:
+    step += 1
+    big = {"step": step, "weights": torch.full((6_000_000,), float(step))}
+    write_checkpoint(root, step, big, {"pytorch_lora_weights.safetensors": b"x" * 1000},
+                     {"step": step})
+"""
+    root = tmp_path / "ckpt"
+    for delay in (0.9, 1.3, 1.7, 2.2):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(root)])
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        latest = latest_checkpoint(root)
+        if latest is None:
+            continue
+        state = read_state(latest)  # loads: never a half-written file
+        assert state["step"] == latest.step
+        assert float(state["weights"][-1]) == latest.step
+    assert latest_checkpoint(root) is not None
+
+
+def test_two_starts_at_once_make_one_engine(tmp_path, photos, demo_model, engines):
+    ws = make_ws(tmp_path / "ws", photos)
+    engines.append(ws)
+    cmd = [sys.executable, "-m", "lorabooth.core.cli", "engine", str(ws.root), "start"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    pid = running_pid(ws)
+    assert all(f"(pid {pid})" in out for out, _ in outs)
+    engines_running = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+                       and _cmdline(p).endswith(f"lorabooth.core.engine {ws.root}")]
+    assert len(engines_running) == 1
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\x00", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def test_missing_photos_folder_fails_the_job_not_the_engine(tmp_path, photos, demo_model,
+                                                             engines):
+    ws = make_ws(tmp_path / "ws", photos)
+    engines.append(ws)
+    assert run_cli("engine", str(ws.root), "start").returncode == 0
+    store = Store(ws.db_path)
+    pid = running_pid(ws)
+    photos.rename(tmp_path / "elsewhere")
+    job = store.add_job("train", {"steps": 5})
+    wait_until(lambda: store.job(job).state == "failed", timeout=60)
+    assert "does not exist" in store.job(job).error
+    assert running_pid(ws) == pid  # still up
+    (tmp_path / "elsewhere").rename(photos)
+    again = store.add_job("train", {"steps": 5})
+    wait_until(lambda: store.job(again).state == "done", timeout=60)
+
+
+def test_sigterm_checkpoints_and_requeues(tmp_path, photos, demo_model, engines):
+    ws = make_ws(tmp_path / "ws", photos, **{"train.checkpoint_every": 1000})
+    engines.append(ws)
+    store = Store(ws.db_path)
+    assert run_cli("train", str(ws.root), "--detach", "--steps", "2000").returncode == 0
+    wait_until(lambda: (store.job(1).step if store.job(1) else 0) >= 30)
+    result = run_cli("engine", str(ws.root), "stop")
+    assert result.returncode == 0
+    job = store.job(1)
+    assert job.state == "queued" and job.params["resume"] is True
+    checkpoint = latest_checkpoint(ws.checkpoints)
+    assert checkpoint is not None and checkpoint.step == job.step  # the stop wrote it
+
+
+def test_queue_move_and_cancel(tmp_path, photos):
+    ws = make_ws(tmp_path / "ws", photos)
+    store = Store(ws.db_path)
+    ids = [store.add_job("train", {"steps": 1}) for _ in range(4)]
+    assert run_cli("queue", str(ws.root), "move", str(ids[3]), "1").returncode == 0
+    assert run_cli("queue", str(ws.root), "cancel", str(ids[1])).returncode == 0
+    jobs = job_json(ws)
+    assert [j["id"] for j in jobs if j["state"] == "queued"] == [ids[3], ids[0], ids[2]]
+    assert run_cli("queue", str(ws.root), "cancel", "99").returncode == 2
+
+
+def test_database_from_a_newer_version_is_refused(tmp_path, photos):
+    import sqlite3
+
+    ws = make_ws(tmp_path / "ws", photos)
+    Store(ws.db_path)
+    conn = sqlite3.connect(ws.db_path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    result = run_cli("queue", str(ws.root), "list")
+    assert result.returncode == 1
+    assert "newer lorabooth" in result.stderr
+
+
+def test_disk_full_fails_the_job_and_keeps_the_engine(tmp_path, photos, demo_model, engines):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("mounting a small tmpfs is not permitted here")
+    try:
+        ws = make_ws(mount / "ws", photos)
+        engines.append(ws)
+        store = Store(ws.db_path)
+        assert run_cli("engine", str(ws.root), "start").returncode == 0
+        stat = os.statvfs(mount)
+        ballast = stat.f_bavail * stat.f_frsize - 600_000
+        (mount / "ballast").write_bytes(b"\0" * ballast)
+        job = store.add_job("train", {"steps": 50})
+        wait_until(lambda: store.job(job).state in ("failed", "done"), timeout=60)
+        assert store.job(job).state == "failed"
+        assert "disk is full" in store.job(job).error
+        assert running_pid(ws)  # the engine is still up
+    finally:
+        for ws in engines:
+            pid = running_pid(ws)
+            if pid and pid > 0:
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.3)
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
