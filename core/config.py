@@ -79,6 +79,9 @@ class TrainSettings:
     dropout: float = _opt("LoRA dropout.", default=0.0, min=0, max=0.9)
     guidance: float = _opt("Guidance value fed to Flux-dev while training (1.0 recommended).",
                            default=1.0, min=0, max=20)
+    auto_continue_after: int = _opt(
+        "When this many new photos arrive, queue a continued training run (0: off).",
+        default=0, min=0, max=100_000)
     checkpoint_every: int = _opt("Save a resumable checkpoint every N steps.",
                                  default=250, min=1, max=1_000_000)
     keep_checkpoints: int = _opt("How many recent checkpoints to keep on disk.",

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .store import CANCELLED, DONE, FAILED, PAUSED, QUEUED, RUNNING, Job, Store, StoreError
@@ -182,6 +182,9 @@ class Engine:
         self.lock = EngineLock(ws)
         self.stopping = False
         self.current: Job | None = None
+        self.watcher = None
+        self.new_photos = 0
+        self.dataset_primed = False  # the watcher's first report is the folder as it was
 
     def log(self, text: str) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}", flush=True)
@@ -202,6 +205,7 @@ class Engine:
         self.store.set_engine(pid=os.getpid(), state="idle", job=None, started=time.time())
         self.event(f"engine started (pid {os.getpid()})")
         self.recover()
+        self.watch_photos()
         last_beat = 0.0
         try:
             while not self.stopping:
@@ -221,11 +225,60 @@ class Engine:
                     self.log(f"error: {exc}")
                     time.sleep(1.0)
         finally:
+            if self.watcher is not None:
+                self.watcher.stop()
             with contextlib.suppress(StoreError):
                 self.store.set_engine(state="stopped", job=None, pid=None)
             self.event("engine stopped")
             self.lock.release()
         return 0
+
+    def watch_photos(self) -> None:
+        """Watch the photo folder; every change is a `dataset` event for the UI."""
+        from .config import ConfigError
+        from .dataset import ScanOptions
+        from .watch import FolderWatcher
+
+        try:
+            config = self.ws.config(check_photos=False)
+        except ConfigError as exc:
+            self.event(f"not watching the photos: {exc}", "warning")
+            return
+        options = ScanOptions(resolution=min(config.train.resolution), trigger=config.trigger)
+        self.watcher = FolderWatcher(config.photos_dir(self.ws.root), self.on_dataset_change,
+                                     options, self.ws.cache)
+        self.watcher.start()
+
+    def on_dataset_change(self, change) -> None:
+        """Runs on the watcher's thread; the store gives it its own connection."""
+        parts = []
+        for verb, names in (("added", change.added), ("removed", change.removed),
+                            ("changed", change.changed)):
+            if names:
+                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more"
+                                                if len(names) > 5 else "")
+                parts.append(f"{len(names)} {verb}: {shown}")
+        usable = len(change.scan.usable())
+        self.store.event(f"photos: {'; '.join(parts)} ({usable} usable)", "info",
+                         kind="dataset")
+        if self.dataset_primed:
+            self.maybe_continue_training(len(change.added))
+        self.dataset_primed = True
+
+    def maybe_continue_training(self, added: int) -> None:
+        from .config import ConfigError
+
+        try:
+            every = self.ws.config(check_photos=False).train.auto_continue_after
+        except ConfigError:
+            return
+        if not every:
+            return
+        self.new_photos += added
+        if self.new_photos >= every and not self.store.jobs(("queued", "running", "paused")):
+            self.new_photos = 0
+            job = self.store.add_job("train", {"resume": True, "continue": True})
+            self.event(f"{every}+ new photos arrived: queued job {job} to continue training")
 
     def recover(self) -> None:
         """Jobs left running or paused by an engine that died are queued again; training
@@ -294,6 +347,15 @@ class Engine:
 
         config = self.ws.config()
         steps = int(job.params.get("steps") or config.train.steps)
+        if job.params.get("continue"):
+            # A continued run trains `steps` more from where the last one ended; the total is
+            # fixed now so that a resume after a crash aims at the same step.
+            from .checkpoint import latest_checkpoint
+
+            last = latest_checkpoint(self.ws.checkpoints)
+            steps += last.step if last else 0
+            job = replace(job, params={**job.params, "steps": steps, "continue": False})
+            self.store.update_job(job.id, params=job.params)
         self.store.update_job(job.id, total=steps)
         verdict: dict[str, str | None] = {"end": None}
 

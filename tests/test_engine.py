@@ -239,3 +239,28 @@ def test_disk_full_fails_the_job_and_keeps_the_engine(tmp_path, photos, demo_mod
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.3)
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_new_photos_become_dataset_events_and_can_continue_training(tmp_path, photos,
+                                                                     demo_model, engines):
+    import shutil
+
+    ws = make_ws(tmp_path / "ws", photos, **{"train.auto_continue_after": 2,
+                                             "train.steps": 10})
+    engines.append(ws)
+    store = Store(ws.db_path)
+    assert run_cli("engine", str(ws.root), "start").returncode == 0
+    wait_until(lambda: [e for e in store.events() if e["kind"] == "dataset"], timeout=30)
+    assert not store.jobs()  # the folder as it was is no reason to train
+    for name in ("01_studio", "02_beach_scarf"):
+        shutil.copy(photos / f"{name}.jpg", photos / f"new_{name}.jpg")
+    started = time.monotonic()
+    added = wait_until(lambda: [e for e in store.events()
+                                if e["kind"] == "dataset" and "new_01_studio" in e["message"]],
+                       timeout=30)
+    assert time.monotonic() - started < 5
+    assert "2 added: new_01_studio.jpg, new_02_beach_scarf.jpg" in added[0]["message"]
+    job = wait_until(lambda: store.jobs(), timeout=10)[0]
+    assert job.kind == "train" and job.params["resume"]
+    wait_until(lambda: store.job(job.id).state == "done", timeout=60)
+    assert store.job(job.id).total == 10
