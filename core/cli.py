@@ -18,6 +18,7 @@ from rich.console import Console
 from . import __version__
 from .config import ConfigError
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+from .gencli import add_request_arguments
 from .models import ModelNotFound
 from .safetext import plain
 from .store import StoreError
@@ -147,9 +148,28 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
+    if args.action == "add":
+        from .gencli import run_queue_add
+
+        if not args.rest:
+            raise UsageError("queue add needs a prompt")
+        return run_queue_add(Path(args.workspace), " ".join(args.rest), args)
     from .enginecli import run_queue
 
-    return run_queue(Path(args.workspace), args.action, args.id, args.position, args.json)
+    numbers = []
+    for text in args.rest:
+        if not text.lstrip("-").isdigit():
+            raise UsageError(f"queue {args.action}: {text!r} is not a number")
+        numbers.append(int(text))
+    job_id = numbers[0] if numbers else None
+    position = numbers[1] if len(numbers) > 1 else None
+    return run_queue(Path(args.workspace), args.action, job_id, position, args.json)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .gencli import run_generate
+
+    return run_generate(Path(args.workspace), args.prompt, args)
 
 
 Command = Callable[[argparse.Namespace], int]
@@ -203,11 +223,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 
     p = sub.add_parser("queue", help="list, cancel or reorder the workspace's jobs")
     p.add_argument("workspace", metavar="WORKSPACE")
-    p.add_argument("action", choices=["list", "cancel", "move"])
-    p.add_argument("id", nargs="?", type=int, metavar="ID")
-    p.add_argument("position", nargs="?", type=int, metavar="POS")
-    p.add_argument("--json", action="store_true", help="list as JSON")
+    p.add_argument("action", choices=["add", "list", "cancel", "move"])
+    p.add_argument("rest", nargs="*", metavar="PROMPT | ID [POS]")
+    add_request_arguments(p)
     handlers["queue"] = cmd_queue
+
+    p = sub.add_parser("generate", help="make images with the workspace's model and LoRAs")
+    p.add_argument("workspace", metavar="WORKSPACE")
+    p.add_argument("prompt", nargs="?", metavar="PROMPT")
+    p.add_argument("--from-image", default=None, metavar="PNG",
+                   help="make an image again from the recipe stored in it")
+    add_request_arguments(p)
+    handlers["generate"] = cmd_generate
 
     p = sub.add_parser("doctor", help="GPU, versions, model weights, terminal support")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -107,6 +107,26 @@ class SampleSettings:
 
 
 @dataclass(frozen=True)
+class GenerateSettings:
+    width: int = _opt("Image width in px (a multiple of 16).", default=1024, min=64, max=4096,
+                      multiple_of=16)
+    height: int = _opt("Image height in px (a multiple of 16).", default=1024, min=64,
+                       max=4096, multiple_of=16)
+    steps: int = _opt("Denoising steps (Flux-dev: 28; Flux-schnell: 4).", default=28, min=1,
+                      max=200)
+    guidance: float = _opt("Guidance (Flux-dev: 3.5; schnell ignores it).", default=3.5, min=0,
+                           max=30)
+    lora_scale: float = _opt("Strength of the workspace's LoRA.", default=1.0, min=-4, max=4)
+    presets: dict[str, str] = _opt(
+        "Named prompt templates: {prompt} is what you type, {trigger} the trigger word.",
+        default_factory=lambda: {
+            "portrait": "studio portrait photo of {trigger}, {prompt}, soft key light, 85mm",
+            "poster": "film poster of {trigger}, {prompt}, bold title text, dramatic light",
+            "product": "product shot of {trigger}, {prompt}, clean white background",
+        })
+
+
+@dataclass(frozen=True)
 class Config:
     photos: str = _opt("Folder of your photos and their .txt captions (relative to this file).",
                        default="photos", non_empty=True)
@@ -116,6 +136,7 @@ class Config:
                       non_empty=True)
     train: TrainSettings = field(default_factory=TrainSettings)
     sample: SampleSettings = field(default_factory=SampleSettings)
+    generate: GenerateSettings = field(default_factory=GenerateSettings)
 
     def photos_dir(self, workspace: Path) -> Path:
         return (workspace / self.photos).expanduser().resolve()
@@ -147,12 +168,17 @@ class ConfigError(Exception):
 
 
 def _describe_type(tp: Any) -> str:
+    if get_origin(tp) is dict:
+        return "a table of strings"
     if get_origin(tp) is list:
         return f"a list of {_describe_type(get_args(tp)[0])}s"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
+    if get_origin(tp) is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                               for k, v in value.items())
     if get_origin(tp) is list:
         return isinstance(value, list) and all(_type_ok(v, get_args(tp)[0]) for v in value)
     if isinstance(value, bool):
@@ -170,6 +196,8 @@ def _check_rules(key: str, value: Any, tp: Any, rules: dict[str, Any]) -> list[C
     if not _type_ok(value, tp):
         return [ConfigProblem(key, f"{_show(value)} is not {_describe_type(tp)}"
                               + _range_hint(rules))]
+    if isinstance(value, dict):
+        return []
     items = value if isinstance(value, list) else [value]
     problems = []
     if isinstance(value, list) and len(value) < rules.get("min_items", 0):
@@ -327,4 +355,10 @@ def _render_into(container: Any, cls: type, instance: Any) -> None:
             container.add(f.name, table)
             continue
         container.add(tomlkit.comment(f.metadata["help"]))
+        if isinstance(value, dict):  # a sub-table, written after the plain keys
+            table = tomlkit.table()
+            for key, text in value.items():
+                table.add(key, text)
+            container.add(f.name, table)
+            continue
         container.add(f.name, value)

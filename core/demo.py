@@ -21,6 +21,9 @@ DEMO_SETTINGS = {
     "train.checkpoint_every": 50,
     "sample.every": 100,
     "sample.steps": 8,
+    "generate.width": 256,
+    "generate.height": 256,
+    "generate.steps": 8,
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -183,6 +184,7 @@ class Engine:
         self.stopping = False
         self.current: Job | None = None
         self.watcher = None
+        self.generator = None  # a warm pipeline for generation, kept between jobs
         self.new_photos = 0
         self.dataset_primed = False  # the watcher's first report is the folder as it was
 
@@ -295,7 +297,7 @@ class Engine:
         self.store.set_engine(state="running", job=job.id)
         self.event(f"job {job.id} ({job.kind}) started", job=job.id)
         try:
-            runner = {"train": self.run_train}.get(job.kind)
+            runner = {"train": self.run_train, "generate": self.run_generate}.get(job.kind)
             if runner is None:
                 raise ValueError(f"unknown job kind {job.kind!r}")
             outcome = runner(job)
@@ -365,15 +367,18 @@ class Engine:
                                   memory_gb=m.gpu_memory_gb)
             self.store.update_job(job.id, step=m.step)
 
-        def should_stop() -> bool:
-            verdict["end"] = self.checkpoint_hook(job.id)
-            return verdict["end"] is not None
-
         def on_sample(step: int, paths: list[Path]) -> None:
             for path in paths:
                 self.store.add_output(job.id, path, "sample", {"step": step})
 
-        trainer = Trainer(self.ws, config, on_step=on_step, should_stop=should_stop,
+        def between_steps() -> bool:
+            verdict["end"] = self.checkpoint_hook(job.id)
+            if verdict["end"] is None:
+                self.generate_between_steps(trainer)
+            return verdict["end"] is not None
+
+        self.drop_generator()  # one copy of the model in memory: the trainer's
+        trainer = Trainer(self.ws, config, on_step=on_step, should_stop=between_steps,
                           log=lambda text: self.event(text, job=job.id), on_sample=on_sample)
         result = trainer.run(steps=steps, resume=bool(job.params.get("resume")))
         if result.stopped:
@@ -384,6 +389,126 @@ class Engine:
         self.store.update_job(job.id, result={"lora": str(result.lora_path),
                                               "step": result.step})
         return DONE
+
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def drop_generator(self) -> None:
+        if self.generator is not None:
+            self.generator = None
+            import gc
+
+            import torch
+
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def run_generate(self, job: Job) -> str:
+        from .generate import Cancelled, complete_recipe, open_generator, run_request
+        from .recipe import request_from_params
+
+        request = request_from_params(job.params)
+        base = complete_recipe(self.ws, request.recipe)
+        recipes = replace(request, recipe=base).expand()
+        for recipe in recipes:
+            recipe.check()
+        self.store.update_job(job.id, total=len(recipes), step=0)
+        if self.generator is None or self.generator.source.spec != base.model:
+            self.drop_generator()
+            self.generator = open_generator(base.model)
+        try:
+            paths = run_request(self.generator, self.ws, recipes, job.id,
+                                self._image_saved(job.id),
+                                on_denoise_step=self._denoise_hook(job.id))
+        except Cancelled:
+            if self.stopping:
+                raise Stop from None
+            return CANCELLED
+        self.store.update_job(job.id, result={"images": [str(p) for p in paths]})
+        return DONE
+
+    def _image_saved(self, job_id: int):
+        def on_image(index: int, path: Path, recipe) -> None:
+            self.store.add_output(job_id, path, "image", json.loads(recipe.to_json()))
+            self.store.update_job(job_id, step=index + 1)
+        return on_image
+
+    def _denoise_hook(self, job_id: int):
+        def on_step(step: int, total: int) -> bool:
+            return self.checkpoint_hook(job_id) is not None
+        return on_step
+
+    def generate_between_steps(self, trainer) -> None:
+        """Run one queued prompt on the model being trained, with the LoRA as it is now: in
+        eval mode, without gradients, the RNGs restored, so the loss curve is unchanged."""
+        import torch
+
+        from .generate import Cancelled, Generator, complete_recipe, run_request
+        from .recipe import request_from_params
+
+        if self.store.setting("queue_paused") == "1":
+            return
+        job = next((j for j in self.store.jobs((QUEUED,))
+                    if j.kind == "generate" and self._fits_training(j, trainer)), None)
+        if job is None:
+            return
+        request = request_from_params(job.params)
+        base = replace(request.recipe, loras=(), model=trainer.config.model)
+        scale = next((lora.scale for lora in request.recipe.loras), 1.0)
+        recipes = replace(request, recipe=complete_recipe(self.ws, base)).expand()
+        self.store.update_job(job.id, state=RUNNING, started=time.time(), total=len(recipes))
+        self.event(f"job {job.id} (generate) runs at training step {trainer.step}", job=job.id)
+        transformer = trainer.pipe.transformer
+        transformer.eval()
+        try:
+            with torch.random.fork_rng(devices=[]), _lora_scale(transformer, scale):
+                generator = Generator(trainer.source, pipe=trainer.pipe,
+                                      encode=trainer.encoder.text)
+                paths = run_request(generator, self.ws, recipes, job.id,
+                                    self._image_saved(job.id),
+                                    on_denoise_step=self._denoise_hook(job.id),
+                                    training_step=trainer.step)
+        except Cancelled:
+            self.store.update_job(job.id, state=CANCELLED, finished=time.time(), control=None)
+            return
+        except Exception as exc:
+            self.store.update_job(job.id, state=FAILED, error=explain_failure(exc),
+                                  finished=time.time(), control=None)
+            self.event(f"job {job.id} failed: {explain_failure(exc)}", "error", job.id)
+            return
+        finally:
+            transformer.train()
+        self.store.update_job(job.id, state=DONE, finished=time.time(), control=None,
+                              result={"images": [str(p) for p in paths],
+                                      "training_step": trainer.step})
+        self.event(f"job {job.id} done at training step {trainer.step}", job=job.id)
+
+    def _fits_training(self, job: Job, trainer) -> bool:
+        """Plain text-to-image on the workspace's model and LoRA can share the trainer's."""
+        from .recipe import request_from_params
+
+        try:
+            recipe = request_from_params(job.params).recipe
+        except (KeyError, TypeError, ValueError):
+            return False
+        return (recipe.model in ("", trainer.config.model) and not recipe.init_image
+                and all(lora.name in ("", "workspace") for lora in recipe.loras))
+
+
+@contextlib.contextmanager
+def _lora_scale(transformer, scale: float):
+    """Use the LoRA being trained at `scale`, then put it back at 1."""
+    if scale == 1.0:
+        yield
+        return
+    from .lora import ADAPTER
+
+    transformer.set_adapters([ADAPTER], [scale])
+    try:
+        yield
+    finally:
+        transformer.set_adapters([ADAPTER], [1.0])
 
 
 def explain_failure(exc: BaseException) -> str:
@@ -401,7 +526,7 @@ def explain_failure(exc: BaseException) -> str:
 
     if isinstance(exc, ModelNotFound | ConfigError):
         return str(exc).replace("\n", " ")
-    if type(exc).__name__ == "TrainingError":
+    if type(exc).__name__ in ("TrainingError", "RecipeError"):
         return str(exc)
     return f"{name}: {exc}"
 

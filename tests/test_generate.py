@@ -1,0 +1,215 @@
+"""Generation and the prompt queue, on the demo model with a LoRA trained here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from PIL import Image
+
+from lorabooth.core.config import set_config_value
+from lorabooth.core.engine import running_pid
+from lorabooth.core.recipe import (
+    LoraRef,
+    Recipe,
+    Request,
+    expand_matrix,
+    read_recipe,
+    request_to_params,
+    slug,
+)
+from lorabooth.core.store import Store
+from lorabooth.core.train import Trainer
+from lorabooth.core.workspace import Workspace, init_workspace
+
+SMALL = ["--width", "64", "--height", "64", "--steps", "3"]
+
+
+def make_ws(root: Path, photos: Path, **settings) -> Workspace:
+    ws = init_workspace(root, photos, model="demo", trigger="zorb")
+    base = {"train.resolution": [256], "train.learning_rate": 1e-3,
+            "train.checkpoint_every": 25, "sample.every": 0, "generate.width": 64,
+            "generate.height": 64, "generate.steps": 3}
+    for key, value in {**base, **settings}.items():
+        set_config_value(ws.root, key, value)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_model) -> Workspace:
+    """A workspace with a LoRA trained for a few steps."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("trained")
+    photos = root / "photos"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "sample_photos", photos,
+                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    ws = make_ws(root / "ws", photos)
+    Trainer(ws, device="cpu").run(steps=30)
+    return ws
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def generate(ws: Workspace, *args: str) -> list[Path]:
+    result = run_cli("generate", str(ws.root), *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return [Path(p) for p in json.loads(result.stdout)]
+
+
+def test_png_recipe_remakes_the_same_pixels(trained: Workspace):
+    (first,) = generate(trained, "portrait of zorb", "--seed", "11", *SMALL)
+    recipe = read_recipe(first)
+    assert recipe.prompt == "portrait of zorb" and recipe.seed == 11
+    assert recipe.loras[0].name == "workspace" and len(recipe.loras[0].sha256) == 64
+    assert json.loads(first.with_suffix(".json").read_text())["seed"] == 11
+    (again,) = generate(trained, "--from-image", str(first))
+    assert again != first  # nothing is overwritten
+    assert np.array_equal(pixels(first), pixels(again))
+
+
+def test_lora_scale_zero_is_the_base_model(trained: Workspace):
+    (base,) = generate(trained, "zorb in a park", "--no-lora", *SMALL)
+    (zero,) = generate(trained, "zorb in a park", "--lora", "workspace:0", *SMALL)
+    (one,) = generate(trained, "zorb in a park", "--lora", "workspace:1", *SMALL)
+    assert np.array_equal(pixels(base), pixels(zero))
+    assert not np.array_equal(pixels(base), pixels(one))
+
+
+def test_checkpoint_loras_stack_and_sweep_with_a_contact_sheet(trained: Workspace):
+    paths = generate(trained, "zorb {waving|sleeping}", "--lora", "step-25:0.5",
+                     "--lora", "workspace:0.5", "--scales", "0,1", *SMALL)
+    assert len(paths) == 4  # 2 prompts x 2 scales
+    recipes = [read_recipe(p) for p in paths]
+    assert [r.prompt for r in recipes] == ["zorb waving"] * 2 + ["zorb sleeping"] * 2
+    assert [r.loras[0].scale for r in recipes] == [0.0, 1.0, 0.0, 1.0]
+    assert all(r.loras[1].scale == 0.5 for r in recipes)
+    sheets = list((trained.outputs / "images" / "sheets").glob("*.png"))
+    assert sheets
+
+
+def test_img2img_and_inpaint(trained: Workspace, tmp_path: Path):
+    source = tmp_path / "source.png"
+    Image.open(trained.root.parent / "photos" / "01_studio.jpg").resize((64, 64)).save(source)
+    mask = tmp_path / "mask.png"
+    mask_img = Image.new("L", (64, 64), 0)
+    mask_img.paste(255, (16, 16, 48, 48))
+    mask_img.save(mask)
+    (varied,) = generate(trained, "zorb wearing a crown", "--init-image", str(source),
+                         "--strength", "0.6", *SMALL)
+    (painted,) = generate(trained, "zorb wearing a crown", "--init-image", str(source),
+                          "--mask", str(mask), "--strength", "0.9", *SMALL)
+    assert read_recipe(varied).init_image == str(source)
+    assert read_recipe(painted).mask == str(mask)
+    assert pixels(varied).shape == pixels(painted).shape == (64, 64, 3)
+
+
+def test_bad_requests_read_well(trained: Workspace):
+    result = run_cli("generate", str(trained.root), "zorb", "--width", "100")
+    assert result.returncode == 2
+    assert "width 100 must be a multiple of 16" in result.stderr
+    result = run_cli("generate", str(trained.root), "zorb", "--lora", "nope.safetensors")
+    assert result.returncode == 2 and "LoRA nope.safetensors not found" in result.stderr
+    result = run_cli("generate", str(trained.root), "zorb", "--preset", "nope")
+    assert result.returncode == 2 and "presets: portrait, poster, product" in result.stderr
+
+
+def test_hostile_prompts_are_kept_as_typed_and_make_safe_names(trained: Workspace):
+    prompt = 'say "hi"\n[bold]zorb[/bold] ../../etc/passwd \x1b[2J\x1b]0;pwn\x07 ünï'
+    (path,) = generate(trained, prompt, *SMALL)
+    assert path.parent == trained.outputs / "images"
+    assert path.name.startswith("say-hi-bold-zorb-bold-etc-passwd")
+    assert all(c.isalnum() or c in "-." for c in path.name)
+    assert read_recipe(path).prompt == prompt
+    assert slug("\x1b[2J") == "2j" and slug("../..") == "image"
+
+
+def test_prompt_matrix_expands():
+    assert expand_matrix("a {red|blue} hat, {day|night}") == [
+        "a red hat, day", "a red hat, night", "a blue hat, day", "a blue hat, night"]
+    request = Request(Recipe("x", seed=4, loras=(LoraRef("w", 1.0),)), count=2,
+                      scales=(0.2, 0.8))
+    assert [(r.seed, r.loras[0].scale) for r in request.expand()] == [
+        (4, 0.2), (5, 0.2), (4, 0.8), (5, 0.8)]
+
+
+def wait_until(condition, timeout: float = 90.0, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout} s")
+
+
+@pytest.fixture
+def engines():
+    started: list[Workspace] = []
+    yield started
+    for ws in started:
+        pid = running_pid(ws)
+        if pid and pid > 0:
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_queue_runs_in_order_obeys_cancel_and_move_and_survives_restart(trained: Workspace,
+                                                                        engines):
+    engines.append(trained)
+    store = Store(trained.db_path)
+    store.set_setting("queue_paused", "1")  # fill the queue before the engine takes any
+    ids = []
+    for i in range(10):
+        result = run_cli("queue", str(trained.root), "add", f"zorb number {i}", "--json",
+                         *SMALL)
+        assert result.returncode == 0, result.stderr
+        ids.append(json.loads(result.stdout)["id"])
+    assert run_cli("queue", str(trained.root), "cancel", str(ids[2])).returncode == 0
+    assert run_cli("queue", str(trained.root), "move", str(ids[9]), "1").returncode == 0
+    store.set_setting("queue_paused", "0")
+    wait_until(lambda: store.job(ids[3]).state == "done")
+    os.kill(running_pid(trained), signal.SIGKILL)  # a crash mid-queue
+    wait_until(lambda: running_pid(trained) is None, timeout=10)
+    assert run_cli("engine", str(trained.root), "start").returncode == 0
+    wait_until(lambda: all(store.job(i).state in ("done", "cancelled") for i in ids))
+    jobs = {j.id: j for j in store.jobs()}
+    assert jobs[ids[2]].state == "cancelled"
+    finished = sorted((i for i in ids if jobs[i].state == "done"),
+                      key=lambda i: jobs[i].finished)
+    assert finished == [ids[9], ids[0], ids[1], *ids[3:9]]
+    prompts = [json.loads(o["recipe"])["prompt"] for o in store.outputs() if o["kind"] == "image"]
+    assert sorted(set(prompts)) == sorted(f"zorb number {i}" for i in range(10) if i != 2)
+
+
+def test_prompt_during_training_runs_between_steps_and_leaves_the_loss_curve(
+        tmp_path: Path, photos: Path, demo_model, engines):
+    quiet = make_ws(tmp_path / "quiet", photos, **{"train.checkpoint_every": 1000})
+    expected = Trainer(quiet, device="cpu").run(steps=150).losses
+
+    ws = make_ws(tmp_path / "busy", photos, **{"train.checkpoint_every": 1000})
+    engines.append(ws)
+    store = Store(ws.db_path)
+    assert run_cli("train", str(ws.root), "--detach", "--steps", "150").returncode == 0
+    wait_until(lambda: (store.job(1).step if store.job(1) else 0) >= 10)
+    request = Request(Recipe("zorb mid-training", seed=3, width=64, height=64, steps=3,
+                             loras=(LoraRef("workspace", 1.0),)))
+    gen = store.add_job("generate", request_to_params(request))
+    wait_until(lambda: store.job(gen).state == "done")
+    training = store.job(1)
+    result = store.job(gen).result
+    assert 10 <= result["training_step"] < 150
+    assert training.state in ("running", "done")
+    wait_until(lambda: store.job(1).state == "done")
+    losses = [row["loss"] for row in store.metrics(1)]
+    assert np.allclose(losses, expected, rtol=1e-5, atol=1e-7)
+    image = Path(result["images"][0])
+    assert read_recipe(image).training_step == result["training_step"]
