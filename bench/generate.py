@@ -1,0 +1,112 @@
+"""Generation speed: lorabooth's queue path against plain FluxPipeline calls on the same model.
+
+For the demo model and a mid-size Flux transformer (hidden 256), in one run:
+- `bare`: `pipe(prompt, ...)` on a pipeline loaded once with the same LoRA, images per second;
+- `lorabooth`: the engine's path for a queued job (recipe check, LoRA selection, render, PNG
+  with recipe and sidecar, store rows), images per second;
+- switching the LoRA's scale between images (set_adapters) against loading the LoRA file.
+
+    python bench/generate.py [--images 12] [--size 256] [--steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import report
+from train import mid_size_model, workspace
+
+from lorabooth.core.generate import Generator, complete_recipe, run_request
+from lorabooth.core.models import ModelSource, ensure_demo_model, load_pipeline
+from lorabooth.core.recipe import LoraRef, Recipe
+from lorabooth.core.store import Store
+from lorabooth.core.train import Trainer
+from lorabooth.core.workspace import Workspace
+
+
+def rates(ws: Workspace, source: ModelSource, args) -> dict[str, float]:
+    """Both paths on their own warm pipeline (the same model and LoRA), measured in
+    alternating rounds so that drift in the machine's speed hits both alike."""
+    lora = ws.loras / "pytorch_lora_weights.safetensors"
+    bare = load_pipeline(source)
+    bare.load_lora_weights(lora, adapter_name="bench")
+    store = Store(ws.db_path)
+    generator = Generator(source)
+    base = complete_recipe(ws, Recipe("photo of zorb", width=args.size, height=args.size,
+                                      steps=args.steps, loras=(LoraRef("workspace", 1.0),)))
+    load_start = time.perf_counter()
+    generator.use_loras(base.loras)
+    load = time.perf_counter() - load_start
+    job = store.add_job("generate", {})
+
+    def on_image(index: int, path: Path, recipe: Recipe) -> None:
+        store.add_output(job, path, "image", {"seed": recipe.seed})
+        store.update_job(job, step=index + 1)
+
+    def bare_round() -> None:
+        for i in range(args.images):
+            bare(prompt=base.prompt, width=args.size, height=args.size,
+                 num_inference_steps=args.steps, guidance_scale=base.guidance,
+                 generator=torch.Generator().manual_seed(i),
+                 max_sequence_length=source.max_sequence_length)
+
+    def lorabooth_round() -> None:
+        run_request(generator, ws, [replace(base, seed=i) for i in range(args.images)], job,
+                    on_image)
+
+    best = {"bare": float("inf"), "lorabooth": float("inf")}
+    for _ in range(args.rounds + 1):  # the first round of each warms up
+        for name, fn in (("bare", bare_round), ("lorabooth", lorabooth_round)):
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    switch_start = time.perf_counter()
+    for scale in (0.2, 0.4, 0.6, 0.8, 1.0):
+        generator.use_loras((replace(base.loras[0], scale=scale),))
+    return {"bare": args.images / best["bare"], "lorabooth": args.images / best["lorabooth"],
+            "load": load, "switch": (time.perf_counter() - switch_start) / 5}
+
+
+def bench(name: str, source: ModelSource, root: Path, args) -> list[dict]:
+    ws = Workspace.at(workspace(root / name, 256))
+    Trainer(ws, source=source, device="cpu").run(steps=5)  # a LoRA to generate with
+    r = rates(ws, source, args)
+    return [
+        {"model": name, "case": "images/s", "lorabooth": r["lorabooth"],
+         "baseline": "bare pipe()", "baseline_value": r["bare"],
+         "ratio": r["lorabooth"] / r["bare"]},
+        {"model": name, "case": "LoRA scale switch, s", "lorabooth": r["switch"],
+         "baseline": "load LoRA file", "baseline_value": r["load"],
+         "ratio": r["switch"] / r["load"]},
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=12)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="lorabooth-bench-generate-"))
+    try:
+        demo = ModelSource("demo", ensure_demo_model(), is_demo=True)
+        mid = ModelSource("mid", mid_size_model(root / "mid-model"), is_demo=True)
+        rows = bench("demo", demo, root, args) + bench("mid-256", mid, root, args)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    report("generate", rows, {"size": args.size, "steps": args.steps, "images": args.images,
+                              "goal": "images/s ratio >= 0.98; scale switch << file load"})
+
+
+if __name__ == "__main__":
+    main()
