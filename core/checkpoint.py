@@ -19,10 +19,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .fsutil import atomic_write_bytes, atomic_write_text, fsync_dir
 
+# torch is imported inside the functions that save and load state: listing and promoting
+# checkpoints is what the UI does, and the UI never imports torch.
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -59,6 +61,8 @@ def write_checkpoint(root: Path, step: int, state: dict, files: dict[str, bytes]
                      meta: dict) -> CheckpointInfo:
     """Write `state` (torch.save), extra `files` and `meta` as the checkpoint of `step`."""
     root.mkdir(parents=True, exist_ok=True)
+    import torch
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{step_dir_name(step)}.", suffix=".tmp", dir=root))
     try:
         buffer = io.BytesIO()
@@ -79,6 +83,8 @@ def write_checkpoint(root: Path, step: int, state: dict, files: dict[str, bytes]
 
 
 def read_state(info: CheckpointInfo) -> dict:
+    import torch
+
     return torch.load(info.path / STATE_FILE, map_location="cpu", weights_only=False)
 
 
@@ -89,3 +95,14 @@ def prune(root: Path, keep: int) -> None:
     for entry in root.glob(".step-*.tmp"):
         with contextlib.suppress(OSError):
             shutil.rmtree(entry)
+
+
+def promote(checkpoints: Path, loras: Path, step: int) -> Path:
+    """Make the LoRA of checkpoint `step` the workspace's LoRA."""
+    found = {c.step: c for c in list_checkpoints(checkpoints)}
+    if step not in found:
+        steps = ", ".join(map(str, sorted(found))) or "none"
+        raise ValueError(f"no checkpoint at step {step}; there are: {steps}")
+    target = loras / LORA_FILE
+    atomic_write_bytes(target, (found[step].path / LORA_FILE).read_bytes())
+    return target

@@ -15,8 +15,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from .checkpoint import LORA_FILE
+
 ADAPTER = "lorabooth"
-LORA_FILE = "pytorch_lora_weights.safetensors"
+__all__ = ["ADAPTER", "LORA_FILE"]
 ATTENTION_TARGETS = ["to_k", "to_q", "to_v", "to_out.0",
                      "add_k_proj", "add_q_proj", "add_v_proj", "to_add_out"]
 

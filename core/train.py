@@ -206,19 +206,6 @@ def write_contact_sheet(samples: Path, cell: int = 192) -> Path | None:
     return save_png(sheet, samples / "contact_sheet.png")
 
 
-def promote(ws: Workspace, step: int) -> Path:
-    """Make the LoRA of checkpoint `step` the workspace's LoRA."""
-    from .checkpoint import list_checkpoints
-
-    found = {c.step: c for c in list_checkpoints(ws.checkpoints)}
-    if step not in found:
-        raise TrainingError(f"no checkpoint at step {step}; there are: "
-                            f"{', '.join(map(str, sorted(found))) or 'none'}")
-    target = ws.loras / LORA_FILE
-    atomic_write_bytes(target, (found[step].path / LORA_FILE).read_bytes())
-    return target
-
-
 # ---------------------------------------------------------------------------------------------
 # the trainer
 

@@ -18,6 +18,8 @@ def lorabooth_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     built once per session and shared by every test and subprocess."""
     cache = Path(os.environ.get("LORABOOTH_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
     os.environ["LORABOOTH_CACHE"] = str(cache)
+    # The UI's per-user settings (theme, keys) must not come from or go to the real home.
+    os.environ["LORABOOTH_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))
     return cache
 
 

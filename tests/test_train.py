@@ -134,7 +134,7 @@ def test_samples_and_contact_sheet_leave_training_untouched(tmp_path: Path, phot
                                                             demo_model):
     from PIL import Image
 
-    from lorabooth.core.train import promote
+    from lorabooth.core.checkpoint import promote
 
     quiet = make_ws(tmp_path / "quiet", photos)
     plain_run = Trainer(quiet, device="cpu").run(steps=20)
@@ -148,6 +148,6 @@ def test_samples_and_contact_sheet_leave_training_untouched(tmp_path: Path, phot
     with Image.open(sheet) as img:
         assert img.size == (96 + 3 * 192, 2 * 192)
     assert len(list((ws.outputs / "samples" / "step-000010").glob("*.png"))) == 3
-    promoted = promote(ws, 10)
+    promoted = promote(ws.checkpoints, ws.loras, 10)
     assert promoted.read_bytes() == \
         (ws.checkpoints / "step-000010" / "pytorch_lora_weights.safetensors").read_bytes()

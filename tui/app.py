@@ -1,53 +1,72 @@
-"""The lorabooth app: one screen of panes (Dataset, Train) over a workspace.
+"""The lorabooth app: a header with the workspace, engine, job and GPU; the Dataset, Train,
+Queue and Gallery panes; a footer with the keys that apply here.
 
-Workspace reads happen in thread workers that post typed messages back; widgets are only ever
-touched on the app's own thread.
+The store is read on a timer in a thread worker that posts typed messages; widgets are only
+touched on the app's thread. A stopped engine is started (detached) when work is queued; a
+vanished one is shown, not a crash. SIGHUP (the SSH link gone) exits at once; the engine
+carries on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import signal
 from pathlib import Path
 
-from textual import work
+from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Static, TabbedContent, TabPane
 
-from lorabooth.core.config import Config, ConfigError
+from lorabooth.core import engine
 from lorabooth.core.safetext import plain
+from lorabooth.core.store import Job
 from lorabooth.core.workspace import Workspace
 from lorabooth.themes import THEMES_DIR
+from lorabooth.themes.themes import THEMES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp",
-                  ".heic", ".heif", ".avif"}
+from .messages import Notice, StoreUpdated
+from .panes.dataset import DatasetPane
+from .panes.gallery import GalleryPane
+from .panes.queue import QueuePane
+from .panes.train import TrainPane
+from .poller import StorePoller
+from .settings import UISettings
+
+POLL_SECONDS = 0.25  # 4 Hz: live enough for a loss curve, idle enough over SSH
+PANES = ("dataset", "train", "queue", "gallery")
 
 
-@dataclass(frozen=True)
-class PhotoRow:
-    name: str
-    caption: str
+class StatusBar(Static):
+    """workspace · engine state · current job · GPU"""
+
+    def show(self, ws: Workspace, state: str, pid: int | None, job: Job | None,
+             device: str | None) -> None:
+        parts = [f"lorabooth · {ws.root.name}", f"engine {state}" + (f" ({pid})" if pid else "")]
+        if job is not None:
+            parts.append(f"job {job.id} {job.kind} {job.state} {job.step}/{job.total}")
+        if device:
+            parts.append(device)
+        self.update(plain("  ·  ".join(parts)))
+        self.set_class(state in ("stopped", "unreachable"), "-down")
 
 
-class WorkspaceLoaded(Message):
-    def __init__(self, config: Config | None, photos: list[PhotoRow], problem: str = ""):
+class HelpScreen(ModalScreen):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close", id="help.close")]
+
+    def __init__(self, rows: list[tuple[str, str, str]]):
         super().__init__()
-        self.config = config
-        self.photos = photos
-        self.problem = problem
+        self.rows = rows
 
+    def compose(self) -> ComposeResult:
+        from textual.widgets import DataTable
 
-def read_photos(folder: Path) -> list[PhotoRow]:
-    rows = []
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
-            continue
-        sidecar = path.with_suffix(".txt")
-        caption = sidecar.read_text(encoding="utf-8", errors="replace").strip() \
-            if sidecar.is_file() else ""
-        rows.append(PhotoRow(path.name, caption))
-    return rows
+        table = DataTable(id="help-table", cursor_type="row")
+        table.add_columns("key", "action", "id (remap in ui.toml [keys])")
+        for key, description, binding_id in self.rows:
+            table.add_row(key, description, binding_id)
+        yield table
 
 
 class LoraboothApp(App):
@@ -55,71 +74,139 @@ class LoraboothApp(App):
     TITLE = "lorabooth"
     BINDINGS = [
         Binding("q", "quit", "Quit", id="app.quit"),
-        Binding("d", "show_tab('dataset')", "Dataset", id="app.dataset"),
-        Binding("t", "show_tab('train')", "Train", id="app.train"),
+        Binding("1", "show_pane('dataset')", "Dataset", id="app.dataset"),
+        Binding("2", "show_pane('train')", "Train", id="app.train"),
+        Binding("3", "show_pane('queue')", "Queue", id="app.queue"),
+        Binding("4", "show_pane('gallery')", "Gallery", id="app.gallery"),
+        Binding("question_mark", "help", "Help", id="app.help"),
+        Binding("ctrl+t", "next_theme", "Theme", show=False, id="app.theme"),
     ]
 
-    def __init__(self, workspace: Path):
+    def __init__(self, workspace: Path, *, start_engine: bool = True, poll: bool = True,
+                 settings: UISettings | None = None):
         super().__init__()
-        self.workspace = Workspace.at(workspace)
-        self.sub_title = str(self.workspace.root)
+        self.ws = Workspace.at(workspace)
+        self.settings = settings or UISettings.load()
+        self.start_engine = start_engine
+        self.poll = poll
+        self.poller = StorePoller(self.ws)
+        self.last_jobs: list[Job] = []
+        for theme in THEMES:
+            self.register_theme(theme)
+        if self.settings.theme in self.available_themes:
+            self.theme = self.settings.theme
+        else:
+            self.theme = THEMES[0].name
+        if self.settings.keys:
+            self.set_keymap(self.settings.keys)
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield StatusBar(id="status")
+        protocol = self.settings.images
         with TabbedContent(id="panes"):
-            with TabPane("Dataset", id="dataset"):
-                yield DataTable(id="photos", cursor_type="row", zebra_stripes=True)
-            with TabPane("Train", id="train"):
-                yield Static(id="train-config")
+            with TabPane("1 Dataset", id="dataset"):
+                yield DatasetPane(self.ws, protocol, id="dataset-pane")
+            with TabPane("2 Train", id="train"):
+                yield TrainPane(self.ws, protocol, id="train-pane")
+            with TabPane("3 Queue", id="queue"):
+                yield QueuePane(self.ws, protocol, id="queue-pane")
+            with TabPane("4 Gallery", id="gallery"):
+                yield GalleryPane(self.ws, protocol, id="gallery-pane")
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#photos", DataTable)
-        table.add_columns("photo", "caption")
-        self.load_workspace()
-
-    @work(thread=True, exclusive=True, group="workspace", exit_on_error=False)
-    def load_workspace(self) -> None:
+        self.query_one(StatusBar).show(self.ws, "connecting", None, None, None)
+        for problem in self.settings.problems:
+            self.notify(problem, severity="warning", markup=False)
+        self.read_store()
+        if self.poll:  # off for snapshots: one read, then nothing moves
+            self.set_interval(POLL_SECONDS, self.read_store)
+        if self.start_engine:
+            self.ensure_engine()
         try:
-            config = self.workspace.config(check_photos=False)
-        except ConfigError as exc:
-            self.post_message(WorkspaceLoaded(None, [], str(exc)))
+            import asyncio
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # no signals here (Windows, or not the main thread in tests)
+
+    # -- the store ------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="store", exit_on_error=False)
+    def read_store(self) -> None:
+        self.post_message(StoreUpdated(self.poller.read()))
+
+    @on(StoreUpdated)
+    def store_updated(self, message: StoreUpdated) -> None:
+        delta = message.delta
+        self.last_jobs = delta.jobs
+        current = next((j for j in delta.jobs if j.state in ("running", "paused")), None)
+        self.query_one(StatusBar).show(self.ws, delta.engine_state, delta.engine_pid, current,
+                                       delta.device)
+        self.query_one(TrainPane).apply(delta)
+        self.query_one(QueuePane).apply(delta)
+        self.query_one(GalleryPane).apply(delta)
+        if any(e["kind"] == "dataset" for e in delta.events):
+            self.query_one(DatasetPane).rescan()
+        for event in delta.events:
+            if event["level"] == "error":
+                self.notify(event["message"], severity="error", markup=False, timeout=8)
+
+    @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
+    def ensure_engine(self) -> None:
+        if os.environ.get("LORABOOTH_NO_ENGINE"):
             return
-        folder = config.photos_dir(self.workspace.root)
         try:
-            photos = read_photos(folder)
-            problem = ""
-        except OSError as exc:
-            photos, problem = [], f"cannot read the photos folder {folder}: {exc.strerror}"
-        self.post_message(WorkspaceLoaded(config, photos, problem))
+            engine.start_detached(self.ws)
+        except (RuntimeError, OSError) as exc:
+            self.post_message(Notice(f"could not start the engine: {exc}", "error"))
 
-    def on_workspace_loaded(self, message: WorkspaceLoaded) -> None:
-        table = self.query_one("#photos", DataTable)
-        table.clear()
-        for row in message.photos:
-            table.add_row(plain(row.name), plain(row.caption))
-        summary = self.query_one("#train-config", Static)
-        if message.config is None:
-            summary.update(plain(message.problem, keep_newlines=True))
-            return
-        train = message.config.train
-        lines = [
-            f"model       {message.config.model}",
-            f"trigger     {message.config.trigger}",
-            f"resolution  {', '.join(map(str, train.resolution))} px",
-            f"rank/alpha  {train.rank} / {train.alpha:g}",
-            f"lr          {train.learning_rate:g}",
-            f"steps       {train.steps}",
-            f"photos      {len(message.photos)}",
-        ]
-        if message.problem:
-            lines.append(message.problem)
-        summary.update(plain("\n".join(lines), keep_newlines=True))
+    @on(Notice)
+    def show_notice(self, message: Notice) -> None:
+        self.notify(message.text, severity=message.severity, markup=False, timeout=8)
 
-    def action_show_tab(self, tab: str) -> None:
-        self.query_one("#panes", TabbedContent).active = tab
+    # -- actions --------------------------------------------------------------------------
+
+    def action_show_pane(self, pane: str) -> None:
+        self.query_one("#panes", TabbedContent).active = pane
+        pane_widget = self.query_one(f"#{pane}-pane")
+        tables = pane_widget.query("DataTable")
+        if tables:
+            tables.first().focus()
+
+    def action_help(self) -> None:
+        rows = []
+        seen = set()
+        for node in [self, *self.query("DatasetPane, TrainPane, QueuePane, GalleryPane")]:
+            for binding in node.BINDINGS:
+                if isinstance(binding, Binding) and binding.id and binding.id not in seen:
+                    seen.add(binding.id)
+                    keys = self._remapped(binding)
+                    rows.append((keys, binding.description, binding.id))
+        self.push_screen(HelpScreen(rows))
+
+    def _remapped(self, binding: Binding) -> str:
+        return self.settings.keys.get(binding.id, binding.key)
+
+    def action_next_theme(self) -> None:
+        names = [t.name for t in THEMES]
+        current = names.index(self.theme) if self.theme in names else -1
+        self.theme = names[(current + 1) % len(names)]
+
+    def watch_theme(self, theme: str) -> None:
+        if theme in [t.name for t in THEMES] and theme != self.settings.theme:
+            self.settings.save_theme(theme)
+
+    def use_prompt(self, prompt: str) -> None:
+        self.action_show_pane("queue")
+        self.query_one(QueuePane).set_prompt(prompt)
 
 
 def run_app(workspace: Path) -> int:
-    LoraboothApp(workspace).run()
+    settings = UISettings.load()
+    if settings.images in ("auto", "kitty", "sixel"):
+        # textual-image probes the terminal when imported; it must happen before the app
+        # takes the terminal over.
+        import textual_image.widget  # noqa: F401
+    LoraboothApp(workspace, settings=settings).run()
     return 0

@@ -1,0 +1,86 @@
+"""Snapshots of every pane at 80x24 and 160x48 in the dark and light themes, from a fixed
+workspace: fixed photos, metrics, jobs and outputs, no engine, no cursor blink."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lorabooth.core.recipe import Recipe, Request, request_to_params
+from lorabooth.core.store import Store
+from lorabooth.core.workspace import init_workspace
+from lorabooth.tui.app import LoraboothApp
+from lorabooth.tui.settings import UISettings
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_photos"
+
+
+def fixed_workspace(root: Path) -> Path:
+    photos = root / "photos"
+    shutil.copytree(SAMPLES, photos, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    ws = init_workspace(root / "studio", photos, model="demo", trigger="zorb")
+    store = Store(ws.db_path)
+    train = store.add_job("train", {"steps": 300}, total=300)
+    for step in range(1, 301):
+        loss = 0.6 + 0.5 * math.exp(-step / 80) + 0.05 * math.sin(step * 1.7)
+        store.add_metric(train, step, loss=loss, lr=1e-4, grad_norm=1.0, seconds=0.5,
+                         images_per_s=2.0, memory_gb=None)
+    store.update_job(train, state="done", step=300)
+    for step in (100, 200, 300):
+        folder = ws.checkpoints / f"step-{step:06d}"
+        folder.mkdir(parents=True)
+        (folder / "state.pt").write_bytes(b"")
+        (folder / "meta.json").write_text(json.dumps({"step": step, "loss": 0.6 + 1 / step}))
+    images = ws.outputs / "images"
+    images.mkdir(parents=True)
+    for i, (prompt, state) in enumerate([("zorb on the moon", "done"),
+                                         ("[bold]zorb[/bold] in a cafe", "done"),
+                                         ("zorb as a knight", "failed"),
+                                         ("zorb, poster", "queued")]):
+        job = store.add_job("generate", request_to_params(Request(Recipe(prompt, seed=i))),
+                            total=1)
+        if state == "done":
+            path = images / f"image-{i}.jpg"
+            shutil.copy(SAMPLES / f"0{i + 1}_{['studio', 'beach_scarf'][i]}.jpg", path)
+            store.add_output(job, path, "image", json.loads(Recipe(prompt, seed=i).to_json()))
+            store.update_job(job, state="done", step=1, result={"images": [str(path)]})
+        elif state == "failed":
+            store.update_job(job, state="failed", error="width 100 must be a multiple of 16")
+    return ws.root
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return fixed_workspace(tmp_path_factory.mktemp("snap"))
+
+
+def app_for(root: Path, theme: str) -> LoraboothApp:
+    return LoraboothApp(root, start_engine=False, poll=False,
+                        settings=UISettings(theme=theme, images="halfcell"))
+
+
+async def settle(pilot) -> None:
+    # Store reads, the photo scan and image mounts each take a worker or a refresh or two.
+    for _ in range(5):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.wait_for_scheduled_animations()
+        await pilot.pause(0.2)
+    for widget in pilot.app.query("Input, TextArea"):
+        widget.cursor_blink = False
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+@pytest.mark.parametrize("theme", ["lorabooth-dark", "lorabooth-light"])
+@pytest.mark.parametrize("pane", ["1", "2", "3", "4"], ids=["dataset", "train", "queue",
+                                                          "gallery"])
+def test_pane_snapshot(snap_compare, workspace: Path, pane: str, theme: str, size):
+    async def run_before(pilot) -> None:
+        await settle(pilot)
+        await pilot.press(pane)
+        await settle(pilot)
+
+    assert snap_compare(app_for(workspace, theme), terminal_size=size, run_before=run_before)

@@ -1,0 +1,136 @@
+"""The terminal studio driven by Pilot against a real engine on a demo workspace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Input, TextArea
+
+from lorabooth.core.config import set_config_value
+from lorabooth.core.engine import running_pid
+from lorabooth.core.store import Store
+from lorabooth.core.workspace import Workspace, init_workspace
+from lorabooth.tui.app import LoraboothApp
+from lorabooth.tui.panes.train import TrainPane
+from lorabooth.tui.settings import UISettings
+from lorabooth.tui.widgets.lossplot import LossPlot
+from lorabooth.tui.widgets.preview import Preview
+
+
+def make_ws(root: Path, photos: Path) -> Workspace:
+    ws = init_workspace(root, photos, model="demo", trigger="zorb")
+    for key, value in {"train.resolution": [256], "train.learning_rate": 1e-3,
+                       "train.steps": 3000, "train.checkpoint_every": 100, "sample.every": 0,
+                       "generate.width": 64, "generate.height": 64,
+                       "generate.steps": 2}.items():
+        set_config_value(ws.root, key, value)
+    return ws
+
+
+async def wait_for(pilot, condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError(f"not within {timeout} s")
+
+
+@pytest.fixture
+def studio(tmp_path: Path, photos: Path, demo_model):
+    ws = make_ws(tmp_path / "ws", photos)
+    yield ws
+    pid = running_pid(ws)
+    if pid and pid > 0:
+        os.kill(pid, signal.SIGKILL)
+
+
+async def test_each_pane_against_a_real_engine(studio: Workspace, photos: Path):
+    app = LoraboothApp(studio.root, settings=UISettings(images="halfcell"))
+    store = Store(studio.db_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: running_pid(studio))  # the UI started the engine
+
+        # Dataset: edit a caption in place.
+        await pilot.press("1")
+        table = app.query_one("#photos", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 16)
+        await pilot.press("j", "e")
+        caption = app.query_one("#caption", TextArea)
+        assert not caption.read_only
+        caption.load_text("zorb surfing a big wave")
+        await pilot.press("ctrl+s")
+        assert (photos / "02_beach_scarf.txt").read_text() == "zorb surfing a big wave\n"
+
+        # Dataset: a photo dropped into the folder appears (through the engine's watcher).
+        shutil.copy(photos / "01_studio.jpg", photos / "dropped in.jpg")
+        await wait_for(pilot, lambda: table.row_count == 17, timeout=15)
+
+        # Train: start, watch step and loss move, pause, resume.
+        await pilot.press("2", "s")
+        pane = app.query_one(TrainPane)
+        await wait_for(pilot, lambda: len(pane.losses) >= 20)
+        assert "step" in str(app.query_one("#train-stats").render())
+        assert app.query_one(LossPlot).losses
+        await pilot.press("p")
+        await wait_for(pilot, lambda: store.jobs()[0].state == "paused")
+        await pilot.press("p")
+        await wait_for(pilot, lambda: store.jobs()[0].state == "running")
+
+        # Queue: three prompts finish with their images, between training steps.
+        await pilot.press("3", "i")
+        prompt = app.query_one("#prompt", Input)
+        assert prompt.has_focus
+        for text in ("zorb on the moon", "[bold]zorb[/bold] in a cafe", "zorb, poster"):
+            prompt.value = text
+            await pilot.press("enter")
+        generated = lambda: [j for j in store.jobs() if j.kind == "generate"]  # noqa: E731
+        await wait_for(pilot, lambda: len(generated()) == 3
+                       and all(j.state == "done" for j in generated()), timeout=90)
+        jobs_table = app.query_one("#jobs", DataTable)
+        await wait_for(pilot, lambda: jobs_table.row_count == 3)
+        prompts = [str(jobs_table.get_row_at(i)[3]) for i in range(3)]
+        assert "[bold]zorb[/bold] in a cafe" in prompts  # shown as typed
+        await pilot.press("escape", "j")  # leave the prompt box, then move in the queue
+        assert jobs_table.has_focus
+        preview = app.query_one("#job-preview", Preview)
+        await wait_for(pilot, lambda: preview.path is not None and preview.path.is_file())
+        assert all(j.result["training_step"] > 0 for j in generated())
+
+        await pilot.press("2", "x")
+        await wait_for(pilot, lambda: store.jobs()[0].state == "cancelled", timeout=30)
+        await pilot.press("q")
+    assert running_pid(studio)  # quitting the UI leaves the engine running
+
+
+async def test_help_lists_every_binding_with_its_id(studio: Workspace):
+    app = LoraboothApp(studio.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("question_mark")
+        await pilot.pause()
+        table = app.screen.query_one("#help-table", DataTable)
+        ids = {str(table.get_row_at(i)[2]) for i in range(table.row_count)}
+        assert {"app.quit", "train.start", "queue.cancel", "dataset.edit", "gallery.use"} <= ids
+
+
+async def test_keys_can_be_remapped_from_settings(studio: Workspace):
+    settings = UISettings(images="halfcell", keys={"app.train": "f2"})
+    app = LoraboothApp(studio.root, start_engine=False, settings=settings)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("f2")
+        await pilot.pause()
+        assert app.query_one("#panes").active == "train"
+
+
+async def test_theme_choice_is_remembered(studio: Workspace):
+    app = LoraboothApp(studio.root, start_engine=False, poll=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        chosen = app.theme
+    assert UISettings.load().theme == chosen == "lorabooth-light"

@@ -1,0 +1,187 @@
+"""The Dataset pane: every photo with its status and reasons, a preview, the caption edited in
+place (saved atomically), and the report of what the set is short of. New photos dropped into
+the folder appear when the engine's watcher reports them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import DataTable, Label, Static, TextArea
+
+from lorabooth.core.config import ConfigError
+from lorabooth.core.dataset import OK, SKIPPED, WARN, ScanOptions, scan_folder, write_caption
+from lorabooth.core.report import build_report
+from lorabooth.core.safetext import plain, printable
+from lorabooth.core.workspace import Workspace
+
+from ..messages import DatasetScanned, Notice
+from ..widgets.preview import Preview
+
+ICONS = {OK: ("✓", "green"), WARN: ("!", "yellow"), SKIPPED: ("✗", "red")}
+FILTERS = ("all", OK, WARN, SKIPPED)
+
+
+class DatasetPane(Vertical):
+    BINDINGS = [
+        Binding("f", "cycle_filter", "Filter", id="dataset.filter"),
+        Binding("e", "edit_caption", "Edit caption", id="dataset.edit"),
+        Binding("ctrl+s", "save_caption", "Save caption", id="dataset.save"),
+        Binding("escape", "cancel_edit", "Cancel edit", show=False, id="dataset.cancel"),
+        Binding("r", "rescan", "Rescan", id="dataset.rescan"),
+        Binding("j", "cursor('down')", "Down", show=False, id="dataset.down"),
+        Binding("k", "cursor('up')", "Up", show=False, id="dataset.up"),
+    ]
+
+    def __init__(self, ws: Workspace, protocol: str, **kwargs):
+        super().__init__(**kwargs)
+        self.ws = ws
+        self.protocol = protocol
+        self.scan = None
+        self.filter = "all"
+        self.rows: list = []
+        self.folder: Path | None = None
+        self.thumbs = ws.cache / "thumbs"
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="dataset-main"):
+            with Vertical(id="dataset-left"):
+                yield Label("", id="dataset-summary")
+                yield DataTable(id="photos", cursor_type="row", zebra_stripes=True)
+            with Vertical(id="dataset-right"):
+                yield Preview(self.protocol, id="photo-preview")
+                yield Label("caption (e to edit, ctrl+s to save)", id="caption-label")
+                yield TextArea(id="caption", soft_wrap=True, read_only=True)
+                yield Static(id="photo-reasons")
+        with VerticalScroll(id="dataset-report"):
+            yield Static(id="report-text")
+
+    def on_mount(self) -> None:
+        self.query_one("#photos", DataTable).add_columns(" ", "photo", "size", "reason")
+        self.rescan()
+
+    # -- scanning -------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="dataset-scan", exit_on_error=False)
+    def rescan(self) -> None:
+        try:
+            config = self.ws.config(check_photos=False)
+        except ConfigError as exc:
+            self.post_message(DatasetScanned(None, None, str(exc)))
+            return
+        self.folder = config.photos_dir(self.ws.root)
+        options = ScanOptions(resolution=min(config.train.resolution), trigger=config.trigger)
+        scan = scan_folder(self.folder, options, self.ws.cache)
+        self.post_message(DatasetScanned(scan, build_report(scan, options)))
+
+    def action_rescan(self) -> None:
+        self.rescan()
+
+    @on(DatasetScanned)
+    def show_scan(self, message: DatasetScanned) -> None:
+        message.stop()
+        summary = self.query_one("#dataset-summary", Label)
+        if message.scan is None:
+            summary.update(plain(message.problem, "red", keep_newlines=True))
+            return
+        self.scan = message.scan
+        self.refill()
+        report = message.report
+        c = report.counts
+        summary.update(plain(f"{report.total} photos: {c[OK]} ok, {c[WARN]} warn, "
+                             f"{c[SKIPPED]} skipped · filter: {self.filter} (f)"))
+        lines = Text()
+        for note in message.scan.notes:
+            lines.append_text(plain(f"note: {note}\n", "yellow"))
+        for advice in report.advice or ["Nothing missing: a varied, well-captioned set."]:
+            lines.append_text(plain("• " + advice + "\n", keep_newlines=True))
+        self.query_one("#report-text", Static).update(lines)
+
+    def refill(self) -> None:
+        table = self.query_one("#photos", DataTable)
+        selected = self.current_record()
+        table.clear()
+        self.rows = [r for r in self.scan.records
+                     if self.filter == "all" or r.status == self.filter]
+        for record in self.rows:
+            icon, style = ICONS[record.status]
+            size = f"{record.width}x{record.height}" if record.width else ""
+            table.add_row(Text(icon, style=style), plain(record.path), size,
+                          plain(record.reasons[0] if record.reasons else ""), key=record.path)
+        if selected is not None:
+            for index, record in enumerate(self.rows):
+                if record.path == selected.path:
+                    table.move_cursor(row=index)
+        self.show_selected()
+
+    # -- the selected photo ---------------------------------------------------------------
+
+    def current_record(self):
+        table = self.query_one("#photos", DataTable)
+        if not self.rows or table.cursor_row is None or table.cursor_row >= len(self.rows):
+            return None
+        return self.rows[table.cursor_row]
+
+    @on(DataTable.RowHighlighted, "#photos")
+    def row_changed(self) -> None:
+        self.show_selected()
+
+    def show_selected(self) -> None:
+        record = self.current_record()
+        caption = self.query_one("#caption", TextArea)
+        preview = self.query_one("#photo-preview", Preview)
+        reasons = self.query_one("#photo-reasons", Static)
+        if record is None:
+            preview.show(None, "no photos here yet: copy some into the folder")
+            caption.load_text("")
+            reasons.update("")
+            return
+        thumb = self.thumbs / f"{record.measurement.sha256[:32]}.jpg" \
+            if record.measurement and record.measurement.sha256 else None
+        preview.show(thumb, "no preview")
+        caption.read_only = True
+        caption.load_text(printable(record.caption or "", keep_newlines=True))
+        reasons.update(plain("\n".join(record.reasons), keep_newlines=True))
+
+    def action_cursor(self, direction: str) -> None:
+        table = self.query_one("#photos", DataTable)
+        table.action_cursor_down() if direction == "down" else table.action_cursor_up()
+
+    def action_cycle_filter(self) -> None:
+        self.filter = FILTERS[(FILTERS.index(self.filter) + 1) % len(FILTERS)]
+        if self.scan is not None:
+            self.refill()
+            summary = self.query_one("#dataset-summary", Label)
+            summary.update(plain(f"filter: {self.filter} (f to change)"))
+
+    def action_edit_caption(self) -> None:
+        if self.current_record() is None:
+            return
+        caption = self.query_one("#caption", TextArea)
+        caption.read_only = False
+        caption.focus()
+
+    def action_cancel_edit(self) -> None:
+        self.show_selected()
+        self.query_one("#photos", DataTable).focus()
+
+    def action_save_caption(self) -> None:
+        record = self.current_record()
+        caption = self.query_one("#caption", TextArea)
+        if record is None or caption.read_only or self.folder is None:
+            return
+        text = caption.text.strip()
+        try:
+            write_caption(self.folder / record.path, text)
+        except OSError as exc:
+            self.post_message(Notice(f"could not save the caption: {exc.strerror}", "error"))
+            return
+        record.caption = text
+        caption.read_only = True
+        self.query_one("#photos", DataTable).focus()
+        self.app.notify(printable(f"caption saved: {record.path}"), timeout=3, markup=False)
+        self.rescan()

@@ -1,0 +1,96 @@
+"""The Gallery pane: outputs newest first with their recipes; `y` copies a recipe's prompt
+into the prompt box to vary it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Static
+
+from lorabooth.core.safetext import plain
+from lorabooth.core.workspace import Workspace
+
+from ..messages import StoreDelta
+from ..widgets.preview import Preview
+
+
+class GalleryPane(Vertical):
+    BINDINGS = [
+        Binding("y", "use_recipe", "Use prompt", id="gallery.use"),
+        Binding("j", "cursor('down')", "Down", show=False, id="gallery.down"),
+        Binding("k", "cursor('up')", "Up", show=False, id="gallery.up"),
+    ]
+
+    def __init__(self, ws: Workspace, protocol: str, **kwargs):
+        super().__init__(**kwargs)
+        self.ws = ws
+        self.protocol = protocol
+        self.items: list[dict] = []  # newest first
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            yield DataTable(id="outputs", cursor_type="row", zebra_stripes=True)
+            with Vertical(id="gallery-right"):
+                yield Preview(self.protocol, id="output-preview")
+                yield Static(id="recipe")
+
+    def on_mount(self) -> None:
+        self.query_one("#outputs", DataTable).add_columns("kind", "file")
+
+    def apply(self, delta: StoreDelta) -> None:
+        if not delta.outputs:
+            return
+        fresh = [o for o in delta.outputs if o["kind"] in ("image", "sample")]
+        if fresh:
+            self.items[:0] = reversed(fresh)
+            self.redraw()
+
+    def redraw(self) -> None:
+        table = self.query_one("#outputs", DataTable)
+        table.clear()
+        for output in self.items:
+            path = Path(output["path"])
+            # Samples share names across steps: their step folder tells them apart.
+            name = f"{path.parent.name}/{path.name}" if output["kind"] == "sample" else path.name
+            table.add_row(output["kind"], plain(name))
+        self.show_selected()
+
+    def selected(self) -> dict | None:
+        table = self.query_one("#outputs", DataTable)
+        if not self.items or table.cursor_row is None or table.cursor_row >= len(self.items):
+            return None
+        return self.items[table.cursor_row]
+
+    @on(DataTable.RowHighlighted, "#outputs")
+    def show_selected(self) -> None:
+        item = self.selected()
+        preview = self.query_one("#output-preview", Preview)
+        recipe = self.query_one("#recipe", Static)
+        if item is None:
+            preview.show(None, "images you make appear here, newest first")
+            recipe.update("")
+            return
+        preview.show(Path(item["path"]))
+        data = json.loads(item["recipe"] or "{}")
+        lines = [f"{k}: {v}" for k, v in data.items() if k not in ("loras",) and v not in
+                 ("", None, ())]
+        for lora in data.get("loras", []):
+            lines.append(f"lora: {lora.get('name')} x{lora.get('scale')}")
+        recipe.update(plain("\n".join(lines), keep_newlines=True))
+
+    def action_cursor(self, direction: str) -> None:
+        table = self.query_one("#outputs", DataTable)
+        table.action_cursor_down() if direction == "down" else table.action_cursor_up()
+
+    def action_use_recipe(self) -> None:
+        item = self.selected()
+        if item is None:
+            return
+        prompt = json.loads(item["recipe"] or "{}").get("prompt")
+        if prompt:
+            self.app.use_prompt(prompt)

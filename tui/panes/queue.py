@@ -1,0 +1,240 @@
+"""The Queue pane: a prompt box (history on up/down, {trigger} and preset completion, LoRA
+scale), the queue with states and progress, keys to cancel, move, repeat and pause, and the
+selected job's images."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.suggester import SuggestFromList
+from textual.widgets import DataTable, Input, Label
+
+from lorabooth.core.config import ConfigError
+from lorabooth.core.recipe import (
+    LoraRef,
+    Recipe,
+    RecipeError,
+    Request,
+    apply_template,
+    request_from_params,
+    request_to_params,
+)
+from lorabooth.core.safetext import plain, printable
+from lorabooth.core.store import Job, Store
+from lorabooth.core.workspace import Workspace
+
+from ..messages import Notice, StoreDelta
+from ..widgets.preview import Preview
+
+STATE_STYLE = {"queued": "", "running": "bold", "paused": "yellow", "done": "green",
+               "failed": "red", "cancelled": "dim"}
+
+
+class PromptInput(Input):
+    """An Input with shell-like history on up and down."""
+
+    BINDINGS = [
+        Binding("up", "history(-1)", "Previous prompt", show=False, id="prompt.previous"),
+        Binding("down", "history(1)", "Next prompt", show=False, id="prompt.next"),
+        Binding("escape", "leave", "Leave the prompt", id="prompt.leave"),
+    ]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.history: list[str] = []
+        self.position = 0
+
+    def remember(self, text: str) -> None:
+        if text and (not self.history or self.history[-1] != text):
+            self.history.append(text)
+        self.position = len(self.history)
+
+    def action_leave(self) -> None:
+        self.screen.query_one("#jobs").focus()
+
+    def action_history(self, step: int) -> None:
+        if not self.history:
+            return
+        self.position = max(0, min(len(self.history), self.position + step))
+        self.value = self.history[self.position] if self.position < len(self.history) else ""
+        self.cursor_position = len(self.value)
+
+
+class QueuePane(Vertical):
+    BINDINGS = [
+        Binding("i", "focus_prompt", "Prompt", id="queue.prompt"),
+        Binding("c", "cancel", "Cancel job", id="queue.cancel"),
+        Binding("K", "move(-1)", "Move up", id="queue.up"),
+        Binding("J", "move(1)", "Move down", id="queue.down"),
+        Binding("R", "repeat", "Repeat, new seed", id="queue.repeat"),
+        Binding("space", "pause_queue", "Pause queue", id="queue.pause"),
+        Binding("j", "cursor('down')", "Down", show=False, id="queue.cursor_down"),
+        Binding("k", "cursor('up')", "Up", show=False, id="queue.cursor_up"),
+    ]
+
+    def __init__(self, ws: Workspace, protocol: str, **kwargs):
+        super().__init__(**kwargs)
+        self.ws = ws
+        self.protocol = protocol
+        self.jobs: list[Job] = []
+        self.images: dict[int, list[Path]] = {}
+        self.paused = False
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="prompt-row"):
+            yield PromptInput(placeholder="type a prompt · {trigger} · preset: name: prompt",
+                              id="prompt")
+            yield Input(value="1.0", id="lora-scale", placeholder="LoRA scale")
+        yield Label("", id="queue-state")
+        with Horizontal(id="queue-main"):
+            yield DataTable(id="jobs", cursor_type="row", zebra_stripes=True)
+            yield Preview(self.protocol, id="job-preview")
+
+    def on_mount(self) -> None:
+        self.query_one("#jobs", DataTable).add_columns("id", "state", "progress", "prompt")
+        try:
+            config = self.ws.config(check_photos=False)
+            words = ["{trigger}", config.trigger] + [f"{name}: " for name in
+                                                      config.generate.presets]
+            self.query_one("#prompt", Input).suggester = SuggestFromList(words,
+                                                                         case_sensitive=False)
+            self.query_one("#lora-scale", Input).value = f"{config.generate.lora_scale:g}"
+        except ConfigError:
+            pass
+
+    # -- live state -----------------------------------------------------------------------
+
+    def apply(self, delta: StoreDelta) -> None:
+        for output in delta.outputs:
+            if output["kind"] == "image" and output["job"] is not None:
+                self.images.setdefault(output["job"], []).append(Path(output["path"]))
+        jobs = [j for j in delta.jobs if j.kind == "generate"]
+        if jobs != self.jobs:
+            self.jobs = jobs
+            self.refill()
+        self.query_one("#queue-state", Label).update(plain(
+            f"{len([j for j in jobs if j.state == 'queued'])} waiting"
+            + (" · queue paused (space)" if self.paused else "")))
+
+    def refill(self) -> None:
+        table = self.query_one("#jobs", DataTable)
+        keep = table.cursor_row
+        table.clear()
+        for job in self.jobs:
+            try:
+                prompt = request_from_params(job.params).recipe.prompt
+            except (KeyError, TypeError, ValueError):
+                prompt = "?"
+            progress = f"{job.step}/{job.total}" if job.total else ""
+            table.add_row(str(job.id), plain(job.state, STATE_STYLE.get(job.state, "")), progress,
+                          plain(prompt.replace("\n", " ")), key=str(job.id))
+        if keep is not None and self.jobs:
+            table.move_cursor(row=min(keep, len(self.jobs) - 1))
+        self.show_selected()
+
+    def selected(self) -> Job | None:
+        table = self.query_one("#jobs", DataTable)
+        if not self.jobs or table.cursor_row is None or table.cursor_row >= len(self.jobs):
+            return None
+        return self.jobs[table.cursor_row]
+
+    @on(DataTable.RowHighlighted, "#jobs")
+    def show_selected(self) -> None:
+        job = self.selected()
+        images = self.images.get(job.id, []) if job else []
+        if job and not images and job.result:
+            images = [Path(p) for p in job.result.get("images", [])]
+        note = f"job {job.id} failed: {job.error}" if job and job.error else \
+            "images show here when a job is done"
+        self.query_one("#job-preview", Preview).show(images[-1] if images else None, note)
+
+    # -- the prompt -----------------------------------------------------------------------
+
+    def action_focus_prompt(self) -> None:
+        self.query_one("#prompt", Input).focus()
+
+    @on(Input.Submitted, "#prompt")
+    def submit(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            return
+        prompt_box = self.query_one("#prompt", PromptInput)
+        try:
+            request = self.build_request(text)
+        except (RecipeError, ConfigError, ValueError) as exc:
+            self.post_message(Notice(printable(str(exc)), "error"))
+            return
+        job_id = Store(self.ws.db_path).add_job("generate", request_to_params(request),
+                                                total=len(request.expand()))
+        prompt_box.remember(text)
+        prompt_box.value = ""
+        self.app.notify(f"queued as job {job_id}", markup=False)
+        self.app.ensure_engine()
+
+    def build_request(self, text: str) -> Request:
+        config = self.ws.config(check_photos=False)
+        g = config.generate
+        preset = None
+        name, sep, rest = text.partition(":")
+        if sep and name.strip() in g.presets:
+            preset, text = name.strip(), rest.strip()
+        prompt = apply_template(text, config.trigger, g.presets, preset)
+        scale = float(self.query_one("#lora-scale", Input).value or g.lora_scale)
+        has_lora = (self.ws.loras / "pytorch_lora_weights.safetensors").is_file()
+        loras = (LoraRef("workspace", scale),) if has_lora or self.training() else ()
+        recipe = Recipe(prompt=prompt, seed=len(self.jobs), width=g.width, height=g.height,
+                        steps=g.steps, guidance=g.guidance, model=config.model, loras=loras)
+        recipe.check()
+        return Request(recipe)
+
+    def training(self) -> bool:
+        return any(j.kind == "train" and j.state in ("running", "paused")
+                   for j in self.app.last_jobs)
+
+    def set_prompt(self, text: str) -> None:
+        box = self.query_one("#prompt", PromptInput)
+        box.value = text
+        box.cursor_position = len(text)
+        box.focus()
+
+    # -- queue actions --------------------------------------------------------------------
+
+    def action_cursor(self, direction: str) -> None:
+        table = self.query_one("#jobs", DataTable)
+        table.action_cursor_down() if direction == "down" else table.action_cursor_up()
+
+    def action_cancel(self) -> None:
+        job = self.selected()
+        if job and Store(self.ws.db_path).request(job.id, "cancel"):
+            self.app.notify(f"job {job.id}: cancel requested", markup=False)
+
+    def action_move(self, step: int) -> None:
+        job = self.selected()
+        if job is None or job.state != "queued":
+            return
+        queued = [j.id for j in self.jobs if j.state == "queued"]
+        position = queued.index(job.id) + 1 + step
+        Store(self.ws.db_path).move(job.id, max(1, position))
+
+    def action_repeat(self) -> None:
+        job = self.selected()
+        if job is None:
+            return
+        request = request_from_params(job.params)
+        recipe = replace(request.recipe, seed=request.recipe.seed + 1000 + job.id)
+        new = Store(self.ws.db_path).add_job("generate",
+                                             request_to_params(replace(request, recipe=recipe)),
+                                             total=job.total)
+        self.app.notify(f"job {job.id} repeated as job {new} with seed {recipe.seed}",
+                        markup=False)
+        self.app.ensure_engine()
+
+    def action_pause_queue(self) -> None:
+        self.paused = not self.paused
+        Store(self.ws.db_path).set_setting("queue_paused", "1" if self.paused else "0")
+        self.app.notify("queue paused" if self.paused else "queue running", markup=False)

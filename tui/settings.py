@@ -1,0 +1,73 @@
+"""Per-user UI settings (theme, image protocol, remapped keys), remembered across workspaces in
+`~/.config/lorabooth/ui.toml` (LORABOOTH_CONFIG_DIR overrides the folder).
+
+    theme = "lorabooth-light"
+    images = "halfcell"          # auto | kitty | sixel | halfcell | unicode
+    [keys]
+    "train.start" = "S"          # binding id = keys (comma-separated)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomlkit
+from platformdirs import user_config_path
+
+from lorabooth.core.fsutil import atomic_write_text
+
+IMAGE_PROTOCOLS = ("auto", "kitty", "sixel", "halfcell", "unicode")
+
+
+def settings_path() -> Path:
+    folder = os.environ.get("LORABOOTH_CONFIG_DIR")
+    return (Path(folder) if folder else user_config_path("lorabooth")) / "ui.toml"
+
+
+@dataclass
+class UISettings:
+    theme: str = "lorabooth-dark"
+    images: str = "auto"
+    keys: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls) -> UISettings:
+        path = settings_path()
+        settings = cls()
+        try:
+            data = tomlkit.parse(path.read_text(encoding="utf-8")).unwrap()
+        except FileNotFoundError:
+            return settings
+        except (OSError, ValueError) as exc:
+            settings.problems.append(f"{path}: {exc}; using defaults")
+            return settings
+        theme = data.get("theme")
+        if isinstance(theme, str):
+            settings.theme = theme
+        images = os.environ.get("LORABOOTH_IMAGES") or data.get("images", "auto")
+        if images in IMAGE_PROTOCOLS:
+            settings.images = images
+        else:
+            settings.problems.append(f"{path}: images = {images!r} is not one of "
+                                     f"{', '.join(IMAGE_PROTOCOLS)}")
+        keys = data.get("keys", {})
+        if isinstance(keys, dict):
+            settings.keys = {str(k): str(v) for k, v in keys.items()}
+        return settings
+
+    def save_theme(self, theme: str) -> None:
+        """Remember the theme, keeping the rest of the file as the user wrote it."""
+        path = settings_path()
+        try:
+            doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            doc = tomlkit.document()
+        doc["theme"] = theme
+        self.theme = theme
+        try:
+            atomic_write_text(path, tomlkit.dumps(doc))
+        except OSError:
+            pass  # a read-only home: the choice lasts this session
