@@ -4,9 +4,23 @@ Nothing in this package imports Textual; torch and diffusers are imported lazily
 that need them, so the CLI and the UI start fast.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-try:
-    __version__ = version("lorabooth")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+source"
+from functools import cache
+
+
+@cache
+def _version() -> str:
+    # importlib.metadata costs ~15 ms to import: only pay it when a version is asked for.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lorabooth")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.0.0+source"
+
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":
+        return _version()
+    raise AttributeError(name)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.lazy import Lazy
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
@@ -26,7 +28,7 @@ from lorabooth.core.workspace import Workspace
 from lorabooth.themes import THEMES_DIR
 from lorabooth.themes.themes import THEMES
 
-from .messages import Notice, StoreUpdated
+from .messages import Notice, StoreDelta, StoreUpdated
 from .panes.dataset import DatasetPane
 from .panes.gallery import GalleryPane
 from .panes.queue import QueuePane
@@ -91,6 +93,8 @@ class LoraboothApp(App):
         self.poll = poll
         self.poller = StorePoller(self.ws)
         self.last_jobs: list[Job] = []
+        self.last_delta: StoreDelta | None = None
+        self.outputs_seen: list[dict] = []
         for theme in THEMES:
             self.register_theme(theme)
         if self.settings.theme in self.available_themes:
@@ -106,12 +110,13 @@ class LoraboothApp(App):
         with TabbedContent(id="panes"):
             with TabPane("1 Dataset", id="dataset"):
                 yield DatasetPane(self.ws, protocol, id="dataset-pane")
+            # The hidden panes mount after the first frame: half the start-up is their CSS.
             with TabPane("2 Train", id="train"):
-                yield TrainPane(self.ws, protocol, id="train-pane")
+                yield Lazy(TrainPane(self.ws, protocol, id="train-pane"))
             with TabPane("3 Queue", id="queue"):
-                yield QueuePane(self.ws, protocol, id="queue-pane")
+                yield Lazy(QueuePane(self.ws, protocol, id="queue-pane"))
             with TabPane("4 Gallery", id="gallery"):
-                yield GalleryPane(self.ws, protocol, id="gallery-pane")
+                yield Lazy(GalleryPane(self.ws, protocol, id="gallery-pane"))
         yield Footer()
 
     def on_mount(self) -> None:
@@ -123,12 +128,6 @@ class LoraboothApp(App):
             self.set_interval(POLL_SECONDS, self.read_store)
         if self.start_engine:
             self.ensure_engine()
-        try:
-            import asyncio
-
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.exit)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # no signals here (Windows, or not the main thread in tests)
 
     # -- the store ------------------------------------------------------------------------
 
@@ -140,12 +139,14 @@ class LoraboothApp(App):
     def store_updated(self, message: StoreUpdated) -> None:
         delta = message.delta
         self.last_jobs = delta.jobs
+        self.last_delta = delta
         current = next((j for j in delta.jobs if j.state in ("running", "paused")), None)
         self.query_one(StatusBar).show(self.ws, delta.engine_state, delta.engine_pid, current,
                                        delta.device)
-        self.query_one(TrainPane).apply(delta)
-        self.query_one(QueuePane).apply(delta)
-        self.query_one(GalleryPane).apply(delta)
+        self.outputs_seen.extend(delta.outputs)
+        # A pane that is not mounted yet catches up from outputs_seen when it mounts.
+        for pane in self.query("TrainPane, QueuePane, GalleryPane"):
+            pane.apply(delta)
         if any(e["kind"] == "dataset" for e in delta.events):
             self.query_one(DatasetPane).rescan()
         for event in delta.events:
@@ -169,21 +170,29 @@ class LoraboothApp(App):
 
     def action_show_pane(self, pane: str) -> None:
         self.query_one("#panes", TabbedContent).active = pane
-        pane_widget = self.query_one(f"#{pane}-pane")
-        tables = pane_widget.query("DataTable")
+        tables = self.query(f"#{pane}-pane DataTable")  # empty while a lazy pane mounts
         if tables:
             tables.first().focus()
 
     def action_help(self) -> None:
+        from .panes.queue import PromptInput
+
         rows = []
         seen = set()
-        for node in [self, *self.query("DatasetPane, TrainPane, QueuePane, GalleryPane")]:
-            for binding in node.BINDINGS:
+        # From the classes, so panes that have not mounted yet are listed too.
+        for owner in (LoraboothApp, DatasetPane, TrainPane, QueuePane, PromptInput, GalleryPane):
+            for binding in owner.BINDINGS:
                 if isinstance(binding, Binding) and binding.id and binding.id not in seen:
                     seen.add(binding.id)
                     keys = self._remapped(binding)
                     rows.append((keys, binding.description, binding.id))
         self.push_screen(HelpScreen(rows))
+
+    def catch_up(self, pane) -> None:
+        """Give a pane that mounted late what the store said before it was there."""
+        if self.last_delta is not None:
+            pane.apply(replace(self.last_delta, metrics={}, events=[],
+                               outputs=list(self.outputs_seen)))
 
     def _remapped(self, binding: Binding) -> str:
         return self.settings.keys.get(binding.id, binding.key)
@@ -202,7 +211,14 @@ class LoraboothApp(App):
         self.query_one(QueuePane).set_prompt(prompt)
 
 
+def _hang_up(signum, frame) -> None:
+    """The terminal is gone (SSH dropped): nothing can be drawn or restored, and everything
+    the UI wrote is already committed, so leave at once. The engine is another process."""
+    os._exit(0)
+
+
 def run_app(workspace: Path) -> int:
+    signal.signal(signal.SIGHUP, _hang_up)
     settings = UISettings.load()
     if settings.images in ("auto", "kitty", "sixel"):
         # textual-image probes the terminal when imported; it must happen before the app

@@ -14,14 +14,14 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Label, Static, TextArea
 
 from lorabooth.core.config import ConfigError
-from lorabooth.core.dataset import OK, SKIPPED, WARN, ScanOptions, scan_folder, write_caption
-from lorabooth.core.report import build_report
 from lorabooth.core.safetext import plain, printable
 from lorabooth.core.workspace import Workspace
 
 from ..messages import DatasetScanned, Notice
 from ..widgets.preview import Preview
 
+# The scanner (numpy, Pillow) is imported in the scan worker, off the start-up path.
+OK, WARN, SKIPPED = "ok", "warn", "skipped"
 ICONS = {OK: ("✓", "green"), WARN: ("!", "yellow"), SKIPPED: ("✗", "red")}
 FILTERS = ("all", OK, WARN, SKIPPED)
 
@@ -68,6 +68,9 @@ class DatasetPane(Vertical):
 
     @work(thread=True, exclusive=True, group="dataset-scan", exit_on_error=False)
     def rescan(self) -> None:
+        from lorabooth.core.dataset import ScanOptions, scan_folder
+        from lorabooth.core.report import build_report
+
         try:
             config = self.ws.config(check_photos=False)
         except ConfigError as exc:
@@ -75,8 +78,14 @@ class DatasetPane(Vertical):
             return
         self.folder = config.photos_dir(self.ws.root)
         options = ScanOptions(resolution=min(config.train.resolution), trigger=config.trigger)
-        scan = scan_folder(self.folder, options, self.ws.cache)
-        self.post_message(DatasetScanned(scan, build_report(scan, options)))
+        try:
+            scan = scan_folder(self.folder, options, self.ws.cache)
+            report = build_report(scan, options)
+        except Exception as exc:  # shown in the pane, never a silent empty list
+            self.post_message(DatasetScanned(None, None, f"could not read the photos: "
+                                                         f"{type(exc).__name__}: {exc}"))
+            return
+        self.post_message(DatasetScanned(scan, report))
 
     def action_rescan(self) -> None:
         self.rescan()
@@ -174,6 +183,8 @@ class DatasetPane(Vertical):
         caption = self.query_one("#caption", TextArea)
         if record is None or caption.read_only or self.folder is None:
             return
+        from lorabooth.core.dataset import write_caption
+
         text = caption.text.strip()
         try:
             write_caption(self.folder / record.path, text)

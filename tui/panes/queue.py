@@ -106,6 +106,7 @@ class QueuePane(Vertical):
             self.query_one("#lora-scale", Input).value = f"{config.generate.lora_scale:g}"
         except ConfigError:
             pass
+        self.app.catch_up(self)
 
     # -- live state -----------------------------------------------------------------------
 

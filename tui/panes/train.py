@@ -90,6 +90,8 @@ class TrainPane(Vertical):
         self.query_one("#checkpoints", DataTable).add_columns("checkpoint", "loss")
         self.load_settings()
         self.update_stats()
+        self.refresh_checkpoints()
+        self.app.catch_up(self)
 
     def load_settings(self) -> None:
         try:

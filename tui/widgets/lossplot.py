@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 
-from rich.text import Text
+from rich.segment import Segment
 from textual.reactive import reactive
+from textual.strip import Strip
 from textual.widget import Widget
 
 BRAILLE = 0x2800
@@ -57,22 +58,43 @@ class LossPlot(Widget):
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.total = 0
+        self._smoothed: list[float] = []
+        self._lines: list[Strip] = []
+        self._key: tuple = ()
 
     def set_data(self, steps: list[int], losses: list[float], total: int) -> None:
+        if len(losses) < len(self._smoothed) or losses[:1] != self.losses[:1]:
+            self._smoothed = []
         self.steps, self.losses, self.total = steps, losses, total
+        # The moving average is extended, not recomputed, as rows arrive.
+        self._smoothed = extend_smooth(self._smoothed, losses)
         self.refresh()
 
     def watch_log_scale(self) -> None:
         self.refresh()
 
-    def render(self) -> Text:
+    def render_line(self, y: int) -> Strip:
+        key = (len(self.losses), self.total, self.log_scale, self.size, self.app.theme)
+        if key != self._key:
+            self._lines = self.draw()
+            self._key = key
+        if y < len(self._lines):
+            return self._lines[y]
+        return Strip.blank(self.size.width)
+
+    def draw(self) -> list[Strip]:
+        """The whole plot as one Strip per line: a few segments per line, not one per dot,
+        so that a repaint costs a fraction of a millisecond."""
         width, height = max(self.size.width - 8, 4), max(self.size.height - 1, 2)
+        axis = self.get_component_rich_style("lossplot--axis")
         if not self.losses:
-            return Text("no loss yet: start training (s)", style="dim")
+            return [Strip([Segment("no loss yet: start training (s)", axis)])]
+        raw_style = self.get_component_rich_style("lossplot--raw")
+        smooth_style = self.get_component_rich_style("lossplot--smooth")
         columns, rows = width * 2, height * 4
         scale = (lambda v: math.log10(max(v, 1e-8))) if self.log_scale else (lambda v: v)
         raw = downsample(self.steps, self.losses, columns)
-        smoothed = downsample(self.steps, smooth(self.losses), columns)
+        smoothed = downsample(self.steps, self._smoothed, columns)
         values = [scale(v) for _, v in raw] + [scale(v) for _, v in smoothed]
         lo, hi = min(values), max(values)
         span = (hi - lo) or 1.0
@@ -91,21 +113,39 @@ class LossPlot(Widget):
 
         plot(raw, False)
         plot(smoothed, True)
-        raw_style = self.get_component_rich_style("lossplot--raw")
-        smooth_style = self.get_component_rich_style("lossplot--smooth")
-        axis_style = self.get_component_rich_style("lossplot--axis")
-        text = Text(no_wrap=True, overflow="crop")
+        lines = []
         for r in range(height):
             label = _axis(hi if r == 0 else lo if r == height - 1 else None, self.log_scale)
-            text.append(label.rjust(7) + " ", style=axis_style)
+            segments = [Segment(label.rjust(7) + " ", axis)]
+            run, run_bright = [], False
             for c in range(width):
-                dots = grid[r][c]
-                char = chr(BRAILLE + dots) if dots else " "
-                text.append(char, style=smooth_style if bright[r][c] else raw_style)
-            text.append("\n")
+                if run and bright[r][c] != run_bright:
+                    segments.append(Segment("".join(run), smooth_style if run_bright
+                                            else raw_style))
+                    run = []
+                run_bright = bright[r][c]
+                run.append(chr(BRAILLE + grid[r][c]))  # U+2800 is a blank of the same width
+            segments.append(Segment("".join(run), smooth_style if run_bright else raw_style))
+            lines.append(Strip(segments))
         caption = f"step {self.steps[-1]}/{self.total or '?'}  loss {self.losses[-1]:.4f}"
-        text.append(" " * 8 + caption + ("  (log)" if self.log_scale else ""), style=axis_style)
-        return text
+        lines.append(Strip([Segment(" " * 8 + caption + ("  (log)" if self.log_scale else ""),
+                                    axis)]))
+        return lines
+
+
+def extend_smooth(done: list[float], values: list[float],
+                  weight: float = SMOOTHING) -> list[float]:
+    """`smooth(values)`, reusing the first len(done) results already computed."""
+    if not done:
+        return smooth(values, weight)
+    out = list(done)
+    norm = 1 - weight ** len(done)
+    last = done[-1] * norm
+    for v in values[len(done):]:
+        last = weight * last + (1 - weight) * v
+        norm = weight * norm + (1 - weight)
+        out.append(last / norm)
+    return out
 
 
 def _axis(value: float | None, log: bool) -> str:

@@ -1,0 +1,167 @@
+"""UI speed in a real terminal (tmux), each figure against a bare Textual app measured by the
+same harness in the same run:
+- start to first full frame: `lorabooth WORKSPACE` until the photo list is drawn, against a
+  minimal Textual app until its first label is drawn;
+- key press to repaint while a writer adds training metrics at 20 steps/s: toggling the loss
+  plot's log scale (`l`) until the screen shows it, against a minimal app toggling a label.
+
+    python bench/tui.py [--presses 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import report
+
+from lorabooth.core.store import Store
+from lorabooth.core.workspace import init_workspace
+
+REPO = Path(__file__).resolve().parent.parent
+BARE_APP = """
+from textual.app import App
+from textual.widgets import Label
+class Bare(App):
+    BINDINGS = [("l", "toggle", "toggle")]
+    def compose(self):
+        yield Label("bare ready", id="l")
+    def action_toggle(self):
+        label = self.query_one("#l", Label)
+        label.update("bare (log)" if "log" not in str(label.render()) else "bare ready")
+Bare().run()
+"""
+
+
+class Pane:
+    def __init__(self, command: str):
+        self.socket = f"lorabooth-bench-{os.getpid()}"
+        self.tmux("new-session", "-d", "-s", "b", "-x", "120", "-y", "40", command)
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True,
+                              text=True).stdout
+
+    def wait(self, text: str, present: bool = True, timeout: float = 30) -> float:
+        start = time.perf_counter()
+        while time.perf_counter() - start < timeout:
+            if (text in self.tmux("capture-pane", "-p", "-t", "b")) == present:
+                return time.perf_counter()
+        raise TimeoutError(f"{text!r} not shown:\n" + self.tmux("capture-pane", "-p", "-t", "b"))
+
+    def close(self) -> None:
+        self.tmux("kill-server")
+        while subprocess.run(["tmux", "-L", self.socket, "list-sessions"],
+                             capture_output=True).returncode == 0:
+            time.sleep(0.05)
+
+
+def env_prefix(extra: dict[str, str]) -> str:
+    return "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in extra.items())
+
+
+def first_frame(command: str, marker: str) -> float:
+    start = time.perf_counter()
+    pane = Pane(command)
+    try:
+        return pane.wait(marker) - start
+    finally:
+        pane.close()
+
+
+def toggle_latency(command: str, ready: str, switch: list[str], presses: int) -> list[float]:
+    pane = Pane(command)
+    try:
+        pane.wait(ready)
+        for key in switch:
+            pane.tmux("send-keys", "-t", "b", key)
+        time.sleep(0.5)
+        times = []
+        shown = False
+        for _ in range(presses):
+            start = time.perf_counter()
+            pane.tmux("send-keys", "-t", "b", "l")
+            shown = not shown
+            times.append(pane.wait("(log)", present=shown) - start)
+        return times
+    finally:
+        pane.close()
+
+
+def metrics_writer(db: Path, stop: threading.Event) -> None:
+    store = Store(db)
+    job = store.add_job("train", {"steps": 10**6}, total=10**6)
+    store.update_job(job, state="running")
+    step = 0
+    while not stop.is_set():
+        step += 1
+        store.add_metric(job, step, loss=1.0 / (1 + step / 500), lr=1e-4, grad_norm=1.0,
+                         seconds=0.05, images_per_s=20.0, memory_gb=None)
+        store.update_job(job, step=step)
+        time.sleep(0.05)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presses", type=int, default=40)
+    parser.add_argument("--starts", type=int, default=3)
+    args = parser.parse_args()
+    if shutil.which("tmux") is None:
+        sys.exit("bench/tui.py needs tmux")
+    root = Path(tempfile.mkdtemp(prefix="lorabooth-bench-tui-"))
+    env = {"LORABOOTH_NO_ENGINE": "1", "LORABOOTH_IMAGES": "halfcell",
+           "LORABOOTH_CONFIG_DIR": str(root / "config"), "TERM": "xterm-256color"}
+    python = shlex.quote(sys.executable)
+    try:
+        photos = root / "photos"
+        shutil.copytree(REPO / "sample_photos", photos,
+                        ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+        ws = init_workspace(root / "ws", photos, model="demo", trigger="zorb")
+        bare_file = root / "bare.py"
+        bare_file.write_text(BARE_APP)
+        ours_cmd = f"{env_prefix(env)} {python} -m lorabooth.core.cli {shlex.quote(str(ws.root))}"
+        bare_cmd = f"{env_prefix(env)} {python} {shlex.quote(str(bare_file))}"
+        ours_start = min(first_frame(ours_cmd, "16 photos:") for _ in range(args.starts))
+        bare_start = min(first_frame(bare_cmd, "bare ready") for _ in range(args.starts))
+        stop = threading.Event()
+        writer = threading.Thread(target=metrics_writer, args=(ws.db_path, stop), daemon=True)
+        writer.start()
+        try:
+            ours = toggle_latency(ours_cmd, "16 photos:", ["2"], args.presses)
+            bare = toggle_latency(bare_cmd, "bare ready", [], args.presses)
+        finally:
+            stop.set()
+            writer.join()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    def p95(values: list[float]) -> float:
+        return sorted(values)[int(0.95 * (len(values) - 1))]
+
+    rows = [
+        {"case": "start to first full frame, s", "lorabooth": ours_start,
+         "baseline": "bare Textual app", "baseline_value": bare_start,
+         "ratio": ours_start / bare_start},
+        {"case": "key to repaint p50, ms", "lorabooth": statistics.median(ours) * 1000,
+         "baseline": "bare Textual app", "baseline_value": statistics.median(bare) * 1000,
+         "ratio": statistics.median(ours) / statistics.median(bare)},
+        {"case": "key to repaint p95, ms", "lorabooth": p95(ours) * 1000,
+         "baseline": "bare Textual app", "baseline_value": p95(bare) * 1000,
+         "ratio": p95(ours) / p95(bare)},
+    ]
+    report("tui", rows, {"presses": args.presses, "metrics_per_s": 20,
+                         "goals": {"first_frame_s": 0.5, "key_repaint_p95_ms": 50}})
+
+
+if __name__ == "__main__":
+    main()
