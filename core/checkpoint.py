@@ -105,4 +105,37 @@ def promote(checkpoints: Path, loras: Path, step: int) -> Path:
         raise ValueError(f"no checkpoint at step {step}; there are: {steps}")
     target = loras / LORA_FILE
     atomic_write_bytes(target, (found[step].path / LORA_FILE).read_bytes())
+    comfyui_copy(target)
+    return target
+
+
+def comfyui_copy(lora: Path) -> Path:
+    """Beside a LoRA file, the same weights for ComfyUI: ComfyUI reads the diffusers keys but
+    not the header, so the strength needs a `<module>.alpha` tensor per module. diffusers reads
+    this copy too, at the same strength (it refuses alpha tensors *and* the header's adapter
+    config together, so the copy drops the latter).
+
+    The file is edited at the byte level (safetensors is a JSON header and a flat buffer), so
+    it works for bf16 weights and without torch, as the UI needs when it promotes."""
+    import json
+    import struct
+
+    data = lora.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    body = bytearray(data[8 + size:])
+    metadata = dict(header.pop("__metadata__", {}))
+    config = json.loads(metadata.pop("lora_adapter_metadata", "{}"))
+    alpha = config.get("transformer.lora_alpha", config.get("lora_alpha"))
+    if alpha is not None:
+        modules = sorted({key.rsplit(".lora_", 1)[0] for key in header if ".lora_" in key})
+        for module in modules:
+            header[f"{module}.alpha"] = {"dtype": "F32", "shape": [],
+                                         "data_offsets": [len(body), len(body) + 4]}
+            body += struct.pack("<f", float(alpha))
+    header["__metadata__"] = metadata
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the buffer starts 8-byte aligned
+    target = lora.with_name(lora.name.replace(".safetensors", ".comfyui.safetensors"))
+    atomic_write_bytes(target, len(encoded).to_bytes(8, "little") + encoded + bytes(body))
     return target

@@ -21,6 +21,7 @@ import torch
 from . import __version__, flow
 from .checkpoint import (
     CheckpointInfo,
+    comfyui_copy,
     latest_checkpoint,
     prune,
     read_state,
@@ -435,5 +436,6 @@ class Trainer:
         result.step = self.step
         if not result.stopped:
             atomic_write_bytes(result.lora_path, self.lora_bytes())
+            comfyui_copy(result.lora_path)
         return result
 

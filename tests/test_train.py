@@ -151,3 +151,31 @@ def test_samples_and_contact_sheet_leave_training_untouched(tmp_path: Path, phot
     promoted = promote(ws.checkpoints, ws.loras, 10)
     assert promoted.read_bytes() == \
         (ws.checkpoints / "step-000010" / "pytorch_lora_weights.safetensors").read_bytes()
+
+
+def test_comfyui_copy_carries_alpha_and_loads_at_the_same_strength(tmp_path: Path,
+                                                                     photos: Path, demo_model):
+    from diffusers import FluxPipeline
+
+    ws = make_ws(tmp_path / "ws", photos, **{"train.rank": 8, "train.alpha": 4.0})
+    result = Trainer(ws, device="cpu").run(steps=10)
+    copy = ws.loras / "pytorch_lora_weights.comfyui.safetensors"
+    tensors = load_file(copy)
+    alphas = {k: v for k, v in tensors.items() if k.endswith(".alpha")}
+    modules = {k.rsplit(".lora_", 1)[0] for k in tensors if ".lora_" in k}
+    assert {k.removesuffix(".alpha") for k in alphas} == modules
+    assert all(float(v) == 4.0 for v in alphas.values())
+    assert "lora_adapter_metadata" not in read_metadata(copy)
+
+    pipe = FluxPipeline.from_pretrained(demo_model)
+    pipe.set_progress_bar_config(disable=True)
+
+    def render(path: Path) -> np.ndarray:
+        pipe.load_lora_weights(path, adapter_name="x")
+        image = np.asarray(pipe("zorb", height=64, width=64, num_inference_steps=2,
+                                max_sequence_length=32,
+                                generator=torch.Generator().manual_seed(3)).images[0])
+        pipe.delete_adapters(["x"])
+        return image
+
+    assert np.array_equal(render(result.lora_path), render(copy))
