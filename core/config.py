@@ -79,6 +79,11 @@ class TrainSettings:
     dropout: float = _opt("LoRA dropout.", default=0.0, min=0, max=0.9)
     guidance: float = _opt("Guidance value fed to Flux-dev while training (1.0 recommended).",
                            default=1.0, min=0, max=20)
+    memory: str = _opt("Precision and quantisation: auto (from the GPU's free memory) | bf16 "
+                       "| nf4 (needs the lowvram extra) | fp32.", default="auto",
+                       choices=("auto", "bf16", "nf4", "fp32"))
+    ema_decay: float = _opt("Keep an exponential moving average of the LoRA and save it "
+                            "(0: off; 0.999 is usual).", default=0.0, min=0, max=0.99999)
     auto_continue_after: int = _opt(
         "When this many new photos arrive, queue a continued training run (0: off).",
         default=0, min=0, max=100_000)

@@ -32,7 +32,15 @@ from .dataset import Bucket, ScanOptions, bucket_sizes, nearest_bucket, scan_fol
 from .encode import Encoder, EncodeStats
 from .fsutil import atomic_write_bytes
 from .lora import LORA_FILE, add_lora, lora_file_bytes, lora_state_dict, set_lora_weights
-from .models import ModelSource, default_device, default_dtype, load_pipeline, resolve_model
+from .memory import MemoryError_, MemoryPlan, plan_memory
+from .models import (
+    ModelSource,
+    default_device,
+    default_dtype,
+    load_pipeline,
+    resolve_model,
+    transformer_params,
+)
 from .workspace import Workspace
 
 
@@ -233,12 +241,33 @@ class Trainer:
 
     # -- setup --------------------------------------------------------------------------
 
+    def plan_memory(self) -> MemoryPlan:
+        t = self.config.train
+        free = None
+        bf16 = True
+        if self.device.type == "cuda":
+            free = torch.cuda.mem_get_info(self.device)[0] / 2**30
+            bf16 = torch.cuda.is_bf16_supported()
+        try:
+            import bitsandbytes  # noqa: F401
+            have_bnb = True
+        except ImportError:
+            have_bnb = False
+        try:
+            return plan_memory(t.memory, self.device.type, free,
+                               transformer_params(self.source), max(t.resolution), have_bnb,
+                               bf16)
+        except MemoryError_ as exc:
+            raise TrainingError(str(exc)) from None
+
     def prepare(self) -> None:
         """Load the model, encode the data set into the cache, attach a fresh LoRA."""
         t = self.config.train
         self.examples = collect_examples(self.ws, self.config)
-        self.log(f"{len(self.examples)} training examples on {self.device} ({self.dtype})")
-        self.pipe = load_pipeline(self.source, self.dtype, self.device)
+        plan = self.plan_memory()
+        self.dtype = getattr(torch, plan.dtype)
+        self.log(f"{len(self.examples)} training examples on {self.device}; {plan.reason}")
+        self.pipe = load_pipeline(self.source, self.dtype, self.device, plan.quantize)
         self.encoder = Encoder(self.pipe, self.ws.cache, self.source.max_sequence_length)
         self._encode_all()
         self._park_encoders()
@@ -247,13 +276,14 @@ class Trainer:
             torch.manual_seed(t.seed)  # the LoRA's initial weights are part of the run
             self.adapter = add_lora(transformer, t.rank, t.alpha, t.targets, t.dropout)
         torch.manual_seed(t.seed + 1)  # LoRA dropout draws from the global generator
-        if self.device.type == "cuda":
+        if plan.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.train()
         self.params = [p for p in transformer.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(t.optimizer, self.params, t.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(t.warmup_steps, t.steps, t.lr_schedule))
+        self.ema = [p.detach().float().clone() for p in self.params] if t.ema_decay else None
         self.order = BatchOrder(self.examples, t.batch_size, t.seed)
         self.generator = torch.Generator().manual_seed(t.seed)
         self.step = 0
@@ -328,6 +358,10 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for average, param in zip(self.ema, self.params, strict=True):
+                    average.lerp_(param.detach().float(), 1 - t.ema_decay)
         self.step += 1
         seconds = time.perf_counter() - start
         memory = (torch.cuda.max_memory_allocated(self.device) / 2**30
@@ -345,7 +379,19 @@ class Trainer:
                 "dataset": dataset_fingerprint(self.examples), "version": __version__}
 
     def lora_bytes(self) -> bytes:
-        return lora_file_bytes(self.pipe.transformer, self.adapter, self._info(), self.dtype)
+        """The LoRA file's bytes; with EMA on, of the averaged weights."""
+        if self.ema is None:
+            return lora_file_bytes(self.pipe.transformer, self.adapter, self._info(), self.dtype)
+        live = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for param, average in zip(self.params, self.ema, strict=True):
+                param.copy_(average)
+            try:
+                return lora_file_bytes(self.pipe.transformer, self.adapter, self._info(),
+                                       self.dtype)
+            finally:
+                for param, saved in zip(self.params, live, strict=True):
+                    param.copy_(saved)
 
     def save_checkpoint(self, loss: float | None = None) -> CheckpointInfo:
         state = {
@@ -357,6 +403,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "fingerprint": dataset_fingerprint(self.examples),
+            "ema": self.ema,
         }
         info = write_checkpoint(self.ws.checkpoints, self.step, state,
                                 {LORA_FILE: self.lora_bytes()},
@@ -375,6 +422,8 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema = [average.clone() for average in state["ema"]]
         self.step = state["step"]
         self.log(f"resumed from {info.path.name}")
 

@@ -179,3 +179,29 @@ def test_comfyui_copy_carries_alpha_and_loads_at_the_same_strength(tmp_path: Pat
         return image
 
     assert np.array_equal(render(result.lora_path), render(copy))
+
+
+def test_ema_is_saved_and_resumed(tmp_path: Path, photos: Path, demo_model):
+    straight = make_ws(tmp_path / "a", photos, **{"train.ema_decay": 0.9})
+    full = Trainer(straight, device="cpu").run(steps=20)
+    plain_run = make_ws(tmp_path / "c", photos)
+    no_ema = Trainer(plain_run, device="cpu").run(steps=20)
+    a, c = load_file(full.lora_path), load_file(no_ema.lora_path)
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the file holds the average
+
+    split = make_ws(tmp_path / "b", photos, **{"train.ema_decay": 0.9})
+    seen = {"step": 0}
+    Trainer(split, device="cpu", on_step=lambda m: seen.update(step=m.step),
+            should_stop=lambda: seen["step"] >= 13).run(steps=20)
+    resumed = Trainer(split, device="cpu").run(steps=20, resume=True)
+    b = load_file(resumed.lora_path)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_nf4_on_a_cpu_is_a_clear_training_error(tmp_path: Path, photos: Path, demo_model):
+    from lorabooth.core.train import TrainingError
+
+    ws = make_ws(tmp_path / "ws", photos, **{"train.memory": "nf4"})
+    with pytest.raises(TrainingError, match="needs a CUDA GPU"):
+        Trainer(ws, device="cpu").prepare()
