@@ -184,7 +184,7 @@ class Engine:
         self.stopping = False
         self.current: Job | None = None
         self.watcher = None
-        self.generator = None  # a warm pipeline for generation, kept between jobs
+        self.generator = None  # a warm pipeline (Generator), kept between jobs
         self.new_photos = 0
         self.dataset_primed = False  # the watcher's first report is the folder as it was
 
@@ -377,9 +377,26 @@ class Engine:
                 self.generate_between_steps(trainer)
             return verdict["end"] is not None
 
-        self.drop_generator()  # one copy of the model in memory: the trainer's
+        # One copy of the model in memory: the warm generation pipeline trains, and comes back.
+        warm = self.generator.pipe if self.generator is not None and \
+            self.generator.source.spec == config.model else None
+        self.drop_generator()
         trainer = Trainer(self.ws, config, on_step=on_step, should_stop=between_steps,
-                          log=lambda text: self.event(text, job=job.id), on_sample=on_sample)
+                          log=lambda text: self.event(text, job=job.id), on_sample=on_sample,
+                          pipe=warm)
+        try:
+            return self._train(job, trainer, steps, verdict)
+        finally:
+            if trainer.pipe is not None:
+                from .generate import Generator
+
+                self.generator = Generator(trainer.source, pipe=trainer.release())
+
+    def _train(self, job: Job, trainer, steps: int, verdict: dict) -> str:
+        if trainer.pipe is None:
+            trainer.prepare()
+            if trainer.loaded_model:
+                self._loaded(trainer.source.spec, trainer.device)
         result = trainer.run(steps=steps, resume=bool(job.params.get("resume")))
         if result.stopped:
             if verdict["end"] == "stop":
@@ -389,7 +406,6 @@ class Engine:
         self.store.update_job(job.id, result={"lora": str(result.lora_path),
                                               "step": result.step})
         return DONE
-
 
     # -- generation ---------------------------------------------------------------------------
 
@@ -417,6 +433,7 @@ class Engine:
         if self.generator is None or self.generator.source.spec != base.model:
             self.drop_generator()
             self.generator = open_generator(base.model)
+            self._loaded(base.model, self.generator.device)
         try:
             paths = run_request(self.generator, self.ws, recipes, job.id,
                                 self._image_saved(job.id),
@@ -427,6 +444,12 @@ class Engine:
             return CANCELLED
         self.store.update_job(job.id, result={"images": [str(p) for p in paths]})
         return DONE
+
+    def _loaded(self, model: str, device) -> None:
+        from .models import describe_device
+
+        self.store.set_engine(device=describe_device(device))
+        self.event(f"model {model} loaded on {describe_device(device)}")
 
     def _image_saved(self, job_id: int):
         def on_image(index: int, path: Path, recipe) -> None:

@@ -179,6 +179,16 @@ def transformer_params(source: ModelSource) -> float:
     return sum(f.stat().st_size for f in files) / width
 
 
+def describe_device(device: torch.device) -> str:
+    """What the header shows: the GPU's name and memory, or "cpu"."""
+    import torch
+
+    if device.type != "cuda":
+        return "cpu"
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.name} · {props.total_memory / 2**30:.0f} GiB"
+
+
 def default_device() -> torch.device:
     import torch
 

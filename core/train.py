@@ -225,7 +225,10 @@ class Trainer:
                  on_step: Callable[[StepMetrics], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  log: Callable[[str], None] | None = None,
-                 on_sample: Callable[[int, list[Path]], None] | None = None):
+                 on_sample: Callable[[int, list[Path]], None] | None = None,
+                 pipe=None):
+        """`pipe`: a pipeline of the same model already in memory (the engine's warm one),
+        used instead of loading a second copy when its precision fits the memory plan."""
         self.ws = ws
         self.config = config or ws.config()
         self.source = source or resolve_model(self.config.model)
@@ -235,6 +238,8 @@ class Trainer:
         self.should_stop = should_stop or (lambda: False)
         self.log = log or (lambda text: None)
         self.on_sample = on_sample or (lambda step, paths: None)
+        self.warm_pipe = pipe
+        self.loaded_model = False  # whether prepare() loaded weights from disk
         self.pipe = None
         self.examples: list[Example] = []
         self.encoder: Encoder | None = None
@@ -267,7 +272,13 @@ class Trainer:
         plan = self.plan_memory()
         self.dtype = getattr(torch, plan.dtype)
         self.log(f"{len(self.examples)} training examples on {self.device}; {plan.reason}")
-        self.pipe = load_pipeline(self.source, self.dtype, self.device, plan.quantize)
+        warm = self.warm_pipe
+        if warm is not None and plan.quantize is None and warm.transformer.dtype == self.dtype:
+            warm.unload_lora_weights()  # adapters a generation job loaded
+            self.pipe = warm
+        else:
+            self.pipe = load_pipeline(self.source, self.dtype, self.device, plan.quantize)
+            self.loaded_model = True
         self.encoder = Encoder(self.pipe, self.ws.cache, self.source.max_sequence_length)
         self._encode_all()
         self._park_encoders()
@@ -426,6 +437,24 @@ class Trainer:
             self.ema = [average.clone() for average in state["ema"]]
         self.step = state["step"]
         self.log(f"resumed from {info.path.name}")
+
+    def release(self):
+        """Hand the pipeline back for generation: the training adapter removed, the base
+        frozen and in eval mode, the text encoders back beside it."""
+        if self.pipe is None:
+            return None
+        from .lora import ADAPTER
+
+        transformer = self.pipe.transformer
+        if ADAPTER in getattr(transformer, "peft_config", {}):
+            transformer.delete_adapters(ADAPTER)
+        if getattr(transformer, "is_gradient_checkpointing", False):
+            transformer.disable_gradient_checkpointing()
+        transformer.requires_grad_(False)
+        transformer.eval()
+        self.pipe.text_encoder.to(self.device)
+        self.pipe.text_encoder_2.to(self.device)
+        return self.pipe
 
     # -- samples ------------------------------------------------------------------------
 

@@ -264,3 +264,48 @@ def test_new_photos_become_dataset_events_and_can_continue_training(tmp_path, ph
     assert job.kind == "train" and job.params["resume"]
     wait_until(lambda: store.job(job.id).state == "done", timeout=60)
     assert store.job(job.id).total == 10
+
+
+def test_generation_and_training_share_one_loaded_model(tmp_path, photos, demo_model, engines):
+    from lorabooth.core.recipe import Recipe, Request, request_to_params
+
+    ws = make_ws(tmp_path / "ws", photos)
+    engines.append(ws)
+    store = Store(ws.db_path)
+    store.set_setting("queue_paused", "1")
+    request = request_to_params(Request(Recipe("zorb", width=64, height=64, steps=2,
+                                               model="demo")))
+    first = store.add_job("generate", request)
+    train = store.add_job("train", {"steps": 30})
+    last = store.add_job("generate", request)
+    store.set_setting("queue_paused", "0")
+    assert run_cli("engine", str(ws.root), "start").returncode == 0
+    # The last prompt may well run between two training steps; wait for all three.
+    wait_until(lambda: all(store.job(j).state in ("done", "failed") for j in
+                           (first, train, last)), timeout=90)
+    assert [store.job(j).state for j in (first, train, last)] == ["done"] * 3
+    loads = [e["message"] for e in store.events() if e["message"].startswith("model demo")]
+    assert len(loads) == 1, loads  # loaded once, then trained and generated in memory
+    assert store.engine().device == "cpu"
+
+
+def test_after_training_the_warm_model_generates_like_a_fresh_one(tmp_path, photos, demo_model):
+    """The pipeline handed back by training (adapter removed) renders exactly as a pipeline
+    freshly loaded with the trained LoRA file."""
+    import numpy as np
+
+    from lorabooth.core.generate import Generator, complete_recipe
+    from lorabooth.core.models import resolve_model
+    from lorabooth.core.recipe import LoraRef, Recipe
+    from lorabooth.core.train import Trainer
+
+    ws = make_ws(tmp_path / "ws", photos)
+    warm = Generator(resolve_model("demo"), device="cpu")
+    trainer = Trainer(ws, device="cpu", pipe=warm.pipe)
+    trainer.run(steps=10)
+    assert not trainer.loaded_model
+    reused = Generator(trainer.source, pipe=trainer.release())
+    fresh = Generator(resolve_model("demo"), device="cpu")
+    recipe = complete_recipe(ws, Recipe("zorb", width=64, height=64, steps=2,
+                                        loras=(LoraRef("workspace", 1.0),)))
+    assert np.array_equal(np.asarray(reused.render(recipe)), np.asarray(fresh.render(recipe)))
