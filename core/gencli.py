@@ -15,7 +15,15 @@ from pathlib import Path
 from rich.console import Console
 
 from .errors import EXIT_FAILURE, EXIT_OK, UsageError
-from .recipe import LoraRef, Recipe, RecipeError, Request, apply_template, read_recipe
+from .recipe import (
+    LoraRef,
+    Recipe,
+    RecipeError,
+    Request,
+    apply_template,
+    model_defaults,
+    read_recipe,
+)
 from .safetext import plain
 from .workspace import Workspace
 
@@ -74,9 +82,10 @@ def build_request(ws: Workspace, prompt: str | None, args: argparse.Namespace) -
     else:
         default = ws.loras / "pytorch_lora_weights.safetensors"
         loras = (LoraRef("workspace", g.lora_scale),) if default.is_file() else ()
+    steps, guidance = model_defaults(config.model, g.steps, g.guidance)
     recipe = Recipe(prompt=text, seed=args.seed, width=args.width or g.width,
-                    height=args.height or g.height, steps=args.steps or g.steps,
-                    guidance=g.guidance if args.guidance is None else args.guidance,
+                    height=args.height or g.height, steps=args.steps or steps,
+                    guidance=guidance if args.guidance is None else args.guidance,
                     model=config.model, loras=loras, init_image=_abs(args.init_image),
                     strength=args.strength, mask=_abs(args.mask))
     try:

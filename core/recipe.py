@@ -121,6 +121,14 @@ def apply_template(prompt: str, trigger: str, presets: dict[str, str],
     return prompt.replace("{trigger}", trigger).replace("[trigger]", trigger)
 
 
+def model_defaults(model: str, steps: int, guidance: float) -> tuple[int, float]:
+    """Flux-schnell is distilled for ~4 steps without guidance; Flux-dev wants ~28 at 3.5.
+    The config's values stand unless they are the dev defaults and the model is schnell."""
+    if "schnell" in model.lower() and (steps, guidance) == (28, 3.5):
+        return 4, 0.0
+    return steps, guidance
+
+
 def slug(text: str, limit: int = 40) -> str:
     """A safe file-name piece from any prompt: ASCII letters, digits and hyphens only."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()

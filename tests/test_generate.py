@@ -213,3 +213,21 @@ def test_prompt_during_training_runs_between_steps_and_leaves_the_loss_curve(
     assert np.allclose(losses, expected, rtol=1e-5, atol=1e-7)
     image = Path(result["images"][0])
     assert read_recipe(image).training_step == result["training_step"]
+
+
+def test_schnell_gets_its_own_defaults():
+    from lorabooth.core.recipe import model_defaults
+
+    assert model_defaults("black-forest-labs/FLUX.1-schnell", 28, 3.5) == (4, 0.0)
+    assert model_defaults("flux-schnell", 8, 3.5) == (8, 3.5)  # the user's own choice stands
+    assert model_defaults("black-forest-labs/FLUX.1-dev", 28, 3.5) == (28, 3.5)
+
+
+def test_gpu_line_without_and_with_a_gpu():
+    from lorabooth.tui.gpu import gpu_line
+
+    line = gpu_line()
+    if not Path("/dev/nvidia0").exists():
+        assert line is None  # the header falls back to the engine's device
+    else:
+        assert line is None or "GiB" in line

@@ -7,6 +7,7 @@ from lorabooth.core import engine
 from lorabooth.core.store import Store, StoreError
 from lorabooth.core.workspace import Workspace
 
+from .gpu import gpu_line
 from .messages import StoreDelta
 
 
@@ -38,7 +39,7 @@ class StorePoller:
         else:
             state = "idle"
         delta = StoreDelta(state, pid if pid and pid > 0 else None,
-                           row.device if row else None, jobs)
+                           gpu_line() or (row.device if row else None), jobs)
         for job in jobs:
             if job.kind != "train":
                 continue

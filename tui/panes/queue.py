@@ -21,6 +21,7 @@ from lorabooth.core.recipe import (
     RecipeError,
     Request,
     apply_template,
+    model_defaults,
     request_from_params,
     request_to_params,
 )
@@ -188,8 +189,9 @@ class QueuePane(Vertical):
         scale = float(self.query_one("#lora-scale", Input).value or g.lora_scale)
         has_lora = (self.ws.loras / "pytorch_lora_weights.safetensors").is_file()
         loras = (LoraRef("workspace", scale),) if has_lora or self.training() else ()
+        steps, guidance = model_defaults(config.model, g.steps, g.guidance)
         recipe = Recipe(prompt=prompt, seed=len(self.jobs), width=g.width, height=g.height,
-                        steps=g.steps, guidance=g.guidance, model=config.model, loras=loras)
+                        steps=steps, guidance=guidance, model=config.model, loras=loras)
         recipe.check()
         return Request(recipe)
 
