@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,27 @@ def run_cli(*args: str, cwd: Path | None = None,
         capture_output=True, text=True, cwd=cwd, timeout=timeout,
         env={**os.environ, "COLUMNS": "120"},
     )
+
+
+def wait_until(condition, timeout: float = 60.0, every: float = 0.05):
+    """Poll `condition` until it returns something truthy; that value is returned."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout} s")
+
+
+@pytest.fixture
+def engines():
+    """Workspaces whose engine a test started: each is killed afterwards, whatever happens."""
+    from lorabooth.core.engine import running_pid
+
+    started: list = []
+    yield started
+    for ws in started:
+        pid = running_pid(ws)
+        if pid and pid > 0:
+            os.kill(pid, signal.SIGKILL)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, wait_until
 
 from lorabooth.core.checkpoint import latest_checkpoint, read_state
 from lorabooth.core.config import set_config_value
@@ -30,31 +30,10 @@ def make_ws(root: Path, photos: Path, **settings) -> Workspace:
     return ws
 
 
-def wait_until(condition, timeout: float = 60.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout} s")
-
-
 def job_json(ws: Workspace) -> list[dict]:
     result = run_cli("queue", str(ws.root), "list", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-@pytest.fixture
-def engines():
-    """Stops every engine a test started, whatever happens."""
-    started: list[Workspace] = []
-    yield started
-    for ws in started:
-        pid = running_pid(ws)
-        if pid and pid > 0:
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_detached_training_survives_the_cli(tmp_path, photos, demo_model, engines):

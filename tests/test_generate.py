@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, wait_until
 from PIL import Image
 
 from lorabooth.core.config import set_config_value
@@ -142,26 +141,6 @@ def test_prompt_matrix_expands():
         (4, 0.2), (5, 0.2), (4, 0.8), (5, 0.8)]
 
 
-def wait_until(condition, timeout: float = 90.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout} s")
-
-
-@pytest.fixture
-def engines():
-    started: list[Workspace] = []
-    yield started
-    for ws in started:
-        pid = running_pid(ws)
-        if pid and pid > 0:
-            os.kill(pid, signal.SIGKILL)
-
-
 def test_queue_runs_in_order_obeys_cancel_and_move_and_survives_restart(trained: Workspace,
                                                                         engines):
     engines.append(trained)
@@ -176,11 +155,12 @@ def test_queue_runs_in_order_obeys_cancel_and_move_and_survives_restart(trained:
     assert run_cli("queue", str(trained.root), "cancel", str(ids[2])).returncode == 0
     assert run_cli("queue", str(trained.root), "move", str(ids[9]), "1").returncode == 0
     store.set_setting("queue_paused", "0")
-    wait_until(lambda: store.job(ids[3]).state == "done")
+    wait_until(lambda: store.job(ids[3]).state == "done", timeout=90)
     os.kill(running_pid(trained), signal.SIGKILL)  # a crash mid-queue
     wait_until(lambda: running_pid(trained) is None, timeout=10)
     assert run_cli("engine", str(trained.root), "start").returncode == 0
-    wait_until(lambda: all(store.job(i).state in ("done", "cancelled") for i in ids))
+    wait_until(lambda: all(store.job(i).state in ("done", "cancelled") for i in ids),
+               timeout=90)
     jobs = {j.id: j for j in store.jobs()}
     assert jobs[ids[2]].state == "cancelled"
     finished = sorted((i for i in ids if jobs[i].state == "done"),
@@ -203,12 +183,12 @@ def test_prompt_during_training_runs_between_steps_and_leaves_the_loss_curve(
     request = Request(Recipe("zorb mid-training", seed=3, width=64, height=64, steps=3,
                              loras=(LoraRef("workspace", 1.0),)))
     gen = store.add_job("generate", request_to_params(request))
-    wait_until(lambda: store.job(gen).state == "done")
+    wait_until(lambda: store.job(gen).state == "done", timeout=90)
     training = store.job(1)
     result = store.job(gen).result
     assert 10 <= result["training_step"] < 150
     assert training.state in ("running", "done")
-    wait_until(lambda: store.job(1).state == "done")
+    wait_until(lambda: store.job(1).state == "done", timeout=90)
     losses = [row["loss"] for row in store.metrics(1)]
     assert np.allclose(losses, expected, rtol=1e-5, atol=1e-7)
     image = Path(result["images"][0])
