@@ -273,6 +273,11 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     return config
 
 
+# Parsed configs by (path, mtime, size): tomlkit takes ~10 ms a parse, and the UI reads the
+# file from several panes as it starts. A changed file has a new key and is parsed again.
+_PARSED: dict[tuple[str, int, int, int], Config] = {}
+
+
 def load_config(workspace: Path, *, check_photos: bool = True) -> Config:
     """Read `lorabooth.toml` from a workspace folder.
 
@@ -281,7 +286,14 @@ def load_config(workspace: Path, *, check_photos: bool = True) -> Config:
     """
     path = workspace / CONFIG_NAME
     try:
-        text = path.read_text(encoding="utf-8")
+        stat = path.stat()
+        # The inode changes with every atomic rewrite, also where mtimes are coarse.
+        key = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        config = _PARSED.get(key)
+        if config is None:
+            config = parse_config(path.read_text(encoding="utf-8"), path)
+            _PARSED.clear()  # one entry: the UI and the engine read one workspace
+            _PARSED[key] = config
     except FileNotFoundError:
         raise ConfigError([ConfigProblem("", f"no {CONFIG_NAME} here; create one with "
                                              f"`lorabooth init {workspace} --photos DIR`")],
@@ -289,7 +301,6 @@ def load_config(workspace: Path, *, check_photos: bool = True) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigProblem("", f"not UTF-8 text ({exc.reason} at byte "
                                              f"{exc.start})")], path) from None
-    config = parse_config(text, path)
     if check_photos:
         photos = config.photos_dir(workspace)
         if not photos.is_dir():

@@ -205,6 +205,12 @@ class Store:
     # -- schema -----------------------------------------------------------------------------
 
     def _migrate(self) -> None:
+        # Read first: a current database needs no write transaction (and a read-only one
+        # can still be read).
+        current = self._retry(lambda conn: conn.execute("PRAGMA user_version").fetchone()[0])
+        if current == SCHEMA_VERSION:
+            return
+
         def migrate(conn: sqlite3.Connection) -> None:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:

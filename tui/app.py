@@ -144,9 +144,10 @@ class LoraboothApp(App):
         self.query_one(StatusBar).show(self.ws, delta.engine_state, delta.engine_pid, current,
                                        delta.device)
         self.outputs_seen.extend(delta.outputs)
-        # A pane that is not mounted yet catches up from outputs_seen when it mounts.
+        # A pane still mounting (lazily) catches up from outputs_seen when it is ready.
         for pane in self.query("TrainPane, QueuePane, GalleryPane"):
-            pane.apply(delta)
+            if getattr(pane, "ready", False):
+                pane.apply(delta)
         if any(e["kind"] == "dataset" for e in delta.events):
             self.query_one(DatasetPane).rescan()
         for event in delta.events:

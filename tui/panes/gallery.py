@@ -41,6 +41,7 @@ class GalleryPane(Vertical):
 
     def on_mount(self) -> None:
         self.query_one("#outputs", DataTable).add_columns("kind", "file")
+        self.ready = True
         self.app.catch_up(self)
 
     def apply(self, delta: StoreDelta) -> None:

@@ -107,6 +107,7 @@ class QueuePane(Vertical):
             self.query_one("#lora-scale", Input).value = f"{config.generate.lora_scale:g}"
         except ConfigError:
             pass
+        self.ready = True
         self.app.catch_up(self)
 
     # -- live state -----------------------------------------------------------------------

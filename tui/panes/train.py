@@ -91,6 +91,7 @@ class TrainPane(Vertical):
         self.load_settings()
         self.update_stats()
         self.refresh_checkpoints()
+        self.ready = True
         self.app.catch_up(self)
 
     def load_settings(self) -> None:

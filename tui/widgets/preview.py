@@ -16,6 +16,10 @@ _KINDS = {"kitty": "TGPImage", "sixel": "SixelImage", "halfcell": "HalfcellImage
 
 
 def image_class(protocol: str):
+    if protocol == "halfcell":
+        from .halfcell import HalfcellImage
+
+        return HalfcellImage
     import textual_image.widget as widgets
 
     return getattr(widgets, _KINDS.get(protocol, "Image"))
