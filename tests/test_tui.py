@@ -16,6 +16,7 @@ from lorabooth.core.engine import running_pid
 from lorabooth.core.store import Store
 from lorabooth.core.workspace import Workspace, init_workspace
 from lorabooth.tui.app import LoraboothApp
+from lorabooth.tui.panes.dataset import DatasetPane
 from lorabooth.tui.panes.train import TrainPane
 from lorabooth.tui.settings import UISettings
 from lorabooth.tui.widgets.lossplot import LossPlot
@@ -64,6 +65,11 @@ async def test_each_pane_against_a_real_engine(studio: Workspace, photos: Path):
         caption = app.query_one("#caption", TextArea)
         assert not caption.read_only
         caption.load_text("zorb surfing a big wave")
+        # A re-scan while typing (the watcher reports a change) keeps what was typed.
+        app.query_one(DatasetPane).rescan()
+        await app.workers.wait_for_complete()
+        await pilot.pause(0.2)
+        assert caption.text == "zorb surfing a big wave" and not caption.read_only
         await pilot.press("ctrl+s")
         assert (photos / "02_beach_scarf.txt").read_text() == "zorb surfing a big wave\n"
 

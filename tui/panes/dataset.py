@@ -46,6 +46,7 @@ class DatasetPane(Vertical):
         self.rows: list = []
         self.folder: Path | None = None
         self.thumbs = ws.cache / "thumbs"
+        self.editing: str | None = None  # the photo whose caption is being typed
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="dataset-main"):
@@ -152,6 +153,9 @@ class DatasetPane(Vertical):
         thumb = self.thumbs / f"{record.measurement.sha256[:32]}.jpg" \
             if record.measurement and record.measurement.sha256 else None
         preview.show(thumb, "no preview")
+        if self.editing == record.path:
+            return  # a re-scan while typing must not take the text away
+        self.editing = None
         caption.read_only = True
         caption.load_text(printable(record.caption or "", keep_newlines=True))
         reasons.update(plain("\n".join(record.reasons), keep_newlines=True))
@@ -168,13 +172,16 @@ class DatasetPane(Vertical):
             summary.update(plain(f"filter: {self.filter} (f to change)"))
 
     def action_edit_caption(self) -> None:
-        if self.current_record() is None:
+        record = self.current_record()
+        if record is None:
             return
+        self.editing = record.path
         caption = self.query_one("#caption", TextArea)
         caption.read_only = False
         caption.focus()
 
     def action_cancel_edit(self) -> None:
+        self.editing = None
         self.show_selected()
         self.query_one("#photos", DataTable).focus()
 
@@ -192,6 +199,7 @@ class DatasetPane(Vertical):
             self.post_message(Notice(f"could not save the caption: {exc.strerror}", "error"))
             return
         record.caption = text
+        self.editing = None
         caption.read_only = True
         self.query_one("#photos", DataTable).focus()
         self.app.notify(printable(f"caption saved: {record.path}"), timeout=3, markup=False)
