@@ -21,8 +21,8 @@ from .recipe import (
     RecipeError,
     Request,
     apply_template,
-    model_defaults,
     read_recipe,
+    recipe_from_settings,
 )
 from .safetext import plain
 from .workspace import Workspace
@@ -82,14 +82,12 @@ def build_request(ws: Workspace, prompt: str | None, args: argparse.Namespace) -
     else:
         default = ws.loras / "pytorch_lora_weights.safetensors"
         loras = (LoraRef("workspace", g.lora_scale),) if default.is_file() else ()
-    steps, guidance = model_defaults(config.model, g.steps, g.guidance)
-    recipe = Recipe(prompt=text, seed=args.seed, width=args.width or g.width,
-                    height=args.height or g.height, steps=args.steps or steps,
-                    guidance=guidance if args.guidance is None else args.guidance,
-                    model=config.model, loras=loras, init_image=_abs(args.init_image),
-                    strength=args.strength, mask=_abs(args.mask))
     try:
-        recipe.check()
+        recipe = recipe_from_settings(g, config.model, text, args.seed, loras,
+                                      width=args.width, height=args.height, steps=args.steps,
+                                      guidance=args.guidance,
+                                      init_image=_abs(args.init_image) or None,
+                                      strength=args.strength, mask=_abs(args.mask) or None)
     except RecipeError as exc:
         raise UsageError(str(exc)) from None
     return Request(recipe, args.count, scales)

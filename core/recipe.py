@@ -129,6 +129,19 @@ def model_defaults(model: str, steps: int, guidance: float) -> tuple[int, float]
     return steps, guidance
 
 
+def recipe_from_settings(settings, model: str, prompt: str, seed: int,
+                         loras: tuple[LoraRef, ...], **overrides: Any) -> Recipe:
+    """A recipe from the config's [generate] settings (`settings`), the model's defaults, and
+    the values a person gave (`overrides`; None means "not given")."""
+    steps, guidance = model_defaults(model, settings.steps, settings.guidance)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values = {"width": settings.width, "height": settings.height, "steps": steps,
+              "guidance": guidance, **given}
+    recipe = Recipe(prompt=prompt, seed=seed, model=model, loras=loras, **values)
+    recipe.check()
+    return recipe
+
+
 def slug(text: str, limit: int = 40) -> str:
     """A safe file-name piece from any prompt: ASCII letters, digits and hyphens only."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()

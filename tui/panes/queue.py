@@ -17,11 +17,10 @@ from textual.widgets import DataTable, Input, Label
 from lorabooth.core.config import ConfigError
 from lorabooth.core.recipe import (
     LoraRef,
-    Recipe,
     RecipeError,
     Request,
     apply_template,
-    model_defaults,
+    recipe_from_settings,
     request_from_params,
     request_to_params,
 )
@@ -190,11 +189,7 @@ class QueuePane(Vertical):
         scale = float(self.query_one("#lora-scale", Input).value or g.lora_scale)
         has_lora = (self.ws.loras / "pytorch_lora_weights.safetensors").is_file()
         loras = (LoraRef("workspace", scale),) if has_lora or self.training() else ()
-        steps, guidance = model_defaults(config.model, g.steps, g.guidance)
-        recipe = Recipe(prompt=prompt, seed=len(self.jobs), width=g.width, height=g.height,
-                        steps=steps, guidance=guidance, model=config.model, loras=loras)
-        recipe.check()
-        return Request(recipe)
+        return Request(recipe_from_settings(g, config.model, prompt, len(self.jobs), loras))
 
     def training(self) -> bool:
         return any(j.kind == "train" and j.state in ("running", "paused")
