@@ -29,6 +29,7 @@ from .checkpoint import (
 )
 from .config import Config
 from .dataset import Bucket, ScanOptions, bucket_sizes, nearest_bucket, scan_folder
+from .distributed import Team
 from .encode import Encoder, EncodeStats
 from .fsutil import atomic_write_bytes
 from .lora import LORA_FILE, add_lora, lora_file_bytes, lora_state_dict, set_lora_weights
@@ -232,7 +233,9 @@ class Trainer:
         self.ws = ws
         self.config = config or ws.config()
         self.source = source or resolve_model(self.config.model)
-        self.device = torch.device(device) if device is not None else default_device()
+        self.team = Team()
+        self.device = self.team.device(torch.device(device) if device is not None
+                                       else default_device())
         self.dtype = default_dtype(self.device)
         self.on_step = on_step or (lambda m: None)
         self.should_stop = should_stop or (lambda: False)
@@ -290,13 +293,15 @@ class Trainer:
         if plan.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.train()
+        self.model = self.team.wrap(transformer)  # DDP under `accelerate launch`
         self.params = [p for p in transformer.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(t.optimizer, self.params, t.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(t.warmup_steps, t.steps, t.lr_schedule))
         self.ema = [p.detach().float().clone() for p in self.params] if t.ema_decay else None
         self.order = BatchOrder(self.examples, t.batch_size, t.seed)
-        self.generator = torch.Generator().manual_seed(t.seed)
+        # Each process draws its own noise; a single process draws exactly as before.
+        self.generator = torch.Generator().manual_seed(t.seed + self.team.rank)
         self.step = 0
         self.total = t.steps
 
@@ -340,7 +345,7 @@ class Trainer:
         guidance = (torch.full((b,), t.guidance, device=dev, dtype=torch.float32)
                     if transformer.config.guidance_embeds else None)
         with torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32):
-            pred = transformer(
+            pred = self.model(
                 hidden_states=flow.pack(noisy).to(dt),
                 timestep=sigmas.to(dev, dt),
                 guidance=guidance,
@@ -359,7 +364,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total_loss, images = 0.0, 0
         for micro in range(t.grad_accum):
-            indices = self.order[self.step * t.grad_accum + micro]
+            # Several processes take interleaved batches; one takes them all, in order.
+            number = (self.step * t.grad_accum + micro) * self.team.world + self.team.rank
+            indices = self.order[number]
             loss = self.loss_on(indices) / t.grad_accum
             loss.backward()
             total_loss += float(loss.detach())
@@ -374,6 +381,8 @@ class Trainer:
                 for average, param in zip(self.ema, self.params, strict=True):
                     average.lerp_(param.detach().float(), 1 - t.ema_decay)
         self.step += 1
+        total_loss = self.team.mean(total_loss)
+        images *= self.team.world
         seconds = time.perf_counter() - start
         memory = (torch.cuda.max_memory_allocated(self.device) / 2**30
                   if self.device.type == "cuda" else None)
@@ -404,7 +413,10 @@ class Trainer:
                 for param, saved in zip(self.params, live, strict=True):
                     param.copy_(saved)
 
-    def save_checkpoint(self, loss: float | None = None) -> CheckpointInfo:
+    def save_checkpoint(self, loss: float | None = None) -> CheckpointInfo | None:
+        if not self.team.main:  # the weights are the same everywhere; one process writes
+            self.team.wait()
+            return None
         state = {
             "step": self.step,
             "lora": lora_state_dict(self.pipe.transformer),
@@ -420,6 +432,7 @@ class Trainer:
                                 {LORA_FILE: self.lora_bytes()},
                                 {"step": self.step, "loss": loss, "time": time.time()})
         prune(self.ws.checkpoints, self.config.train.keep_checkpoints)
+        self.team.wait()
         return info
 
     def resume_from(self, info: CheckpointInfo) -> None:
@@ -430,6 +443,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
+        if self.team.rank:  # the checkpoint holds the first process's draws; others re-seed
+            self.generator.manual_seed(self.config.train.seed + self.team.rank
+                                       + 1_000_003 * state["step"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -500,19 +516,21 @@ class Trainer:
             metrics = self.train_step()
             loss = metrics.loss
             result.losses.append(metrics.loss)
-            self.on_step(metrics)
+            if self.team.main:
+                self.on_step(metrics)
             if self.step % every == 0 or self.step == total:
                 self.save_checkpoint(loss)
             sample_every = self.config.sample.every
-            if sample_every and (self.step % sample_every == 0 or self.step == total):
+            if sample_every and self.team.main and (self.step % sample_every == 0
+                                                    or self.step == total):
                 self.on_sample(self.step, self.render_samples())
-            if self.should_stop() and self.step < total:
+            if self.team.any(self.should_stop()) and self.step < total:
                 if self.step % every:
                     self.save_checkpoint(loss)
                 result.stopped = True
                 break
         result.step = self.step
-        if not result.stopped:
+        if not result.stopped and self.team.main:
             atomic_write_bytes(result.lora_path, self.lora_bytes())
             comfyui_copy(result.lora_path)
         return result

@@ -48,6 +48,8 @@ def run_train(root: Path, *, steps: int | None, resume: bool) -> int:
         return EXIT_FAILURE
     finally:
         signal.signal(signal.SIGINT, previous)
+    if not trainer.team.main:  # under `accelerate launch` the first process reports
+        return EXIT_OK
     if result.stopped:
         out.print(plain(f"stopped at step {result.step}; resume with: "
                         f"lorabooth train {ws.root} --resume"))
