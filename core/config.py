@@ -77,6 +77,9 @@ class TrainSettings:
     targets: str = _opt("LoRA layers: attention (projections) | all-linear.",
                         default="attention", choices=TARGETS)
     dropout: float = _opt("LoRA dropout.", default=0.0, min=0, max=0.9)
+    text_encoder_lora: bool = _opt("Also train a LoRA on the CLIP text encoder's attention "
+                                   "(T5 stays frozen and cached, as kohya does).",
+                                   default=False)
     guidance: float = _opt("Guidance value fed to Flux-dev while training (1.0 recommended).",
                            default=1.0, min=0, max=20)
     memory: str = _opt("Precision and quantisation: auto (from the GPU's free memory) | bf16 "

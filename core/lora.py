@@ -23,6 +23,9 @@ ATTENTION_TARGETS = ["to_k", "to_q", "to_v", "to_out.0",
                      "add_k_proj", "add_q_proj", "add_v_proj", "to_add_out"]
 
 
+CLIP_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
 def target_modules(transformer: torch.nn.Module, targets: str) -> list[str]:
     """Module names for `targets`: the attention projections, or every Linear in the blocks."""
     if targets == "attention":
@@ -32,18 +35,25 @@ def target_modules(transformer: torch.nn.Module, targets: str) -> list[str]:
                   and name.startswith(("transformer_blocks.", "single_transformer_blocks.")))
 
 
-def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, targets: str,
+def add_lora(model: torch.nn.Module, rank: int, alpha: float, targets: list[str],
              dropout: float = 0.0) -> dict:
-    """Inject a trainable LoRA; the base weights are frozen. Returns the adapter config."""
+    """Inject a trainable LoRA into `model` (the Flux transformer or the CLIP text encoder);
+    its base weights are frozen. Returns the adapter config for the file's header."""
     from peft import LoraConfig
 
-    transformer.requires_grad_(False)
+    model.requires_grad_(False)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                        init_lora_weights="gaussian",
-                        target_modules=target_modules(transformer, targets))
-    transformer.add_adapter(config, adapter_name=ADAPTER)
+                        init_lora_weights="gaussian", target_modules=targets)
+    if hasattr(model, "set_adapters"):  # a diffusers model: its own PEFT integration
+        model.add_adapter(config, adapter_name=ADAPTER)
+    else:
+        # transformers' add_adapter wants a newer peft than diffusers does; peft's own
+        # injection works on any module and saves and loads the same keys.
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     # LoRA weights train in float32 even when the base is bf16 (as diffusers' examples do).
-    for param in transformer.parameters():
+    for param in model.parameters():
         if param.requires_grad:
             param.data = param.data.float()
     return adapter_metadata(config)
@@ -59,39 +69,59 @@ def adapter_metadata(config) -> dict:
     return data
 
 
-def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's weights under diffusers' `transformer.` prefix, as contiguous CPU tensors."""
+# `components` below maps diffusers' component names ("transformer", "text_encoder") to the
+# modules carrying the adapter; every key in a file starts with its component's name.
+
+
+def lora_state_dict(components: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """The adapters' weights under diffusers' component prefixes, contiguous on the CPU."""
     from peft.utils import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(transformer, adapter_name=ADAPTER)
-    return {f"transformer.{k}": v.detach().to("cpu").contiguous() for k, v in state.items()}
+    out = {}
+    for name, module in components.items():
+        state = get_peft_model_state_dict(module, adapter_name=ADAPTER)
+        out.update({f"{name}.{k}": v.detach().to("cpu").contiguous() for k, v in state.items()})
+    return out
 
 
-def lora_file_metadata(adapter: dict, info: dict[str, object]) -> dict[str, str]:
-    """The safetensors header: diffusers' adapter config plus `lorabooth.*` facts."""
+def lora_file_metadata(adapters: dict[str, dict], info: dict[str, object]) -> dict[str, str]:
+    """The safetensors header: diffusers' adapter configs plus `lorabooth.*` facts."""
     # Pipeline-level LoRA files prefix each config key with its component, as
     # FluxPipeline.save_lora_weights does.
-    packed = {f"transformer.{k}": v for k, v in adapter.items()}
+    packed = {f"{name}.{k}": v for name, adapter in adapters.items() for k, v in adapter.items()}
     metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(packed, sort_keys=True)}
     metadata.update({f"lorabooth.{k}": str(v) for k, v in info.items()})
     return metadata
 
 
-def lora_file_bytes(transformer: torch.nn.Module, adapter: dict, info: dict[str, object],
-                    dtype: torch.dtype) -> bytes:
-    tensors = {k: v.to(dtype) for k, v in lora_state_dict(transformer).items()}
-    return save(tensors, metadata=lora_file_metadata(adapter, info))
+def lora_file_bytes(components: dict[str, torch.nn.Module], adapters: dict[str, dict],
+                    info: dict[str, object], dtype: torch.dtype) -> bytes:
+    tensors = {k: v.to(dtype) for k, v in lora_state_dict(components).items()}
+    return save(tensors, metadata=lora_file_metadata(adapters, info))
 
 
-def set_lora_weights(transformer: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Put saved weights (diffusers keys) into the adapter being trained."""
+def set_lora_weights(components: dict[str, torch.nn.Module],
+                     state: dict[str, torch.Tensor]) -> None:
+    """Put saved weights (diffusers keys) into the adapters being trained."""
     from peft.utils import set_peft_model_state_dict
 
-    weights = {k.removeprefix("transformer."): v for k, v in state.items()}
-    result = set_peft_model_state_dict(transformer, weights, adapter_name=ADAPTER)
-    unexpected = getattr(result, "unexpected_keys", None)
-    if unexpected:
-        raise ValueError(f"the saved LoRA does not match this one (unexpected {unexpected[:3]})")
+    for name, module in components.items():
+        weights = {k.removeprefix(f"{name}."): v for k, v in state.items()
+                   if k.startswith(f"{name}.")}
+        result = set_peft_model_state_dict(module, weights, adapter_name=ADAPTER)
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"the saved LoRA does not match this one "
+                             f"(unexpected {unexpected[:3]})")
+
+
+def remove_lora(model: torch.nn.Module) -> None:
+    """Take the training adapter out of every layer of `model` that has it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and ADAPTER in module.active_adapters:
+            module.delete_adapter(ADAPTER)
 
 
 def read_metadata(path: Path) -> dict[str, str]:

@@ -32,7 +32,15 @@ from .dataset import Bucket, ScanOptions, bucket_sizes, nearest_bucket, scan_fol
 from .distributed import Team
 from .encode import Encoder, EncodeStats
 from .fsutil import atomic_write_bytes
-from .lora import LORA_FILE, add_lora, lora_file_bytes, lora_state_dict, set_lora_weights
+from .lora import (
+    CLIP_TARGETS,
+    LORA_FILE,
+    add_lora,
+    lora_file_bytes,
+    lora_state_dict,
+    set_lora_weights,
+    target_modules,
+)
 from .memory import MemoryError_, MemoryPlan, plan_memory
 from .models import (
     ModelSource,
@@ -286,15 +294,26 @@ class Trainer:
         self._encode_all()
         self._park_encoders()
         transformer = self.pipe.transformer
+        self.components = {"transformer": transformer}
+        if t.text_encoder_lora:
+            self.components["text_encoder"] = self.pipe.text_encoder
+        self.adapters = {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(t.seed)  # the LoRA's initial weights are part of the run
-            self.adapter = add_lora(transformer, t.rank, t.alpha, t.targets, t.dropout)
+            for name, module in self.components.items():
+                targets = target_modules(transformer, t.targets) if name == "transformer" \
+                    else CLIP_TARGETS
+                self.adapters[name] = add_lora(module, t.rank, t.alpha, targets, t.dropout)
         torch.manual_seed(t.seed + 1)  # LoRA dropout draws from the global generator
+        if t.text_encoder_lora:
+            self.pipe.text_encoder.train()
+            self.clip_ids = {c: self._clip_ids(c) for c in self.texts}
         if plan.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.train()
         self.model = self.team.wrap(transformer)  # DDP under `accelerate launch`
-        self.params = [p for p in transformer.parameters() if p.requires_grad]
+        self.params = [p for module in self.components.values()
+                       for p in module.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(t.optimizer, self.params, t.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(t.warmup_steps, t.steps, t.lr_schedule))
@@ -309,13 +328,20 @@ class Trainer:
         self.latents = [self.encoder.latent(e.photo, e.sha256, e.bucket) for e in self.examples]
         captions = sorted({e.caption for e in self.examples} | {""})
         self.texts = {c: self.encoder.text(c) for c in captions}
-        self.sample_texts = [self.encoder.text(p.replace("{trigger}", self.config.trigger))
-                             for p in self.config.sample.prompts]
+        self.sample_prompts = [p.replace("{trigger}", self.config.trigger)
+                               for p in self.config.sample.prompts]
+        self.sample_texts = [self.encoder.text(p) for p in self.sample_prompts]
+
+    def _clip_ids(self, caption: str) -> torch.Tensor:
+        tok = self.pipe.tokenizer
+        return tok(caption, padding="max_length", max_length=tok.model_max_length,
+                   truncation=True, return_tensors="pt").input_ids[0]
 
     def _park_encoders(self) -> None:
         """The text encoders are not needed once everything is cached: free their memory."""
         if self.device.type == "cuda":
-            self.pipe.text_encoder.to("cpu")
+            if not self.config.train.text_encoder_lora:  # else CLIP trains on the GPU
+                self.pipe.text_encoder.to("cpu")
             self.pipe.text_encoder_2.to("cpu")
             torch.cuda.empty_cache()
 
@@ -328,7 +354,12 @@ class Trainer:
         drop = torch.rand(len(indices), generator=self.generator) < t.caption_dropout
         captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
         embeds = torch.stack([self.texts[c][0] for c in captions])
-        pooled = torch.stack([self.texts[c][1] for c in captions])
+        if self.config.train.text_encoder_lora:
+            # The CLIP LoRA changes the pooled embedding: computed live, with gradients.
+            ids = torch.stack([self.clip_ids[c] for c in captions]).to(self.device)
+            pooled = self.pipe.text_encoder(ids, output_hidden_states=False).pooler_output
+        else:
+            pooled = torch.stack([self.texts[c][1] for c in captions])
         return x0, embeds, pooled
 
     def loss_on(self, indices: list[int]) -> torch.Tensor:
@@ -401,13 +432,13 @@ class Trainer:
     def lora_bytes(self) -> bytes:
         """The LoRA file's bytes; with EMA on, of the averaged weights."""
         if self.ema is None:
-            return lora_file_bytes(self.pipe.transformer, self.adapter, self._info(), self.dtype)
+            return lora_file_bytes(self.components, self.adapters, self._info(), self.dtype)
         live = [p.detach().clone() for p in self.params]
         with torch.no_grad():
             for param, average in zip(self.params, self.ema, strict=True):
                 param.copy_(average)
             try:
-                return lora_file_bytes(self.pipe.transformer, self.adapter, self._info(),
+                return lora_file_bytes(self.components, self.adapters, self._info(),
                                        self.dtype)
             finally:
                 for param, saved in zip(self.params, live, strict=True):
@@ -419,7 +450,7 @@ class Trainer:
             return None
         state = {
             "step": self.step,
-            "lora": lora_state_dict(self.pipe.transformer),
+            "lora": lora_state_dict(self.components),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
@@ -439,7 +470,7 @@ class Trainer:
         state = read_state(info)
         if state["fingerprint"] != dataset_fingerprint(self.examples):
             self.log("the photos or captions changed since this checkpoint; resuming anyway")
-        set_lora_weights(self.pipe.transformer, state["lora"])
+        set_lora_weights(self.components, state["lora"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
@@ -459,11 +490,15 @@ class Trainer:
         frozen and in eval mode, the text encoders back beside it."""
         if self.pipe is None:
             return None
-        from .lora import ADAPTER
+        from .lora import ADAPTER, remove_lora
 
         transformer = self.pipe.transformer
         if ADAPTER in getattr(transformer, "peft_config", {}):
             transformer.delete_adapters(ADAPTER)
+        clip = self.pipe.text_encoder
+        if "text_encoder" in getattr(self, "components", {}):
+            remove_lora(clip)
+        clip.eval()
         if getattr(transformer, "is_gradient_checkpointing", False):
             transformer.disable_gradient_checkpointing()
         transformer.requires_grad_(False)
@@ -483,11 +518,16 @@ class Trainer:
         size = min(self.config.train.resolution)
         folder = self.ws.outputs / "samples" / f"step-{self.step:06d}"
         transformer = self.pipe.transformer
+        clip_trains = self.config.train.text_encoder_lora
         transformer.eval()
+        self.pipe.text_encoder.eval()
         paths = []
         try:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 for index, (embeds, pooled) in enumerate(self.sample_texts):
+                    if clip_trains:  # the cached pooled embedding predates the CLIP LoRA
+                        ids = self._clip_ids(self.sample_prompts[index])[None].to(self.device)
+                        pooled = self.pipe.text_encoder(ids).pooler_output[0]
                     image = self.pipe(
                         prompt_embeds=embeds[None].to(self.device, self.dtype),
                         pooled_prompt_embeds=pooled[None].to(self.device, self.dtype),
@@ -497,6 +537,8 @@ class Trainer:
                     paths.append(save_png(image, folder / f"prompt-{index:02d}.png"))
         finally:
             transformer.train()
+            if clip_trains:
+                self.pipe.text_encoder.train()
         write_contact_sheet(self.ws.outputs / "samples")
         return paths
 

@@ -205,3 +205,30 @@ def test_nf4_on_a_cpu_is_a_clear_training_error(tmp_path: Path, photos: Path, de
     ws = make_ws(tmp_path / "ws", photos, **{"train.memory": "nf4"})
     with pytest.raises(TrainingError, match="needs a CUDA GPU"):
         Trainer(ws, device="cpu").prepare()
+
+
+def test_text_encoder_lora_trains_saves_loads_and_resumes(tmp_path: Path, photos: Path,
+                                                          demo_model):
+    from diffusers import FluxPipeline
+
+    settings = {"train.text_encoder_lora": True, "sample.every": 10, "sample.steps": 2}
+    straight = make_ws(tmp_path / "a", photos, **settings)
+    full = Trainer(straight, device="cpu").run(steps=20)
+    keys = list(load_file(full.lora_path))
+    clip_keys = [k for k in keys if k.startswith("text_encoder.")]
+    assert clip_keys and any("q_proj.lora_A" in k for k in clip_keys)
+    assert any(k.startswith("transformer.") for k in keys)
+
+    split = make_ws(tmp_path / "b", photos, **settings)
+    seen = {"step": 0}
+    Trainer(split, device="cpu", on_step=lambda m: seen.update(step=m.step),
+            should_stop=lambda: seen["step"] >= 13).run(steps=20)
+    resumed = Trainer(split, device="cpu").run(steps=20, resume=True)
+    a, b = load_file(full.lora_path), load_file(resumed.lora_path)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+    pipe = FluxPipeline.from_pretrained(demo_model)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(full.lora_path, adapter_name="both")
+    assert "both" in pipe.text_encoder.peft_config
