@@ -1,0 +1,1 @@
+"""Widgets the panes share: image previews and the loss plot."""
