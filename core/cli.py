@@ -17,7 +17,7 @@ from rich.console import Console
 
 from . import __version__
 from .config import ConfigError
-from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, describe_os_error
 from .gencli import add_request_arguments
 from .models import ModelNotFound
 from .safetext import plain
@@ -263,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except StoreError as exc:
         error(str(exc))
+        return EXIT_FAILURE
+    except OSError as exc:
+        error(describe_os_error(exc))
         return EXIT_FAILURE
     except KeyboardInterrupt:
         error("interrupted")

@@ -22,6 +22,7 @@ import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .errors import describe_os_error
 from .store import CANCELLED, DONE, FAILED, PAUSED, QUEUED, RUNNING, Job, Store, StoreError
 from .workspace import Workspace
 
@@ -542,8 +543,8 @@ def explain_failure(exc: BaseException) -> str:
                 "train.rank, or close other programs using the GPU")
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"the disk is full ({exc.filename or 'writing'}): free some space and retry"
-    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
-        return "the workspace is on a read-only disk: move it somewhere writable"
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return describe_os_error(exc)
     from .config import ConfigError
     from .models import ModelNotFound
 

@@ -369,7 +369,12 @@ class Store:
 
 
 def _explain(exc: Exception, path: Path) -> str:
+    import os
+
     text = str(exc)
+    if "unable to open" in text and not os.access(path.parent, os.W_OK):
+        return (f"cannot open {path}: its folder is not writable (a read-only disk?); "
+                "move the workspace somewhere writable")
     if "readonly" in text.replace(" ", "").replace("-", "").lower():
         return f"{path} is on a read-only disk: move the workspace somewhere writable"
     if "not a database" in text or "malformed" in text:

@@ -288,3 +288,22 @@ def test_after_training_the_warm_model_generates_like_a_fresh_one(tmp_path, phot
     recipe = complete_recipe(ws, Recipe("zorb", width=64, height=64, steps=2,
                                         loras=(LoraRef("workspace", 1.0),)))
     assert np.array_equal(np.asarray(reused.render(recipe)), np.asarray(fresh.render(recipe)))
+
+
+def test_read_only_workspace_says_so(tmp_path, photos):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        ws = init_workspace(mount / "ws", photos, model="demo", trigger="zorb")
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        for args in (("queue", str(ws.root), "list"), ("engine", str(ws.root), "start"),
+                     ("train", str(ws.root), "--detach")):
+            result = run_cli(*args)
+            assert result.returncode == 1, (args, result.stderr)
+            assert "read-only" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
