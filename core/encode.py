@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
@@ -64,7 +65,7 @@ class Encoder:
             return cached["latent"]
         image = crop_to_bucket(open_image(photo.read_bytes()), bucket)
         vae = self.pipe.vae
-        pixels = torch.from_numpy(_to_array(image)).permute(2, 0, 1)[None]
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None]
         pixels = (pixels.float() / 127.5 - 1).to(vae.device, vae.dtype)
         with torch.no_grad():
             dist = vae.encode(pixels).latent_dist
@@ -92,11 +93,3 @@ class Encoder:
         atomic_write_bytes(path, save(tensors))
         self.stats.texts_encoded += 1
         return tensors["prompt_embeds"], tensors["pooled"]
-
-
-def _to_array(image):
-    import numpy as np
-
-    return np.asarray(image, dtype=np.uint8).copy()
-
-
