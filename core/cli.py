@@ -255,10 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             return cmd_open(argparse.Namespace(workspace=None))
         return handlers[args.command](args)
-    except UsageError as exc:
-        error(str(exc))
-        return EXIT_USAGE
-    except ConfigError as exc:
+    except (UsageError, ConfigError, ModelNotFound) as exc:
         error(str(exc))
         return EXIT_USAGE
     except StoreError as exc:
@@ -270,9 +267,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         error("interrupted")
         return 130
-    except ModelNotFound as exc:
-        error(str(exc))
-        return EXIT_USAGE
     except Exception as exc:  # the last line of defence: a message, not a traceback
         if os.environ.get("LORABOOTH_DEBUG"):
             raise

@@ -3,6 +3,7 @@ run twice, and turns user-facing failures into failed jobs while staying up."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -192,13 +193,7 @@ def test_database_from_a_newer_version_is_refused(tmp_path, photos):
 
 
 def test_disk_full_fails_the_job_and_keeps_the_engine(tmp_path, photos, demo_model, engines):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if made.returncode != 0:
-        pytest.skip("mounting a small tmpfs is not permitted here")
-    try:
+    with small_tmpfs(tmp_path / "small", "4m", engines) as mount:
         ws = make_ws(mount / "ws", photos)
         engines.append(ws)
         store = Store(ws.db_path)
@@ -211,13 +206,6 @@ def test_disk_full_fails_the_job_and_keeps_the_engine(tmp_path, photos, demo_mod
         assert store.job(job).state == "failed"
         assert "disk is full" in store.job(job).error
         assert running_pid(ws)  # the engine is still up
-    finally:
-        for ws in engines:
-            pid = running_pid(ws)
-            if pid and pid > 0:
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.3)
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def test_new_photos_become_dataset_events_and_can_continue_training(tmp_path, photos,
@@ -291,13 +279,7 @@ def test_after_training_the_warm_model_generates_like_a_fresh_one(tmp_path, phot
 
 
 def test_read_only_workspace_says_so(tmp_path, photos):
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if made.returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
+    with small_tmpfs(tmp_path / "ro", "8m", []) as mount:
         ws = init_workspace(mount / "ws", photos, model="demo", trigger="zorb")
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         for args in (("queue", str(ws.root), "list"), ("engine", str(ws.root), "start"),
@@ -305,5 +287,24 @@ def test_read_only_workspace_says_so(tmp_path, photos):
             result = run_cli(*args)
             assert result.returncode == 1, (args, result.stderr)
             assert "read-only" in result.stderr and "Traceback" not in result.stderr
+
+
+@contextlib.contextmanager
+def small_tmpfs(mount: Path, size: str, engines: list[Workspace]):
+    """A tmpfs of `size` at `mount` (the test is skipped where mounting is not permitted);
+    engines running on it are killed before it is unmounted."""
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        yield mount
     finally:
+        for ws in engines:
+            pid = running_pid(ws)
+            if pid and pid > 0:
+                os.kill(pid, signal.SIGKILL)
+        if engines:
+            time.sleep(0.3)
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
