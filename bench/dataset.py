@@ -24,7 +24,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report, timed
 
-from lorabooth.core.dataset import ScanOptions, list_photos, scan_folder
+from lorabooth.core.dataset.files import list_photos
+from lorabooth.core.dataset.scan import ScanOptions, scan_folder
 
 
 def make_photos(folder: Path, count: int, size: tuple[int, int]) -> None:

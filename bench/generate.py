@@ -25,11 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report
 from train import mid_size_model, workspace
 
-from lorabooth.core.generate import Generator, complete_recipe, run_request
-from lorabooth.core.models import ModelSource, ensure_demo_model, load_pipeline
-from lorabooth.core.recipe import LoraRef, Recipe
+from lorabooth.core.generate.generator import Generator, complete_recipe, run_request
+from lorabooth.core.models.demo import ensure_demo_model
+from lorabooth.core.models.load import load_pipeline
+from lorabooth.core.models.resolve import ModelSource
+from lorabooth.core.generate.recipe import LoraRef, Recipe
 from lorabooth.core.store import Store
-from lorabooth.core.train import Trainer
+from lorabooth.core.train.trainer import Trainer
 from lorabooth.core.workspace import Workspace
 
 

@@ -27,10 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report
 
-from lorabooth.core import flow
+from lorabooth.core.train import flow
 from lorabooth.core.config import set_config_value
-from lorabooth.core.models import ModelSource, build_demo_pipeline, ensure_demo_model
-from lorabooth.core.train import Trainer
+from lorabooth.core.models.demo import build_demo_pipeline, ensure_demo_model
+from lorabooth.core.models.resolve import ModelSource
+from lorabooth.core.train.trainer import Trainer
 from lorabooth.core.workspace import init_workspace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,7 +106,8 @@ def bare_step_fn(trainer: Trainer):
 
 def uncached_run(trainer: Trainer, steps: int) -> float:
     """N steps that encode their photo and caption each time, as a trainer without caches."""
-    from lorabooth.core.dataset import crop_to_bucket, open_image
+    from lorabooth.core.dataset.buckets import crop_to_bucket
+    from lorabooth.core.dataset.files import open_image
 
     pipe = trainer.pipe
     start = time.perf_counter()

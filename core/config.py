@@ -16,6 +16,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import tomlkit
 import tomlkit.exceptions
 
+from .errors import EXIT_USAGE, LoraboothError
 from .fsutil import atomic_write_text
 
 CONFIG_NAME = "lorabooth.toml"
@@ -24,6 +25,7 @@ OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
 TIMESTEP_SAMPLING = ("sigmoid", "shift", "uniform", "logit_normal")
 LR_SCHEDULES = ("constant", "cosine")
 TARGETS = ("attention", "all-linear")
+MEMORY_MODES = ("auto", "bf16", "nf4", "fp32")
 MODEL_HELP = (
     '"demo" (built-in tiny model), a local diffusers folder, or a Hugging Face repo id already'
     " in your local cache (black-forest-labs/FLUX.1-dev, black-forest-labs/FLUX.1-schnell)"
@@ -84,7 +86,7 @@ class TrainSettings:
                            default=1.0, min=0, max=20)
     memory: str = _opt("Precision and quantisation: auto (from the GPU's free memory) | bf16 "
                        "| nf4 (needs the lowvram extra) | fp32.", default="auto",
-                       choices=("auto", "bf16", "nf4", "fp32"))
+                       choices=MEMORY_MODES)
     ema_decay: float = _opt("Keep an exponential moving average of the LoRA and save it "
                             "(0: off; 0.999 is usual).", default=0.0, min=0, max=0.99999)
     auto_continue_after: int = _opt(
@@ -159,8 +161,10 @@ class ConfigProblem:
         return f"{self.key}: {self.message}" if self.key else self.message
 
 
-class ConfigError(Exception):
+class ConfigError(LoraboothError):
     """One or more problems with a config; str() lists each on its own line."""
+
+    exit_code = EXIT_USAGE
 
     def __init__(self, problems: list[ConfigProblem], path: Path | None = None):
         self.problems = problems
@@ -333,19 +337,32 @@ def _schema_value(cls: type, dotted: str) -> tuple[Any, dict[str, Any]]:
 
 def set_config_value(workspace: Path, dotted: str, value: Any) -> Config:
     """Change one key in `lorabooth.toml`, keeping the user's comments and order."""
+    return set_config_values(workspace, {dotted: value})
+
+
+def set_config_values(workspace: Path, values: dict[str, Any]) -> Config:
+    """Change several keys at once: every value is checked first, and on any problem nothing
+    is written (ConfigError lists them all)."""
     path = workspace / CONFIG_NAME
-    tp, rules = _schema_value(Config, dotted)
-    problems = _check_rules(dotted, value, tp, rules)
+    problems: list[ConfigProblem] = []
+    for dotted, value in values.items():
+        try:
+            tp, rules = _schema_value(Config, dotted)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        problems.extend(_check_rules(dotted, value, tp, rules))
     if problems:
         raise ConfigError(problems, path)
     doc = tomlkit.parse(path.read_text(encoding="utf-8"))
-    table: Any = doc
-    *parents, last = dotted.split(".")
-    for part in parents:
-        if part not in table:
-            table[part] = tomlkit.table()
-        table = table[part]
-    table[last] = value
+    for dotted, value in values.items():
+        table: Any = doc
+        *parents, last = dotted.split(".")
+        for part in parents:
+            if part not in table:
+                table[part] = tomlkit.table()
+            table = table[part]
+        table[last] = value
     text = tomlkit.dumps(doc)
     config = parse_config(text, path)
     atomic_write_text(path, text)

@@ -1,20 +1,40 @@
-"""Exit codes and the error the commands raise for bad input.
+"""Exit codes, the one base class of every error a user can fix, and file-system failures in
+words.
 
-Kept apart from cli.py: run as `python -m lorabooth.core.cli`, that module is `__main__`, and a
-class defined there would not be the one the commands import.
+Every error that means "you can do something about this" derives from `LoraboothError` and
+carries its exit code, so the CLI prints it without a traceback and the engine records it as a
+job's readable failure, both by type, never by a class name as a string.
 """
+
+from __future__ import annotations
+
+import errno
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
-class UsageError(Exception):
-    """Bad input from the user: printed without a traceback, exit code 2."""
+class LoraboothError(Exception):
+    """A failure the user can act on: `str()` says what happened and what to do."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(LoraboothError):
+    """Bad input from the user: a wrong argument, a missing file, a folder that is no
+    workspace."""
+
+    exit_code = EXIT_USAGE
 
 
 def describe_os_error(exc: OSError) -> str:
-    """A file-system failure in words a person can act on."""
-    import errno
-
+    """A file-system failure in words a person can act on: the one wording of a full disk, a
+    read-only disk and a refused permission."""
     where = exc.filename or "a file"
     if exc.errno == errno.EROFS:
         return f"cannot write {where}: the disk is read-only; move the workspace somewhere " \

@@ -19,12 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .errors import LoraboothError
+
 SCHEMA_VERSION = 1
 T = TypeVar("T")
 
 QUEUED, RUNNING, PAUSED, DONE, FAILED, CANCELLED = (
     "queued", "running", "paused", "done", "failed", "cancelled")
 ACTIVE = (QUEUED, RUNNING, PAUSED)
+LIVE = (RUNNING, PAUSED)  # a job the engine holds now
 FINISHED = (DONE, FAILED, CANCELLED)
 
 MIGRATIONS: list[str] = [
@@ -84,7 +87,7 @@ MIGRATIONS: list[str] = [
 ]
 
 
-class StoreError(Exception):
+class StoreError(LoraboothError):
     """The database cannot be used: newer schema, read-only disk, not a database."""
 
 
@@ -109,6 +112,39 @@ class Job:
                 "total": self.total, "params": self.params, "error": self.error,
                 "result": self.result, "created": self.created, "started": self.started,
                 "finished": self.finished, "control": self.control}
+
+
+@dataclass(frozen=True)
+class Metric:
+    job: int
+    step: int
+    loss: float | None
+    lr: float | None
+    grad_norm: float | None
+    seconds: float | None
+    images_per_s: float | None
+    memory_gb: float | None
+    time: float
+
+
+@dataclass(frozen=True)
+class Output:
+    id: int
+    job: int | None
+    path: str
+    kind: str  # image | sample | lora
+    recipe: dict[str, Any]
+    created: float
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    time: float
+    level: str  # info | warning | error
+    message: str
+    job: int | None
+    kind: str  # engine | dataset
 
 
 @dataclass(frozen=True)
@@ -310,9 +346,10 @@ class Store:
             f"INSERT OR REPLACE INTO metrics ({','.join(cols)}) VALUES ({marks})",
             (job_id, step, time.time(), *values.values())))
 
-    def metrics(self, job_id: int, after_step: int = 0) -> list[sqlite3.Row]:
-        return self.read("SELECT * FROM metrics WHERE job = ? AND step > ? ORDER BY step",
+    def metrics(self, job_id: int, after_step: int = 0) -> list[Metric]:
+        rows = self.read("SELECT * FROM metrics WHERE job = ? AND step > ? ORDER BY step",
                          (job_id, after_step))
+        return [Metric(**dict(r)) for r in rows]
 
     def add_output(self, job_id: int | None, path: Path, kind: str,
                    recipe: dict[str, Any] | None = None) -> int:
@@ -323,10 +360,15 @@ class Store:
             return int(cur.lastrowid)
         return self.write(insert)
 
-    def outputs(self, job_id: int | None = None) -> list[sqlite3.Row]:
+    def outputs(self, job_id: int | None = None, after_id: int = 0) -> list[Output]:
+        """Outputs oldest first: of one job, or of all jobs after output `after_id`."""
         if job_id is None:
-            return self.read("SELECT * FROM outputs ORDER BY id DESC")
-        return self.read("SELECT * FROM outputs WHERE job = ? ORDER BY id", (job_id,))
+            rows = self.read("SELECT * FROM outputs WHERE id > ? ORDER BY id", (after_id,))
+        else:
+            rows = self.read("SELECT * FROM outputs WHERE job = ? AND id > ? ORDER BY id",
+                             (job_id, after_id))
+        return [Output(r["id"], r["job"], r["path"], r["kind"], json.loads(r["recipe"] or "{}"),
+                       r["created"]) for r in rows]
 
     def event(self, message: str, level: str = "info", job: int | None = None,
               kind: str = "") -> None:
@@ -334,9 +376,10 @@ class Store:
             "INSERT INTO events (time, level, message, job, kind) VALUES (?, ?, ?, ?, ?)",
             (time.time(), level, message, job, kind)))
 
-    def events(self, after_id: int = 0, limit: int = 500) -> list[sqlite3.Row]:
-        return self.read("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?",
+    def events(self, after_id: int = 0, limit: int = 500) -> list[Event]:
+        rows = self.read("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?",
                          (after_id, limit))
+        return [Event(**dict(r)) for r in rows]
 
     # -- the engine's own row -----------------------------------------------------------------
 

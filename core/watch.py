@@ -21,7 +21,9 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .dataset import PhotoRecord, ScanOptions, ScanResult, list_photos, scan_folder
+from .dataset.files import list_photos
+from .dataset.judge import PhotoRecord
+from .dataset.scan import ScanOptions, ScanResult, scan_folder
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import CONFIG_NAME, Config, load_config, parse_config, render_config
+from .errors import UsageError
 from .fsutil import atomic_write_text
 
 STATE_DIR = ".lorabooth"
+# The LoRA file name diffusers' save_lora_weights writes and load_lora_weights looks for.
+LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class Workspace:
     def outputs(self) -> Path:
         return self.state / "outputs"
 
+    @property
+    def lora_path(self) -> Path:
+        """The workspace's LoRA: the last finished run's, or a promoted checkpoint's."""
+        return self.loras / LORA_FILE
+
     def exists(self) -> bool:
         return self.config_path.is_file()
 
@@ -60,7 +68,17 @@ class Workspace:
             folder.mkdir(parents=True, exist_ok=True)
 
 
-class WorkspaceExists(Exception):
+def require_workspace(path: str | os.PathLike[str]) -> Workspace:
+    """The workspace at `path`, or a usage error saying how to make one."""
+    ws = Workspace.at(path)
+    if not ws.exists():
+        raise UsageError(f"{ws.root} is not a lorabooth workspace (no {CONFIG_NAME}).\n"
+                         f"Create one: lorabooth init {ws.root} --photos DIR\n"
+                         "Or try the demo: lorabooth demo")
+    return ws
+
+
+class WorkspaceExists(UsageError):
     pass
 
 

@@ -27,14 +27,15 @@ def lorabooth_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_model(lorabooth_cache: Path) -> Path:
-    from lorabooth.core.models import ensure_demo_model
+    from lorabooth.core.models.demo import ensure_demo_model
 
     return ensure_demo_model()
 
 
 @pytest.fixture(scope="session")
 def demo_pipe(demo_model: Path):
-    from lorabooth.core.models import load_pipeline, resolve_model
+    from lorabooth.core.models.load import load_pipeline
+    from lorabooth.core.models.resolve import resolve_model
 
     return load_pipeline(resolve_model("demo"), device="cpu")
 

@@ -12,20 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from lorabooth.core.dataset import (
-    Bucket,
-    ScanOptions,
-    bucket_sizes,
-    crop_to_bucket,
-    effective_caption,
-    list_photos,
-    nearest_bucket,
-    open_image,
-    read_caption,
-    scan_folder,
-    write_caption,
-)
-from lorabooth.core.report import build_report
+from lorabooth.core.dataset.buckets import Bucket, bucket_sizes, crop_to_bucket, nearest_bucket
+from lorabooth.core.dataset.captions import effective_caption, read_caption, write_caption
+from lorabooth.core.dataset.files import list_photos, open_image
+from lorabooth.core.dataset.scan import ScanOptions, scan_folder
+from lorabooth.core.dataset.report import build_report
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_photos"
 OPTIONS = ScanOptions(resolution=512, trigger="zorb")

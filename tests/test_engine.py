@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, wait_until
 
-from lorabooth.core.checkpoint import latest_checkpoint, read_state
+from lorabooth.core.train.checkpoint import latest_checkpoint, read_state
 from lorabooth.core.config import set_config_value
 from lorabooth.core.engine import running_pid
 from lorabooth.core.store import Store
@@ -81,7 +81,7 @@ def test_kill_9_mid_training_resumes_from_the_checkpoint(tmp_path, photos, demo_
     wait_until(finished, timeout=120)
     after_restart = [s for s in steps_seen if s]
     assert min(after_restart) >= checkpoint.step  # never back past the checkpoint
-    messages = [e["message"] for e in store.events()]
+    messages = [e.message for e in store.events()]
     assert any("interrupted" in m for m in messages)
     assert any(f"resumed from step-{checkpoint.step:06d}" in m for m in messages)
     assert (ws.loras / "pytorch_lora_weights.safetensors").is_file()
@@ -91,7 +91,7 @@ def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     script = """
 import sys, torch
 from pathlib import Path
-from lorabooth.core.checkpoint import write_checkpoint
+from lorabooth.core.train.checkpoint import write_checkpoint
 root = Path(sys.argv[1])
 step = 0
 while True:
@@ -217,13 +217,13 @@ def test_new_photos_become_dataset_events_and_can_continue_training(tmp_path, ph
     engines.append(ws)
     store = Store(ws.db_path)
     assert run_cli("engine", str(ws.root), "start").returncode == 0
-    wait_until(lambda: [e for e in store.events() if e["kind"] == "dataset"], timeout=30)
+    wait_until(lambda: [e for e in store.events() if e.kind == "dataset"], timeout=30)
     assert not store.jobs()  # the folder as it was is no reason to train
     for name in ("01_studio", "02_beach_scarf"):
         shutil.copy(photos / f"{name}.jpg", photos / f"new_{name}.jpg")
     started = time.monotonic()
     added = wait_until(lambda: [e for e in store.events()
-                                if e["kind"] == "dataset" and "new_01_studio" in e["message"]],
+                                if e.kind == "dataset" and "new_01_studio" in e.message],
                        timeout=30)
     assert time.monotonic() - started < 5
     assert "2 added: new_01_studio.jpg, new_02_beach_scarf.jpg" in added[0]["message"]
@@ -234,7 +234,8 @@ def test_new_photos_become_dataset_events_and_can_continue_training(tmp_path, ph
 
 
 def test_generation_and_training_share_one_loaded_model(tmp_path, photos, demo_model, engines):
-    from lorabooth.core.recipe import Recipe, Request, request_to_params
+    from lorabooth.core.generate.recipe import Recipe
+    from lorabooth.core.generate.request import Request, request_to_params
 
     ws = make_ws(tmp_path / "ws", photos)
     engines.append(ws)
@@ -251,7 +252,7 @@ def test_generation_and_training_share_one_loaded_model(tmp_path, photos, demo_m
     wait_until(lambda: all(store.job(j).state in ("done", "failed") for j in
                            (first, train, last)), timeout=90)
     assert [store.job(j).state for j in (first, train, last)] == ["done"] * 3
-    loads = [e["message"] for e in store.events() if e["message"].startswith("model demo")]
+    loads = [e.message for e in store.events() if e.message.startswith("model demo")]
     assert len(loads) == 1, loads  # loaded once, then trained and generated in memory
     assert store.engine().device == "cpu"
 
@@ -261,18 +262,21 @@ def test_after_training_the_warm_model_generates_like_a_fresh_one(tmp_path, phot
     freshly loaded with the trained LoRA file."""
     import numpy as np
 
-    from lorabooth.core.generate import Generator, complete_recipe
-    from lorabooth.core.models import resolve_model
-    from lorabooth.core.recipe import LoraRef, Recipe
-    from lorabooth.core.train import Trainer
+    from lorabooth.core.generate.generator import complete_recipe
+    from lorabooth.core.generate.recipe import LoraRef, Recipe
+    from lorabooth.core.models.owner import ModelOwner
+    from lorabooth.core.models.resolve import resolve_model
+    from lorabooth.core.train.trainer import Trainer
 
     ws = make_ws(tmp_path / "ws", photos)
-    warm = Generator(resolve_model("demo"), device="cpu")
-    trainer = Trainer(ws, device="cpu", pipe=warm.pipe)
+    owner = ModelOwner()
+    warm = owner.generator(resolve_model("demo"))
+    trainer = Trainer(ws, device="cpu", owner=owner)
     trainer.run(steps=10)
-    assert not trainer.loaded_model
-    reused = Generator(trainer.source, pipe=trainer.release())
-    fresh = Generator(resolve_model("demo"), device="cpu")
+    assert not trainer.loaded_model and trainer.pipe is warm.pipe  # one copy, lent
+    trainer.release()
+    reused = owner.generator(resolve_model("demo"))
+    fresh = ModelOwner().generator(resolve_model("demo"))
     recipe = complete_recipe(ws, Recipe("zorb", width=64, height=64, steps=2,
                                         loras=(LoraRef("workspace", 1.0),)))
     assert np.array_equal(np.asarray(reused.render(recipe)), np.asarray(fresh.render(recipe)))

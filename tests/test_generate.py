@@ -14,17 +14,10 @@ from PIL import Image
 
 from lorabooth.core.config import set_config_value
 from lorabooth.core.engine import running_pid
-from lorabooth.core.recipe import (
-    LoraRef,
-    Recipe,
-    Request,
-    expand_matrix,
-    read_recipe,
-    request_to_params,
-    slug,
-)
+from lorabooth.core.generate.recipe import LoraRef, Recipe, expand_matrix, read_recipe, slug
+from lorabooth.core.generate.request import Request, request_to_params
 from lorabooth.core.store import Store
-from lorabooth.core.train import Trainer
+from lorabooth.core.train.trainer import Trainer
 from lorabooth.core.workspace import Workspace, init_workspace
 
 SMALL = ["--width", "64", "--height", "64", "--steps", "3"]
@@ -166,7 +159,7 @@ def test_queue_runs_in_order_obeys_cancel_and_move_and_survives_restart(trained:
     finished = sorted((i for i in ids if jobs[i].state == "done"),
                       key=lambda i: jobs[i].finished)
     assert finished == [ids[9], ids[0], ids[1], *ids[3:9]]
-    prompts = [json.loads(o["recipe"])["prompt"] for o in store.outputs() if o["kind"] == "image"]
+    prompts = [o.recipe["prompt"] for o in store.outputs() if o.kind == "image"]
     assert sorted(set(prompts)) == sorted(f"zorb number {i}" for i in range(10) if i != 2)
 
 
@@ -189,18 +182,18 @@ def test_prompt_during_training_runs_between_steps_and_leaves_the_loss_curve(
     assert 10 <= result["training_step"] < 150
     assert training.state in ("running", "done")
     wait_until(lambda: store.job(1).state == "done", timeout=90)
-    losses = [row["loss"] for row in store.metrics(1)]
+    losses = [row.loss for row in store.metrics(1)]
     assert np.allclose(losses, expected, rtol=1e-5, atol=1e-7)
     image = Path(result["images"][0])
     assert read_recipe(image).training_step == result["training_step"]
 
 
 def test_schnell_gets_its_own_defaults():
-    from lorabooth.core.recipe import model_defaults
+    from lorabooth.core.models.families import generation_defaults
 
-    assert model_defaults("black-forest-labs/FLUX.1-schnell", 28, 3.5) == (4, 0.0)
-    assert model_defaults("flux-schnell", 8, 3.5) == (8, 3.5)  # the user's own choice stands
-    assert model_defaults("black-forest-labs/FLUX.1-dev", 28, 3.5) == (28, 3.5)
+    assert generation_defaults("black-forest-labs/FLUX.1-schnell", 28, 3.5) == (4, 0.0)
+    assert generation_defaults("flux-schnell", 8, 3.5) == (8, 3.5)  # the user's choice stands
+    assert generation_defaults("black-forest-labs/FLUX.1-dev", 28, 3.5) == (28, 3.5)
 
 
 def test_gpu_line_without_and_with_a_gpu():

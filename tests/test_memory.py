@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lorabooth.core.memory import FLUX_PARAMS, MemoryError_, plan_memory
+from lorabooth.core.train.memory import FLUX_PARAMS, MemoryPlanError, plan_memory
 
 
 def test_big_card_trains_the_bf16_base():
@@ -20,18 +20,18 @@ def test_24_gb_card_gets_nf4_and_is_told_why():
 
 
 def test_24_gb_card_without_the_extra_is_told_what_to_install():
-    with pytest.raises(MemoryError_, match=r"pip install 'lorabooth\[lowvram\]'"):
+    with pytest.raises(MemoryPlanError, match=r"pip install 'lorabooth\[lowvram\]'"):
         plan_memory("auto", "cuda", 23.0, FLUX_PARAMS, 1024, have_bitsandbytes=False)
 
 
 def test_tiny_card_is_told_to_lower_the_resolution():
-    with pytest.raises(MemoryError_, match=r"lower train\.resolution"):
+    with pytest.raises(MemoryPlanError, match=r"lower train\.resolution"):
         plan_memory("auto", "cuda", 6.0, FLUX_PARAMS, 1024, have_bitsandbytes=True)
 
 
 def test_cpu_runs_float32_and_refuses_nf4():
     assert plan_memory("auto", "cpu", None, 1e6, 256, False).dtype == "float32"
-    with pytest.raises(MemoryError_, match="needs a CUDA GPU"):
+    with pytest.raises(MemoryPlanError, match="needs a CUDA GPU"):
         plan_memory("nf4", "cpu", None, 1e6, 256, True)
 
 

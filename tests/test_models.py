@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lorabooth.core.models import ModelNotFound, resolve_model
+from lorabooth.core.models.resolve import ModelNotFound, resolve_model
 
 
 def test_demo_model_is_an_ordinary_diffusers_folder(demo_model: Path):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lorabooth.core.recipe import Recipe, Request, request_to_params
+from lorabooth.core.generate.recipe import Recipe
+from lorabooth.core.generate.request import Request, request_to_params
 from lorabooth.core.store import Store
 from lorabooth.core.workspace import init_workspace
 from lorabooth.tui.app import LoraboothApp

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from lorabooth.core.config import set_config_value
-from lorabooth.core.lora import read_metadata
-from lorabooth.core.train import Trainer
+from lorabooth.core.train.lora import read_metadata
+from lorabooth.core.train.trainer import Trainer
 from lorabooth.core.workspace import Workspace, init_workspace
 
 
@@ -113,7 +113,7 @@ def test_train_command_writes_the_lora(tmp_path: Path, photos: Path, demo_model)
 
 @pytest.mark.parametrize("kind", ["sigmoid", "shift", "uniform", "logit_normal"])
 def test_timestep_samplers_stay_inside_the_unit_interval(kind: str):
-    from lorabooth.core.flow import sample_sigmas
+    from lorabooth.core.train.flow import sample_sigmas
 
     sigmas = sample_sigmas(kind, 4096, torch.Generator().manual_seed(0), image_tokens=1024)
     assert 0 < float(sigmas.min()) and float(sigmas.max()) < 1
@@ -122,7 +122,7 @@ def test_timestep_samplers_stay_inside_the_unit_interval(kind: str):
 
 
 def test_pack_unpack_round_trip():
-    from lorabooth.core.flow import pack, unpack
+    from lorabooth.core.train.flow import pack, unpack
 
     x = torch.randn(2, 16, 8, 12)
     tokens = pack(x)
@@ -134,7 +134,7 @@ def test_samples_and_contact_sheet_leave_training_untouched(tmp_path: Path, phot
                                                             demo_model):
     from PIL import Image
 
-    from lorabooth.core.checkpoint import promote
+    from lorabooth.core.train.checkpoint import promote
 
     quiet = make_ws(tmp_path / "quiet", photos)
     plain_run = Trainer(quiet, device="cpu").run(steps=20)
@@ -148,7 +148,7 @@ def test_samples_and_contact_sheet_leave_training_untouched(tmp_path: Path, phot
     with Image.open(sheet) as img:
         assert img.size == (96 + 3 * 192, 2 * 192)
     assert len(list((ws.outputs / "samples" / "step-000010").glob("*.png"))) == 3
-    promoted = promote(ws.checkpoints, ws.loras, 10)
+    promoted = promote(ws, 10)
     assert promoted.read_bytes() == \
         (ws.checkpoints / "step-000010" / "pytorch_lora_weights.safetensors").read_bytes()
 

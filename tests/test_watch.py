@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from lorabooth.core.dataset import ScanOptions
+from lorabooth.core.dataset.scan import ScanOptions
 from lorabooth.core.watch import DatasetChange, FolderWatcher
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_photos"

@@ -1,10 +1,12 @@
 """The lorabooth app: a header with the workspace, engine, job and GPU; the Dataset, Train,
 Queue and Gallery panes; a footer with the keys that apply here.
 
-The store is read on a timer in a thread worker that posts typed messages; widgets are only
-touched on the app's thread. A stopped engine is started (detached) when work is queued; a
-vanished one is shown, not a crash. SIGHUP (the SSH link gone) exits at once; the engine
-carries on.
+The app composes the screen and routes messages; it does no work of its own. The store is
+read on a timer in a thread worker (`store_io.StorePoller`) and written by one store worker
+thread (`store_io.StoreWorker`) that runs the panes' commands in order; both post typed
+messages, and widgets are only touched on the app's thread. A stopped engine is started
+(detached) when work is queued; a vanished one is shown, not a crash. SIGHUP (the SSH link
+gone) exits at once; the engine carries on.
 """
 
 from __future__ import annotations
@@ -20,21 +22,32 @@ from textual.binding import Binding
 from textual.lazy import Lazy
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
 
 from lorabooth.core import engine
 from lorabooth.core.safetext import plain
-from lorabooth.core.store import Job
+from lorabooth.core.store import LIVE, Job
 from lorabooth.core.workspace import Workspace
 from lorabooth.themes import THEMES_DIR
 from lorabooth.themes.themes import THEMES
 
-from .messages import Notice, StoreDelta, StoreUpdated
+from .messages import (
+    Done,
+    EngineWanted,
+    Notice,
+    PaneReady,
+    PaneUpdate,
+    StoreDelta,
+    StoreUpdated,
+    UsePrompt,
+    Write,
+)
 from .panes.dataset import DatasetPane
 from .panes.gallery import GalleryPane
 from .panes.queue import QueuePane
 from .panes.train import TrainPane
-from .poller import StorePoller
 from .settings import UISettings
+from .store_io import StorePoller, StoreWorker, describe
 
 POLL_SECONDS = 0.25  # 4 Hz: live enough for a loss curve, idle enough over SSH
 PANES = ("dataset", "train", "queue", "gallery")
@@ -92,9 +105,9 @@ class LoraboothApp(App):
         self.start_engine = start_engine
         self.poll = poll
         self.poller = StorePoller(self.ws)
-        self.last_jobs: list[Job] = []
+        self.writer = StoreWorker(self.ws, self._deliver)
         self.last_delta: StoreDelta | None = None
-        self.outputs_seen: list[dict] = []
+        self.outputs_seen: list = []
         for theme in THEMES:
             self.register_theme(theme)
         if self.settings.theme in self.available_themes:
@@ -123,6 +136,8 @@ class LoraboothApp(App):
         self.query_one(StatusBar).show(self.ws, "connecting", None, None, None)
         for problem in self.settings.problems:
             self.notify(problem, severity="warning", markup=False)
+        self.run_worker(self.writer.run, name="store-writer", group="store-writer",
+                        thread=True, exit_on_error=False)
         self.read_store()
         if self.poll:  # off for snapshots: one read, then nothing moves
             self.set_interval(POLL_SECONDS, self.read_store)
@@ -138,21 +153,65 @@ class LoraboothApp(App):
     @on(StoreUpdated)
     def store_updated(self, message: StoreUpdated) -> None:
         delta = message.delta
-        self.last_jobs = delta.jobs
         self.last_delta = delta
-        current = next((j for j in delta.jobs if j.state in ("running", "paused")), None)
+        current = next((j for j in delta.jobs if j.state in LIVE), None)
         self.query_one(StatusBar).show(self.ws, delta.engine_state, delta.engine_pid, current,
                                        delta.device)
         self.outputs_seen.extend(delta.outputs)
-        # A pane still mounting (lazily) catches up from outputs_seen when it is ready.
-        for pane in self.query("TrainPane, QueuePane, GalleryPane"):
+        # A pane still mounting (lazily) catches up from outputs_seen when it says it is ready.
+        for pane in self.query("DatasetPane, TrainPane, QueuePane, GalleryPane"):
             if getattr(pane, "ready", False):
-                pane.apply(delta)
-        if any(e["kind"] == "dataset" for e in delta.events):
-            self.query_one(DatasetPane).rescan()
+                pane.post_message(PaneUpdate(delta))
         for event in delta.events:
-            if event["level"] == "error":
-                self.notify(event["message"], severity="error", markup=False, timeout=8)
+            if event.level == "error":
+                self.notify(event.message, severity="error", markup=False, timeout=8)
+
+    def on_unmount(self) -> None:
+        self.writer.close()
+
+    @on(PaneReady)
+    def catch_up(self, message: PaneReady) -> None:
+        """Give a pane that mounted late what the store said before it was there."""
+        message.pane.ready = True
+        if self.last_delta is not None:
+            message.pane.post_message(PaneUpdate(replace(
+                self.last_delta, metrics={}, events=[], outputs=list(self.outputs_seen))))
+
+    # -- the store worker -----------------------------------------------------------------
+
+    @on(Write)
+    def write(self, message: Write) -> None:
+        self.writer.submit(message.command, message.reply_to)
+
+    def _deliver(self, reply_to, done: Done) -> None:
+        """From the store worker's thread: post_message is thread-safe."""
+        (reply_to or self).post_message(done)
+
+    @on(Done)
+    def command_done(self, message: Done) -> None:
+        if message.error:
+            self.notify(message.error, severity="error", markup=False, timeout=8)
+            return
+        text = describe(message.command, message.result)
+        if text:
+            self.notify(text, markup=False, timeout=4)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that failed is said, never dropped."""
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self.log.error(f"worker {event.worker.name} failed: {error!r}")
+            self.notify(f"{event.worker.name} failed: {type(error).__name__}: {error}",
+                        severity="error", markup=False, timeout=8)
+
+    @on(EngineWanted)
+    def engine_wanted(self) -> None:
+        self.ensure_engine()
+
+    @on(UsePrompt)
+    def use_prompt(self, message: UsePrompt) -> None:
+        self.action_show_pane("queue")
+        self.query_one(QueuePane).post_message(message)
 
     @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
     def ensure_engine(self) -> None:
@@ -160,7 +219,7 @@ class LoraboothApp(App):
             return
         try:
             engine.start_detached(self.ws)
-        except (RuntimeError, OSError) as exc:
+        except (engine.EngineStartFailed, OSError) as exc:
             self.post_message(Notice(f"could not start the engine: {exc}", "error"))
 
     @on(Notice)
@@ -189,12 +248,6 @@ class LoraboothApp(App):
                     rows.append((keys, binding.description, binding.id))
         self.push_screen(HelpScreen(rows))
 
-    def catch_up(self, pane) -> None:
-        """Give a pane that mounted late what the store said before it was there."""
-        if self.last_delta is not None:
-            pane.apply(replace(self.last_delta, metrics={}, events=[],
-                               outputs=list(self.outputs_seen)))
-
     def _remapped(self, binding: Binding) -> str:
         return self.settings.keys.get(binding.id, binding.key)
 
@@ -206,10 +259,6 @@ class LoraboothApp(App):
     def watch_theme(self, theme: str) -> None:
         if theme in [t.name for t in THEMES] and theme != self.settings.theme:
             self.settings.save_theme(theme)
-
-    def use_prompt(self, prompt: str) -> None:
-        self.action_show_pane("queue")
-        self.query_one(QueuePane).set_prompt(prompt)
 
 
 def _hang_up(signum, frame) -> None:

@@ -1,13 +1,19 @@
-"""Typed messages from background workers to the widgets."""
+"""Typed messages: from the store worker and the poller to the app, from the app to the panes,
+and from the panes to the app (commands for the store, requests to switch or start things)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
-from lorabooth.core.store import Job
+from lorabooth.core.store import Event, Job, Metric, Output
+
+if TYPE_CHECKING:
+    from textual.widget import Widget
+
+    from .store_io import Command
 
 
 @dataclass
@@ -18,16 +24,66 @@ class StoreDelta:
     engine_pid: int | None
     device: str | None
     jobs: list[Job]
-    metrics: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # job -> new rows
-    events: list[dict[str, Any]] = field(default_factory=list)
-    outputs: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[int, list[Metric]] = field(default_factory=dict)  # job -> new rows
+    events: list[Event] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
     error: str = ""
 
 
 class StoreUpdated(Message):
+    """The poller's read, posted to the app."""
+
     def __init__(self, delta: StoreDelta):
         super().__init__()
         self.delta = delta
+
+
+class PaneUpdate(Message, bubble=False):
+    """A store delta routed by the app to one pane (it does not bubble back)."""
+
+    def __init__(self, delta: StoreDelta):
+        super().__init__()
+        self.delta = delta
+
+
+class PaneReady(Message):
+    """A pane mounted (lazily, maybe late): it wants what the store said before."""
+
+    def __init__(self, pane: Widget):
+        super().__init__()
+        self.pane = pane
+
+
+class Write(Message):
+    """A pane asks the store worker to do something off the UI thread; `Done` comes back to
+    `reply_to` (and bubbles to the app, which says how it went)."""
+
+    def __init__(self, command: Command, reply_to: Widget | None = None):
+        super().__init__()
+        self.command = command
+        self.reply_to = reply_to
+
+
+class Done(Message):
+    """The store worker finished a command: its result, or the error in words."""
+
+    def __init__(self, command: Command, result: Any = None, error: str = ""):
+        super().__init__()
+        self.command = command
+        self.result = result
+        self.error = error
+
+
+class EngineWanted(Message):
+    """Work was queued: start the engine if none runs."""
+
+
+class UsePrompt(Message):
+    """Put this prompt in the Queue pane's box and go there."""
+
+    def __init__(self, prompt: str):
+        super().__init__()
+        self.prompt = prompt
 
 
 class DatasetScanned(Message):

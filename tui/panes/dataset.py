@@ -14,14 +14,15 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Label, Static, TextArea
 
 from lorabooth.core.config import ConfigError
+from lorabooth.core.dataset import OK, SKIPPED, WARN
 from lorabooth.core.safetext import plain, printable
 from lorabooth.core.workspace import Workspace
 
-from ..messages import DatasetScanned, Notice
+from ..messages import DatasetScanned, Done, PaneReady, PaneUpdate, Write
+from ..store_io import SaveCaption
 from ..widgets.preview import Preview
 
 # The scanner (numpy, Pillow) is imported in the scan worker, off the start-up path.
-OK, WARN, SKIPPED = "ok", "warn", "skipped"
 ICONS = {OK: ("✓", "green"), WARN: ("!", "yellow"), SKIPPED: ("✗", "red")}
 FILTERS = ("all", OK, WARN, SKIPPED)
 
@@ -64,13 +65,19 @@ class DatasetPane(Vertical):
     def on_mount(self) -> None:
         self.query_one("#photos", DataTable).add_columns(" ", "photo", "size", "reason")
         self.rescan()
+        self.post_message(PaneReady(self))
+
+    @on(PaneUpdate)
+    def store_changed(self, message: PaneUpdate) -> None:
+        if any(e.kind == "dataset" for e in message.delta.events):
+            self.rescan()  # the engine's watcher saw the folder change
 
     # -- scanning -------------------------------------------------------------------------
 
     @work(thread=True, exclusive=True, group="dataset-scan", exit_on_error=False)
     def rescan(self) -> None:
-        from lorabooth.core.dataset import ScanOptions, scan_folder
-        from lorabooth.core.report import build_report
+        from lorabooth.core.dataset.report import build_report
+        from lorabooth.core.dataset.scan import ScanOptions, scan_folder
 
         try:
             config = self.ws.config(check_photos=False)
@@ -190,17 +197,18 @@ class DatasetPane(Vertical):
         caption = self.query_one("#caption", TextArea)
         if record is None or caption.read_only or self.folder is None:
             return
-        from lorabooth.core.dataset import write_caption
+        self.post_message(Write(SaveCaption(self.folder / record.path, caption.text.strip()),
+                                self))
 
-        text = caption.text.strip()
-        try:
-            write_caption(self.folder / record.path, text)
-        except OSError as exc:
-            self.post_message(Notice(f"could not save the caption: {exc.strerror}", "error"))
-            return
-        record.caption = text
-        self.editing = None
-        caption.read_only = True
-        self.query_one("#photos", DataTable).focus()
-        self.app.notify(printable(f"caption saved: {record.path}"), timeout=3, markup=False)
+    @on(Done)
+    def caption_saved(self, message: Done) -> None:
+        command = message.command
+        if not isinstance(command, SaveCaption) or message.error:
+            return  # a failed save keeps the text and the editor open; the app says why
+        record = self.current_record()
+        if record is not None and self.folder / record.path == command.photo:
+            record.caption = command.text
+            self.editing = None
+            self.query_one("#caption", TextArea).read_only = True
+            self.query_one("#photos", DataTable).focus()
         self.rescan()

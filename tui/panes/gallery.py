@@ -3,7 +3,6 @@ into the prompt box to vary it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from textual import on
@@ -13,9 +12,10 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static
 
 from lorabooth.core.safetext import plain
+from lorabooth.core.store import Output
 from lorabooth.core.workspace import Workspace
 
-from ..messages import StoreDelta
+from ..messages import PaneReady, PaneUpdate, UsePrompt
 from ..widgets.preview import Preview
 
 
@@ -30,7 +30,7 @@ class GalleryPane(Vertical):
         super().__init__(**kwargs)
         self.ws = ws
         self.protocol = protocol
-        self.items: list[dict] = []  # newest first
+        self.items: list[Output] = []  # newest first
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -41,13 +41,14 @@ class GalleryPane(Vertical):
 
     def on_mount(self) -> None:
         self.query_one("#outputs", DataTable).add_columns("kind", "file")
-        self.ready = True
-        self.app.catch_up(self)
+        self.post_message(PaneReady(self))
 
-    def apply(self, delta: StoreDelta) -> None:
+    @on(PaneUpdate)
+    def apply(self, message: PaneUpdate) -> None:
+        delta = message.delta
         if not delta.outputs:
             return
-        fresh = [o for o in delta.outputs if o["kind"] in ("image", "sample")]
+        fresh = [o for o in delta.outputs if o.kind in ("image", "sample")]
         if fresh:
             self.items[:0] = reversed(fresh)
             self.redraw()
@@ -56,13 +57,13 @@ class GalleryPane(Vertical):
         table = self.query_one("#outputs", DataTable)
         table.clear()
         for output in self.items:
-            path = Path(output["path"])
+            path = Path(output.path)
             # Samples share names across steps: their step folder tells them apart.
-            name = f"{path.parent.name}/{path.name}" if output["kind"] == "sample" else path.name
-            table.add_row(output["kind"], plain(name))
+            name = f"{path.parent.name}/{path.name}" if output.kind == "sample" else path.name
+            table.add_row(output.kind, plain(name))
         self.show_selected()
 
-    def selected(self) -> dict | None:
+    def selected(self) -> Output | None:
         table = self.query_one("#outputs", DataTable)
         if not self.items or table.cursor_row is None or table.cursor_row >= len(self.items):
             return None
@@ -77,8 +78,8 @@ class GalleryPane(Vertical):
             preview.show(None, "images you make appear here, newest first")
             recipe.update("")
             return
-        preview.show(Path(item["path"]))
-        data = json.loads(item["recipe"] or "{}")
+        preview.show(Path(item.path))
+        data = item.recipe
         lines = [f"{k}: {v}" for k, v in data.items() if k not in ("loras",) and v not in
                  ("", None, ())]
         for lora in data.get("loras", []):
@@ -93,6 +94,6 @@ class GalleryPane(Vertical):
         item = self.selected()
         if item is None:
             return
-        prompt = json.loads(item["recipe"] or "{}").get("prompt")
+        prompt = item.recipe.get("prompt")
         if prompt:
-            self.app.use_prompt(prompt)
+            self.post_message(UsePrompt(prompt))

@@ -14,25 +14,25 @@ from textual.containers import Horizontal, Vertical
 from textual.suggester import SuggestFromList
 from textual.widgets import DataTable, Input, Label
 
-from lorabooth.core.config import ConfigError
-from lorabooth.core.recipe import (
-    LoraRef,
-    RecipeError,
+from lorabooth.core.errors import LoraboothError
+from lorabooth.core.generate.request import (
+    Asked,
     Request,
-    apply_template,
-    recipe_from_settings,
+    build_request,
     request_from_params,
     request_to_params,
+    split_preset,
 )
 from lorabooth.core.safetext import plain, printable
-from lorabooth.core.store import Job, Store
+from lorabooth.core.store import ACTIVE, CANCELLED, DONE, FAILED, PAUSED, QUEUED, RUNNING, Job
 from lorabooth.core.workspace import Workspace
 
-from ..messages import Notice, StoreDelta
+from ..messages import EngineWanted, Notice, PaneReady, PaneUpdate, UsePrompt, Write
+from ..store_io import AddJob, Control, Move, SetSetting
 from ..widgets.preview import Preview
 
-STATE_STYLE = {"queued": "", "running": "bold", "paused": "yellow", "done": "green",
-               "failed": "red", "cancelled": "dim"}
+STATE_STYLE = {QUEUED: "", RUNNING: "bold", PAUSED: "yellow", DONE: "green", FAILED: "red",
+               CANCELLED: "dim"}
 
 
 class PromptInput(Input):
@@ -82,6 +82,7 @@ class QueuePane(Vertical):
         self.ws = ws
         self.protocol = protocol
         self.jobs: list[Job] = []
+        self.all_jobs: list[Job] = []
         self.images: dict[int, list[Path]] = {}
         self.paused = False
 
@@ -104,23 +105,25 @@ class QueuePane(Vertical):
             self.query_one("#prompt", Input).suggester = SuggestFromList(words,
                                                                          case_sensitive=False)
             self.query_one("#lora-scale", Input).value = f"{config.generate.lora_scale:g}"
-        except ConfigError:
+        except LoraboothError:
             pass
-        self.ready = True
-        self.app.catch_up(self)
+        self.post_message(PaneReady(self))
 
     # -- live state -----------------------------------------------------------------------
 
-    def apply(self, delta: StoreDelta) -> None:
+    @on(PaneUpdate)
+    def apply(self, message: PaneUpdate) -> None:
+        delta = message.delta
+        self.all_jobs = delta.jobs
         for output in delta.outputs:
-            if output["kind"] == "image" and output["job"] is not None:
-                self.images.setdefault(output["job"], []).append(Path(output["path"]))
+            if output.kind == "image" and output.job is not None:
+                self.images.setdefault(output.job, []).append(Path(output.path))
         jobs = [j for j in delta.jobs if j.kind == "generate"]
         if jobs != self.jobs:
             self.jobs = jobs
             self.refill()
         self.query_one("#queue-state", Label).update(plain(
-            f"{len([j for j in jobs if j.state == 'queued'])} waiting"
+            f"{len([j for j in jobs if j.state == QUEUED])} waiting"
             + (" · queue paused (space)" if self.paused else "")))
 
     def refill(self) -> None:
@@ -168,32 +171,30 @@ class QueuePane(Vertical):
         prompt_box = self.query_one("#prompt", PromptInput)
         try:
             request = self.build_request(text)
-        except (RecipeError, ConfigError, ValueError) as exc:
+        except (LoraboothError, ValueError) as exc:
             self.post_message(Notice(printable(str(exc)), "error"))
             return
-        job_id = Store(self.ws.db_path).add_job("generate", request_to_params(request),
-                                                total=len(request.expand()))
+        self.post_message(Write(AddJob("generate", request_to_params(request),
+                                       total=len(request.expand())), self))
+        self.post_message(EngineWanted())
         prompt_box.remember(text)
         prompt_box.value = ""
-        self.app.notify(f"queued as job {job_id}", markup=False)
-        self.app.ensure_engine()
 
     def build_request(self, text: str) -> Request:
         config = self.ws.config(check_photos=False)
-        g = config.generate
-        preset = None
-        name, sep, rest = text.partition(":")
-        if sep and name.strip() in g.presets:
-            preset, text = name.strip(), rest.strip()
-        prompt = apply_template(text, config.trigger, g.presets, preset)
-        scale = float(self.query_one("#lora-scale", Input).value or g.lora_scale)
-        has_lora = (self.ws.loras / "pytorch_lora_weights.safetensors").is_file()
-        loras = (LoraRef("workspace", scale),) if has_lora or self.training() else ()
-        return Request(recipe_from_settings(g, config.model, prompt, len(self.jobs), loras))
+        preset, prompt = split_preset(text, config.generate.presets)
+        scale_text = self.query_one("#lora-scale", Input).value.strip()
+        scale = float(scale_text) if scale_text else None
+        return build_request(self.ws, config, Asked(prompt, preset=preset, lora_scale=scale),
+                             training=self.training())
 
     def training(self) -> bool:
-        return any(j.kind == "train" and j.state in ("running", "paused")
-                   for j in self.app.last_jobs)
+        return any(j.kind == "train" and j.state in ACTIVE for j in self.all_jobs)
+
+    @on(UsePrompt)
+    def use_prompt(self, message: UsePrompt) -> None:
+        message.stop()
+        self.set_prompt(message.prompt)
 
     def set_prompt(self, text: str) -> None:
         box = self.query_one("#prompt", PromptInput)
@@ -209,16 +210,17 @@ class QueuePane(Vertical):
 
     def action_cancel(self) -> None:
         job = self.selected()
-        if job and Store(self.ws.db_path).request(job.id, "cancel"):
-            self.app.notify(f"job {job.id}: cancel requested", markup=False)
+        if job:
+            self.post_message(Write(Control(job.id, "cancel",
+                                            f"job {job.id}: cancel requested"), self))
 
     def action_move(self, step: int) -> None:
         job = self.selected()
-        if job is None or job.state != "queued":
+        if job is None or job.state != QUEUED:
             return
-        queued = [j.id for j in self.jobs if j.state == "queued"]
+        queued = [j.id for j in self.jobs if j.state == QUEUED]
         position = queued.index(job.id) + 1 + step
-        Store(self.ws.db_path).move(job.id, max(1, position))
+        self.post_message(Write(Move(job.id, max(1, position)), self))
 
     def action_repeat(self) -> None:
         job = self.selected()
@@ -226,14 +228,14 @@ class QueuePane(Vertical):
             return
         request = request_from_params(job.params)
         recipe = replace(request.recipe, seed=request.recipe.seed + 1000 + job.id)
-        new = Store(self.ws.db_path).add_job("generate",
-                                             request_to_params(replace(request, recipe=recipe)),
-                                             total=job.total)
-        self.app.notify(f"job {job.id} repeated as job {new} with seed {recipe.seed}",
-                        markup=False)
-        self.app.ensure_engine()
+        says = f"job {job.id} repeated as job {{result}} with seed {recipe.seed}"
+        self.post_message(Write(AddJob("generate",
+                                       request_to_params(replace(request, recipe=recipe)),
+                                       total=job.total, says=says), self))
+        self.post_message(EngineWanted())
 
     def action_pause_queue(self) -> None:
         self.paused = not self.paused
-        Store(self.ws.db_path).set_setting("queue_paused", "1" if self.paused else "0")
-        self.app.notify("queue paused" if self.paused else "queue running", markup=False)
+        self.post_message(Write(SetSetting("queue_paused", "1" if self.paused else "0",
+                                           "queue paused" if self.paused else "queue running"),
+                                self))

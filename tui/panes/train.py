@@ -6,19 +6,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, Static
 
-from lorabooth.core.checkpoint import list_checkpoints, promote
-from lorabooth.core.config import ConfigError, set_config_value
+from lorabooth.core.config import ConfigError
 from lorabooth.core.safetext import plain
-from lorabooth.core.store import Job, Store
+from lorabooth.core.store import ACTIVE, LIVE, Job, Metric
+from lorabooth.core.train.checkpoint import list_checkpoints
 from lorabooth.core.workspace import Workspace
 
-from ..messages import Notice, StoreDelta
+from ..messages import Done, EngineWanted, Notice, PaneReady, PaneUpdate, Write
+from ..store_io import AddJob, Control, Promote, ReadMetrics, SaveSettings
 from ..widgets.lossplot import LossPlot
 from ..widgets.preview import Preview
 
@@ -91,8 +92,7 @@ class TrainPane(Vertical):
         self.load_settings()
         self.update_stats()
         self.refresh_checkpoints()
-        self.ready = True
-        self.app.catch_up(self)
+        self.post_message(PaneReady(self))
 
     def load_settings(self) -> None:
         try:
@@ -109,43 +109,48 @@ class TrainPane(Vertical):
 
     # -- live state -----------------------------------------------------------------------
 
-    def apply(self, delta: StoreDelta) -> None:
+    @on(PaneUpdate)
+    def apply(self, message: PaneUpdate) -> None:
+        delta = message.delta
         trains = [j for j in delta.jobs if j.kind == "train"]
-        job = next((j for j in reversed(trains) if j.state in ("running", "paused")),
+        job = next((j for j in reversed(trains) if j.state in LIVE),
                    trains[-1] if trains else None)
         if job is not None and (self.job is None or job.id != self.job.id):
             self.steps, self.losses, self.seconds = [], [], []
-            self.reload_metrics(job.id)
+            self.post_message(Write(ReadMetrics(job.id), self))
         self.job = job
         if job is not None:
-            for row in delta.metrics.get(job.id, []):
-                if self.steps and row["step"] <= self.steps[-1]:
-                    cut = next(i for i, s in enumerate(self.steps) if s >= row["step"])
-                    del self.steps[cut:], self.losses[cut:], self.seconds[cut:]
-                self.steps.append(row["step"])
-                self.losses.append(row["loss"])
-                self.seconds.append(row["seconds"] or 0.0)
-                self.memory = row["memory_gb"]
-        samples = [o for o in delta.outputs if o["kind"] == "sample"]
+            self._add_rows(delta.metrics.get(job.id, []))
+        samples = [o for o in delta.outputs if o.kind == "sample"]
         if samples:
-            self.last_sample = Path(samples[-1]["path"])
+            self.last_sample = Path(samples[-1].path)
             self.query_one("#sample-preview", Preview).show(self.last_sample)
-        if delta.outputs or any(e["message"].startswith("job") for e in delta.events):
+        if delta.outputs or any(e.message.startswith("job") for e in delta.events):
             self.refresh_checkpoints()
         self.update_stats()
 
-    @work(thread=True, exclusive=True, group="train-metrics", exit_on_error=False)
-    def reload_metrics(self, job_id: int) -> None:
-        rows = Store(self.ws.db_path).metrics(job_id)
-        self.app.call_from_thread(self._set_history, job_id, [dict(r) for r in rows])
+    def _add_rows(self, rows: list[Metric]) -> None:
+        for row in rows:
+            if self.steps and row.step <= self.steps[-1]:
+                cut = next(i for i, s in enumerate(self.steps) if s >= row.step)
+                del self.steps[cut:], self.losses[cut:], self.seconds[cut:]
+            self.steps.append(row.step)
+            self.losses.append(row.loss)
+            self.seconds.append(row.seconds or 0.0)
+            self.memory = row.memory_gb
 
-    def _set_history(self, job_id: int, rows: list[dict]) -> None:
-        if self.job is None or self.job.id != job_id:
-            return
-        self.steps = [r["step"] for r in rows]
-        self.losses = [r["loss"] for r in rows]
-        self.seconds = [r["seconds"] or 0.0 for r in rows]
-        self.update_stats()
+    @on(Done)
+    def command_done(self, message: Done) -> None:
+        command = message.command
+        if isinstance(command, ReadMetrics) and not message.error:
+            if self.job is not None and self.job.id == command.job_id:
+                self.steps, self.losses, self.seconds = [], [], []
+                self._add_rows(message.result)
+                self.update_stats()
+        elif isinstance(command, SaveSettings) and not message.error:
+            self.load_settings()
+        elif isinstance(command, Promote):
+            self.refresh_checkpoints()
 
     def update_stats(self) -> None:
         job = self.job
@@ -180,38 +185,32 @@ class TrainPane(Vertical):
 
     # -- actions --------------------------------------------------------------------------
 
-    def _store(self) -> Store:
-        return Store(self.ws.db_path)
-
     def action_start(self) -> None:
-        if self.job is not None and self.job.state in ("queued", "running", "paused"):
-            self.app.notify("training is already queued or running", markup=False)
+        if self.job is not None and self.job.state in ACTIVE:
+            self.notify("training is already queued or running", markup=False)
             return
         steps = self.query_one("#field-steps", Input).value
         resume = bool(list_checkpoints(self.ws.checkpoints))
-        params = {"resume": resume}
+        params: dict = {"resume": resume}
         if steps.isdigit():
             params["steps"] = int(steps)
-        job_id = self._store().add_job("train", params, total=params.get("steps", 0))
-        self.app.notify(f"training queued as job {job_id}", markup=False)
-        self.app.ensure_engine()
+        self.post_message(Write(AddJob("train", params, total=params.get("steps", 0),
+                                       says="training queued as job {result}"), self))
+        self.post_message(EngineWanted())
 
     def action_pause(self) -> None:
-        if self.job is None:
-            return
-        store = self._store()
-        job = store.job(self.job.id)  # fresh: the last poll may predate the last key press
-        if job is None or job.state not in ("running", "paused"):
+        job = self.job
+        if job is None or job.state not in LIVE:
             return
         wanted = None if job.state == "paused" or job.control == "pause" else "pause"
-        store.request(job.id, wanted)
-        self.app.notify("resuming" if wanted is None else "pausing after this step",
-                        markup=False)
+        self.post_message(Write(Control(job.id, wanted, "resuming" if wanted is None
+                                        else "pausing after this step"), self))
 
     def action_stop(self) -> None:
-        if self.job is not None and self.job.state in ("queued", "running", "paused"):
-            self._store().request(self.job.id, "cancel")
-            self.app.notify("stopping after this step (a checkpoint is kept)", markup=False)
+        if self.job is not None and self.job.state in ACTIVE:
+            self.post_message(Write(Control(self.job.id, "cancel",
+                                            "stopping after this step (a checkpoint is kept)"),
+                                    self))
 
     def action_log_scale(self) -> None:
         plot = self.query_one("#loss-plot", LossPlot)
@@ -222,35 +221,29 @@ class TrainPane(Vertical):
 
     @on(Input.Submitted, ".field-input")
     def action_save(self) -> None:
-        changed = []
+        """Every field is checked before anything is written; any problem writes nothing."""
         try:
             config = self.ws.config(check_photos=False)
-            for key, label, parse in FIELDS:
-                text = self.query_one(f"#field-{label}", Input).value.strip()
-                if text == field_value(config, key):
-                    continue
-                try:
-                    value = parse(text)
-                except ValueError:
-                    self.post_message(Notice(f"{label}: {text!r} is not a number", "error"))
-                    return
-                set_config_value(self.ws.root, key, value)
-                changed.append(label)
         except ConfigError as exc:
             self.post_message(Notice(str(exc), "error"))
             return
-        self.load_settings()
-        if changed:
-            self.app.notify(f"saved: {', '.join(changed)}", markup=False)
+        values = {}
+        for key, label, parse in FIELDS:
+            text = self.query_one(f"#field-{label}", Input).value.strip()
+            if text == field_value(config, key):
+                continue
+            try:
+                values[key] = parse(text)
+            except ValueError:
+                self.post_message(Notice(f"{label}: {text!r} is not a number", "error"))
+                return
+        if values:
+            labels = ", ".join(label for key, label, _ in FIELDS if key in values)
+            self.post_message(Write(SaveSettings(values, f"saved: {labels}"), self))
 
     def action_promote(self) -> None:
         table = self.query_one("#checkpoints", DataTable)
         if table.row_count == 0:
             return
         step = int(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
-        try:
-            promote(self.ws.checkpoints, self.ws.loras, step)
-        except (ValueError, OSError) as exc:
-            self.post_message(Notice(str(exc), "error"))
-            return
-        self.app.notify(f"step {step} is now the workspace's LoRA", markup=False)
+        self.post_message(Write(Promote(step), self))

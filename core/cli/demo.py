@@ -1,0 +1,65 @@
+"""`lorabooth demo`: a ready workspace of the sample photos and the tiny demo model, sized so
+training and generation run on a CPU in minutes."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from lorabooth.sample_photos import SAMPLE_PHOTOS_DIR, TRIGGER
+
+from ..config import set_config_value
+from ..errors import EXIT_OK
+from ..models.demo import ensure_demo_model
+from ..models.families import DEMO
+from ..safetext import plain
+from ..workspace import Workspace, init_workspace
+from .console import console
+from .open import open_ui
+
+# The tiny model learns at 256 px on a CPU; the real defaults (512-1024 px) would be slow. Its
+# weights are random, not pretrained, so it needs a larger learning rate to visibly learn.
+DEMO_SETTINGS = {
+    "train.resolution": [256],
+    "train.learning_rate": 1e-3,
+    "train.steps": 300,
+    "train.checkpoint_every": 50,
+    "sample.every": 100,
+    "sample.steps": 8,
+    "generate.width": 256,
+    "generate.height": 256,
+    "generate.steps": 8,
+}
+
+
+def make_demo_workspace(root: Path) -> Workspace:
+    """Create (or re-use) the demo workspace at `root`, with its own copy of the photos."""
+    ws = Workspace.at(root)
+    if not ws.exists():
+        photos = ws.root / "photos"
+        photos.mkdir(parents=True, exist_ok=True)
+        for source in sorted(SAMPLE_PHOTOS_DIR.iterdir()):
+            if source.suffix in (".jpg", ".txt"):
+                shutil.copy2(source, photos / source.name)
+        init_workspace(ws.root, photos, model=DEMO, trigger=TRIGGER)
+        for key, value in DEMO_SETTINGS.items():
+            set_config_value(ws.root, key, value)
+    ensure_demo_model()
+    return ws
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", nargs="?", default="lorabooth-demo", metavar="DIR")
+    p.add_argument("--no-ui", action="store_true", help="create the workspace and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    ws = make_demo_workspace(Path(args.dir))
+    out = console()
+    out.print(plain(f"demo workspace ready: {ws.root}"))
+    if args.no_ui or not (sys.stdin.isatty() and sys.stdout.isatty()):
+        out.print(plain(f"open it with: lorabooth {ws.root}"))
+        return EXIT_OK
+    return open_ui(ws.root)

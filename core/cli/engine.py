@@ -1,0 +1,90 @@
+"""`lorabooth engine`, `lorabooth queue list|cancel|move` and `lorabooth train --detach`: the
+headless clients of the engine. Everything the UI can start, these can too."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .. import engine
+from ..errors import EXIT_OK, UsageError
+from ..safetext import plain
+from ..store import Store
+from ..workspace import Workspace, require_workspace
+from .console import console
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workspace", metavar="WORKSPACE")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--json", action="store_true", help="status as JSON")
+
+
+def run_engine(args: argparse.Namespace) -> int:
+    ws = require_workspace(args.workspace)
+    out = console()
+    if args.action == "start":
+        pid, fresh = engine.start_detached(ws)
+        out.print(plain(f"engine {'started' if fresh else 'already running'} (pid {pid})"))
+        return EXIT_OK
+    if args.action == "stop":
+        pid = engine.stop(ws)
+        out.print(plain(f"engine stopped (pid {pid})" if pid else "no engine was running"))
+        return EXIT_OK
+    state = engine.status(ws)
+    if args.json:
+        print(json.dumps(state.public(), indent=2))
+    elif state.state == "stopped":
+        out.print("engine: stopped")
+    else:
+        job = state.job
+        doing = f", job {job.id} ({job.kind}) step {job.step}/{job.total}" if job else ""
+        out.print(plain(f"engine: {state.state} (pid {state.pid}){doing}"))
+    return EXIT_OK
+
+
+def detach_training(ws: Workspace, steps: int | None, resume: bool) -> int:
+    store = Store(ws.db_path)
+    params = {"steps": steps, "resume": resume}
+    job_id = store.add_job("train", {k: v for k, v in params.items() if v}, total=steps or 0)
+    pid, _ = engine.start_detached(ws)
+    console().print(plain(f"training queued as job {job_id}; engine pid {pid}. "
+                          f"Watch it with: lorabooth engine {ws.root} status"))
+    return EXIT_OK
+
+
+def run_queue(args: argparse.Namespace) -> int:
+    """`queue list|cancel|move`; `queue add` is generate.run_queue_add."""
+    ws = require_workspace(args.workspace)
+    numbers = []
+    for text in args.rest:
+        if not text.lstrip("-").isdigit():
+            raise UsageError(f"queue {args.action}: {text!r} is not a number")
+        numbers.append(int(text))
+    job_id = numbers[0] if numbers else None
+    position = numbers[1] if len(numbers) > 1 else None
+    store = Store(ws.db_path)
+    out = console()
+    if args.action == "list":
+        jobs = store.jobs()
+        if args.json:
+            print(json.dumps([j.public() for j in jobs], indent=2))
+            return EXIT_OK
+        for j in jobs:
+            progress = f" {j.step}/{j.total}" if j.total else ""
+            error = f"  {j.error}" if j.error else ""
+            out.print(plain(f"{j.id:>4}  {j.kind:<9} {j.state:<10}{progress}{error}"))
+        if not jobs:
+            out.print("the queue is empty")
+        return EXIT_OK
+    if job_id is None:
+        raise UsageError(f"queue {args.action} needs a job id")
+    if args.action == "cancel":
+        if not store.request(job_id, "cancel"):
+            raise UsageError(f"job {job_id} is not queued or running")
+        out.print(plain(f"job {job_id}: cancel requested"))
+        return EXIT_OK
+    if position is None or not store.move(job_id, position):
+        raise UsageError(f"job {job_id} is not waiting in the queue")
+    out.print(plain(f"job {job_id} moved to position {position}"))
+    return EXIT_OK

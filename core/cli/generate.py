@@ -1,0 +1,154 @@
+"""`lorabooth generate` and `lorabooth queue add`: prompts from the command line.
+
+`generate` renders in the foreground, unless an engine already runs for the workspace: then the
+request is queued there (its model is warm) and the command waits for the images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from ..engine import running_pid, start_detached, wait_for_job
+from ..errors import EXIT_OK, LoraboothError, UsageError
+from ..generate.recipe import LoraRef, Recipe, read_recipe
+from ..generate.request import Asked, Request, build_request, request_to_params
+from ..safetext import plain
+from ..store import ACTIVE, DONE, Store
+from ..workspace import Workspace, require_workspace
+from .console import console
+
+
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workspace", metavar="WORKSPACE")
+    p.add_argument("prompt", nargs="?", metavar="PROMPT")
+    p.add_argument("--from-image", default=None, metavar="PNG",
+                   help="make an image again from the recipe stored in it")
+    add_request_arguments(p)
+
+
+def add_queue_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workspace", metavar="WORKSPACE")
+    p.add_argument("action", choices=["add", "list", "cancel", "move"])
+    p.add_argument("rest", nargs="*", metavar="PROMPT | ID [POS]")
+    add_request_arguments(p)
+
+
+def add_request_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", action="append", default=[], metavar="NAME[:SCALE]",
+                   help="a LoRA to stack (workspace, step-N, a file); repeatable")
+    p.add_argument("--no-lora", action="store_true", help="the base model alone")
+    p.add_argument("--seed", type=int, default=None, help="default 0: a prompt makes the same "
+                   "picture until you change something")
+    p.add_argument("--count", type=int, default=1, help="images, with seeds seed, seed+1, ...")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--preset", default=None, help="a named template from lorabooth.toml")
+    p.add_argument("--scales", default="", metavar="S1,S2,...",
+                   help="sweep the first LoRA's scale over these values")
+    p.add_argument("--init-image", default="", metavar="FILE", help="image-to-image source")
+    p.add_argument("--strength", type=float, default=0.8)
+    p.add_argument("--mask", default="", metavar="FILE", help="inpaint where the mask is white")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _lora(text: str) -> LoraRef:
+    name, _, scale = text.rpartition(":") if ":" in text else (text, "", "")
+    try:
+        return LoraRef(name, float(scale) if scale else 1.0)
+    except ValueError:
+        raise UsageError(f"--lora {text}: the scale after ':' must be a number") from None
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UsageError(f"--scales {text}: numbers separated by commas") from None
+
+
+def asked_from_args(prompt: str, args: argparse.Namespace) -> Asked:
+    if args.no_lora:
+        loras: tuple[LoraRef, ...] | None = ()
+    else:
+        loras = tuple(_lora(text) for text in args.lora) or None
+    return Asked(prompt, preset=args.preset, loras=loras, seed=args.seed, count=args.count,
+                 scales=_scales(args.scales), width=args.width, height=args.height,
+                 steps=args.steps, guidance=args.guidance, init_image=_abs(args.init_image),
+                 strength=args.strength, mask=_abs(args.mask))
+
+
+def request_for(ws: Workspace, prompt: str | None, args: argparse.Namespace) -> Request:
+    if getattr(args, "from_image", None):
+        recipe = read_recipe(Path(args.from_image))
+        return Request(replace(recipe, version=""))
+    if not prompt:
+        raise UsageError("a prompt is needed (or --from-image PNG)")
+    config = ws.config(check_photos=False)
+    training = any(j.kind == "train" for j in Store(ws.db_path).jobs(ACTIVE))
+    return build_request(ws, config, asked_from_args(prompt, args), training=training)
+
+
+def _abs(path: str) -> str:
+    return str(Path(path).expanduser().resolve()) if path else ""
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    ws = require_workspace(args.workspace)
+    request = request_for(ws, args.prompt, args)
+    if running_pid(ws):
+        store = Store(ws.db_path)
+        job_id = store.add_job("generate", request_to_params(request))
+        # --json keeps stdout for the JSON alone.
+        console(stderr=args.json).print(plain(f"queued as job {job_id} on the running engine",
+                                              "dim"))
+        state = wait_for_job(store, job_id, timeout=24 * 3600)
+        job = store.job(job_id)
+        if state != DONE:
+            raise LoraboothError(f"job {job_id} {state}: {job.error or ''}")
+        paths = [Path(p) for p in job.result["images"]]
+    else:
+        paths = _generate_here(ws, request)
+    if args.json:
+        print(json.dumps([str(p) for p in paths]))
+    else:
+        out = console()
+        for path in paths:
+            out.print(plain(str(path)))
+    return EXIT_OK
+
+
+def _generate_here(ws: Workspace, request: Request) -> list[Path]:
+    from ..generate.generator import complete_recipe, run_request
+    from ..models.owner import ModelOwner
+    from ..models.resolve import resolve_model
+
+    base = complete_recipe(ws, request.recipe)
+    recipes = replace(request, recipe=base).expand()
+    generator = ModelOwner().generator(resolve_model(base.model))
+    err = console(stderr=True)
+
+    def progress(index: int, path: Path, recipe: Recipe) -> None:
+        if err.is_terminal:
+            err.print(plain(f"{index + 1}/{len(recipes)} {path.name}", "dim"))
+
+    return run_request(generator, ws, recipes, None, progress)
+
+
+def run_queue_add(args: argparse.Namespace) -> int:
+    ws = require_workspace(args.workspace)
+    if not args.rest:
+        raise UsageError("queue add needs a prompt")
+    request = request_for(ws, " ".join(args.rest), args)
+    job_id = Store(ws.db_path).add_job("generate", request_to_params(request),
+                                       total=len(request.expand()))
+    pid, _ = start_detached(ws)
+    if args.json:
+        print(json.dumps({"id": job_id, "engine_pid": pid}))
+    else:
+        console().print(plain(f"queued as job {job_id} (engine pid {pid})"))
+    return EXIT_OK

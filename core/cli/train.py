@@ -1,0 +1,61 @@
+"""`lorabooth train`: training in the foreground, with a progress bar on a terminal and plain
+lines when piped. Ctrl-C finishes the step, writes a checkpoint, and exits. `--detach` hands
+the run to the engine instead."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+from ..errors import EXIT_OK, UsageError
+from ..safetext import plain
+from ..workspace import require_workspace
+from .console import console, train_view
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workspace", metavar="WORKSPACE")
+    p.add_argument("--steps", type=int, default=None, help="steps in all (default: config)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--detach", action="store_true",
+                   help="hand the run to the engine and return at once")
+
+
+def run(args: argparse.Namespace) -> int:
+    ws = require_workspace(args.workspace)
+    if args.steps is not None and args.steps < 1:
+        raise UsageError("--steps must be at least 1")
+    config = ws.config()  # a broken config is reported now, not as a failed job later
+    if args.detach:
+        from .engine import detach_training
+
+        return detach_training(ws, args.steps, args.resume)
+    from ..train.trainer import Trainer
+
+    out = console()
+    stop = {"asked": False}
+
+    def on_interrupt(signum, frame) -> None:
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        out.print(plain("stopping after this step; writing a checkpoint "
+                        "(Ctrl-C again to quit at once)", "yellow"))
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        view = train_view(out, args.steps or config.train.steps)
+        trainer = Trainer(ws, config, on_step=view.step, should_stop=lambda: stop["asked"],
+                          log=lambda text: out.print(plain(text, "dim")))
+        with view:
+            result = trainer.run(steps=args.steps, resume=args.resume)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if not trainer.team.main:  # under `accelerate launch` the first process reports
+        return EXIT_OK
+    if result.stopped:
+        out.print(plain(f"stopped at step {result.step}; resume with: "
+                        f"lorabooth train {ws.root} --resume"))
+        return EXIT_OK
+    out.print(plain(f"done: step {result.step}, LoRA written to {result.lora_path}"))
+    return EXIT_OK

@@ -1,0 +1,89 @@
+"""Caption sidecars (`photo.txt` beside `photo.jpg`): read in any common encoding, written back
+keeping the encoding and line endings, and the trigger word put in."""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..fsutil import atomic_write_bytes
+
+DEFAULT_TEMPLATE = "photo of {trigger}"
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str | None  # None when there is no usable sidecar
+    problem: str = ""
+
+
+def sidecar_path(photo: Path) -> Path:
+    return photo.with_suffix(".txt")
+
+
+def _decode(data: bytes) -> tuple[str, str]:
+    """(text, encoding) of a sidecar: UTF-8, with or without a BOM, or UTF-16 with a BOM."""
+    if data.startswith(codecs.BOM_UTF8):
+        return data[3:].decode("utf-8"), "utf-8-sig"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16"), "utf-16"
+    return data.decode("utf-8"), "utf-8"
+
+
+def read_caption(photo: Path) -> Caption:
+    sidecar = sidecar_path(photo)
+    try:
+        data = sidecar.read_bytes()
+    except FileNotFoundError:
+        return Caption(None)
+    except OSError as exc:
+        return Caption(None, f"caption file unreadable ({exc.strerror}); using the template")
+    try:
+        text, _ = _decode(data)
+    except UnicodeDecodeError as exc:
+        return Caption(None, f"caption {sidecar.name} is not UTF-8 (bad byte at {exc.start}); "
+                             "using the template")
+    text = " ".join(text.split())
+    return Caption(text or None, "" if text else f"caption {sidecar.name} is empty; "
+                                                 "using the template")
+
+
+def substitute_trigger(text: str, trigger: str) -> str:
+    """`{trigger}` and `[trigger]` (ai-toolkit's spelling) both become the trigger word: the one
+    substitution for captions, sample prompts, report text and prompts."""
+    return text.replace("{trigger}", trigger).replace("[trigger]", trigger)
+
+
+def effective_caption(raw: str | None, trigger: str, template: str = DEFAULT_TEMPLATE) -> str:
+    """The caption training uses: the sidecar or the template, with the trigger word in it."""
+    text = raw or (template if trigger else "photo")
+    text = " ".join(substitute_trigger(text, trigger).split())
+    words = text.lower().replace(",", " ").replace(".", " ").split()
+    if trigger and trigger.lower() not in words:
+        text = f"{trigger}, {text}"
+    return text
+
+
+def write_caption(photo: Path, text: str) -> Path:
+    """Save a caption sidecar atomically, keeping the old file's encoding and line endings."""
+    sidecar = sidecar_path(photo)
+    encoding, newline, trailing = "utf-8", "\n", True
+    try:
+        old = sidecar.read_bytes()
+    except FileNotFoundError:
+        old = None
+    if old is not None:
+        try:
+            old_text, encoding = _decode(old)
+        except UnicodeDecodeError:
+            old_text = ""
+        newline = "\r\n" if "\r\n" in old_text else "\n"
+        trailing = old_text.endswith(("\n", "\r")) or not old_text
+    body = newline.join(text.splitlines()) + (newline if trailing else "")
+    if encoding == "utf-8-sig":
+        data = codecs.BOM_UTF8 + body.encode("utf-8")
+    else:
+        data = body.encode(encoding)
+    atomic_write_bytes(sidecar, data)
+    return sidecar

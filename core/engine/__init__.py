@@ -1,0 +1,13 @@
+"""The engine: the process that owns the GPU and runs a workspace's jobs one at a time.
+
+`lock` keeps it single, `client` starts, stops and asks after it (the CLI and the UI call
+only this), `loop` is the process's job loop, `train_job` and `generate_job` are its two kinds
+of work, `failures` words a failed job, and `python -m lorabooth.core.engine` runs it.
+Importing this package pulls in no torch.
+"""
+
+from .client import EngineStartFailed, Status, start_detached, status, stop, wait_for_job
+from .lock import EngineRunning, running_pid
+
+__all__ = ["EngineRunning", "EngineStartFailed", "Status", "running_pid", "start_detached",
+           "status", "stop", "wait_for_job"]

@@ -1,0 +1,124 @@
+"""Starting, stopping and asking after a workspace's engine: what the CLI and the UI call.
+Nothing here imports torch."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import LoraboothError
+from ..store import FINISHED, LIVE, Job, Store
+from ..workspace import Workspace
+from .lock import running_pid
+
+LOG_FILE = "engine.log"
+LOG_ROTATE_BYTES = 5 * 2**20
+
+
+def _rotate_log(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > LOG_ROTATE_BYTES:
+            os.replace(path, path.with_suffix(".log.1"))
+
+
+def start_detached(ws: Workspace, wait: float = 20.0) -> tuple[int, bool]:
+    """Start the engine in its own session. Returns (pid, started_now)."""
+    pid = running_pid(ws)
+    if pid:
+        return pid, False
+    ws.state.mkdir(parents=True, exist_ok=True)
+    log = ws.state / LOG_FILE
+    _rotate_log(log)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lorabooth.core.engine", str(ws.root)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+            close_fds=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        pid = running_pid(ws)
+        if pid and pid != proc.pid:
+            # Another start won the lock: ours exits as soon as it finds the lock taken (it
+            # takes the lock before any heavy import); wait for that, so no second engine
+            # process outlives this call.
+            _reap(proc)
+            return pid, False
+        if pid:
+            return pid, True
+        if proc.poll() is not None:
+            pid = running_pid(ws)
+            if pid:  # lost a race with another start: that engine runs
+                return pid, False
+            raise EngineStartFailed(f"the engine exited at once (code {proc.returncode}); "
+                                    f"see {log}")
+        time.sleep(0.02)
+    raise EngineStartFailed(f"the engine did not start within {wait:.0f} s; see {log}")
+
+
+def _reap(proc: subprocess.Popen, wait: float = 10.0) -> None:
+    try:
+        proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def stop(ws: Workspace, wait: float = 60.0) -> int | None:
+    """SIGTERM the engine and wait for it to checkpoint and exit. Returns its pid."""
+    pid = running_pid(ws)
+    if not pid or pid < 0:
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and running_pid(ws):
+        time.sleep(0.05)
+    return pid
+
+
+@dataclass
+class Status:
+    pid: int | None
+    state: str  # running (a job), idle, stopped
+    job: Job | None
+    step: int | None
+    device: str | None = None
+
+    def public(self) -> dict:
+        return {"pid": self.pid, "state": self.state,
+                "job": self.job.public() if self.job else None, "step": self.step}
+
+
+def status(ws: Workspace, store: Store | None = None) -> Status:
+    """The engine's state, the one computation the CLI and the UI share: stopped (no process
+    holds the lock), running (it holds a job) or idle."""
+    store = store or Store(ws.db_path)
+    pid = running_pid(ws)
+    if not pid:
+        return Status(None, "stopped", None, None)
+    row = store.engine()
+    job = store.job(row.job) if row and row.job else None
+    state = "running" if job and job.state in LIVE else "idle"
+    return Status(pid if pid > 0 else None, state, job, job.step if job else None,
+                  row.device if row else None)
+
+
+def wait_for_job(store: Store, job_id: int, timeout: float) -> str:
+    """Wait for a job to finish; its final state, or "timeout"."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = store.job(job_id)
+        if job and job.state in FINISHED:
+            return job.state
+        time.sleep(0.1)
+    return "timeout"
+
+
+class EngineStartFailed(LoraboothError):
+    """The engine process would not start; the message points at its log."""

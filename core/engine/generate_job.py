@@ -1,0 +1,134 @@
+"""A `generate` job: its recipes rendered on the owner's warm pipeline; and a queued prompt
+rendered between two training steps on the model being trained, the LoRA as it is now."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..store import CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job
+from .failures import explain_failure
+
+if TYPE_CHECKING:
+    from ..generate.recipe import Recipe
+    from ..train.trainer import Trainer
+    from .loop import Engine
+
+
+def image_saved(engine: Engine, job_id: int) -> Callable[[int, Path, Recipe], None]:
+    def on_image(index: int, path: Path, recipe: Recipe) -> None:
+        engine.store.add_output(job_id, path, "image", json.loads(recipe.to_json()))
+        engine.store.update_job(job_id, step=index + 1)
+    return on_image
+
+
+def denoise_hook(engine: Engine, job_id: int) -> Callable[[int, int], bool]:
+    def on_step(step: int, total: int) -> bool:
+        return engine.between_steps(job_id) is not None
+    return on_step
+
+
+def run(engine: Engine, job: Job) -> str:
+    from ..generate.generator import Cancelled, complete_recipe, run_request
+    from ..generate.request import request_from_params
+    from ..models.resolve import resolve_model
+
+    request = request_from_params(job.params)
+    base = complete_recipe(engine.ws, request.recipe)
+    recipes = replace(request, recipe=base).expand()
+    for recipe in recipes:
+        recipe.check()
+    engine.store.update_job(job.id, total=len(recipes), step=0)
+    source = resolve_model(base.model)
+    fresh = not engine.model.resident(source)
+    generator = engine.model.generator(source)
+    if fresh:
+        engine.model_loaded(base.model, generator.device)
+    try:
+        paths = run_request(generator, engine.ws, recipes, job.id, image_saved(engine, job.id),
+                            on_denoise_step=denoise_hook(engine, job.id))
+    except Cancelled:
+        return engine.ended(None)
+    engine.store.update_job(job.id, result={"images": [str(p) for p in paths]})
+    return DONE
+
+
+def fits_training(job: Job, trainer: Trainer) -> bool:
+    """Plain text-to-image on the workspace's model, with the workspace LoRA or none, can
+    share the trainer's pipeline."""
+    from ..generate.request import request_from_params
+
+    try:
+        recipe = request_from_params(job.params).recipe
+    except (KeyError, TypeError, ValueError):
+        return False
+    return (recipe.model in ("", trainer.config.model) and not recipe.init_image
+            and all(lora.name in ("", "workspace") for lora in recipe.loras))
+
+
+def between_training_steps(engine: Engine, trainer: Trainer) -> None:
+    """Run one queued prompt on the model being trained, with the LoRA as it is now: in eval
+    mode, without gradients, the RNGs restored, so the loss curve is unchanged."""
+    import torch
+
+    from ..generate.generator import Cancelled, complete_recipe, run_request
+    from ..generate.request import request_from_params
+
+    store = engine.store
+    if store.setting("queue_paused") == "1":
+        return
+    job = next((j for j in store.jobs((QUEUED,))
+                if j.kind == "generate" and fits_training(j, trainer)), None)
+    if job is None:
+        return
+    request = request_from_params(job.params)
+    # No LoRA asked for renders the base: the live adapter at scale 0.
+    scale = next((lora.scale for lora in request.recipe.loras), 0.0)
+    base = replace(request.recipe, loras=(), model=trainer.config.model)
+    recipes = replace(request, recipe=complete_recipe(engine.ws, base)).expand()
+    store.update_job(job.id, state=RUNNING, started=time.time(), total=len(recipes))
+    engine.event(f"job {job.id} (generate) runs at training step {trainer.step}", job=job.id)
+    transformer = trainer.pipe.transformer
+    transformer.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), lora_scale(transformer, scale):
+            generator = engine.model.training_generator(trainer.encoder.text)
+            paths = run_request(generator, engine.ws, recipes, job.id,
+                                image_saved(engine, job.id),
+                                on_denoise_step=denoise_hook(engine, job.id),
+                                training_step=trainer.step)
+    except Cancelled:
+        store.update_job(job.id, state=CANCELLED, finished=time.time(), control=None)
+        return
+    except Exception as exc:
+        message = explain_failure(exc)
+        store.update_job(job.id, state=FAILED, error=message, finished=time.time(),
+                         control=None)
+        engine.event(f"job {job.id} failed: {message}", "error", job.id)
+        return
+    finally:
+        transformer.train()
+    store.update_job(job.id, state=DONE, finished=time.time(), control=None,
+                     result={"images": [str(p) for p in paths],
+                             "training_step": trainer.step})
+    engine.event(f"job {job.id} done at training step {trainer.step}", job=job.id)
+
+
+@contextlib.contextmanager
+def lora_scale(transformer, scale: float):
+    """Use the LoRA being trained at `scale`, then put it back at 1."""
+    if scale == 1.0:
+        yield
+        return
+    from ..train.lora import ADAPTER
+
+    transformer.set_adapters([ADAPTER], [scale])
+    try:
+        yield
+    finally:
+        transformer.set_adapters([ADAPTER], [1.0])

@@ -1,0 +1,214 @@
+"""The engine process: one job at a time from the store's queue, the photo folder watched, and
+the one loaded model held by its owner between jobs.
+
+It is started detached (its own session, stdio to `.lorabooth/engine.log`) so it outlives the
+UI and the SSH link. It takes the workspace's lock before anything heavy, and imports torch only
+when a job needs it. SIGTERM finishes the step, checkpoints, marks the job to resume, and exits
+0; after a kill -9 the next start resumes the job from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import traceback
+
+from ..config import ConfigError
+from ..models.owner import ModelOwner
+from ..store import ACTIVE, CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, Job, Store, StoreError
+from ..workspace import Workspace
+from .failures import explain_failure
+from .lock import EngineLock
+
+IDLE_POLL = 0.05  # seconds between looks at the queue when idle: the pick-up latency
+HEARTBEAT = 1.0
+
+
+class Stop(Exception):
+    """Raised inside a job when the engine is asked to shut down."""
+
+
+class Engine:
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self.lock = EngineLock(ws)
+        self.store: Store | None = None
+        self.stopping = False
+        self.current: Job | None = None
+        self.watcher = None
+        self.model = ModelOwner()  # the one loaded pipeline, lent to each job
+        self.new_photos = 0
+        self.dataset_primed = False  # the watcher's first report is the folder as it was
+
+    def log(self, text: str) -> None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}", flush=True)
+
+    def event(self, message: str, level: str = "info", job: int | None = None) -> None:
+        self.log(f"{level}: {message}")
+        with contextlib.suppress(StoreError):
+            self.store.event(message, level, job, kind="engine")
+
+    def on_sigterm(self, signum, frame) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        self.lock.acquire()  # first: a second engine leaves before doing anything
+        self.store = Store(self.ws.db_path)
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+        signal.signal(signal.SIGINT, self.on_sigterm)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal that started us may go
+        self.store.set_engine(pid=os.getpid(), state="idle", job=None, started=time.time())
+        self.event(f"engine started (pid {os.getpid()})")
+        self.recover()
+        self.watch_photos()
+        last_beat = 0.0
+        try:
+            while not self.stopping:
+                job = None if self.store.setting("queue_paused") == "1" \
+                    else self.store.next_queued()
+                if job is None:
+                    if time.monotonic() - last_beat > HEARTBEAT:
+                        self.store.set_engine(state="idle", job=None)
+                        last_beat = time.monotonic()
+                    time.sleep(IDLE_POLL)
+                    continue
+                try:
+                    self.run_job(job)
+                except StoreError as exc:
+                    # The database itself failed (full or read-only disk): say so and keep
+                    # running, so the user can fix it and carry on.
+                    self.log(f"error: {exc}")
+                    time.sleep(1.0)
+        finally:
+            if self.watcher is not None:
+                self.watcher.stop()
+            with contextlib.suppress(StoreError):
+                self.store.set_engine(state="stopped", job=None, pid=None)
+            self.event("engine stopped")
+            self.lock.release()
+        return 0
+
+    # -- the photo folder -----------------------------------------------------------------
+
+    def watch_photos(self) -> None:
+        """Watch the photo folder; every change is a `dataset` event for the UI."""
+        from ..dataset.scan import ScanOptions
+        from ..watch import FolderWatcher
+
+        try:
+            config = self.ws.config(check_photos=False)
+        except ConfigError as exc:
+            self.event(f"not watching the photos: {exc}", "warning")
+            return
+        options = ScanOptions(resolution=min(config.train.resolution), trigger=config.trigger)
+        self.watcher = FolderWatcher(config.photos_dir(self.ws.root), self.on_dataset_change,
+                                     options, self.ws.cache)
+        self.watcher.start()
+
+    def on_dataset_change(self, change) -> None:
+        """Runs on the watcher's thread; the store gives it its own connection."""
+        parts = []
+        for verb, names in (("added", change.added), ("removed", change.removed),
+                            ("changed", change.changed)):
+            if names:
+                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more"
+                                                if len(names) > 5 else "")
+                parts.append(f"{len(names)} {verb}: {shown}")
+        usable = len(change.scan.usable())
+        self.store.event(f"photos: {'; '.join(parts)} ({usable} usable)", "info",
+                         kind="dataset")
+        if self.dataset_primed:
+            self.maybe_continue_training(len(change.added))
+        self.dataset_primed = True
+
+    def maybe_continue_training(self, added: int) -> None:
+        try:
+            every = self.ws.config(check_photos=False).train.auto_continue_after
+        except ConfigError:
+            return
+        if not every:
+            return
+        self.new_photos += added
+        if self.new_photos >= every and not self.store.jobs(ACTIVE):
+            self.new_photos = 0
+            job = self.store.add_job("train", {"resume": True, "continue": True})
+            self.event(f"{every}+ new photos arrived: queued job {job} to continue training")
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Jobs left running or paused by an engine that died are queued again; training
+        resumes from its last checkpoint."""
+        for job in self.store.jobs((RUNNING, PAUSED)):
+            params = {**job.params, "resume": True}
+            self.store.update_job(job.id, state=QUEUED, control=None, params=params)
+            self.event(f"job {job.id} ({job.kind}) was interrupted at step {job.step}; "
+                       "it will resume from its last checkpoint", "warning", job.id)
+
+    def run_job(self, job: Job) -> None:
+        from . import generate_job, train_job
+
+        self.current = job
+        self.store.update_job(job.id, state=RUNNING, started=time.time(), error=None)
+        self.store.set_engine(state="running", job=job.id)
+        self.event(f"job {job.id} ({job.kind}) started", job=job.id)
+        try:
+            runner = {"train": train_job.run, "generate": generate_job.run}.get(job.kind)
+            if runner is None:
+                raise ValueError(f"unknown job kind {job.kind!r}")
+            outcome = runner(self, job)
+        except Stop:
+            self.store.update_job(job.id, state=QUEUED, control=None,
+                                  params={**job.params, "resume": True})
+            self.event(f"job {job.id} will resume when the engine starts again", job=job.id)
+        except Exception as exc:
+            self.fail(job, exc)
+        else:
+            self.store.update_job(job.id, state=outcome, finished=time.time(), control=None)
+            self.event(f"job {job.id} {outcome}", job=job.id)
+        finally:
+            self.current = None
+            self.store.set_engine(state="idle", job=None)
+
+    def fail(self, job: Job, exc: BaseException) -> None:
+        message = explain_failure(exc)
+        self.log(traceback.format_exc())
+        self.store.update_job(job.id, state=FAILED, error=message, finished=time.time(),
+                              control=None)
+        self.event(f"job {job.id} failed: {message}", "error", job.id)
+
+    def between_steps(self, job_id: int) -> str | None:
+        """Between two steps of a job: obey pause (wait here, model in memory), cancel and
+        shutdown. Returns "cancel" or "stop" when the job must end, None to carry on."""
+        paused = False
+        while True:
+            if self.stopping:
+                return "stop"
+            control = self.store.control(job_id)
+            if control == "cancel":
+                return "cancel"
+            if control == "pause":
+                if not paused:
+                    self.store.update_job(job_id, state=PAUSED)
+                    self.event(f"job {job_id} paused", job=job_id)
+                    paused = True
+                time.sleep(IDLE_POLL)
+                continue
+            if paused:
+                self.store.update_job(job_id, state=RUNNING)
+                self.event(f"job {job_id} resumed", job=job_id)
+            return None
+
+    def ended(self, verdict: str | None) -> str:
+        """The outcome of a job its hook ended: a shutdown re-queues it, a cancel ends it."""
+        if verdict == "stop" or self.stopping:
+            raise Stop
+        return CANCELLED
+
+    def model_loaded(self, model: str, device) -> None:
+        from ..models.load import describe_device
+
+        self.store.set_engine(device=describe_device(device))
+        self.event(f"model {model} loaded on {describe_device(device)}")

@@ -1,0 +1,83 @@
+"""A `train` job: the Trainer on the engine's model, with metrics, samples and outputs written
+to the store, and prompts queued meanwhile rendered between steps."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..store import DONE, Job
+from . import generate_job
+
+if TYPE_CHECKING:
+    from ..train.trainer import StepMetrics, Trainer
+    from .loop import Engine
+
+
+class TrainJob:
+    """One training job's callbacks: what the Trainer reports goes to the store; between steps
+    the engine's controls are obeyed and a queued prompt may render."""
+
+    def __init__(self, engine: Engine, job: Job):
+        self.engine, self.job = engine, job
+        self.verdict: str | None = None  # "cancel" or "stop" once the job must end
+        self.trainer: Trainer | None = None
+
+    def on_step(self, m: StepMetrics) -> None:
+        store = self.engine.store
+        store.add_metric(self.job.id, m.step, loss=m.loss, lr=m.lr, grad_norm=m.grad_norm,
+                         seconds=m.seconds, images_per_s=m.images_per_s,
+                         memory_gb=m.gpu_memory_gb)
+        store.update_job(self.job.id, step=m.step)
+
+    def on_sample(self, step: int, paths: list[Path]) -> None:
+        for path in paths:
+            self.engine.store.add_output(self.job.id, path, "sample", {"step": step})
+
+    def should_stop(self) -> bool:
+        self.verdict = self.engine.between_steps(self.job.id)
+        if self.verdict is None:
+            generate_job.between_training_steps(self.engine, self.trainer)
+        return self.verdict is not None
+
+    def log(self, text: str) -> None:
+        self.engine.event(text, job=self.job.id)
+
+
+def total_steps(engine: Engine, job: Job, configured: int) -> Job:
+    """A continued run trains `steps` more from where the last one ended; the total is fixed
+    now (and stored) so that a resume after a crash aims at the same step."""
+    steps = int(job.params.get("steps") or configured)
+    if job.params.get("continue"):
+        from ..train.checkpoint import latest_checkpoint
+
+        last = latest_checkpoint(engine.ws.checkpoints)
+        steps += last.step if last else 0
+        job = replace(job, params={**job.params, "steps": steps, "continue": False})
+        engine.store.update_job(job.id, params=job.params)
+    engine.store.update_job(job.id, total=steps)
+    return replace(job, params={**job.params, "steps": steps})
+
+
+def run(engine: Engine, job: Job) -> str:
+    from ..train.trainer import Trainer  # torch is imported here, when a GPU job starts
+
+    config = engine.ws.config()
+    job = total_steps(engine, job, config.train.steps)
+    hooks = TrainJob(engine, job)
+    trainer = Trainer(engine.ws, config, on_step=hooks.on_step, should_stop=hooks.should_stop,
+                      log=hooks.log, on_sample=hooks.on_sample, owner=engine.model)
+    hooks.trainer = trainer
+    try:
+        trainer.prepare()
+        if trainer.loaded_model:
+            engine.model_loaded(trainer.source.spec, trainer.device)
+        result = trainer.run(steps=job.params["steps"], resume=bool(job.params.get("resume")))
+    finally:
+        trainer.release()  # the model stays loaded, ready for the next job
+    if result.stopped:
+        return engine.ended(hooks.verdict)
+    engine.store.add_output(job.id, result.lora_path, "lora", {"step": result.step})
+    engine.store.update_job(job.id, result={"lora": str(result.lora_path), "step": result.step})
+    return DONE

@@ -1,0 +1,181 @@
+"""Making images: a FluxPipeline kept warm, LoRAs stacked with per-LoRA scales, img2img and
+inpainting through pipelines that share the loaded modules, and PNGs that carry their recipe.
+
+Switching LoRAs or scales never reloads the base model: each LoRA file is loaded once as a
+named adapter and `set_adapters` picks the ones a recipe uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .. import __version__
+from ..models.resolve import ModelSource
+from ..train.checkpoint import list_checkpoints
+from ..workspace import LORA_FILE, Workspace
+from .images import job_sheet, save_image
+from .recipe import LoraRef, Recipe, RecipeError
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_lora(ws: Workspace, ref: LoraRef) -> LoraRef:
+    """Find the file a LoRA name means: the workspace's own, a checkpoint, or a file."""
+    name = ref.name
+    if name in ("", "workspace"):
+        path = ws.lora_path
+    elif name.startswith("step-") or name.isdigit():
+        step = int(name.removeprefix("step-"))
+        found = {c.step: c.path for c in list_checkpoints(ws.checkpoints)}
+        if step not in found:
+            raise RecipeError(f"no checkpoint at step {step}")
+        path = found[step] / LORA_FILE
+    elif (ws.loras / name).is_file():
+        path = ws.loras / name
+    else:
+        path = Path(name).expanduser()
+    if not path.is_file():
+        hint = " (train first, or name another LoRA)" if name in ("", "workspace") else ""
+        raise RecipeError(f"LoRA {name or 'workspace'} not found: {path}{hint}")
+    return LoraRef(name or "workspace", ref.scale, str(path.resolve()), file_sha256(path))
+
+
+class Generator:
+    """A warm pipeline for one base model, and the LoRAs loaded into it so far."""
+
+    def __init__(self, source: ModelSource, pipe, encode: Callable[[str], tuple] | None = None):
+        """`pipe` is lent by the model owner; with `encode` (a trainer's cached text encoder)
+        prompts are encoded there and the pipeline's own LoRA is used as it is."""
+        self.source = source
+        self.pipe = pipe
+        self.encode = encode
+        self.device = self.pipe.transformer.device
+        self.adapters: dict[str, str] = {}  # file sha256 -> adapter name
+        self._img2img = None
+        self._inpaint = None
+
+    # -- LoRAs ------------------------------------------------------------------------------
+
+    def use_loras(self, loras: tuple[LoraRef, ...]) -> None:
+        for lora in loras:
+            if lora.sha256 not in self.adapters:
+                name = f"lora_{lora.sha256[:12]}"
+                self.pipe.load_lora_weights(lora.path, adapter_name=name)
+                self.adapters[lora.sha256] = name
+        if not loras:
+            if self.adapters:
+                self.pipe.disable_lora()
+            return
+        self.pipe.enable_lora()
+        self.pipe.set_adapters([self.adapters[lora.sha256] for lora in loras],
+                               [lora.scale for lora in loras])
+
+    # -- images -----------------------------------------------------------------------------
+
+    def render(self, recipe: Recipe,
+               on_denoise_step: Callable[[int, int], bool] | None = None) -> Image.Image:
+        """One image. `on_denoise_step(i, total)` may return True to cancel."""
+        recipe.check()
+        generator = torch.Generator("cpu").manual_seed(recipe.seed)
+        kwargs = dict(width=recipe.width, height=recipe.height,
+                      num_inference_steps=recipe.steps, guidance_scale=recipe.guidance,
+                      generator=generator, max_sequence_length=self.source.max_sequence_length)
+        if self.encode is None:
+            self.use_loras(recipe.loras)
+            kwargs["prompt"] = recipe.prompt
+        else:
+            embeds, pooled = self.encode(recipe.prompt)
+            dtype = self.pipe.transformer.dtype
+            kwargs["prompt_embeds"] = embeds[None].to(self.device, dtype)
+            kwargs["pooled_prompt_embeds"] = pooled[None].to(self.device, dtype)
+        if on_denoise_step is not None:
+            kwargs["callback_on_step_end"] = _step_callback(on_denoise_step, recipe.steps)
+        pipe = self.pipe
+        if recipe.init_image:
+            kwargs["image"] = _load_rgb(recipe.init_image)
+            kwargs["strength"] = recipe.strength
+            if recipe.mask:
+                kwargs["mask_image"] = _load_rgb(recipe.mask).convert("L")
+                pipe = self._inpaint_pipe()
+            else:
+                pipe = self._img2img_pipe()
+        with torch.no_grad():
+            return pipe(**kwargs).images[0]
+
+    def _img2img_pipe(self):
+        if self._img2img is None:
+            from diffusers import FluxImg2ImgPipeline
+
+            self._img2img = FluxImg2ImgPipeline.from_pipe(self.pipe)
+            self._img2img.set_progress_bar_config(disable=True)
+        return self._img2img
+
+    def _inpaint_pipe(self):
+        if self._inpaint is None:
+            from diffusers import FluxInpaintPipeline
+
+            self._inpaint = FluxInpaintPipeline.from_pipe(self.pipe)
+            self._inpaint.set_progress_bar_config(disable=True)
+        return self._inpaint
+
+
+class Cancelled(Exception):
+    pass
+
+
+def _step_callback(report: Callable[[int, int], bool], total: int):
+    def callback(pipe, step: int, timestep, kwargs):
+        if report(step + 1, total):
+            raise Cancelled
+        return kwargs
+    return callback
+
+
+def _load_rgb(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"cannot read image {path}: {exc}") from None
+
+
+def complete_recipe(ws: Workspace, recipe: Recipe) -> Recipe:
+    """Fill in what the engine knows: the model and the LoRA files with their hashes."""
+    config = ws.config(check_photos=False)
+    loras = tuple(resolve_lora(ws, lora) for lora in recipe.loras)
+    return replace(recipe, model=recipe.model or config.model, loras=loras,
+                   version=__version__)
+
+
+def run_request(generator: Generator, ws: Workspace, request_recipes: list[Recipe],
+                job_id: int | None, on_image: Callable[[int, Path, Recipe], None],
+                on_denoise_step: Callable[[int, int], bool] | None = None,
+                training_step: int | None = None) -> list[Path]:
+    """Render and save every recipe of a request; a contact sheet when there are several."""
+    folder = ws.outputs / "images"
+    paths = []
+    # Saved inline: a writer thread overlapping the next render was slower on a small CPU
+    # (it competes with torch's own threads), and on a GPU the save is noise next to a render.
+    for index, recipe in enumerate(request_recipes):
+        if training_step is not None:
+            recipe = replace(recipe, training_step=training_step)
+        image = generator.render(recipe, on_denoise_step)
+        path = save_image(image, recipe, folder, job_id, index)
+        paths.append(path)
+        on_image(index, path, recipe)
+    if len(paths) > 1:
+        name = paths[0].name.replace("-00.png", "-sheet.png")
+        job_sheet(paths, folder / "sheets" / name)
+    return paths

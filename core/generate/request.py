@@ -1,0 +1,134 @@
+"""A request: what a person queues (a recipe plus the ways to vary it in one job), and the ONE
+place a request is built from typed words, for the command line and the Queue pane alike.
+
+Settled rules (both front ends follow them because both call `build_request`):
+- a seed not given is 0: the same prompt makes the same picture, so what changed an image is
+  what you changed; `--count`, the Queue's repeat key and variations draw new seeds;
+- the workspace LoRA is attached, at `generate.lora_scale` unless a scale is given, when its
+  file exists or a training run is queued or under way (a prompt queued during training renders
+  with the LoRA as it is at that step); `--no-lora` or explicit LoRAs replace it.
+
+Pure Python (no torch).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, GenerateSettings
+from ..dataset.captions import substitute_trigger
+from ..models.families import generation_defaults
+from ..workspace import Workspace
+from .recipe import LoraRef, Recipe, RecipeError, expand_matrix
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a person queues: a recipe plus the ways to vary it in one job."""
+
+    recipe: Recipe
+    count: int = 1  # seeds seed, seed+1, ...
+    scales: tuple[float, ...] = ()  # a sweep of the first LoRA's scale
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def expand(self) -> list[Recipe]:
+        """Every image the request makes: prompt matrix x scale sweep x seeds."""
+        recipes = []
+        scales = self.scales or (None,)
+        for prompt in expand_matrix(self.recipe.prompt):
+            for scale in scales:
+                loras = self.recipe.loras
+                if scale is not None and loras:
+                    loras = (replace(loras[0], scale=scale), *loras[1:])
+                for n in range(self.count):
+                    recipes.append(replace(self.recipe, prompt=prompt, loras=loras,
+                                           seed=self.recipe.seed + n))
+        return recipes
+
+
+def apply_template(prompt: str, trigger: str, presets: dict[str, str],
+                   preset: str | None = None) -> str:
+    """Fill `{trigger}` (and `[trigger]`), and wrap the prompt in a named preset."""
+    if preset:
+        if preset not in presets:
+            raise RecipeError(f"no preset {preset!r}; presets: {', '.join(sorted(presets))}")
+        prompt = presets[preset].replace("{prompt}", prompt)
+    return substitute_trigger(prompt, trigger)
+
+
+def recipe_from_settings(settings: GenerateSettings, model: str, prompt: str, seed: int,
+                         loras: tuple[LoraRef, ...], **overrides: Any) -> Recipe:
+    """A recipe from the config's [generate] settings (`settings`), the model's defaults, and
+    the values a person gave (`overrides`; None means "not given")."""
+    steps, guidance = generation_defaults(model, settings.steps, settings.guidance)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values = {"width": settings.width, "height": settings.height, "steps": steps,
+              "guidance": guidance, **given}
+    recipe = Recipe(prompt=prompt, seed=seed, model=model, loras=loras, **values)
+    recipe.check()
+    return recipe
+
+
+def request_to_params(request: Request) -> dict[str, Any]:
+    return {"recipe": json.loads(request.recipe.to_json()), "count": request.count,
+            "scales": list(request.scales), **request.params}
+
+
+def request_from_params(params: dict[str, Any]) -> Request:
+    extra = {k: v for k, v in params.items() if k not in ("recipe", "count", "scales")}
+    return Request(Recipe.from_dict(params["recipe"]), int(params.get("count", 1)),
+                   tuple(float(s) for s in params.get("scales", ())), extra)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a person asked for, as typed; None means "not given"."""
+
+    prompt: str
+    preset: str | None = None
+    loras: tuple[LoraRef, ...] | None = None  # None: the workspace LoRA, when there is one
+    lora_scale: float | None = None  # the workspace LoRA's scale (default generate.lora_scale)
+    seed: int | None = None
+    count: int = 1
+    scales: tuple[float, ...] = ()
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    init_image: str = ""
+    strength: float = 0.8
+    mask: str = ""
+
+
+def split_preset(text: str, presets: dict[str, str]) -> tuple[str | None, str]:
+    """`portrait: smiling` -> ("portrait", "smiling") when `portrait` is a preset."""
+    name, sep, rest = text.partition(":")
+    if sep and name.strip() in presets:
+        return name.strip(), rest.strip()
+    return None, text
+
+
+def build_request(ws: Workspace, config: Config, asked: Asked, *, training: bool) -> Request:
+    """The request for what was asked, by the rules in this module's docstring. `training`:
+    a training run is queued or under way in this workspace."""
+    g = config.generate
+    if not asked.prompt.strip():
+        raise RecipeError("a prompt is needed")
+    if asked.count < 1:
+        raise RecipeError(f"count {asked.count} must be at least 1")
+    text = apply_template(asked.prompt, config.trigger, g.presets, asked.preset)
+    if asked.loras is not None:
+        loras = asked.loras
+    elif ws.lora_path.is_file() or training:
+        scale = g.lora_scale if asked.lora_scale is None else asked.lora_scale
+        loras = (LoraRef("workspace", scale),)
+    else:
+        loras = ()
+    recipe = recipe_from_settings(
+        g, config.model, text, asked.seed if asked.seed is not None else 0, loras,
+        width=asked.width, height=asked.height, steps=asked.steps, guidance=asked.guidance,
+        init_image=asked.init_image or None, strength=asked.strength, mask=asked.mask or None)
+    return Request(recipe, asked.count, asked.scales)

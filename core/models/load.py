@@ -1,0 +1,111 @@
+"""Loading a resolved Flux folder into memory: precision, device, an optional NF4 transformer,
+and the facts the header and the memory plan need (parameter count, device name)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import TYPE_CHECKING
+
+from .resolve import ModelSource
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import FluxPipeline
+
+
+def load_pipeline(source: ModelSource, dtype: torch.dtype | None = None,
+                  device: str | torch.device | None = None,
+                  quantize: str | None = None) -> FluxPipeline:
+    """FluxPipeline.from_pretrained on the resolved folder, loaded straight into `dtype`
+    (low_cpu_mem_usage: weights stream to their place, never twice in system RAM). With
+    `quantize="nf4"` the transformer loads 4-bit through bitsandbytes (QLoRA-style)."""
+    quiet_libraries()
+    import torch
+    from diffusers import FluxPipeline
+
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    extra = {}
+    if quantize == "nf4":
+        extra["transformer"] = _load_nf4_transformer(source, dtype)
+    with warnings.catch_warnings():
+        # Newer diffusers renamed torch_dtype to dtype; the old name works in every release.
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+        pipe = FluxPipeline.from_pretrained(source.path, torch_dtype=dtype,
+                                            local_files_only=True, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    if quantize:
+        # bitsandbytes placed the 4-bit transformer on the GPU already; move the rest.
+        for name in ("vae", "text_encoder", "text_encoder_2"):
+            getattr(pipe, name).to(device)
+        return pipe
+    return pipe.to(device)
+
+
+def _load_nf4_transformer(source: ModelSource, dtype):
+    from diffusers import BitsAndBytesConfig, FluxTransformer2DModel
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                bnb_4bit_compute_dtype=dtype)
+    return FluxTransformer2DModel.from_pretrained(
+        source.path, subfolder="transformer", quantization_config=config, torch_dtype=dtype,
+        local_files_only=True)
+
+
+def transformer_params(source: ModelSource) -> float:
+    """The transformer's parameter count, from its files' sizes and stored dtype."""
+    import json
+
+    files = sorted((source.path / "transformer").glob("*.safetensors"))
+    if not files:
+        return 0.0
+    with open(files[0], "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+    dtypes = [v["dtype"] for k, v in header.items() if k != "__metadata__"]
+    width = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1}.get(dtypes[0] if dtypes else "", 2)
+    return sum(f.stat().st_size for f in files) / width
+
+
+def describe_device(device: torch.device) -> str:
+    """What the header shows: the GPU's name and memory, or "cpu"."""
+    import torch
+
+    if device.type != "cuda":
+        return "cpu"
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.name} · {props.total_memory / 2**30:.0f} GiB"
+
+
+def default_device() -> torch.device:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs that support it, fp32 elsewhere (CPU bf16 matmuls are slow and lossy)."""
+    import torch
+
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.float16
+    return torch.float32
+
+
+def quiet_libraries() -> None:
+    # The libraries' own progress bars and advice would garble our progress display. The
+    # environment variables reach messages printed while the libraries are first imported.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    from diffusers.utils import logging as dlogging
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as tlogging
+
+    disable_progress_bars()
+    dlogging.disable_progress_bar()
+    dlogging.set_verbosity_error()
+    tlogging.disable_progress_bar()
+    tlogging.set_verbosity_error()

@@ -1,0 +1,98 @@
+"""The one owner of a process's loaded pipeline.
+
+A 12B model fits a GPU once. Whatever needs it (a training run, a generation job, a prompt
+rendered between training steps) borrows it here and gives it back; nothing else keeps a
+reference across jobs. The owner knows which model is resident, in which precision and
+quantisation, and whether training holds it now, so a request for another model or precision
+frees the resident one *before* loading (never two copies at once).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .load import load_pipeline
+from .resolve import ModelSource
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..generate.generator import Generator
+
+
+class ModelOwner:
+    def __init__(self) -> None:
+        self.source: ModelSource | None = None
+        self.pipe: Any = None
+        self.quantize: str | None = None
+        self.training = False  # a Trainer holds the pipeline (its LoRA attached, in train mode)
+        self._generator: Generator | None = None
+
+    def resident(self, source: ModelSource, dtype: torch.dtype | None = None,
+                 quantize: str | None = None) -> bool:
+        """Whether the loaded pipeline is `source` at this precision and quantisation."""
+        if self.pipe is None or self.source is None or self.source.spec != source.spec:
+            return False
+        if quantize != self.quantize:
+            return False
+        return dtype is None or self.pipe.transformer.dtype == dtype
+
+    def drop(self) -> None:
+        """Free the loaded pipeline (and the GPU memory it held)."""
+        if self.pipe is None:
+            return
+        self.pipe = self.source = self._generator = None
+        self.quantize = None
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _load(self, source: ModelSource, dtype: torch.dtype | None, device: Any,
+              quantize: str | None) -> None:
+        self.drop()  # before loading: the old copy must not be resident beside the new one
+        self.pipe = load_pipeline(source, dtype, device, quantize)
+        self.source, self.quantize = source, quantize
+
+    # -- training ---------------------------------------------------------------------------
+
+    def borrow_for_training(self, source: ModelSource, dtype: torch.dtype, device: Any,
+                            quantize: str | None) -> tuple[Any, bool]:
+        """The pipeline for a training run: the resident one when it fits, with any adapters a
+        generation job loaded taken out. Returns (pipeline, loaded from disk now)."""
+        loaded = not self.resident(source, dtype, quantize)
+        if loaded:
+            self._load(source, dtype, device, quantize)
+        else:
+            self.pipe.unload_lora_weights()
+        self._generator = None  # its adapter bookkeeping no longer holds
+        self.training = True
+        return self.pipe, loaded
+
+    def give_back(self, restore: Callable[[Any], None]) -> None:
+        """Training is over: `restore` puts the pipeline back as generation wants it."""
+        if self.pipe is not None and self.training:
+            restore(self.pipe)
+        self.training = False
+
+    def training_generator(self, encode: Callable[[str], tuple]) -> Generator:
+        """A generator over the pipeline as training holds it, the LoRA as it is now; prompts
+        are encoded through the trainer's cached encoder."""
+        from ..generate.generator import Generator
+
+        return Generator(self.source, self.pipe, encode=encode)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def generator(self, source: ModelSource) -> Generator:
+        """A warm generator for `source`, loading it (and freeing another model) if needed."""
+        from ..generate.generator import Generator
+
+        if not self.resident(source):
+            self._load(source, None, None, None)
+        if self._generator is None:
+            self._generator = Generator(self.source, self.pipe)
+        return self._generator

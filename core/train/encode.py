@@ -1,0 +1,96 @@
+"""Encoding photos and captions once: VAE latents per photo and bucket, text embeddings per
+caption, cached on disk under `.lorabooth/cache` and keyed by content and settings, so a
+changed caption or photo re-encodes only itself."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save
+
+from ..dataset.buckets import Bucket, crop_to_bucket
+from ..dataset.files import open_image
+from ..fsutil import atomic_write_bytes
+
+ENCODE_VERSION = 1
+
+
+@dataclass
+class EncodeStats:
+    latents_encoded: int = 0
+    latents_cached: int = 0
+    texts_encoded: int = 0
+    texts_cached: int = 0
+
+
+def model_fingerprint(pipe) -> str:
+    """Changes when the VAE or text encoders would encode differently."""
+    parts = [json.dumps(dict(pipe.vae.config), sort_keys=True, default=str),
+             json.dumps(pipe.text_encoder_2.config.to_dict(), sort_keys=True, default=str),
+             str(getattr(pipe, "name_or_path", "") or pipe.config.get("_name_or_path", ""))]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256("\x00".join(map(str, (ENCODE_VERSION, *parts))).encode()).hexdigest()
+
+
+def _load(path: Path) -> dict[str, torch.Tensor] | None:
+    try:
+        return load_file(path)
+    except Exception:  # missing, or half-written by a killed run: encode again
+        return None
+
+
+class Encoder:
+    """Latents and text embeddings through the pipeline's VAE and text encoders."""
+
+    def __init__(self, pipe, cache_dir: Path, max_sequence_length: int):
+        self.pipe = pipe
+        self.cache_dir = cache_dir
+        self.max_sequence_length = max_sequence_length
+        self.fingerprint = model_fingerprint(pipe)
+        self.stats = EncodeStats()
+
+    def latent(self, photo: Path, sha256: str, bucket: Bucket) -> torch.Tensor:
+        """The scaled, shifted VAE latent (C, H/8, W/8) of `photo` cropped to `bucket`."""
+        path = self.cache_dir / "latents" / f"{_key(self.fingerprint, sha256, bucket)}.safetensors"
+        cached = _load(path)
+        if cached is not None:
+            self.stats.latents_cached += 1
+            return cached["latent"]
+        image = crop_to_bucket(open_image(photo.read_bytes()), bucket)
+        vae = self.pipe.vae
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None]
+        pixels = (pixels.float() / 127.5 - 1).to(vae.device, vae.dtype)
+        with torch.no_grad():
+            dist = vae.encode(pixels).latent_dist
+        # The mode, not a sample: the cached latent is the same on every run and resume.
+        latent = (dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
+        latent = latent[0].float().cpu().contiguous()
+        atomic_write_bytes(path, save({"latent": latent}))
+        self.stats.latents_encoded += 1
+        return latent
+
+    def text(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T5 sequence embeddings, pooled CLIP embedding) of a caption."""
+        path = self.cache_dir / "text" / (
+            f"{_key(self.fingerprint, self.max_sequence_length, caption)}.safetensors")
+        cached = _load(path)
+        if cached is not None:
+            self.stats.texts_cached += 1
+            return cached["prompt_embeds"], cached["pooled"]
+        with torch.no_grad():
+            prompt_embeds, pooled, _ = self.pipe.encode_prompt(
+                prompt=caption, prompt_2=caption, device=self.pipe.text_encoder_2.device,
+                max_sequence_length=self.max_sequence_length)
+        tensors = {"prompt_embeds": prompt_embeds[0].float().cpu().contiguous(),
+                   "pooled": pooled[0].float().cpu().contiguous()}
+        atomic_write_bytes(path, save(tensors))
+        self.stats.texts_encoded += 1
+        return tensors["prompt_embeds"], tensors["pooled"]

@@ -1,0 +1,126 @@
+"""LoRA adapters on the Flux transformer through peft, and the files they are saved as.
+
+Saved files use the diffusers layout (`transformer.<module>.lora_A.weight`) that
+`FluxPipeline.load_lora_weights`, ai-toolkit, SimpleTuner and ComfyUI read, with the adapter
+config in the safetensors header (diffusers' `lora_adapter_metadata`) so alpha survives, and
+lorabooth's own facts (base model, trigger, rank, steps) beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+ADAPTER = "lorabooth"
+ATTENTION_TARGETS = ["to_k", "to_q", "to_v", "to_out.0",
+                     "add_k_proj", "add_q_proj", "add_v_proj", "to_add_out"]
+
+
+CLIP_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def target_modules(transformer: torch.nn.Module, targets: str) -> list[str]:
+    """Module names for `targets`: the attention projections, or every Linear in the blocks."""
+    if targets == "attention":
+        return list(ATTENTION_TARGETS)
+    return sorted(name for name, module in transformer.named_modules()
+                  if isinstance(module, torch.nn.Linear)
+                  and name.startswith(("transformer_blocks.", "single_transformer_blocks.")))
+
+
+def add_lora(model: torch.nn.Module, rank: int, alpha: float, targets: list[str],
+             dropout: float = 0.0) -> dict:
+    """Inject a trainable LoRA into `model` (the Flux transformer or the CLIP text encoder);
+    its base weights are frozen. Returns the adapter config for the file's header."""
+    from peft import LoraConfig
+
+    model.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                        init_lora_weights="gaussian", target_modules=targets)
+    if hasattr(model, "set_adapters"):  # a diffusers model: its own PEFT integration
+        model.add_adapter(config, adapter_name=ADAPTER)
+    else:
+        # transformers' add_adapter wants a newer peft than diffusers does; peft's own
+        # injection works on any module and saves and loads the same keys.
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    # LoRA weights train in float32 even when the base is bf16 (as diffusers' examples do).
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    return adapter_metadata(config)
+
+
+def adapter_metadata(config) -> dict:
+    data = config.to_dict()
+    keep = ("r", "lora_alpha", "lora_dropout", "target_modules", "init_lora_weights",
+            "use_dora", "use_rslora", "bias", "rank_pattern", "alpha_pattern")
+    data = {k: data[k] for k in keep if k in data}
+    if isinstance(data.get("target_modules"), set):
+        data["target_modules"] = sorted(data["target_modules"])
+    return data
+
+
+# `components` below maps diffusers' component names ("transformer", "text_encoder") to the
+# modules carrying the adapter; every key in a file starts with its component's name.
+
+
+def lora_state_dict(components: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """The adapters' weights under diffusers' component prefixes, contiguous on the CPU."""
+    from peft.utils import get_peft_model_state_dict
+
+    out = {}
+    for name, module in components.items():
+        state = get_peft_model_state_dict(module, adapter_name=ADAPTER)
+        out.update({f"{name}.{k}": v.detach().to("cpu").contiguous() for k, v in state.items()})
+    return out
+
+
+def lora_file_metadata(adapters: dict[str, dict], info: dict[str, object]) -> dict[str, str]:
+    """The safetensors header: diffusers' adapter configs plus `lorabooth.*` facts."""
+    # Pipeline-level LoRA files prefix each config key with its component, as
+    # FluxPipeline.save_lora_weights does.
+    packed = {f"{name}.{k}": v for name, adapter in adapters.items() for k, v in adapter.items()}
+    metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(packed, sort_keys=True)}
+    metadata.update({f"lorabooth.{k}": str(v) for k, v in info.items()})
+    return metadata
+
+
+def lora_file_bytes(components: dict[str, torch.nn.Module], adapters: dict[str, dict],
+                    info: dict[str, object], dtype: torch.dtype) -> bytes:
+    tensors = {k: v.to(dtype) for k, v in lora_state_dict(components).items()}
+    return save(tensors, metadata=lora_file_metadata(adapters, info))
+
+
+def set_lora_weights(components: dict[str, torch.nn.Module],
+                     state: dict[str, torch.Tensor]) -> None:
+    """Put saved weights (diffusers keys) into the adapters being trained."""
+    from peft.utils import set_peft_model_state_dict
+
+    for name, module in components.items():
+        weights = {k.removeprefix(f"{name}."): v for k, v in state.items()
+                   if k.startswith(f"{name}.")}
+        result = set_peft_model_state_dict(module, weights, adapter_name=ADAPTER)
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"the saved LoRA does not match this one "
+                             f"(unexpected {unexpected[:3]})")
+
+
+def remove_lora(model: torch.nn.Module) -> None:
+    """Take the training adapter out of every layer of `model` that has it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and ADAPTER in module.active_adapters:
+            module.delete_adapter(ADAPTER)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})

@@ -1,0 +1,46 @@
+"""Optimizers and learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from . import TrainingError
+
+
+def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float):
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False,
+                         warmup_init=False)
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise TrainingError("optimizer adamw8bit needs bitsandbytes: "
+                                "pip install 'lorabooth[lowvram]'") from None
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-4)
+    if name == "prodigy":
+        try:
+            from prodigyopt import Prodigy
+        except ImportError:
+            raise TrainingError("optimizer prodigy needs prodigyopt: pip install prodigyopt") \
+                from None
+        return Prodigy(params, lr=lr, weight_decay=1e-4, safeguard_warmup=True)
+    raise TrainingError(f"unknown optimizer {name!r}")
+
+
+def lr_lambda(warmup: int, total: int, schedule: str) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+    return factor

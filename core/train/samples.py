@@ -1,0 +1,69 @@
+"""Sample images while training: the sample prompts rendered from fixed seeds at a step, and
+the contact sheet of every step so far (faces peak early and then overfit; the sheet shows
+where). Rendering never touches the training state: eval mode, no grad, the RNGs as they were.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..config import Config
+from ..dataset.captions import substitute_trigger
+from ..generate.images import contact_sheet, save_png
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+SHEET_CELL = 192
+
+
+def sample_prompts(config: Config) -> list[str]:
+    return [substitute_trigger(p, config.trigger) for p in config.sample.prompts]
+
+
+def step_folder(samples: Path, step: int) -> Path:
+    return samples / f"step-{step:06d}"
+
+
+def render_samples(trainer: Trainer) -> list[Path]:
+    """The sample prompts at the trainer's current step; the sheet is rewritten after."""
+    s = trainer.config.sample
+    if not trainer.sample_texts:
+        return []
+    pipe, device, dtype = trainer.pipe, trainer.device, trainer.dtype
+    size = min(trainer.config.train.resolution)
+    folder = step_folder(trainer.ws.outputs / "samples", trainer.step)
+    clip_trains = trainer.config.train.text_encoder_lora
+    pipe.transformer.eval()
+    pipe.text_encoder.eval()
+    paths = []
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            for index, (embeds, pooled) in enumerate(trainer.sample_texts):
+                if clip_trains:  # the cached pooled embedding predates the CLIP LoRA
+                    ids = trainer.clip_ids_of(trainer.sample_prompts[index])[None].to(device)
+                    pooled = pipe.text_encoder(ids).pooler_output[0]
+                image = pipe(
+                    prompt_embeds=embeds[None].to(device, dtype),
+                    pooled_prompt_embeds=pooled[None].to(device, dtype),
+                    height=size, width=size, num_inference_steps=s.steps,
+                    generator=torch.Generator(device).manual_seed(s.seed + index),
+                ).images[0]
+                paths.append(save_png(image, folder / f"prompt-{index:02d}.png"))
+    finally:
+        pipe.transformer.train()
+        if clip_trains:
+            pipe.text_encoder.train()
+    write_sample_sheet(trainer.ws.outputs / "samples")
+    return paths
+
+
+def write_sample_sheet(samples: Path) -> Path | None:
+    """Every sample so far: a row per step, a column per prompt."""
+    steps = sorted(p for p in samples.glob("step-*") if p.is_dir())
+    rows = [sorted(step.glob("prompt-*.png")) for step in steps]
+    labels = [step.name.replace("step-", "step ") for step in steps]
+    return contact_sheet(rows, samples / "contact_sheet.png", SHEET_CELL, labels)

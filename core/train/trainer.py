@@ -1,0 +1,377 @@
+"""Flux LoRA training: the loop that turns a photo set into a LoRA.
+
+Shaped like diffusers' `train_dreambooth_lora_flux.py`: cache latents and text embeddings,
+freeze the base, train a peft LoRA on the transformer with the rectified-flow loss. What it adds
+is what a person at a terminal needs: a callback per step with the live numbers, checkpoints
+that resume to the same loss curve, a stop that checkpoints first, and samples as it goes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..config import Config
+from ..fsutil import atomic_write_bytes
+from ..models.load import default_device, default_dtype, transformer_params
+from ..models.owner import ModelOwner
+from ..models.resolve import ModelSource, resolve_model
+from ..workspace import LORA_FILE, Workspace
+from . import flow
+from .checkpoint import (
+    CheckpointInfo,
+    comfyui_copy,
+    latest_checkpoint,
+    prune,
+    read_state,
+    write_checkpoint,
+)
+from .data import BatchOrder, Example, collect_examples, dataset_fingerprint
+from .distributed import Team
+from .encode import Encoder, EncodeStats
+from .lora import (
+    CLIP_TARGETS,
+    add_lora,
+    lora_file_bytes,
+    lora_state_dict,
+    set_lora_weights,
+    target_modules,
+)
+from .memory import MemoryPlan, plan_memory
+from .optim import lr_lambda, make_optimizer
+from .samples import render_samples, sample_prompts
+
+
+@dataclass
+class StepMetrics:
+    step: int  # steps done, 1-based
+    total: int
+    loss: float
+    lr: float
+    grad_norm: float
+    seconds: float  # wall time of this step
+    images_per_s: float
+    gpu_memory_gb: float | None
+
+
+@dataclass
+class TrainResult:
+    step: int
+    lora_path: Path
+    losses: list[float] = field(default_factory=list)
+    stopped: bool = False
+    encode: EncodeStats = field(default_factory=EncodeStats)
+
+
+class Trainer:
+    def __init__(self, ws: Workspace, config: Config | None = None,
+                 source: ModelSource | None = None, device: str | torch.device | None = None,
+                 on_step: Callable[[StepMetrics], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 log: Callable[[str], None] | None = None,
+                 on_sample: Callable[[int, list[Path]], None] | None = None,
+                 owner: ModelOwner | None = None):
+        """`owner` holds the loaded pipeline (the engine's, shared with generation); without
+        one the trainer has its own."""
+        self.ws = ws
+        self.config = config or ws.config()
+        self.source = source or resolve_model(self.config.model)
+        self.team = Team()
+        self.device = self.team.device(torch.device(device) if device is not None
+                                       else default_device())
+        self.dtype = default_dtype(self.device)
+        self.on_step = on_step or (lambda m: None)
+        self.should_stop = should_stop or (lambda: False)
+        self.log = log or (lambda text: None)
+        self.on_sample = on_sample or (lambda step, paths: None)
+        self.owner = owner or ModelOwner()
+        self.loaded_model = False  # whether prepare() loaded weights from disk
+        self.pipe = None
+        self.examples: list[Example] = []
+        self.encoder: Encoder | None = None
+
+    # -- setup --------------------------------------------------------------------------
+
+    def plan_memory(self) -> MemoryPlan:
+        t = self.config.train
+        free = None
+        bf16 = True
+        if self.device.type == "cuda":
+            free = torch.cuda.mem_get_info(self.device)[0] / 2**30
+            bf16 = torch.cuda.is_bf16_supported()
+        try:
+            import bitsandbytes  # noqa: F401
+            have_bnb = True
+        except ImportError:
+            have_bnb = False
+        return plan_memory(t.memory, self.device.type, free, transformer_params(self.source),
+                           max(t.resolution), have_bnb, bf16)
+
+    def prepare(self) -> None:
+        """Load the model, encode the data set into the cache, attach a fresh LoRA."""
+        t = self.config.train
+        self.examples = collect_examples(self.ws, self.config)
+        plan = self.plan_memory()
+        self.dtype = getattr(torch, plan.dtype)
+        self.log(f"{len(self.examples)} training examples on {self.device}; {plan.reason}")
+        self.pipe, self.loaded_model = self.owner.borrow_for_training(
+            self.source, self.dtype, self.device, plan.quantize)
+        self.encoder = Encoder(self.pipe, self.ws.cache, self.source.max_sequence_length)
+        self._encode_all()
+        self._park_encoders()
+        transformer = self.pipe.transformer
+        self.components = {"transformer": transformer}
+        if t.text_encoder_lora:
+            self.components["text_encoder"] = self.pipe.text_encoder
+        self.adapters = {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(t.seed)  # the LoRA's initial weights are part of the run
+            for name, module in self.components.items():
+                targets = target_modules(transformer, t.targets) if name == "transformer" \
+                    else CLIP_TARGETS
+                self.adapters[name] = add_lora(module, t.rank, t.alpha, targets, t.dropout)
+        torch.manual_seed(t.seed + 1)  # LoRA dropout draws from the global generator
+        if t.text_encoder_lora:
+            self.pipe.text_encoder.train()
+            self.clip_ids = {c: self.clip_ids_of(c) for c in self.texts}
+        if plan.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        transformer.train()
+        self.model = self.team.wrap(transformer)  # DDP under `accelerate launch`
+        self.params = [p for module in self.components.values()
+                       for p in module.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(t.optimizer, self.params, t.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(t.warmup_steps, t.steps, t.lr_schedule))
+        self.ema = [p.detach().float().clone() for p in self.params] if t.ema_decay else None
+        self.order = BatchOrder(self.examples, t.batch_size, t.seed)
+        # Each process draws its own noise; a single process draws exactly as before.
+        self.generator = torch.Generator().manual_seed(t.seed + self.team.rank)
+        self.step = 0
+        self.total = t.steps
+
+    def _encode_all(self) -> None:
+        self.latents = [self.encoder.latent(e.photo, e.sha256, e.bucket) for e in self.examples]
+        captions = sorted({e.caption for e in self.examples} | {""})
+        self.texts = {c: self.encoder.text(c) for c in captions}
+        self.sample_prompts = sample_prompts(self.config)
+        self.sample_texts = [self.encoder.text(p) for p in self.sample_prompts]
+
+    def clip_ids_of(self, caption: str) -> torch.Tensor:
+        tok = self.pipe.tokenizer
+        return tok(caption, padding="max_length", max_length=tok.model_max_length,
+                   truncation=True, return_tensors="pt").input_ids[0]
+
+    def _park_encoders(self) -> None:
+        """The text encoders are not needed once everything is cached: free their memory."""
+        if self.device.type == "cuda":
+            if not self.config.train.text_encoder_lora:  # else CLIP trains on the GPU
+                self.pipe.text_encoder.to("cpu")
+            self.pipe.text_encoder_2.to("cpu")
+            torch.cuda.empty_cache()
+
+    # -- one step -----------------------------------------------------------------------
+
+    def _batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        t = self.config.train
+        x0 = torch.stack([self.latents[i] for i in indices])
+        captions = [self.examples[i].caption for i in indices]
+        drop = torch.rand(len(indices), generator=self.generator) < t.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        embeds = torch.stack([self.texts[c][0] for c in captions])
+        if self.config.train.text_encoder_lora:
+            # The CLIP LoRA changes the pooled embedding: computed live, with gradients.
+            ids = torch.stack([self.clip_ids[c] for c in captions]).to(self.device)
+            pooled = self.pipe.text_encoder(ids, output_hidden_states=False).pooler_output
+        else:
+            pooled = torch.stack([self.texts[c][1] for c in captions])
+        return x0, embeds, pooled
+
+    def loss_on(self, indices: list[int]) -> torch.Tensor:
+        t = self.config.train
+        x0, embeds, pooled = self._batch(indices)
+        b, _, h, w = x0.shape
+        tokens = (h // 2) * (w // 2)
+        sigmas = flow.sample_sigmas(t.timestep_sampling, b, self.generator, tokens)
+        noise = torch.randn(x0.shape, generator=self.generator)
+        dev, dt = self.device, self.dtype
+        x0, noise = x0.to(dev), noise.to(dev)
+        noisy = flow.noisy_latents(x0, noise, sigmas.to(dev))
+        transformer = self.pipe.transformer
+        guidance = (torch.full((b,), t.guidance, device=dev, dtype=torch.float32)
+                    if transformer.config.guidance_embeds else None)
+        with torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32):
+            pred = self.model(
+                hidden_states=flow.pack(noisy).to(dt),
+                timestep=sigmas.to(dev, dt),
+                guidance=guidance,
+                pooled_projections=pooled.to(dev, dt),
+                encoder_hidden_states=embeds.to(dev, dt),
+                txt_ids=flow.text_ids(embeds.shape[1], dev, dt),
+                img_ids=flow.image_ids(h, w, dev, dt),
+                return_dict=False,
+            )[0]
+        pred = flow.unpack(pred.float(), h, w)
+        return torch.nn.functional.mse_loss(pred, flow.velocity_target(x0, noise))
+
+    def train_step(self) -> StepMetrics:
+        t = self.config.train
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        total_loss, images = 0.0, 0
+        for micro in range(t.grad_accum):
+            # Several processes take interleaved batches; one takes them all, in order.
+            number = (self.step * t.grad_accum + micro) * self.team.world + self.team.rank
+            indices = self.order[number]
+            loss = self.loss_on(indices) / t.grad_accum
+            loss.backward()
+            total_loss += float(loss.detach())
+            images += len(indices)
+        limit = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, limit))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for average, param in zip(self.ema, self.params, strict=True):
+                    average.lerp_(param.detach().float(), 1 - t.ema_decay)
+        self.step += 1
+        total_loss = self.team.mean(total_loss)
+        images *= self.team.world
+        seconds = time.perf_counter() - start
+        memory = (torch.cuda.max_memory_allocated(self.device) / 2**30
+                  if self.device.type == "cuda" else None)
+        return StepMetrics(self.step, self.total, total_loss, lr, grad_norm, seconds,
+                           images / seconds, memory)
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def _info(self) -> dict[str, object]:
+        t = self.config.train
+        return {"base_model": self.config.model, "trigger": self.config.trigger,
+                "rank": t.rank, "alpha": t.alpha, "steps": self.step,
+                "resolution": ",".join(map(str, t.resolution)),
+                "dataset": dataset_fingerprint(self.examples), "version": __version__}
+
+    def lora_bytes(self) -> bytes:
+        """The LoRA file's bytes; with EMA on, of the averaged weights."""
+        if self.ema is None:
+            return lora_file_bytes(self.components, self.adapters, self._info(), self.dtype)
+        live = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for param, average in zip(self.params, self.ema, strict=True):
+                param.copy_(average)
+            try:
+                return lora_file_bytes(self.components, self.adapters, self._info(),
+                                       self.dtype)
+            finally:
+                for param, saved in zip(self.params, live, strict=True):
+                    param.copy_(saved)
+
+    def save_checkpoint(self, loss: float | None = None) -> CheckpointInfo | None:
+        if not self.team.main:  # the weights are the same everywhere; one process writes
+            self.team.wait()
+            return None
+        state = {
+            "step": self.step,
+            "lora": lora_state_dict(self.components),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "fingerprint": dataset_fingerprint(self.examples),
+            "ema": self.ema,
+        }
+        info = write_checkpoint(self.ws.checkpoints, self.step, state,
+                                {LORA_FILE: self.lora_bytes()},
+                                {"step": self.step, "loss": loss, "time": time.time()})
+        prune(self.ws.checkpoints, self.config.train.keep_checkpoints)
+        self.team.wait()
+        return info
+
+    def resume_from(self, info: CheckpointInfo) -> None:
+        state = read_state(info)
+        if state["fingerprint"] != dataset_fingerprint(self.examples):
+            self.log("the photos or captions changed since this checkpoint; resuming anyway")
+        set_lora_weights(self.components, state["lora"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        if self.team.rank:  # the checkpoint holds the first process's draws; others re-seed
+            self.generator.manual_seed(self.config.train.seed + self.team.rank
+                                       + 1_000_003 * state["step"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema = [average.clone() for average in state["ema"]]
+        self.step = state["step"]
+        self.log(f"resumed from {info.path.name}")
+
+    def release(self) -> None:
+        """Give the pipeline back to its owner, ready for generation."""
+        if self.pipe is not None:
+            self.owner.give_back(self._restore_for_generation)
+            self.pipe = None
+
+    def _restore_for_generation(self, pipe) -> None:
+        """The training adapter removed, the base frozen and in eval mode, the text encoders
+        back beside it."""
+        from .lora import ADAPTER, remove_lora
+
+        transformer = pipe.transformer
+        if ADAPTER in getattr(transformer, "peft_config", {}):
+            transformer.delete_adapters(ADAPTER)
+        clip = pipe.text_encoder
+        if "text_encoder" in getattr(self, "components", {}):
+            remove_lora(clip)
+        clip.eval()
+        if getattr(transformer, "is_gradient_checkpointing", False):
+            transformer.disable_gradient_checkpointing()
+        transformer.requires_grad_(False)
+        transformer.eval()
+        pipe.text_encoder.to(self.device)
+        pipe.text_encoder_2.to(self.device)
+
+    # -- the run ------------------------------------------------------------------------
+
+    def run(self, steps: int | None = None, resume: bool = False) -> TrainResult:
+        """Train up to `steps` (default: the config's) steps in all, checkpointing as it goes."""
+        if self.pipe is None:
+            self.prepare()
+        total = self.total = steps or self.config.train.steps
+        if resume and (info := latest_checkpoint(self.ws.checkpoints)) is not None:
+            self.resume_from(info)
+        result = TrainResult(self.step, self.ws.lora_path, encode=self.encoder.stats)
+        every = self.config.train.checkpoint_every
+        loss = None
+        while self.step < total:
+            metrics = self.train_step()
+            loss = metrics.loss
+            result.losses.append(metrics.loss)
+            if self.team.main:
+                self.on_step(metrics)
+            if self.step % every == 0 or self.step == total:
+                self.save_checkpoint(loss)
+            sample_every = self.config.sample.every
+            if sample_every and self.team.main and (self.step % sample_every == 0
+                                                    or self.step == total):
+                self.on_sample(self.step, render_samples(self))
+            if self.team.any(self.should_stop()) and self.step < total:
+                if self.step % every:
+                    self.save_checkpoint(loss)
+                result.stopped = True
+                break
+        result.step = self.step
+        if not result.stopped and self.team.main:
+            atomic_write_bytes(result.lora_path, self.lora_bytes())
+            comfyui_copy(result.lora_path)
+        return result
+
