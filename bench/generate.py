@@ -26,10 +26,10 @@ from _common import report
 from train import mid_size_model, workspace
 
 from lorabooth.core.generate.generator import Generator, complete_recipe, run_request
+from lorabooth.core.generate.recipe import LoraRef, Recipe
 from lorabooth.core.models.demo import ensure_demo_model
 from lorabooth.core.models.load import load_pipeline
 from lorabooth.core.models.resolve import ModelSource
-from lorabooth.core.generate.recipe import LoraRef, Recipe
 from lorabooth.core.store import Store
 from lorabooth.core.train.trainer import Trainer
 from lorabooth.core.workspace import Workspace

@@ -27,10 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report
 
-from lorabooth.core.train import flow
 from lorabooth.core.config import set_config_value
 from lorabooth.core.models.demo import build_demo_pipeline, ensure_demo_model
 from lorabooth.core.models.resolve import ModelSource
+from lorabooth.core.train import flow
 from lorabooth.core.train.trainer import Trainer
 from lorabooth.core.workspace import init_workspace
 

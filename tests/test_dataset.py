@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from lorabooth.core.dataset.buckets import Bucket, bucket_sizes, crop_to_bucket, nearest_bucket
 from lorabooth.core.dataset.captions import effective_caption, read_caption, write_caption
 from lorabooth.core.dataset.files import list_photos, open_image
-from lorabooth.core.dataset.scan import ScanOptions, scan_folder
 from lorabooth.core.dataset.report import build_report
+from lorabooth.core.dataset.scan import ScanOptions, scan_folder
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_photos"
 OPTIONS = ScanOptions(resolution=512, trigger="zorb")
@@ -171,8 +171,8 @@ def test_captions_sidecar_template_and_trigger(zoo: Path, records):
     assert by_path["ok.jpg"].caption_source == "sidecar"
     assert by_path["gray.png"].caption == "photo of zorb"
     assert by_path["gray.png"].caption_source == "template"
-    assert effective_caption("a plush toy on a beach", OPTIONS) == "zorb, a plush toy on a beach"
-    assert effective_caption("[trigger] at night", OPTIONS) == "zorb at night"
+    assert effective_caption("a plush toy on a beach", "zorb") == "zorb, a plush toy on a beach"
+    assert effective_caption("[trigger] at night", "zorb") == "zorb at night"
 
 
 def test_check_json_reports_every_file(zoo: Path):
@@ -259,7 +259,7 @@ def test_sample_photos_pass_cleanly():
 
 
 def test_warm_rescan_reuses_the_cache(zoo: Path, tmp_path: Path, monkeypatch):
-    import lorabooth.core.dataset as dataset
+    import lorabooth.core.dataset.measure as dataset
 
     first = scan_folder(zoo, OPTIONS, tmp_path)
     thumbs = list((tmp_path / "thumbs").glob("*.jpg"))

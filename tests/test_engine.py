@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, wait_until
 
-from lorabooth.core.train.checkpoint import latest_checkpoint, read_state
 from lorabooth.core.config import set_config_value
 from lorabooth.core.engine import running_pid
 from lorabooth.core.store import Store
+from lorabooth.core.train.checkpoint import latest_checkpoint, read_state
 from lorabooth.core.workspace import Workspace, init_workspace
 
 
@@ -226,7 +226,7 @@ def test_new_photos_become_dataset_events_and_can_continue_training(tmp_path, ph
                                 if e.kind == "dataset" and "new_01_studio" in e.message],
                        timeout=30)
     assert time.monotonic() - started < 5
-    assert "2 added: new_01_studio.jpg, new_02_beach_scarf.jpg" in added[0]["message"]
+    assert "2 added: new_01_studio.jpg, new_02_beach_scarf.jpg" in added[0].message
     job = wait_until(lambda: store.jobs(), timeout=10)[0]
     assert job.kind == "train" and job.params["resume"]
     wait_until(lambda: store.job(job.id).state == "done", timeout=60)

@@ -136,8 +136,6 @@ class LoraboothApp(App):
         self.query_one(StatusBar).show(self.ws, "connecting", None, None, None)
         for problem in self.settings.problems:
             self.notify(problem, severity="warning", markup=False)
-        self.run_worker(self.writer.run, name="store-writer", group="store-writer",
-                        thread=True, exit_on_error=False)
         self.read_store()
         if self.poll:  # off for snapshots: one read, then nothing moves
             self.set_interval(POLL_SECONDS, self.read_store)
@@ -167,6 +165,7 @@ class LoraboothApp(App):
                 self.notify(event.message, severity="error", markup=False, timeout=8)
 
     def on_unmount(self) -> None:
+        self.writer.wait_idle(5.0)  # what the user asked for is written before we go
         self.writer.close()
 
     @on(PaneReady)

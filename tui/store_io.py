@@ -6,6 +6,8 @@ thread, and posts `Done` back). Nothing else in `tui/` opens the store or writes
 from __future__ import annotations
 
 import queue
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 
 from lorabooth.core import engine
 from lorabooth.core.errors import LoraboothError, describe_os_error
-from lorabooth.core.store import ACTIVE, Store, StoreError
+from lorabooth.core.store import ACTIVE, LIVE, PAUSED, Store, StoreError
 from lorabooth.core.workspace import Workspace
 
 from .gpu import gpu_line
@@ -83,6 +85,14 @@ class Control:
 
 
 @dataclass(frozen=True)
+class TogglePause:
+    """Pause a running job, or resume a paused (or pausing) one, judged on its state now: the
+    last poll may predate the last key press."""
+
+    job_id: int
+
+
+@dataclass(frozen=True)
 class Move:
     job_id: int
     position: int  # 1 = next
@@ -117,8 +127,8 @@ class ReadMetrics:
     job_id: int
 
 
-Command = AddJob | Control | Move | SetSetting | Promote | SaveCaption | SaveSettings | \
-    ReadMetrics
+Command = (AddJob | Control | TogglePause | Move | SetSetting | Promote | SaveCaption
+           | SaveSettings | ReadMetrics)
 
 
 def perform(command: Command, ws: Workspace, store: Store) -> Any:
@@ -128,6 +138,13 @@ def perform(command: Command, ws: Workspace, store: Store) -> Any:
             return store.add_job(kind, params, total=total)
         case Control(job_id, control):
             return store.request(job_id, control)
+        case TogglePause(job_id):
+            job = store.job(job_id)
+            if job is None or job.state not in LIVE:
+                return None
+            wanted = None if job.state == PAUSED or job.control == "pause" else "pause"
+            store.request(job_id, wanted)
+            return wanted or "resume"
         case Move(job_id, position):
             return store.move(job_id, position)
         case SetSetting(key, value):
@@ -154,13 +171,19 @@ def describe(command: Command, result: Any) -> str:
     says = getattr(command, "says", "")
     if isinstance(command, Promote):
         return f"step {command.step} is now the workspace's LoRA"
+    if isinstance(command, TogglePause):
+        return {"pause": "pausing after this step", "resume": "resuming"}.get(result, "")
     if isinstance(command, SaveCaption):
         return f"caption saved: {command.photo.name}"
     return says.format(result=result) if says else ""
 
 
 class StoreWorker:
-    """One thread, one queue: commands run in the order the user gave them."""
+    """One thread, one queue: commands run in the order the user gave them.
+
+    A plain daemon thread rather than a Textual worker: it lives as long as the app, and
+    `App.workers.wait_for_complete()` (which tests and snapshots rely on) must not wait on it.
+    """
 
     def __init__(self, ws: Workspace, post: Callable[[Any, Done], None]):
         self.ws = ws
@@ -168,15 +191,27 @@ class StoreWorker:
         self.queue: queue.Queue = queue.Queue()
         self.store: Store | None = None
         self.closed = False
+        self._thread: threading.Thread | None = None
 
     def submit(self, command: Command, reply_to: Any) -> None:
         self.queue.put((command, reply_to))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lorabooth-store",
+                                            daemon=True)
+            self._thread.start()
 
     def close(self) -> None:
+        """Stop once what was submitted has run."""
         self.closed = True
 
-    def run(self) -> None:
-        """The worker's body: runs until `close` (what was submitted before it still runs)."""
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until every submitted command has run (for tests and for a clean exit)."""
+        deadline = time.monotonic() + timeout
+        while self.queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self.queue.unfinished_tasks
+
+    def _run(self) -> None:
         while True:
             try:
                 command, reply_to = self.queue.get(timeout=0.2)
@@ -184,7 +219,10 @@ class StoreWorker:
                 if self.closed:
                     return
                 continue
-            self.post(reply_to, self._run_one(command))
+            try:
+                self.post(reply_to, self._run_one(command))
+            finally:
+                self.queue.task_done()
 
     def _run_one(self, command: Command) -> Done:
         try:

@@ -19,7 +19,7 @@ from lorabooth.core.train.checkpoint import list_checkpoints
 from lorabooth.core.workspace import Workspace
 
 from ..messages import Done, EngineWanted, Notice, PaneReady, PaneUpdate, Write
-from ..store_io import AddJob, Control, Promote, ReadMetrics, SaveSettings
+from ..store_io import AddJob, Control, Promote, ReadMetrics, SaveSettings, TogglePause
 from ..widgets.lossplot import LossPlot
 from ..widgets.preview import Preview
 
@@ -199,12 +199,8 @@ class TrainPane(Vertical):
         self.post_message(EngineWanted())
 
     def action_pause(self) -> None:
-        job = self.job
-        if job is None or job.state not in LIVE:
-            return
-        wanted = None if job.state == "paused" or job.control == "pause" else "pause"
-        self.post_message(Write(Control(job.id, wanted, "resuming" if wanted is None
-                                        else "pausing after this step"), self))
+        if self.job is not None:
+            self.post_message(Write(TogglePause(self.job.id), self))
 
     def action_stop(self) -> None:
         if self.job is not None and self.job.state in ACTIVE:
