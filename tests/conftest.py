@@ -1,17 +1,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE_PHOTOS = REPO / "sample_photos"
+from support import copy_sample_photos, make_demo_workspace
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,33 +37,16 @@ def demo_pipe(demo_model: Path):
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
     """A copy of the sample photos that a test may change."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for source in SAMPLE_PHOTOS.iterdir():
-        if source.suffix in (".jpg", ".txt"):
-            shutil.copy2(source, folder / source.name)
-    return folder
+    return copy_sample_photos(tmp_path / "photos")
 
 
-def run_cli(*args: str, cwd: Path | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess:
-    """The real `lorabooth` command in a subprocess, as a user would run it."""
-    return subprocess.run(
-        [sys.executable, "-m", "lorabooth.core.cli", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=timeout,
-        env={**os.environ, "COLUMNS": "120"},
-    )
-
-
-def wait_until(condition, timeout: float = 60.0, every: float = 0.05):
-    """Poll `condition` until it returns something truthy; that value is returned."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout} s")
+@pytest.fixture
+def demo_workspace(tmp_path: Path, photos: Path, demo_model: Path):
+    """`demo_workspace(name="ws", **settings)`: a workspace on the demo model and this test's
+    photos; settings as keywords, `train_steps=300` meaning `train.steps = 300`."""
+    def make(name: str = "ws", **settings):
+        return make_demo_workspace(tmp_path / name, photos, **settings)
+    return make
 
 
 @pytest.fixture

@@ -172,6 +172,8 @@ class LoraboothApp(App):
     def catch_up(self, message: PaneReady) -> None:
         """Give a pane that mounted late what the store said before it was there."""
         message.pane.ready = True
+        if message.pane.id == f"{self.query_one('#panes', TabbedContent).active}-pane":
+            self.focus_pane_list(message.pane)  # it opened before it had mounted
         if self.last_delta is not None:
             message.pane.post_message(PaneUpdate(replace(
                 self.last_delta, metrics={}, events=[], outputs=list(self.outputs_seen))))
@@ -229,7 +231,13 @@ class LoraboothApp(App):
 
     def action_show_pane(self, pane: str) -> None:
         self.query_one("#panes", TabbedContent).active = pane
-        tables = self.query(f"#{pane}-pane DataTable")  # empty while a lazy pane mounts
+        panes = self.query(f"#{pane}-pane")  # empty while a lazy pane mounts
+        if panes:
+            self.focus_pane_list(panes.first())
+
+    def focus_pane_list(self, pane) -> None:
+        """A pane's list has focus when the pane opens, so its keys work at once."""
+        tables = pane.query("DataTable")
         if tables:
             tables.first().focus()
 

@@ -10,23 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lorabooth.core.config import set_config_value
 from lorabooth.core.train.lora import read_metadata
 from lorabooth.core.train.trainer import Trainer
-from lorabooth.core.workspace import Workspace, init_workspace
 
 
-def make_ws(root: Path, photos: Path, **settings) -> Workspace:
-    ws = init_workspace(root, photos, model="demo", trigger="zorb")
-    base = {"train.resolution": [256], "train.learning_rate": 1e-3,
-            "train.checkpoint_every": 10, "sample.every": 0}
-    for key, value in {**base, **settings}.items():
-        set_config_value(ws.root, key, value)
-    return ws
-
-
-def test_loss_falls_clearly(tmp_path: Path, photos: Path, demo_model):
-    ws = make_ws(tmp_path / "ws", photos, **{"train.checkpoint_every": 1000})
+def test_loss_falls_clearly(demo_workspace):
+    ws = demo_workspace(train_checkpoint_every=1000)
     result = Trainer(ws, device="cpu").run(steps=300)
     losses = np.array(result.losses)
     first, last = losses[:20].mean(), losses[-20:].mean()
@@ -35,10 +24,10 @@ def test_loss_falls_clearly(tmp_path: Path, photos: Path, demo_model):
     assert last < 0.85 * first, (first, last)
 
 
-def test_saved_lora_loads_in_a_fresh_pipeline(tmp_path: Path, photos: Path, demo_model):
+def test_saved_lora_loads_in_a_fresh_pipeline(demo_model, demo_workspace):
     from diffusers import FluxPipeline
 
-    ws = make_ws(tmp_path / "ws", photos, **{"train.rank": 4, "train.alpha": 8.0})
+    ws = demo_workspace(train_rank=4, train_alpha=8.0, train_checkpoint_every=10)
     result = Trainer(ws, device="cpu").run(steps=30)
     path = result.lora_path
     assert path == ws.loras / "pytorch_lora_weights.safetensors"
@@ -67,11 +56,11 @@ def test_saved_lora_loads_in_a_fresh_pipeline(tmp_path: Path, photos: Path, demo
     assert np.array_equal(base, at_zero)
 
 
-def test_stop_and_resume_reaches_the_same_weights(tmp_path: Path, photos: Path, demo_model):
-    straight = make_ws(tmp_path / "a", photos)
+def test_stop_and_resume_reaches_the_same_weights(demo_workspace):
+    straight = demo_workspace("a", train_checkpoint_every=10)
     full = Trainer(straight, device="cpu").run(steps=40)
 
-    split = make_ws(tmp_path / "b", photos)
+    split = demo_workspace("b", train_checkpoint_every=10)
     stop_at = {"step": 0}
     first = Trainer(split, device="cpu",
                     on_step=lambda m: stop_at.update(step=m.step),
@@ -88,8 +77,8 @@ def test_stop_and_resume_reaches_the_same_weights(tmp_path: Path, photos: Path, 
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
 
 
-def test_changed_caption_re_encodes_one_entry(tmp_path: Path, photos: Path, demo_model):
-    ws = make_ws(tmp_path / "ws", photos)
+def test_changed_caption_re_encodes_one_entry(photos: Path, demo_workspace):
+    ws = demo_workspace(train_checkpoint_every=10)
     first = Trainer(ws, device="cpu")
     first.prepare()
     assert first.encoder.stats.latents_encoded == 16
@@ -100,10 +89,10 @@ def test_changed_caption_re_encodes_one_entry(tmp_path: Path, photos: Path, demo
     assert second.encoder.stats.texts_encoded == 1
 
 
-def test_train_command_writes_the_lora(tmp_path: Path, photos: Path, demo_model):
-    from conftest import run_cli
+def test_train_command_writes_the_lora(demo_workspace):
+    from support import run_cli
 
-    ws = make_ws(tmp_path / "ws", photos)
+    ws = demo_workspace(train_checkpoint_every=10)
     result = run_cli("train", str(ws.root), "--steps", "20")
     assert result.returncode == 0, result.stderr
     assert "step 20/20" in result.stdout
@@ -130,15 +119,14 @@ def test_pack_unpack_round_trip():
     assert torch.equal(unpack(tokens, 8, 12), x)
 
 
-def test_samples_and_contact_sheet_leave_training_untouched(tmp_path: Path, photos: Path,
-                                                            demo_model):
+def test_samples_and_contact_sheet_leave_training_untouched(demo_workspace):
     from PIL import Image
 
     from lorabooth.core.train.checkpoint import promote
 
-    quiet = make_ws(tmp_path / "quiet", photos)
+    quiet = demo_workspace("quiet", train_checkpoint_every=10)
     plain_run = Trainer(quiet, device="cpu").run(steps=20)
-    ws = make_ws(tmp_path / "ws", photos, **{"sample.every": 10, "sample.steps": 2})
+    ws = demo_workspace(sample_every=10, sample_steps=2, train_checkpoint_every=10)
     seen = []
     result = Trainer(ws, device="cpu", on_sample=lambda step, paths: seen.append(step)).run(
         steps=20)
@@ -153,11 +141,10 @@ def test_samples_and_contact_sheet_leave_training_untouched(tmp_path: Path, phot
         (ws.checkpoints / "step-000010" / "pytorch_lora_weights.safetensors").read_bytes()
 
 
-def test_comfyui_copy_carries_alpha_and_loads_at_the_same_strength(tmp_path: Path,
-                                                                     photos: Path, demo_model):
+def test_comfyui_copy_carries_alpha_and_loads_at_the_same_strength(demo_model, demo_workspace):
     from diffusers import FluxPipeline
 
-    ws = make_ws(tmp_path / "ws", photos, **{"train.rank": 8, "train.alpha": 4.0})
+    ws = demo_workspace(train_rank=8, train_alpha=4.0, train_checkpoint_every=10)
     result = Trainer(ws, device="cpu").run(steps=10)
     copy = ws.loras / "pytorch_lora_weights.comfyui.safetensors"
     tensors = load_file(copy)
@@ -181,15 +168,15 @@ def test_comfyui_copy_carries_alpha_and_loads_at_the_same_strength(tmp_path: Pat
     assert np.array_equal(render(result.lora_path), render(copy))
 
 
-def test_ema_is_saved_and_resumed(tmp_path: Path, photos: Path, demo_model):
-    straight = make_ws(tmp_path / "a", photos, **{"train.ema_decay": 0.9})
+def test_ema_is_saved_and_resumed(demo_workspace):
+    straight = demo_workspace("a", train_ema_decay=0.9, train_checkpoint_every=10)
     full = Trainer(straight, device="cpu").run(steps=20)
-    plain_run = make_ws(tmp_path / "c", photos)
+    plain_run = demo_workspace("c", train_checkpoint_every=10)
     no_ema = Trainer(plain_run, device="cpu").run(steps=20)
     a, c = load_file(full.lora_path), load_file(no_ema.lora_path)
     assert any(not torch.equal(a[k], c[k]) for k in a)  # the file holds the average
 
-    split = make_ws(tmp_path / "b", photos, **{"train.ema_decay": 0.9})
+    split = demo_workspace("b", train_ema_decay=0.9, train_checkpoint_every=10)
     seen = {"step": 0}
     Trainer(split, device="cpu", on_step=lambda m: seen.update(step=m.step),
             should_stop=lambda: seen["step"] >= 13).run(steps=20)
@@ -199,27 +186,26 @@ def test_ema_is_saved_and_resumed(tmp_path: Path, photos: Path, demo_model):
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
 
 
-def test_nf4_on_a_cpu_is_a_clear_training_error(tmp_path: Path, photos: Path, demo_model):
+def test_nf4_on_a_cpu_is_a_clear_training_error(demo_workspace):
     from lorabooth.core.train import TrainingError
 
-    ws = make_ws(tmp_path / "ws", photos, **{"train.memory": "nf4"})
+    ws = demo_workspace(train_memory="nf4", train_checkpoint_every=10)
     with pytest.raises(TrainingError, match="needs a CUDA GPU"):
         Trainer(ws, device="cpu").prepare()
 
 
-def test_text_encoder_lora_trains_saves_loads_and_resumes(tmp_path: Path, photos: Path,
-                                                          demo_model):
+def test_text_encoder_lora_trains_saves_loads_and_resumes(demo_model, demo_workspace):
     from diffusers import FluxPipeline
 
-    settings = {"train.text_encoder_lora": True, "sample.every": 10, "sample.steps": 2}
-    straight = make_ws(tmp_path / "a", photos, **settings)
+    settings = {"train_text_encoder_lora": True, "sample_every": 10, "sample_steps": 2}
+    straight = demo_workspace("a", train_checkpoint_every=10, **settings)
     full = Trainer(straight, device="cpu").run(steps=20)
     keys = list(load_file(full.lora_path))
     clip_keys = [k for k in keys if k.startswith("text_encoder.")]
     assert clip_keys and any("q_proj.lora_A" in k for k in clip_keys)
     assert any(k.startswith("transformer.") for k in keys)
 
-    split = make_ws(tmp_path / "b", photos, **settings)
+    split = demo_workspace("b", train_checkpoint_every=10, **settings)
     seen = {"step": 0}
     Trainer(split, device="cpu", on_step=lambda m: seen.update(step=m.step),
             should_stop=lambda: seen["step"] >= 13).run(steps=20)

@@ -13,22 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, wait_until
+from support import make_demo_workspace, run_cli, wait_until
 
-from lorabooth.core.config import set_config_value
 from lorabooth.core.engine import running_pid
 from lorabooth.core.store import Store
 from lorabooth.core.train.checkpoint import latest_checkpoint, read_state
 from lorabooth.core.workspace import Workspace, init_workspace
-
-
-def make_ws(root: Path, photos: Path, **settings) -> Workspace:
-    ws = init_workspace(root, photos, model="demo", trigger="zorb")
-    base = {"train.resolution": [256], "train.learning_rate": 1e-3,
-            "train.checkpoint_every": 25, "sample.every": 0}
-    for key, value in {**base, **settings}.items():
-        set_config_value(ws.root, key, value)
-    return ws
 
 
 def job_json(ws: Workspace) -> list[dict]:
@@ -37,8 +27,8 @@ def job_json(ws: Workspace) -> list[dict]:
     return json.loads(result.stdout)
 
 
-def test_detached_training_survives_the_cli(tmp_path, photos, demo_model, engines):
-    ws = make_ws(tmp_path / "ws", photos)
+def test_detached_training_survives_the_cli(engines, demo_workspace):
+    ws = demo_workspace()
     engines.append(ws)
     result = run_cli("train", str(ws.root), "--detach", "--steps", "300")
     assert result.returncode == 0, result.stderr
@@ -56,9 +46,8 @@ def test_detached_training_survives_the_cli(tmp_path, photos, demo_model, engine
     assert running_pid(ws) is None
 
 
-def test_kill_9_mid_training_resumes_from_the_checkpoint(tmp_path, photos, demo_model,
-                                                         engines):
-    ws = make_ws(tmp_path / "ws", photos)
+def test_kill_9_mid_training_resumes_from_the_checkpoint(engines, demo_workspace):
+    ws = demo_workspace()
     engines.append(ws)
     store = Store(ws.db_path)
     assert run_cli("train", str(ws.root), "--detach", "--steps", "400").returncode == 0
@@ -115,8 +104,8 @@ while True:
     assert latest_checkpoint(root) is not None
 
 
-def test_two_starts_at_once_make_one_engine(tmp_path, photos, demo_model, engines):
-    ws = make_ws(tmp_path / "ws", photos)
+def test_two_starts_at_once_make_one_engine(engines, demo_workspace):
+    ws = demo_workspace()
     engines.append(ws)
     cmd = [sys.executable, "-m", "lorabooth.core.cli", "engine", str(ws.root), "start"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -137,9 +126,9 @@ def _cmdline(proc: Path) -> str:
         return ""
 
 
-def test_missing_photos_folder_fails_the_job_not_the_engine(tmp_path, photos, demo_model,
-                                                             engines):
-    ws = make_ws(tmp_path / "ws", photos)
+def test_missing_photos_folder_fails_the_job_not_the_engine(tmp_path, photos, engines,
+                                                            demo_workspace):
+    ws = demo_workspace()
     engines.append(ws)
     assert run_cli("engine", str(ws.root), "start").returncode == 0
     store = Store(ws.db_path)
@@ -154,8 +143,8 @@ def test_missing_photos_folder_fails_the_job_not_the_engine(tmp_path, photos, de
     wait_until(lambda: store.job(again).state == "done", timeout=60)
 
 
-def test_sigterm_checkpoints_and_requeues(tmp_path, photos, demo_model, engines):
-    ws = make_ws(tmp_path / "ws", photos, **{"train.checkpoint_every": 1000})
+def test_sigterm_checkpoints_and_requeues(engines, demo_workspace):
+    ws = demo_workspace(train_checkpoint_every=1000)
     engines.append(ws)
     store = Store(ws.db_path)
     assert run_cli("train", str(ws.root), "--detach", "--steps", "2000").returncode == 0
@@ -168,8 +157,8 @@ def test_sigterm_checkpoints_and_requeues(tmp_path, photos, demo_model, engines)
     assert checkpoint is not None and checkpoint.step == job.step  # the stop wrote it
 
 
-def test_queue_move_and_cancel(tmp_path, photos):
-    ws = make_ws(tmp_path / "ws", photos)
+def test_queue_move_and_cancel(demo_workspace):
+    ws = demo_workspace()
     store = Store(ws.db_path)
     ids = [store.add_job("train", {"steps": 1}) for _ in range(4)]
     assert run_cli("queue", str(ws.root), "move", str(ids[3]), "1").returncode == 0
@@ -179,10 +168,10 @@ def test_queue_move_and_cancel(tmp_path, photos):
     assert run_cli("queue", str(ws.root), "cancel", "99").returncode == 2
 
 
-def test_database_from_a_newer_version_is_refused(tmp_path, photos):
+def test_database_from_a_newer_version_is_refused(demo_workspace):
     import sqlite3
 
-    ws = make_ws(tmp_path / "ws", photos)
+    ws = demo_workspace()
     Store(ws.db_path)
     conn = sqlite3.connect(ws.db_path)
     conn.execute("PRAGMA user_version = 99")
@@ -192,9 +181,9 @@ def test_database_from_a_newer_version_is_refused(tmp_path, photos):
     assert "newer lorabooth" in result.stderr
 
 
-def test_disk_full_fails_the_job_and_keeps_the_engine(tmp_path, photos, demo_model, engines):
+def test_disk_full_fails_the_job_and_keeps_the_engine(tmp_path, photos, engines, demo_workspace):
     with small_tmpfs(tmp_path / "small", "4m", engines) as mount:
-        ws = make_ws(mount / "ws", photos)
+        ws = make_demo_workspace(mount / "ws", photos)
         engines.append(ws)
         store = Store(ws.db_path)
         assert run_cli("engine", str(ws.root), "start").returncode == 0
@@ -208,12 +197,11 @@ def test_disk_full_fails_the_job_and_keeps_the_engine(tmp_path, photos, demo_mod
         assert running_pid(ws)  # the engine is still up
 
 
-def test_new_photos_become_dataset_events_and_can_continue_training(tmp_path, photos,
-                                                                     demo_model, engines):
+def test_new_photos_become_dataset_events_and_can_continue_training(photos, engines,
+                                                                    demo_workspace):
     import shutil
 
-    ws = make_ws(tmp_path / "ws", photos, **{"train.auto_continue_after": 2,
-                                             "train.steps": 10})
+    ws = demo_workspace(train_auto_continue_after=2, train_steps=10)
     engines.append(ws)
     store = Store(ws.db_path)
     assert run_cli("engine", str(ws.root), "start").returncode == 0
@@ -233,11 +221,11 @@ def test_new_photos_become_dataset_events_and_can_continue_training(tmp_path, ph
     assert store.job(job.id).total == 10
 
 
-def test_generation_and_training_share_one_loaded_model(tmp_path, photos, demo_model, engines):
+def test_generation_and_training_share_one_loaded_model(engines, demo_workspace):
     from lorabooth.core.generate.recipe import Recipe
     from lorabooth.core.generate.request import Request, request_to_params
 
-    ws = make_ws(tmp_path / "ws", photos)
+    ws = demo_workspace()
     engines.append(ws)
     store = Store(ws.db_path)
     store.set_setting("queue_paused", "1")
@@ -257,7 +245,7 @@ def test_generation_and_training_share_one_loaded_model(tmp_path, photos, demo_m
     assert store.engine().device == "cpu"
 
 
-def test_after_training_the_warm_model_generates_like_a_fresh_one(tmp_path, photos, demo_model):
+def test_after_training_the_warm_model_generates_like_a_fresh_one(demo_workspace):
     """The pipeline handed back by training (adapter removed) renders exactly as a pipeline
     freshly loaded with the trained LoRA file."""
     import numpy as np
@@ -268,7 +256,7 @@ def test_after_training_the_warm_model_generates_like_a_fresh_one(tmp_path, phot
     from lorabooth.core.models.resolve import resolve_model
     from lorabooth.core.train.trainer import Trainer
 
-    ws = make_ws(tmp_path / "ws", photos)
+    ws = demo_workspace()
     owner = ModelOwner()
     warm = owner.generator(resolve_model("demo"))
     trainer = Trainer(ws, device="cpu", owner=owner)

@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 from PIL import Image
+from support import REPO
 
 from lorabooth.core.dataset.scan import ScanOptions
 from lorabooth.core.watch import DatasetChange, FolderWatcher
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_photos"
+SAMPLES = REPO / "sample_photos"
 DEADLINE = 2.0
 
 

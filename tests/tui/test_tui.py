@@ -5,59 +5,41 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
+from support import wait_for
 from textual.widgets import DataTable, Input, TextArea
 
-from lorabooth.core.config import set_config_value
 from lorabooth.core.engine import running_pid
 from lorabooth.core.store import Store
-from lorabooth.core.workspace import Workspace, init_workspace
+from lorabooth.core.workspace import Workspace
 from lorabooth.tui.app import LoraboothApp
 from lorabooth.tui.panes.dataset import DatasetPane
+from lorabooth.tui.panes.queue import QueuePane
 from lorabooth.tui.panes.train import TrainPane
 from lorabooth.tui.settings import UISettings
 from lorabooth.tui.widgets.lossplot import LossPlot
 from lorabooth.tui.widgets.preview import Preview
 
 
-def make_ws(root: Path, photos: Path) -> Workspace:
-    ws = init_workspace(root, photos, model="demo", trigger="zorb")
-    for key, value in {"train.resolution": [256], "train.learning_rate": 1e-3,
-                       "train.steps": 3000, "train.checkpoint_every": 100, "sample.every": 0,
-                       "generate.width": 64, "generate.height": 64,
-                       "generate.steps": 2}.items():
-        set_config_value(ws.root, key, value)
-    return ws
-
-
-async def wait_for(pilot, condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        await pilot.pause(0.1)
-    raise AssertionError(f"not within {timeout} s")
-
-
 @pytest.fixture
-def studio(tmp_path: Path, photos: Path, demo_model):
-    ws = make_ws(tmp_path / "ws", photos)
+def studio(demo_workspace):
+    ws = demo_workspace(train_steps=3000, train_checkpoint_every=100, generate_steps=2)
     yield ws
     pid = running_pid(ws)
     if pid and pid > 0:
         os.kill(pid, signal.SIGKILL)
 
 
-async def test_each_pane_against_a_real_engine(studio: Workspace, photos: Path):
-    app = LoraboothApp(studio.root, settings=UISettings(images="halfcell"))
-    store = Store(studio.db_path)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: running_pid(studio))  # the UI started the engine
+def studio_app(ws: Workspace, engine: bool = True) -> LoraboothApp:
+    return LoraboothApp(ws.root, start_engine=engine, settings=UISettings(images="halfcell"))
 
-        # Dataset: edit a caption in place.
+
+async def test_caption_edit_survives_a_rescan_and_lands_in_the_sidecar(studio: Workspace,
+                                                                        photos: Path):
+    app = studio_app(studio, engine=False)
+    async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("1")
         table = app.query_one("#photos", DataTable)
         await wait_for(pilot, lambda: table.row_count == 16)
@@ -71,14 +53,28 @@ async def test_each_pane_against_a_real_engine(studio: Workspace, photos: Path):
         await pilot.pause(0.2)
         assert caption.text == "zorb surfing a big wave" and not caption.read_only
         await pilot.press("ctrl+s")
-        assert (photos / "02_beach_scarf.txt").read_text() == "zorb surfing a big wave\n"
+        sidecar = photos / "02_beach_scarf.txt"
+        await wait_for(pilot, lambda: sidecar.read_text() == "zorb surfing a big wave\n")
+        await wait_for(pilot, lambda: caption.read_only)  # saved: back to the list
 
-        # Dataset: a photo dropped into the folder appears (through the engine's watcher).
+
+async def test_a_dropped_photo_appears_through_the_engine(studio: Workspace, photos: Path):
+    app = studio_app(studio)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: running_pid(studio))  # the UI started the engine
+        table = app.query_one("#photos", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 16)
         shutil.copy(photos / "01_studio.jpg", photos / "dropped in.jpg")
         await wait_for(pilot, lambda: table.row_count == 17, timeout=15)
 
-        # Train: start, watch step and loss move, pause, resume.
-        await pilot.press("2", "s")
+
+async def test_train_starts_pauses_resumes_and_stops(studio: Workspace):
+    app = studio_app(studio)
+    store = Store(studio.db_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.query(TrainPane))  # it mounts lazily
+        await pilot.press("s")
         pane = app.query_one(TrainPane)
         await wait_for(pilot, lambda: len(pane.losses) >= 20)
         assert "step" in str(app.query_one("#train-stats").render())
@@ -87,9 +83,23 @@ async def test_each_pane_against_a_real_engine(studio: Workspace, photos: Path):
         await wait_for(pilot, lambda: store.jobs()[0].state == "paused")
         await pilot.press("p")
         await wait_for(pilot, lambda: store.jobs()[0].state == "running")
+        await pilot.press("x")
+        await wait_for(pilot, lambda: store.jobs()[0].state == "cancelled", timeout=30)
+        await pilot.press("q")
+    assert running_pid(studio)  # quitting the UI leaves the engine running
 
-        # Queue: three prompts finish with their images, between training steps.
-        await pilot.press("3", "i")
+
+async def test_queued_prompts_render_between_training_steps(studio: Workspace):
+    app = studio_app(studio)
+    store = Store(studio.db_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.query(TrainPane))  # it mounts lazily
+        await pilot.press("s")
+        await wait_for(pilot, lambda: store.jobs() and store.jobs()[0].step > 5)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: app.query(QueuePane))
+        await pilot.press("i")
         prompt = app.query_one("#prompt", Input)
         assert prompt.has_focus
         for text in ("zorb on the moon", "[bold]zorb[/bold] in a cafe", "zorb, poster"):
@@ -107,11 +117,8 @@ async def test_each_pane_against_a_real_engine(studio: Workspace, photos: Path):
         preview = app.query_one("#job-preview", Preview)
         await wait_for(pilot, lambda: preview.path is not None and preview.path.is_file())
         assert all(j.result["training_step"] > 0 for j in generated())
-
-        await pilot.press("2", "x")
-        await wait_for(pilot, lambda: store.jobs()[0].state == "cancelled", timeout=30)
-        await pilot.press("q")
-    assert running_pid(studio)  # quitting the UI leaves the engine running
+        # Each rendered with the workspace LoRA as it was at that step (the request rule).
+        assert all(j.params["recipe"]["loras"][0]["name"] == "workspace" for j in generated())
 
 
 async def test_help_lists_every_binding_with_its_id(studio: Workspace):

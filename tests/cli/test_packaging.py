@@ -11,7 +11,8 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from support import REPO
+
 TOP = {"core": "lorabooth.core", "tui": "lorabooth.tui", "themes": "lorabooth.themes",
        "sample_photos": "lorabooth.sample_photos"}
 

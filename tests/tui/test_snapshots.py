@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support import REPO
 
 from lorabooth.core.generate.recipe import Recipe
 from lorabooth.core.generate.request import Request, request_to_params
@@ -17,7 +18,7 @@ from lorabooth.core.workspace import init_workspace
 from lorabooth.tui.app import LoraboothApp
 from lorabooth.tui.settings import UISettings
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_photos"
+SAMPLES = REPO / "sample_photos"
 
 
 def fixed_workspace(root: Path) -> Path:

@@ -9,40 +9,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, wait_until
 from PIL import Image
+from support import REPO, make_demo_workspace, run_cli, wait_until
 
-from lorabooth.core.config import set_config_value
 from lorabooth.core.engine import running_pid
 from lorabooth.core.generate.recipe import LoraRef, Recipe, expand_matrix, read_recipe, slug
 from lorabooth.core.generate.request import Request, request_to_params
 from lorabooth.core.store import Store
 from lorabooth.core.train.trainer import Trainer
-from lorabooth.core.workspace import Workspace, init_workspace
+from lorabooth.core.workspace import Workspace
 
 SMALL = ["--width", "64", "--height", "64", "--steps", "3"]
 
 
-def make_ws(root: Path, photos: Path, **settings) -> Workspace:
-    ws = init_workspace(root, photos, model="demo", trigger="zorb")
-    base = {"train.resolution": [256], "train.learning_rate": 1e-3,
-            "train.checkpoint_every": 25, "sample.every": 0, "generate.width": 64,
-            "generate.height": 64, "generate.steps": 3}
-    for key, value in {**base, **settings}.items():
-        set_config_value(ws.root, key, value)
-    return ws
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, demo_model) -> Workspace:
+def trained(tmp_path_factory, demo_workspace) -> Workspace:
     """A workspace with a LoRA trained for a few steps."""
     import shutil
 
     root = tmp_path_factory.mktemp("trained")
     photos = root / "photos"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "sample_photos", photos,
+    shutil.copytree(REPO / "sample_photos", photos,
                     ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    ws = make_ws(root / "ws", photos)
+    ws = make_demo_workspace(root / "ws", photos)
     Trainer(ws, device="cpu").run(steps=30)
     return ws
 
@@ -164,11 +155,11 @@ def test_queue_runs_in_order_obeys_cancel_and_move_and_survives_restart(trained:
 
 
 def test_prompt_during_training_runs_between_steps_and_leaves_the_loss_curve(
-        tmp_path: Path, photos: Path, demo_model, engines):
-    quiet = make_ws(tmp_path / "quiet", photos, **{"train.checkpoint_every": 1000})
+        engines, demo_workspace):
+    quiet = demo_workspace("quiet", train_checkpoint_every=1000)
     expected = Trainer(quiet, device="cpu").run(steps=150).losses
 
-    ws = make_ws(tmp_path / "busy", photos, **{"train.checkpoint_every": 1000})
+    ws = demo_workspace("busy", train_checkpoint_every=1000)
     engines.append(ws)
     store = Store(ws.db_path)
     assert run_cli("train", str(ws.root), "--detach", "--steps", "150").returncode == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from support import REPO
 
 from lorabooth.core.dataset.buckets import Bucket, bucket_sizes, crop_to_bucket, nearest_bucket
 from lorabooth.core.dataset.captions import effective_caption, read_caption, write_caption
@@ -18,7 +19,7 @@ from lorabooth.core.dataset.files import list_photos, open_image
 from lorabooth.core.dataset.report import build_report
 from lorabooth.core.dataset.scan import ScanOptions, scan_folder
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_photos"
+SAMPLES = REPO / "sample_photos"
 OPTIONS = ScanOptions(resolution=512, trigger="zorb")
 
 
@@ -176,7 +177,7 @@ def test_captions_sidecar_template_and_trigger(zoo: Path, records):
 
 
 def test_check_json_reports_every_file(zoo: Path):
-    from conftest import run_cli
+    from support import run_cli
 
     result = run_cli("check", str(zoo), "--json", "--trigger", "zorb")
     assert result.returncode == 0, result.stderr
@@ -188,7 +189,7 @@ def test_check_json_reports_every_file(zoo: Path):
 
 
 def test_check_exit_code_2_when_nothing_is_usable(tmp_path: Path):
-    from conftest import run_cli
+    from support import run_cli
 
     (tmp_path / "a.jpg").write_text("nope")
     result = run_cli("check", str(tmp_path))
@@ -197,7 +198,7 @@ def test_check_exit_code_2_when_nothing_is_usable(tmp_path: Path):
 
 
 def test_check_shows_names_as_typed(zoo: Path):
-    from conftest import run_cli
+    from support import run_cli
 
     result = run_cli("check", str(zoo))
     assert "my photo [bold]1[red] ünï ␛[31m.jpg" in result.stdout
