@@ -6,14 +6,13 @@ Rows, each against a baseline measured in the same run:
 - warm re-scan (nothing changed) vs. listing the folder and stat-ing every file, the floor any
   re-scan pays.
 
-    python bench/dataset.py [--count 2000] [--width 2048 --height 1536]
+    python -m bench.dataset [--count 2000] [--width 2048 --height 1536]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,9 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, timed
-
+from bench._common import report, timed
 from lorabooth.core.dataset.files import list_photos
 from lorabooth.core.dataset.scan import ScanOptions, scan_folder
 

@@ -6,14 +6,13 @@ For the demo model and a mid-size Flux transformer (hidden 256), in one run:
   with recipe and sidecar, store rows), images per second;
 - switching the LoRA's scale between images (set_adapters) against loading the LoRA file.
 
-    python bench/generate.py [--images 12] [--size 256] [--steps 8]
+    python -m bench.generate [--images 12] [--size 256] [--steps 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -21,14 +20,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report
-from train import mid_size_model, workspace
-
-from lorabooth.core.generate.generator import Generator, complete_recipe, run_request
+from bench._common import report
+from bench.train import mid_size_model, workspace
+from lorabooth.core.generate.generator import complete_recipe, run_request
 from lorabooth.core.generate.recipe import LoraRef, Recipe
 from lorabooth.core.models.demo import ensure_demo_model
 from lorabooth.core.models.load import load_pipeline
+from lorabooth.core.models.owner import ModelOwner
 from lorabooth.core.models.resolve import ModelSource
 from lorabooth.core.store import Store
 from lorabooth.core.train.trainer import Trainer
@@ -38,11 +36,11 @@ from lorabooth.core.workspace import Workspace
 def rates(ws: Workspace, source: ModelSource, args) -> dict[str, float]:
     """Both paths on their own warm pipeline (the same model and LoRA), measured in
     alternating rounds so that drift in the machine's speed hits both alike."""
-    lora = ws.loras / "pytorch_lora_weights.safetensors"
+    lora = ws.lora_path
     bare = load_pipeline(source)
     bare.load_lora_weights(lora, adapter_name="bench")
     store = Store(ws.db_path)
-    generator = Generator(source)
+    generator = ModelOwner().generator(source)
     base = complete_recipe(ws, Recipe("photo of zorb", width=args.size, height=args.size,
                                       steps=args.steps, loras=(LoraRef("workspace", 1.0),)))
     load_start = time.perf_counter()

@@ -2,7 +2,7 @@
 the same writer with no reader, in the same run), and the time from a queued job to the engine
 picking it up (goal: under 200 ms).
 
-    python bench/store.py [--rows 3000] [--jobs 20]
+    python -m bench.store [--rows 3000] [--jobs 20]
 """
 
 from __future__ import annotations
@@ -11,14 +11,11 @@ import argparse
 import multiprocessing
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report
-
+from bench._common import report
 from lorabooth.core import engine
 from lorabooth.core.store import Store
 from lorabooth.core.workspace import Workspace, init_workspace

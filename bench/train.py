@@ -6,7 +6,7 @@ For each model (the demo, and a mid-size Flux config with hidden size 256):
 - `lorabooth`: Trainer.train_step, data drawn from its caches as in a real run;
 - whole runs of N steps with caching (encode once) against encoding the photos every step.
 
-    python bench/train.py [--steps 30] [--device cpu|cuda]
+    python -m bench.train [--steps 30] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import os
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,9 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report
-
+from bench._common import report
 from lorabooth.core.config import set_config_value
 from lorabooth.core.models.demo import build_demo_pipeline, ensure_demo_model
 from lorabooth.core.models.resolve import ModelSource

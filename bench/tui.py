@@ -5,7 +5,7 @@ same harness in the same run:
 - key press to repaint while a writer adds training metrics at 20 steps/s: toggling the loss
   plot's log scale (`l`) until the screen shows it, against a minimal app toggling a label.
 
-    python bench/tui.py [--presses 40]
+    python -m bench.tui [--presses 40]
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report
-
+from bench._common import report
 from lorabooth.core.store import Store
 from lorabooth.core.workspace import init_workspace
 

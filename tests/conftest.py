@@ -8,6 +8,18 @@ import pytest
 from support import copy_sample_photos, make_demo_workspace
 
 
+SLOW_FOLDERS = ("integration",)
+SLOW_MODULES = ("test_tui.py", "test_e2e_tmux.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under integration/ (and the studio against a real engine) is `slow`."""
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.parent.name in SLOW_FOLDERS or path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def lorabooth_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Keep the demo model (and anything else cached) out of the user's home during tests;
