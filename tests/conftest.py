@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from support import copy_sample_photos, make_demo_workspace
 
-
 SLOW_FOLDERS = ("integration",)
 SLOW_MODULES = ("test_tui.py", "test_e2e_tmux.py")
 

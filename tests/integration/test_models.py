@@ -86,3 +86,29 @@ def test_incomplete_folder_lists_what_is_missing(tmp_path: Path):
     (tmp_path / "transformer").mkdir()
     with pytest.raises(ModelNotFound, match="missing vae, text_encoder"):
         resolve_model(str(tmp_path))
+
+
+def test_the_owner_frees_the_resident_model_before_loading_another(demo_model, monkeypatch):
+    """One copy at a time: another precision (or model) is loaded only after the resident
+    pipeline is dropped; the same one is lent again without a load."""
+    import lorabooth.core.models.owner as owner_module
+    from lorabooth.core.models.owner import ModelOwner
+
+    owner = ModelOwner()
+    source = resolve_model("demo")
+    first = owner.generator(source).pipe
+    resident_at_load = []
+    real_load = owner_module.load_pipeline
+
+    def load(*args, **kwargs):
+        resident_at_load.append(owner.pipe)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(owner_module, "load_pipeline", load)
+    pipe, loaded = owner.borrow_for_training(source, torch.float32, "cpu", None)
+    assert pipe is first and not loaded and resident_at_load == []  # lent, not reloaded
+    owner.give_back(lambda p: None)
+    pipe, loaded = owner.borrow_for_training(source, torch.float64, "cpu", None)
+    assert loaded and pipe is not first
+    assert resident_at_load == [None]  # the float32 copy was gone before the load
+    assert owner.generator(source).pipe is pipe  # generation takes what is resident

@@ -68,14 +68,19 @@ async def test_a_dropped_photo_appears_through_the_engine(studio: Workspace, pho
         await wait_for(pilot, lambda: table.row_count == 17, timeout=15)
 
 
+async def open_pane(pilot, key: str, pane: type):
+    """Press the pane's key and wait until it has mounted (the panes mount lazily)."""
+    await pilot.press(key)
+    await wait_for(pilot, lambda: pilot.app.query(pane))
+    return pilot.app.query_one(pane)
+
+
 async def test_train_starts_pauses_resumes_and_stops(studio: Workspace):
     app = studio_app(studio)
     store = Store(studio.db_path)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: app.query(TrainPane))  # it mounts lazily
+        pane = await open_pane(pilot, "2", TrainPane)
         await pilot.press("s")
-        pane = app.query_one(TrainPane)
         await wait_for(pilot, lambda: len(pane.losses) >= 20)
         assert "step" in str(app.query_one("#train-stats").render())
         assert app.query_one(LossPlot).losses
@@ -93,12 +98,10 @@ async def test_queued_prompts_render_between_training_steps(studio: Workspace):
     app = studio_app(studio)
     store = Store(studio.db_path)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: app.query(TrainPane))  # it mounts lazily
+        await open_pane(pilot, "2", TrainPane)
         await pilot.press("s")
         await wait_for(pilot, lambda: store.jobs() and store.jobs()[0].step > 5)
-        await pilot.press("3")
-        await wait_for(pilot, lambda: app.query(QueuePane))
+        await open_pane(pilot, "3", QueuePane)
         await pilot.press("i")
         prompt = app.query_one("#prompt", Input)
         assert prompt.has_focus

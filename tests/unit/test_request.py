@@ -1,0 +1,77 @@
+"""The one request builder (CLI and Queue pane), the one trigger substitution, and settings that
+are all checked before any is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support import copy_sample_photos
+
+from lorabooth.core.config import ConfigError, set_config_values
+from lorabooth.core.dataset.captions import effective_caption, substitute_trigger
+from lorabooth.core.dataset.report import build_report
+from lorabooth.core.dataset.scan import ScanOptions, scan_folder
+from lorabooth.core.errors import EXIT_USAGE, LoraboothError
+from lorabooth.core.generate.recipe import LoraRef, RecipeError
+from lorabooth.core.generate.request import Asked, build_request, split_preset
+from lorabooth.core.train.samples import sample_prompts
+from lorabooth.core.workspace import Workspace, init_workspace
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    photos = copy_sample_photos(tmp_path / "photos")
+    return init_workspace(tmp_path / "ws", photos, model="demo", trigger="zorb")
+
+
+def test_both_trigger_spellings_work_everywhere(ws: Workspace, tmp_path: Path):
+    assert substitute_trigger("{trigger} and [trigger]", "zorb") == "zorb and zorb"
+    assert effective_caption("[trigger] at night", "zorb") == "zorb at night"
+    set_config_values(ws.root, {"sample.prompts": ["[trigger] on a boat", "{trigger} skiing"]})
+    assert sample_prompts(ws.config()) == ["zorb on a boat", "zorb skiing"]
+    photos = tmp_path / "bare"
+    photos.mkdir()
+    for jpg in sorted((ws.root.parent / "photos").glob("*.jpg"))[:3]:
+        (photos / jpg.name).write_bytes(jpg.read_bytes())  # no captions: the template is used
+    options = ScanOptions(resolution=256, trigger="zorb", template="[trigger], a photo")
+    advice = " ".join(build_report(scan_folder(photos, options), options).advice)
+    assert "'zorb, a photo'" in advice and "[trigger]" not in advice
+    request = build_request(ws, ws.config(), Asked("[trigger] in the rain"), training=False)
+    assert request.recipe.prompt == "zorb in the rain"
+
+
+def test_a_seed_not_given_is_zero(ws: Workspace):
+    request = build_request(ws, ws.config(), Asked("zorb"), training=False)
+    assert request.recipe.seed == 0
+    assert build_request(ws, ws.config(), Asked("zorb", seed=7), training=False).recipe.seed == 7
+
+
+def test_the_workspace_lora_is_attached_when_it_exists_or_training_runs(ws: Workspace):
+    config = ws.config()
+    assert build_request(ws, config, Asked("zorb"), training=False).recipe.loras == ()
+    during = build_request(ws, config, Asked("zorb", lora_scale=0.5), training=True)
+    assert during.recipe.loras == (LoraRef("workspace", 0.5),)
+    ws.loras.mkdir(parents=True, exist_ok=True)
+    ws.lora_path.write_bytes(b"")
+    after = build_request(ws, config, Asked("zorb"), training=False)
+    assert after.recipe.loras == (LoraRef("workspace", config.generate.lora_scale),)
+    none = build_request(ws, config, Asked("zorb", loras=()), training=True)
+    assert none.recipe.loras == ()  # --no-lora
+
+
+def test_presets_by_prefix_and_bad_requests(ws: Workspace):
+    presets = ws.config().generate.presets
+    assert split_preset("portrait: smiling", presets) == ("portrait", "smiling")
+    assert split_preset("a photo: of zorb", presets) == (None, "a photo: of zorb")
+    with pytest.raises(RecipeError) as caught:
+        build_request(ws, ws.config(), Asked("zorb", width=100), training=False)
+    assert isinstance(caught.value, LoraboothError) and caught.value.exit_code == EXIT_USAGE
+
+
+def test_settings_are_all_checked_before_any_is_written(ws: Workspace):
+    before = ws.config_path.read_bytes()
+    with pytest.raises(ConfigError) as caught:
+        set_config_values(ws.root, {"train.rank": 140, "train.learning_rate": "x"})
+    assert "train.learning_rate" in str(caught.value)
+    assert ws.config_path.read_bytes() == before  # rank = 140 was not written either
