@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support import REPO, make_demo_workspace, run_cli, wait_until
+from support import copy_sample_photos, make_demo_workspace, run_cli, wait_until
 
 from lorabooth.core.engine import running_pid
 from lorabooth.core.generate.recipe import LoraRef, Recipe, expand_matrix, read_recipe, slug
@@ -25,15 +25,10 @@ SMALL = ["--width", "64", "--height", "64", "--steps", "3"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, demo_workspace) -> Workspace:
+def trained(tmp_path_factory, demo_model) -> Workspace:
     """A workspace with a LoRA trained for a few steps."""
-    import shutil
-
     root = tmp_path_factory.mktemp("trained")
-    photos = root / "photos"
-    shutil.copytree(REPO / "sample_photos", photos,
-                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    ws = make_demo_workspace(root / "ws", photos)
+    ws = make_demo_workspace(root / "ws", copy_sample_photos(root / "photos"))
     Trainer(ws, device="cpu").run(steps=30)
     return ws
 
