@@ -22,8 +22,9 @@ import torch
 
 from bench._common import report
 from bench.train import mid_size_model, workspace
-from lorabooth.core.generate.generator import complete_recipe, run_request
+from lorabooth.core.generate.generator import run_request
 from lorabooth.core.generate.recipe import LoraRef, Recipe
+from lorabooth.core.generate.request import complete_recipe
 from lorabooth.core.models.demo import ensure_demo_model
 from lorabooth.core.models.load import load_pipeline
 from lorabooth.core.models.owner import ModelOwner

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -216,6 +217,10 @@ def _check_rules(key: str, value: Any, tp: Any, rules: dict[str, Any]) -> list[C
         problems.append(ConfigProblem(key, f"needs at least {rules['min_items']} value(s)"))
     for item in items:
         what = f"{_show(item)}" + (f" (in {_show(value)})" if isinstance(value, list) else "")
+        if isinstance(item, float) and not math.isfinite(item):
+            problems.append(ConfigProblem(key, f"{what} is not a finite number"
+                                          + _range_hint(rules)))
+            continue
         lo, hi = rules.get("min"), rules.get("max")
         if (lo is not None and item < lo) or (hi is not None and item > hi):
             problems.append(ConfigProblem(key, f"{what} is out of range; allowed: {lo} to {hi}"))
@@ -298,7 +303,8 @@ def load_config(workspace: Path, *, check_photos: bool = True) -> Config:
         key = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
         config = _PARSED.get(key)
         if config is None:
-            config = parse_config(path.read_text(encoding="utf-8"), path)
+            # utf-8-sig: a byte-order mark some editors write is not part of the TOML.
+            config = parse_config(path.read_text(encoding="utf-8-sig"), path)
             _PARSED.clear()  # one entry: the UI and the engine read one workspace
             _PARSED[key] = config
     except FileNotFoundError:
@@ -308,8 +314,12 @@ def load_config(workspace: Path, *, check_photos: bool = True) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigProblem("", f"not UTF-8 text ({exc.reason} at byte "
                                              f"{exc.start})")], path) from None
-    if check_photos:
+    try:
         photos = config.photos_dir(workspace)
+    except (RuntimeError, OSError) as exc:  # a symlink loop, say
+        raise ConfigError([ConfigProblem(
+            "photos", f"{_show(config.photos)}: cannot be followed ({exc})")], path) from None
+    if check_photos:
         if not photos.is_dir():
             raise ConfigError([ConfigProblem(
                 "photos", f"{_show(config.photos)}: folder {photos} does not exist; point "
@@ -354,7 +364,7 @@ def set_config_values(workspace: Path, values: dict[str, Any]) -> Config:
         problems.extend(_check_rules(dotted, value, tp, rules))
     if problems:
         raise ConfigError(problems, path)
-    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    doc = tomlkit.parse(path.read_text(encoding="utf-8-sig"))
     for dotted, value in values.items():
         table: Any = doc
         *parents, last = dotted.split(".")

@@ -14,9 +14,19 @@ _PICTURES.update({code: 0xFFFD for code in range(0x80, 0xA0)})  # C1 controls, e
 _KEEP_NEWLINES = {k: v for k, v in _PICTURES.items() if k not in (0x0A, 0x09)}
 
 
+def unmangled(text: str) -> str:
+    """A file name that was not valid UTF-8 (Python keeps its bytes as lone surrogates, which
+    no terminal, JSON writer or database accepts) with those bytes shown as `\\xff`."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
+
+
 def printable(text: str, *, keep_newlines: bool = False) -> str:
     """`text` with every terminal control character made visible and harmless."""
-    return text.translate(_KEEP_NEWLINES if keep_newlines else _PICTURES)
+    return unmangled(text).translate(_KEEP_NEWLINES if keep_newlines else _PICTURES)
 
 
 def plain(text: str, style: str = "", *, keep_newlines: bool = False) -> Text:

@@ -169,6 +169,11 @@ class Store:
 
     def __init__(self, path: Path, *, retry_for: float = 30.0):
         self.path = path
+        # SQLite takes an empty file for a new database: a truncated workspace.db would
+        # silently start over, with every job and metric gone.
+        if path.is_file() and path.stat().st_size == 0 and _was_used(path):
+            raise StoreError(f"{path} is empty (0 bytes): it was truncated or damaged. Move "
+                             "it aside to start a new history, or restore it from a backup")
         self.retry_for = retry_for
         self._local = threading.local()
         self._migrate()
@@ -409,6 +414,14 @@ class Store:
     def set_setting(self, key: str, value: str) -> None:
         self.write(lambda conn: conn.execute(
             "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value)))
+
+
+def _was_used(path: Path) -> bool:
+    """A store that ever held data has its WAL beside it, or is older than a creation takes."""
+    import os
+
+    wal = path.with_name(path.name + "-wal")
+    return wal.exists() or time.time() - os.stat(path).st_mtime > 5.0
 
 
 def _explain(exc: Exception, path: Path) -> str:

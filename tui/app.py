@@ -64,7 +64,7 @@ class StatusBar(Static):
         if device:
             parts.append(device)
         self.update(plain("  ·  ".join(parts)))
-        self.set_class(state in ("stopped", "unreachable"), "-down")
+        self.set_class(state in ("stopped", "unreachable", "unresponsive"), "-down")
 
 
 class HelpScreen(ModalScreen):

@@ -108,6 +108,7 @@ class SetSetting:
 @dataclass(frozen=True)
 class Promote:
     step: int
+    run: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,10 +150,10 @@ def perform(command: Command, ws: Workspace, store: Store) -> Any:
             return store.move(job_id, position)
         case SetSetting(key, value):
             return store.set_setting(key, value)
-        case Promote(step):
+        case Promote(step, run):
             from lorabooth.core.train.checkpoint import promote
 
-            return promote(ws, step)
+            return promote(ws, step, run)
         case SaveCaption(photo, text):
             from lorabooth.core.dataset.captions import write_caption
 
@@ -170,7 +171,7 @@ def describe(command: Command, result: Any) -> str:
     """What to tell the user when a command succeeded ("" says nothing)."""
     says = getattr(command, "says", "")
     if isinstance(command, Promote):
-        return f"step {command.step} is now the workspace's LoRA"
+        return f"{command.run or ''}/step {command.step} is now the workspace's LoRA".lstrip("/")
     if isinstance(command, TogglePause):
         return {"pause": "pausing after this step", "resume": "resuming"}.get(result, "")
     if isinstance(command, SaveCaption):

@@ -41,7 +41,8 @@ def make_demo_workspace(root: Path) -> Workspace:
         photos = ws.root / "photos"
         photos.mkdir(parents=True, exist_ok=True)
         for source in sorted(SAMPLE_PHOTOS_DIR.iterdir()):
-            if source.suffix in (".jpg", ".txt"):
+            # Never over a file already there: a folder the user had keeps their captions.
+            if source.suffix in (".jpg", ".txt") and not (photos / source.name).exists():
                 shutil.copy2(source, photos / source.name)
         init_workspace(ws.root, photos, model=DEMO, trigger=TRIGGER)
         for key, value in DEMO_SETTINGS.items():

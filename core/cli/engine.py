@@ -28,8 +28,12 @@ def run_engine(args: argparse.Namespace) -> int:
         out.print(plain(f"engine {'started' if fresh else 'already running'} (pid {pid})"))
         return EXIT_OK
     if args.action == "stop":
-        pid = engine.stop(ws)
-        out.print(plain(f"engine stopped (pid {pid})" if pid else "no engine was running"))
+        pid, how = engine.stop(ws)
+        if how == "killed":
+            out.print(plain(f"the engine (pid {pid}) was frozen and did not answer SIGTERM: "
+                            "killed it; its job resumes from the last checkpoint"))
+        else:
+            out.print(plain(f"engine stopped (pid {pid})" if pid else "no engine was running"))
         return EXIT_OK
     state = engine.status(ws)
     if args.json:
@@ -43,9 +47,9 @@ def run_engine(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def detach_training(ws: Workspace, steps: int | None, resume: bool) -> int:
+def detach_training(ws: Workspace, steps: int | None, resume: bool, run: str | None) -> int:
     store = Store(ws.db_path)
-    params = {"steps": steps, "resume": resume}
+    params = {"steps": steps, "resume": resume, "run": run}
     job_id = store.add_job("train", {k: v for k, v in params.items() if v}, total=steps or 0)
     pid, _ = engine.start_detached(ws)
     console().print(plain(f"training queued as job {job_id}; engine pid {pid}. "
@@ -58,7 +62,7 @@ def run_queue(args: argparse.Namespace) -> int:
     ws = require_workspace(args.workspace)
     numbers = []
     for text in args.rest:
-        if not text.lstrip("-").isdigit():
+        if not (text.isascii() and text.lstrip("-").isdigit()):
             raise UsageError(f"queue {args.action}: {text!r} is not a number")
         numbers.append(int(text))
     job_id = numbers[0] if numbers else None
@@ -84,7 +88,9 @@ def run_queue(args: argparse.Namespace) -> int:
             raise UsageError(f"job {job_id} is not queued or running")
         out.print(plain(f"job {job_id}: cancel requested"))
         return EXIT_OK
-    if position is None or not store.move(job_id, position):
+    if position is None or position < 1:
+        raise UsageError("queue move ID POS: POS is a place in the queue, 1 = next")
+    if not store.move(job_id, position):
         raise UsageError(f"job {job_id} is not waiting in the queue")
     out.print(plain(f"job {job_id} moved to position {position}"))
     return EXIT_OK

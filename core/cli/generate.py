@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
 from ..engine import running_pid, start_detached, wait_for_job
 from ..errors import EXIT_OK, LoraboothError, UsageError
-from ..generate.recipe import LoraRef, Recipe, read_recipe
-from ..generate.request import Asked, Request, build_request, request_to_params
+from ..generate.recipe import MAX_IMAGES, MAX_RENDER_STEPS, LoraRef, Recipe, read_recipe
+from ..generate.request import (
+    Asked,
+    Request,
+    build_request,
+    complete_recipe,
+    request_to_params,
+)
 from ..safetext import plain
 from ..store import ACTIVE, DONE, Store
 from ..workspace import Workspace, require_workspace
+from .args import MAX_SEED, number, whole
 from .console import console
 
 
@@ -40,18 +48,19 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="append", default=[], metavar="NAME[:SCALE]",
                    help="a LoRA to stack (workspace, step-N, a file); repeatable")
     p.add_argument("--no-lora", action="store_true", help="the base model alone")
-    p.add_argument("--seed", type=int, default=None, help="default 0: a prompt makes the same "
-                   "picture until you change something")
-    p.add_argument("--count", type=int, default=1, help="images, with seeds seed, seed+1, ...")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--seed", type=whole(0, MAX_SEED), default=None,
+                   help="default 0: a prompt makes the same picture until you change something")
+    p.add_argument("--count", type=whole(1, MAX_IMAGES), default=1,
+                   help="images, with seeds seed, seed+1, ...")
+    p.add_argument("--steps", type=whole(1, MAX_RENDER_STEPS), default=None)
+    p.add_argument("--width", type=whole(64, 4096), default=None)
+    p.add_argument("--height", type=whole(64, 4096), default=None)
+    p.add_argument("--guidance", type=number(0, 30), default=None)
     p.add_argument("--preset", default=None, help="a named template from lorabooth.toml")
     p.add_argument("--scales", default="", metavar="S1,S2,...",
                    help="sweep the first LoRA's scale over these values")
     p.add_argument("--init-image", default="", metavar="FILE", help="image-to-image source")
-    p.add_argument("--strength", type=float, default=0.8)
+    p.add_argument("--strength", type=number(0.01, 1), default=0.8)
     p.add_argument("--mask", default="", metavar="FILE", help="inpaint where the mask is white")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -59,16 +68,22 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
 def _lora(text: str) -> LoraRef:
     name, _, scale = text.rpartition(":") if ":" in text else (text, "", "")
     try:
-        return LoraRef(name, float(scale) if scale else 1.0)
+        value = float(scale) if scale else 1.0
     except ValueError:
-        raise UsageError(f"--lora {text}: the scale after ':' must be a number") from None
+        value = math.nan
+    if not math.isfinite(value) or not -4 <= value <= 4:
+        raise UsageError(f"--lora {text}: the scale after ':' must be a number from -4 to 4")
+    return LoraRef(name, value)
 
 
 def _scales(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(s) for s in text.split(",") if s.strip())
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise UsageError(f"--scales {text}: numbers separated by commas") from None
+        scales = (math.nan,)
+    if not all(math.isfinite(v) and -4 <= v <= 4 for v in scales):
+        raise UsageError(f"--scales {text}: numbers from -4 to 4 separated by commas")
+    return scales
 
 
 def asked_from_args(prompt: str, args: argparse.Namespace) -> Asked:
@@ -85,6 +100,11 @@ def asked_from_args(prompt: str, args: argparse.Namespace) -> Asked:
 def request_for(ws: Workspace, prompt: str | None, args: argparse.Namespace) -> Request:
     if getattr(args, "from_image", None):
         recipe = read_recipe(Path(args.from_image))
+        model = ws.config(check_photos=False).model
+        if recipe.model and recipe.model != model:
+            console(stderr=True).print(plain(
+                f"note: this image was made with model {recipe.model} (the workspace's is "
+                f"{model}); re-making it with {recipe.model}", "yellow"))
         return Request(replace(recipe, version=""))
     if not prompt:
         raise UsageError("a prompt is needed (or --from-image PNG)")
@@ -106,7 +126,7 @@ def run_generate(args: argparse.Namespace) -> int:
         # --json keeps stdout for the JSON alone.
         console(stderr=args.json).print(plain(f"queued as job {job_id} on the running engine",
                                               "dim"))
-        state = wait_for_job(store, job_id, timeout=24 * 3600)
+        state = wait_for_job(ws, store, job_id, timeout=24 * 3600)
         job = store.job(job_id)
         if state != DONE:
             raise LoraboothError(f"job {job_id} {state}: {job.error or ''}")
@@ -123,7 +143,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def _generate_here(ws: Workspace, request: Request) -> list[Path]:
-    from ..generate.generator import complete_recipe, run_request
+    from ..generate.generator import run_request
     from ..models.owner import ModelOwner
     from ..models.resolve import resolve_model
 
@@ -144,6 +164,7 @@ def run_queue_add(args: argparse.Namespace) -> int:
     if not args.rest:
         raise UsageError("queue add needs a prompt")
     request = request_for(ws, " ".join(args.rest), args)
+    complete_recipe(ws, request.recipe)  # a LoRA that is not there is said now, not later
     job_id = Store(ws.db_path).add_job("generate", request_to_params(request),
                                        total=len(request.expand()))
     pid, _ = start_detached(ws)

@@ -10,26 +10,31 @@ import signal
 from ..errors import EXIT_OK, UsageError
 from ..safetext import plain
 from ..workspace import require_workspace
+from .args import MAX_STEPS, whole
 from .console import console, train_view
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("workspace", metavar="WORKSPACE")
-    p.add_argument("--steps", type=int, default=None, help="steps in all (default: config)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--steps", type=whole(1, MAX_STEPS), default=None,
+                   help="steps in all (default: config)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run from its last checkpoint (default: the latest run)")
+    p.add_argument("--run", default=None, metavar="RUN",
+                   help="with --resume: the run to continue (run-001, run-002, ...)")
     p.add_argument("--detach", action="store_true",
                    help="hand the run to the engine and return at once")
 
 
 def run(args: argparse.Namespace) -> int:
     ws = require_workspace(args.workspace)
-    if args.steps is not None and args.steps < 1:
-        raise UsageError("--steps must be at least 1")
+    if args.run is not None and not args.resume:
+        raise UsageError("--run names the run to continue: use it with --resume")
     config = ws.config()  # a broken config is reported now, not as a failed job later
     if args.detach:
         from .engine import detach_training
 
-        return detach_training(ws, args.steps, args.resume)
+        return detach_training(ws, args.steps, args.resume, args.run)
     from ..train.trainer import Trainer
 
     out = console()
@@ -48,14 +53,14 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer(ws, config, on_step=view.step, should_stop=lambda: stop["asked"],
                           log=lambda text: out.print(plain(text, "dim")))
         with view:
-            result = trainer.run(steps=args.steps, resume=args.resume)
+            result = trainer.run(steps=args.steps, resume=args.resume, run=args.run)
     finally:
         signal.signal(signal.SIGINT, previous)
     if not trainer.team.main:  # under `accelerate launch` the first process reports
         return EXIT_OK
     if result.stopped:
-        out.print(plain(f"stopped at step {result.step}; resume with: "
-                        f"lorabooth train {ws.root} --resume"))
+        out.print(plain(f"stopped at step {result.step} of {result.run}; resume with: "
+                        f"lorabooth train {ws.root} --resume --run {result.run}"))
         return EXIT_OK
     out.print(plain(f"done: step {result.step}, LoRA written to {result.lora_path}"))
     return EXIT_OK

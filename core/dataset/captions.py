@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fsutil import atomic_write_bytes
+from .files import NotRegular, read_regular_file
 
 DEFAULT_TEMPLATE = "photo of {trigger}"
+MAX_CAPTION_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -34,9 +36,11 @@ def _decode(data: bytes) -> tuple[str, str]:
 def read_caption(photo: Path) -> Caption:
     sidecar = sidecar_path(photo)
     try:
-        data = sidecar.read_bytes()
+        data, _ = read_regular_file(sidecar, MAX_CAPTION_BYTES)
     except FileNotFoundError:
         return Caption(None)
+    except NotRegular as exc:
+        return Caption(None, f"caption {sidecar.name}: {exc}; using the template")
     except OSError as exc:
         return Caption(None, f"caption file unreadable ({exc.strerror}); using the template")
     try:

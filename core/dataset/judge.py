@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..safetext import unmangled
 from . import OK, SKIPPED, WARN
 from .buckets import EXTREME_RATIO, WIDE_RATIO
 from .captions import effective_caption, read_caption
@@ -41,10 +42,13 @@ class PhotoRecord:
     duplicate_of: str | None = None  # the earlier photo this one repeats, exactly or nearly
 
     def public(self) -> dict:
-        """The record `lorabooth check --json` prints."""
-        return {"path": self.path, "status": self.status, "reasons": self.reasons,
+        """The record `lorabooth check --json` prints (a name that is not UTF-8 with its
+        bytes as `\\xff`)."""
+        return {"path": unmangled(self.path), "status": self.status,
+                "reasons": [unmangled(r) for r in self.reasons],
                 "width": self.width, "height": self.height, "caption": self.caption,
-                "caption_source": self.caption_source, "duplicate_of": self.duplicate_of}
+                "caption_source": self.caption_source,
+                "duplicate_of": unmangled(self.duplicate_of) if self.duplicate_of else None}
 
 
 def judge(folder: Path, files: Iterable[Path], measurements: dict[str, Measurement],

@@ -16,7 +16,14 @@ import numpy as np
 from PIL import Image
 
 from ..fsutil import atomic_write_bytes, atomic_write_text
-from .files import HEIF_SUFFIXES, decode, heif_available
+from .files import (
+    HEIF_SUFFIXES,
+    MAX_FILE_BYTES,
+    NotRegular,
+    decode,
+    heif_available,
+    read_regular_file,
+)
 
 ANALYSIS_SIZE = 512  # measurements run on a copy whose long side is at most this
 THUMB_SIZE = 256
@@ -45,8 +52,9 @@ class Measurement:
 def measure(path: Path, thumbs: Path | None = None) -> Measurement:
     """Read one file and measure it; never raises for what the file holds."""
     try:
-        stat = path.stat()
-        data = path.read_bytes()
+        data, stat = read_regular_file(path, MAX_FILE_BYTES)
+    except NotRegular as exc:
+        return Measurement(0, 0, error=str(exc))
     except OSError as exc:
         return Measurement(0, 0, error=f"cannot read the file: {exc.strerror or exc}")
     m = Measurement(size=len(data), mtime_ns=stat.st_mtime_ns)

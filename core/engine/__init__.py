@@ -6,8 +6,17 @@ of work, `failures` words a failed job, and `python -m lorabooth.core.engine` ru
 Importing this package pulls in no torch.
 """
 
-from .client import EngineStartFailed, Status, start_detached, status, stop, wait_for_job
+from .client import (
+    UNRESPONSIVE,
+    EngineStartFailed,
+    EngineStopFailed,
+    Status,
+    start_detached,
+    status,
+    stop,
+    wait_for_job,
+)
 from .lock import EngineRunning, running_pid
 
-__all__ = ["EngineRunning", "EngineStartFailed", "Status", "running_pid", "start_detached",
-           "status", "stop", "wait_for_job"]
+__all__ = ["UNRESPONSIVE", "EngineRunning", "EngineStartFailed", "EngineStopFailed", "Status",
+           "running_pid", "start_detached", "status", "stop", "wait_for_job"]

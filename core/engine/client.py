@@ -69,23 +69,46 @@ def _reap(proc: subprocess.Popen, wait: float = 10.0) -> None:
         proc.wait()
 
 
-def stop(ws: Workspace, wait: float = 60.0) -> int | None:
-    """SIGTERM the engine and wait for it to checkpoint and exit. Returns its pid."""
+def stop(ws: Workspace, wait: float = 60.0) -> tuple[int | None, str]:
+    """SIGTERM the engine and wait for it to checkpoint and exit: (pid, "stopped"). A frozen
+    engine (no heartbeat) does not act on SIGTERM: it is killed, (pid, "killed"); one that is
+    alive but slower than `wait` is an error that says so. (None, "") when none ran."""
     pid = running_pid(ws)
-    if not pid or pid < 0:
-        return None
+    if not pid:
+        return None, ""
+    if pid < 0:
+        raise EngineStopFailed("an engine runs but its pid file is gone; it re-creates it "
+                               "within a second: try again")
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
+    if _wait_gone(ws, wait):
+        return pid, "stopped"
+    if status(ws).state == UNRESPONSIVE:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if _wait_gone(ws, 10.0):
+            return pid, "killed"
+    raise EngineStopFailed(f"the engine (pid {pid}) did not stop within {wait:.0f} s; it is "
+                           f"still running. Try again, or end it with: kill -9 {pid}")
+
+
+def _wait_gone(ws: Workspace, wait: float) -> bool:
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and running_pid(ws):
+    while time.monotonic() < deadline:
+        if not running_pid(ws):
+            return True
         time.sleep(0.05)
-    return pid
+    return not running_pid(ws)
+
+
+STALE_HEARTBEAT = 30.0  # seconds without a heartbeat before an engine counts as frozen
+UNRESPONSIVE = "unresponsive"
 
 
 @dataclass
 class Status:
     pid: int | None
-    state: str  # running (a job), idle, stopped
+    state: str  # running (a job), idle, stopped, unresponsive (alive, no heartbeat)
     job: Job | None
     step: int | None
     device: str | None = None
@@ -105,19 +128,33 @@ def status(ws: Workspace, store: Store | None = None) -> Status:
     row = store.engine()
     job = store.job(row.job) if row and row.job else None
     state = "running" if job and job.state in LIVE else "idle"
+    if row is None or time.time() - row.heartbeat > STALE_HEARTBEAT:
+        state = UNRESPONSIVE  # alive (it holds the lock) but frozen: SIGSTOP, a hung call
     return Status(pid if pid > 0 else None, state, job, job.step if job else None,
                   row.device if row else None)
 
 
-def wait_for_job(store: Store, job_id: int, timeout: float) -> str:
-    """Wait for a job to finish; its final state, or "timeout"."""
+def wait_for_job(ws: Workspace, store: Store, job_id: int, timeout: float) -> str:
+    """Wait for a job to finish: its final state; or "timeout"; or, when the engine stops or
+    freezes meanwhile, what became of it."""
     deadline = time.monotonic() + timeout
+    next_look = time.monotonic() + 1.0
     while time.monotonic() < deadline:
         job = store.job(job_id)
         if job and job.state in FINISHED:
             return job.state
+        if time.monotonic() > next_look:
+            next_look = time.monotonic() + 1.0
+            state = status(ws, store).state
+            if state in ("stopped", UNRESPONSIVE):
+                return "waiting: the engine " + ("stopped" if state == "stopped"
+                                                 else "stopped responding")
         time.sleep(0.1)
     return "timeout"
+
+
+class EngineStopFailed(LoraboothError):
+    """The engine could not be stopped; the message says what to do."""
 
 
 class EngineStartFailed(LoraboothError):

@@ -34,8 +34,8 @@ def denoise_hook(engine: Engine, job_id: int) -> Callable[[int, int], bool]:
 
 
 def run(engine: Engine, job: Job) -> str:
-    from ..generate.generator import Cancelled, complete_recipe, run_request
-    from ..generate.request import request_from_params
+    from ..generate.generator import Cancelled, run_request
+    from ..generate.request import complete_recipe, request_from_params
     from ..models.resolve import resolve_model
 
     request = request_from_params(job.params)
@@ -43,7 +43,9 @@ def run(engine: Engine, job: Job) -> str:
     recipes = replace(request, recipe=base).expand()
     for recipe in recipes:
         recipe.check()
-    engine.store.update_job(job.id, total=len(recipes), step=0)
+    # An interrupted job resumes at the image it reached: those already saved are kept.
+    done = [Path(o.path) for o in engine.store.outputs(job.id) if o.kind == "image"]
+    engine.store.update_job(job.id, total=len(recipes), step=len(done))
     source = resolve_model(base.model)
     fresh = not engine.model.resident(source)
     generator = engine.model.generator(source)
@@ -51,7 +53,7 @@ def run(engine: Engine, job: Job) -> str:
         engine.model_loaded(base.model, generator.device)
     try:
         paths = run_request(generator, engine.ws, recipes, job.id, image_saved(engine, job.id),
-                            on_denoise_step=denoise_hook(engine, job.id))
+                            on_denoise_step=denoise_hook(engine, job.id), done=done)
     except Cancelled:
         return engine.ended(None)
     engine.store.update_job(job.id, result={"images": [str(p) for p in paths]})
@@ -76,8 +78,8 @@ def between_training_steps(engine: Engine, trainer: Trainer) -> None:
     mode, without gradients, the RNGs restored, so the loss curve is unchanged."""
     import torch
 
-    from ..generate.generator import Cancelled, complete_recipe, run_request
-    from ..generate.request import request_from_params
+    from ..generate.generator import Cancelled, run_request
+    from ..generate.request import complete_recipe, request_from_params
 
     store = engine.store
     if store.setting("queue_paused") == "1":

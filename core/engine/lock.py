@@ -1,12 +1,22 @@
-"""The engine's lock: an exclusive flock on `.lorabooth/engine.lock` makes a second engine
-refuse; the kernel drops it when a process dies, so a stale lock is simply taken over."""
+"""The engine's lock: a second engine for a workspace refuses while the first lives.
+
+Two claims, both dropped by the kernel when the process dies (a stale lock is simply taken
+over): an exclusive flock on `.lorabooth/engine.lock` (which also holds the pid), and, on
+Linux, a name in the abstract socket namespace derived from the workspace's path, which no
+file operation can remove: deleting `.lorabooth/` or the lock file while an engine runs does
+not let a second one start. The engine re-creates a deleted lock file (`keep`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
+import socket
+import sys
+import time
 from pathlib import Path
 
 from ..errors import LoraboothError
@@ -21,16 +31,66 @@ class EngineRunning(LoraboothError):
         super().__init__(f"an engine already runs for this workspace (pid {pid})")
 
 
+PROBE_GRACE = 1.0  # seconds a claim is retried: a status probe may hold it for a moment
+
+
+def claim_name(ws: Workspace) -> bytes:
+    digest = hashlib.sha256(str(ws.root).encode("utf-8", "surrogateescape")).hexdigest()
+    return b"\0lorabooth-engine-" + digest[:40].encode()
+
+
+def _bind(name: bytes) -> socket.socket | None:
+    """The abstract-namespace claim, or None where the platform has no such namespace.
+    Raises OSError(EADDRINUSE) while another process holds it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(name)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _retry(attempt, busy: tuple[int, ...]):
+    """`attempt()`, retried for PROBE_GRACE while it fails with one of `busy`."""
+    deadline = time.monotonic() + PROBE_GRACE
+    while True:
+        try:
+            return attempt()
+        except OSError as exc:
+            if exc.errno not in busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class EngineLock:
     def __init__(self, ws: Workspace):
+        self.ws = ws
         self.path = ws.state / LOCK_FILE
         self.fd: int | None = None
+        self.claim: socket.socket | None = None
 
     def acquire(self) -> None:
+        try:
+            self.claim = _retry(lambda: _bind(claim_name(self.ws)), (errno.EADDRINUSE,))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise EngineRunning(read_lock_pid(self.path)) from None
+            raise
+        try:
+            self._lock_file()
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock_file(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _retry(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB),
+                   (errno.EAGAIN, errno.EACCES))
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
@@ -41,12 +101,31 @@ class EngineLock:
         os.fsync(fd)
         self.fd = fd
 
+    def keep(self) -> None:
+        """Re-create the lock file if someone deleted it (or the whole `.lorabooth/`), so that
+        clients find the engine's pid again."""
+        if self.fd is None:
+            return
+        try:
+            same = os.stat(self.path).st_ino == os.fstat(self.fd).st_ino
+        except OSError:
+            same = False
+        if not same:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+            with contextlib.suppress(OSError, EngineRunning):
+                self._lock_file()
+
     def release(self) -> None:
         if self.fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
                 os.close(self.fd)
             self.fd = None
+        if self.claim is not None:
+            self.claim.close()
+            self.claim = None
 
 
 def read_lock_pid(path: Path) -> int | None:
@@ -57,17 +136,25 @@ def read_lock_pid(path: Path) -> int | None:
 
 
 def running_pid(ws: Workspace) -> int | None:
-    """The pid of the engine holding the workspace's lock, or None when none does."""
+    """The pid of the engine holding the workspace's lock, -1 when one runs whose pid file is
+    gone, or None when none runs."""
     path = ws.state / LOCK_FILE
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
+    with contextlib.suppress(FileNotFoundError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return read_lock_pid(path) or -1
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return read_lock_pid(path) or -1
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        probe = _bind(claim_name(ws))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return read_lock_pid(path) or -1
         return None
-    finally:
-        os.close(fd)
+    if probe is not None:
+        probe.close()
+    return None

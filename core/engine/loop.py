@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 import traceback
 
 from ..config import ConfigError
 from ..models.owner import ModelOwner
+from ..safetext import printable
 from ..store import ACTIVE, CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, Job, Store, StoreError
 from ..workspace import Workspace
 from .failures import explain_failure
@@ -61,6 +63,7 @@ class Engine:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal that started us may go
         self.store.set_engine(pid=os.getpid(), state="idle", job=None, started=time.time())
         self.event(f"engine started (pid {os.getpid()})")
+        threading.Thread(target=self.heartbeat, name="lorabooth-heartbeat", daemon=True).start()
         self.recover()
         self.watch_photos()
         last_beat = 0.0
@@ -90,6 +93,15 @@ class Engine:
             self.lock.release()
         return 0
 
+    def heartbeat(self) -> None:
+        """Say "alive" every HEARTBEAT seconds, whatever a job is doing, so that clients can
+        tell a busy engine from a frozen one; and keep the lock file in place."""
+        while not self.stopping:
+            with contextlib.suppress(StoreError):
+                self.store.set_engine()
+            self.lock.keep()
+            time.sleep(HEARTBEAT)
+
     # -- the photo folder -----------------------------------------------------------------
 
     def watch_photos(self) -> None:
@@ -113,7 +125,7 @@ class Engine:
         for verb, names in (("added", change.added), ("removed", change.removed),
                             ("changed", change.changed)):
             if names:
-                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more"
+                shown = ", ".join(printable(n) for n in names[:5]) + (f" and {len(names) - 5} more"
                                                 if len(names) > 5 else "")
                 parts.append(f"{len(names)} {verb}: {shown}")
         usable = len(change.scan.usable())

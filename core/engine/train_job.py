@@ -45,26 +45,33 @@ class TrainJob:
         self.engine.event(text, job=self.job.id)
 
 
-def total_steps(engine: Engine, job: Job, configured: int) -> Job:
-    """A continued run trains `steps` more from where the last one ended; the total is fixed
-    now (and stored) so that a resume after a crash aims at the same step."""
-    steps = int(job.params.get("steps") or configured)
-    if job.params.get("continue"):
-        from ..train.checkpoint import latest_checkpoint
+def settle_run(engine: Engine, job: Job, configured: int) -> Job:
+    """Fix, and store in the job, which run it trains and to which step, before the first step:
+    a resume after a crash then continues this run, aiming at the same total. A new job gets
+    a new run; a resume or a continue takes the run it names, else the latest; a continued run
+    trains `steps` more from where that run ended."""
+    from ..train.checkpoint import latest_run, list_checkpoints, new_run
 
-        last = latest_checkpoint(engine.ws.checkpoints)
-        steps += last.step if last else 0
-        job = replace(job, params={**job.params, "steps": steps, "continue": False})
-        engine.store.update_job(job.id, params=job.params)
-    engine.store.update_job(job.id, total=steps)
-    return replace(job, params={**job.params, "steps": steps})
+    params = dict(job.params)
+    steps = int(params.get("steps") or configured)
+    root = engine.ws.checkpoints
+    if not params.get("run"):
+        latest = latest_run(root) if params.get("resume") else None
+        params["run"] = (latest or new_run(root)).name
+    if params.get("continue"):
+        done = list_checkpoints(root / params["run"])
+        steps += done[-1].step if done else 0
+        params["continue"] = False
+    params["steps"] = steps
+    engine.store.update_job(job.id, params=params, total=steps)
+    return replace(job, params=params)
 
 
 def run(engine: Engine, job: Job) -> str:
     from ..train.trainer import Trainer  # torch is imported here, when a GPU job starts
 
     config = engine.ws.config()
-    job = total_steps(engine, job, config.train.steps)
+    job = settle_run(engine, job, config.train.steps)
     hooks = TrainJob(engine, job)
     trainer = Trainer(engine.ws, config, on_step=hooks.on_step, should_stop=hooks.should_stop,
                       log=hooks.log, on_sample=hooks.on_sample, owner=engine.model)
@@ -73,11 +80,13 @@ def run(engine: Engine, job: Job) -> str:
         trainer.prepare()
         if trainer.loaded_model:
             engine.model_loaded(trainer.source.spec, trainer.device)
-        result = trainer.run(steps=job.params["steps"], resume=bool(job.params.get("resume")))
+        result = trainer.run(steps=job.params["steps"], resume=bool(job.params.get("resume")),
+                             run=job.params["run"])
     finally:
         trainer.release()  # the model stays loaded, ready for the next job
     if result.stopped:
         return engine.ended(hooks.verdict)
     engine.store.add_output(job.id, result.lora_path, "lora", {"step": result.step})
-    engine.store.update_job(job.id, result={"lora": str(result.lora_path), "step": result.step})
+    engine.store.update_job(job.id, result={"lora": str(result.lora_path), "step": result.step,
+                                            "run": result.run})
     return DONE

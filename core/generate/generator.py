@@ -7,49 +7,17 @@ named adapter and `set_adapters` picks the ones a recipe uses.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from .. import __version__
 from ..models.resolve import ModelSource
-from ..train.checkpoint import list_checkpoints
-from ..workspace import LORA_FILE, Workspace
+from ..workspace import Workspace
 from .images import job_sheet, save_image
 from .recipe import LoraRef, Recipe, RecipeError
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def resolve_lora(ws: Workspace, ref: LoraRef) -> LoraRef:
-    """Find the file a LoRA name means: the workspace's own, a checkpoint, or a file."""
-    name = ref.name
-    if name in ("", "workspace"):
-        path = ws.lora_path
-    elif name.startswith("step-") or name.isdigit():
-        step = int(name.removeprefix("step-"))
-        found = {c.step: c.path for c in list_checkpoints(ws.checkpoints)}
-        if step not in found:
-            raise RecipeError(f"no checkpoint at step {step}")
-        path = found[step] / LORA_FILE
-    elif (ws.loras / name).is_file():
-        path = ws.loras / name
-    else:
-        path = Path(name).expanduser()
-    if not path.is_file():
-        hint = " (train first, or name another LoRA)" if name in ("", "workspace") else ""
-        raise RecipeError(f"LoRA {name or 'workspace'} not found: {path}{hint}")
-    return LoraRef(name or "workspace", ref.scale, str(path.resolve()), file_sha256(path))
 
 
 class Generator:
@@ -151,24 +119,19 @@ def _load_rgb(path: str) -> Image.Image:
         raise RecipeError(f"cannot read image {path}: {exc}") from None
 
 
-def complete_recipe(ws: Workspace, recipe: Recipe) -> Recipe:
-    """Fill in what the engine knows: the model and the LoRA files with their hashes."""
-    config = ws.config(check_photos=False)
-    loras = tuple(resolve_lora(ws, lora) for lora in recipe.loras)
-    return replace(recipe, model=recipe.model or config.model, loras=loras,
-                   version=__version__)
-
-
 def run_request(generator: Generator, ws: Workspace, request_recipes: list[Recipe],
                 job_id: int | None, on_image: Callable[[int, Path, Recipe], None],
                 on_denoise_step: Callable[[int, int], bool] | None = None,
-                training_step: int | None = None) -> list[Path]:
-    """Render and save every recipe of a request; a contact sheet when there are several."""
+                training_step: int | None = None, done: Sequence[Path] = ()) -> list[Path]:
+    """Render and save the recipes of a request after the `done` ones (saved by an earlier,
+    interrupted try); a contact sheet of them all when there are several."""
     folder = ws.outputs / "images"
-    paths = []
+    paths = list(done)
     # Saved inline: a writer thread overlapping the next render was slower on a small CPU
     # (it competes with torch's own threads), and on a GPU the save is noise next to a render.
     for index, recipe in enumerate(request_recipes):
+        if index < len(done):
+            continue
         if training_step is not None:
             recipe = replace(recipe, training_step=training_step)
         image = generator.render(recipe, on_denoise_step)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import unicodedata
 from dataclasses import asdict, dataclass
@@ -17,6 +18,9 @@ from typing import Any
 from ..errors import UsageError
 
 RECIPE_KEY = "lorabooth"  # the PNG text chunk that holds the recipe as JSON
+MAX_IMAGES = 1000  # the most images one request may make (matrix x scales x count)
+MAX_RENDER_STEPS = 200
+MAX_SEED = 2**63 - 1
 ALTERNATIVES = re.compile(r"\{([^{}]*\|[^{}]*)\}")
 
 
@@ -53,11 +57,18 @@ class Recipe:
         for name, value in (("width", self.width), ("height", self.height)):
             if value % 16 or not 64 <= value <= 4096:
                 problems.append(f"{name} {value} must be a multiple of 16 from 64 to 4096")
-        if self.steps < 1:
-            problems.append(f"steps {self.steps} must be at least 1")
+        if not 1 <= self.steps <= MAX_RENDER_STEPS:
+            problems.append(f"steps {self.steps} must be from 1 to {MAX_RENDER_STEPS}")
+        if not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"seed {self.seed} must be from 0 to {MAX_SEED}")
+        if not (math.isfinite(self.guidance) and 0 <= self.guidance <= 30):
+            problems.append(f"guidance {self.guidance} must be a number from 0 to 30")
+        for lora in self.loras:
+            if not (math.isfinite(lora.scale) and -4 <= lora.scale <= 4):
+                problems.append(f"LoRA {lora.name} scale {lora.scale} must be from -4 to 4")
         if self.mask and not self.init_image:
             problems.append("a mask needs an init image to paint into")
-        if not 0 < self.strength <= 1:
+        if not (math.isfinite(self.strength) and 0 < self.strength <= 1):
             problems.append(f"strength {self.strength} must be above 0 and at most 1")
         if problems:
             raise RecipeError("; ".join(problems))
@@ -66,11 +77,55 @@ class Recipe:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        known = {f for f in cls.__dataclass_fields__}
-        values = {k: v for k, v in data.items() if k in known}
-        values["loras"] = tuple(LoraRef(**lora) for lora in data.get("loras", ()))
-        return cls(**values)
+    def from_dict(cls, data: Any) -> Recipe:
+        """A recipe from JSON (a PNG's text chunk, a queued job): every field's type is
+        checked, so a forged or damaged recipe is a RecipeError, never a crash later."""
+        if not isinstance(data, dict):
+            raise RecipeError("a recipe must be a JSON object")
+        values = {}
+        for name, kinds in FIELD_TYPES.items():
+            if name not in data or name == "loras":
+                continue
+            value = data[name]
+            if name == "training_step" and value is None:
+                values[name] = None
+            elif isinstance(value, bool) or not isinstance(value, kinds):
+                raise RecipeError(f"recipe {name}: {value!r} is not {_KIND_WORDS[kinds]}")
+            else:
+                values[name] = float(value) if kinds == (int, float) else value
+        values["loras"] = tuple(_lora_from(item) for item in _list(data.get("loras", [])))
+        recipe = cls(**values)
+        recipe.check()
+        return recipe
+
+
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "prompt": (str,), "seed": (int,), "width": (int,), "height": (int,), "steps": (int,),
+    "guidance": (int, float), "model": (str,), "loras": (list,), "init_image": (str,),
+    "strength": (int, float), "mask": (str,), "version": (str,), "training_step": (int,),
+}
+_KIND_WORDS = {(str,): "text", (int,): "a whole number", (int, float): "a number",
+               (list,): "a list"}
+
+
+def _list(value: Any) -> list:
+    if not isinstance(value, list):
+        raise RecipeError("recipe loras: not a list")
+    return value
+
+
+def _lora_from(item: Any) -> LoraRef:
+    if not isinstance(item, dict) or not isinstance(item.get("name", ""), str) \
+            or isinstance(item.get("scale", 1.0), bool) \
+            or not isinstance(item.get("scale", 1.0), int | float):
+        raise RecipeError(f"recipe loras: {item!r} is not a LoRA (a name and a scale)")
+    return LoraRef(item.get("name", ""), float(item.get("scale", 1.0)),
+                   str(item.get("path", "")), str(item.get("sha256", "")))
+
+
+def matrix_size(prompt: str) -> int:
+    """How many prompts `expand_matrix` would make, without making them."""
+    return math.prod(len(group.split("|")) for group in ALTERNATIVES.findall(prompt))
 
 
 def expand_matrix(prompt: str) -> list[str]:
@@ -112,4 +167,8 @@ def read_recipe(png: Path) -> Recipe:
         raise RecipeError(f"{png}: cannot read it as an image ({exc})") from None
     if not text:
         raise RecipeError(f"{png} holds no lorabooth recipe")
-    return Recipe.from_dict(json.loads(text))
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise RecipeError(f"{png}: its recipe is not valid JSON") from None
+    return Recipe.from_dict(data)

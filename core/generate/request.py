@@ -13,15 +13,20 @@ Pure Python (no torch).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..config import Config, GenerateSettings
 from ..dataset.captions import substitute_trigger
 from ..models.families import generation_defaults
-from ..workspace import Workspace
-from .recipe import LoraRef, Recipe, RecipeError, expand_matrix
+from ..workspace import LORA_FILE, Workspace
+from .recipe import MAX_IMAGES, LoraRef, Recipe, RecipeError, expand_matrix, matrix_size
 
 
 @dataclass(frozen=True)
@@ -33,8 +38,19 @@ class Request:
     scales: tuple[float, ...] = ()  # a sweep of the first LoRA's scale
     params: dict[str, Any] = field(default_factory=dict)
 
+    def size(self) -> int:
+        return matrix_size(self.recipe.prompt) * max(1, len(self.scales)) * self.count
+
+    def check_size(self) -> None:
+        if self.size() > MAX_IMAGES:
+            raise RecipeError(
+                f"this request would make {self.size():,} images (prompt matrix "
+                f"{matrix_size(self.recipe.prompt):,} x scales {max(1, len(self.scales))} x "
+                f"count {self.count}); one request makes at most {MAX_IMAGES}")
+
     def expand(self) -> list[Recipe]:
         """Every image the request makes: prompt matrix x scale sweep x seeds."""
+        self.check_size()
         recipes = []
         scales = self.scales or (None,)
         for prompt in expand_matrix(self.recipe.prompt):
@@ -76,10 +92,22 @@ def request_to_params(request: Request) -> dict[str, Any]:
             "scales": list(request.scales), **request.params}
 
 
-def request_from_params(params: dict[str, Any]) -> Request:
+def request_from_params(params: Any) -> Request:
+    """A queued job's request, every value checked (a job row may come from anywhere)."""
+    if not isinstance(params, dict) or "recipe" not in params:
+        raise RecipeError("a generate job needs a recipe")
+    count, scales = params.get("count", 1), params.get("scales", [])
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_IMAGES:
+        raise RecipeError(f"count {count!r} must be a whole number from 1 to {MAX_IMAGES}")
+    if not isinstance(scales, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            and -4 <= v <= 4 for v in scales):
+        raise RecipeError(f"scales {scales!r} must be numbers from -4 to 4")
     extra = {k: v for k, v in params.items() if k not in ("recipe", "count", "scales")}
-    return Request(Recipe.from_dict(params["recipe"]), int(params.get("count", 1)),
-                   tuple(float(s) for s in params.get("scales", ())), extra)
+    request = Request(Recipe.from_dict(params["recipe"]), count,
+                      tuple(float(s) for s in scales), extra)
+    request.check_size()
+    return request
 
 
 @dataclass(frozen=True)
@@ -130,4 +158,48 @@ def build_request(ws: Workspace, config: Config, asked: Asked, *, training: bool
         g, config.model, text, asked.seed if asked.seed is not None else 0, loras,
         width=asked.width, height=asked.height, steps=asked.steps, guidance=asked.guidance,
         init_image=asked.init_image or None, strength=asked.strength, mask=asked.mask or None)
-    return Request(recipe, asked.count, asked.scales)
+    request = Request(recipe, asked.count, asked.scales)
+    request.check_size()
+    return request
+
+
+CHECKPOINT_NAME = re.compile(r"^(?:(run-\d{3,})/)?(?:step-)?(\d+)$")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_lora(ws: Workspace, ref: LoraRef) -> LoraRef:
+    """Find the file a LoRA name means: the workspace's own (`workspace`), a checkpoint
+    (`step-250`, `250` or `run-002/step-000250`), a file in .lorabooth/loras, or a path."""
+    from ..train.checkpoint import find_checkpoint
+
+    name = ref.name
+    if name in ("", "workspace"):
+        path = ws.lora_path
+    elif match := CHECKPOINT_NAME.match(name):
+        path = find_checkpoint(ws, int(match.group(2)), match.group(1)).path / LORA_FILE
+    elif name.startswith("step-"):
+        raise RecipeError(f"--lora {name}: a checkpoint is named step-N (N a number) or "
+                          "run-NNN/step-N")
+    elif (ws.loras / name).is_file():
+        path = ws.loras / name
+    else:
+        path = Path(name).expanduser()
+    if not path.is_file():
+        hint = " (train first, or name another LoRA)" if name in ("", "workspace") else ""
+        raise RecipeError(f"LoRA {name or 'workspace'} not found: {path}{hint}")
+    return LoraRef(name or "workspace", ref.scale, str(path.resolve()), file_sha256(path))
+
+
+def complete_recipe(ws: Workspace, recipe: Recipe) -> Recipe:
+    """Fill in what the workspace knows: the model and the LoRA files with their hashes."""
+    config = ws.config(check_photos=False)
+    loras = tuple(resolve_lora(ws, lora) for lora in recipe.loras)
+    return replace(recipe, model=recipe.model or config.model, loras=loras,
+                   version=__version__)

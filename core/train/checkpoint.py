@@ -1,4 +1,9 @@
-"""Resumable training checkpoints: one folder per step, written whole or not at all.
+"""Resumable training checkpoints: one folder per step, written whole or not at all, inside
+the folder of the run that wrote them.
+
+Runs have an identity: `checkpoints/run-001/step-000250`. A new run gets a new folder and
+never resumes from another run's checkpoints; a resume or a continue names its run. Old runs
+stay listed and promotable.
 
 A checkpoint folder holds the LoRA as a loadable file, and `state.pt` with everything a resume
 needs to continue the same run: float32 LoRA weights, optimizer and scheduler state, the RNG
@@ -19,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import LoraboothError, UsageError
 from ..fsutil import atomic_write_bytes, atomic_write_text, fsync_dir
 from ..workspace import LORA_FILE, Workspace
 
@@ -27,6 +32,7 @@ from ..workspace import LORA_FILE, Workspace
 # checkpoints is what the UI does, and the UI never imports torch.
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
+RUN_DIR = re.compile(r"^run-(\d{3,})$")
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 
@@ -35,6 +41,47 @@ META_FILE = "meta.json"
 class CheckpointInfo:
     path: Path
     step: int
+
+    @property
+    def run(self) -> str:
+        return self.path.parent.name
+
+    @property
+    def label(self) -> str:
+        """`run-002/step-000250`: how lists and `--lora` name it."""
+        return f"{self.run}/{self.path.name}"
+
+
+def runs(root: Path) -> list[Path]:
+    """The run folders under the workspace's checkpoints folder, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if RUN_DIR.match(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(RUN_DIR.match(p.name).group(1)))
+
+
+def new_run(root: Path) -> Path:
+    """A fresh, empty run folder (its number one above every run so far)."""
+    root.mkdir(parents=True, exist_ok=True)
+    number = int(RUN_DIR.match(runs(root)[-1].name).group(1)) + 1 if runs(root) else 1
+    while True:
+        path = root / f"run-{number:03d}"
+        try:
+            path.mkdir()  # exclusive: two runs started at once get two folders
+            fsync_dir(root)
+            return path
+        except FileExistsError:
+            number += 1
+
+
+def latest_run(root: Path) -> Path | None:
+    found = runs(root)
+    return found[-1] if found else None
+
+
+def all_checkpoints(root: Path) -> list[CheckpointInfo]:
+    """Every run's checkpoints: runs oldest first, steps in order within each."""
+    return [info for run in runs(root) for info in list_checkpoints(run)]
 
 
 def step_dir_name(step: int) -> str:
@@ -83,10 +130,25 @@ def write_checkpoint(root: Path, step: int, state: dict, files: dict[str, bytes]
     return CheckpointInfo(final, step)
 
 
+class CheckpointUnreadable(LoraboothError):
+    """A checkpoint that cannot (or must not) be loaded: damaged, or not plain data."""
+
+
 def read_state(info: CheckpointInfo) -> dict:
+    """The saved state, loaded as plain tensors and numbers: weights_only refuses any pickle
+    that would construct other objects or run code."""
+    import pickle
+
     import torch
 
-    return torch.load(info.path / STATE_FILE, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(info.path / STATE_FILE, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointUnreadable(f"{info.label} cannot be loaded safely: {first}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointUnreadable(f"{info.label} is not a lorabooth checkpoint")
+    return state
 
 
 def prune(root: Path, keep: int) -> None:
@@ -98,14 +160,23 @@ def prune(root: Path, keep: int) -> None:
             shutil.rmtree(entry)
 
 
-def promote(ws: Workspace, step: int) -> Path:
-    """Make the LoRA of checkpoint `step` the workspace's LoRA."""
-    found = {c.step: c for c in list_checkpoints(ws.checkpoints)}
-    if step not in found:
-        steps = ", ".join(map(str, sorted(found))) or "none"
-        raise UsageError(f"no checkpoint at step {step}; there are: {steps}")
+def find_checkpoint(ws: Workspace, step: int, run: str | None = None) -> CheckpointInfo:
+    """The checkpoint at `step` of `run`, or of the newest run that has that step."""
+    found = [c for c in all_checkpoints(ws.checkpoints) if run is None or c.run == run]
+    match = [c for c in found if c.step == step]
+    if not match:
+        where = f" in {run}" if run else ""
+        there = ", ".join(c.label for c in found[-8:]) or "none"
+        raise UsageError(f"no checkpoint at step {step}{where}; there are: {there}")
+    return match[-1]
+
+
+def promote(ws: Workspace, step: int, run: str | None = None) -> Path:
+    """Make the LoRA of checkpoint `step` (of `run`, default the newest run with that step)
+    the workspace's LoRA."""
+    info = find_checkpoint(ws, step, run)
     target = ws.lora_path
-    atomic_write_bytes(target, (found[step].path / LORA_FILE).read_bytes())
+    atomic_write_bytes(target, (info.path / LORA_FILE).read_bytes())
     comfyui_copy(target)
     return target
 

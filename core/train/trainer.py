@@ -8,6 +8,7 @@ that resume to the same loss curve, a stop that checkpoints first, and samples a
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,11 +23,15 @@ from ..models.load import default_device, default_dtype, transformer_params
 from ..models.owner import ModelOwner
 from ..models.resolve import ModelSource, resolve_model
 from ..workspace import LORA_FILE, Workspace
-from . import flow
+from . import TrainingError, flow
 from .checkpoint import (
+    RUN_DIR,
     CheckpointInfo,
+    CheckpointUnreadable,
     comfyui_copy,
-    latest_checkpoint,
+    latest_run,
+    list_checkpoints,
+    new_run,
     prune,
     read_state,
     write_checkpoint,
@@ -66,6 +71,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     stopped: bool = False
     encode: EncodeStats = field(default_factory=EncodeStats)
+    run: str = ""
 
 
 class Trainer:
@@ -234,6 +240,13 @@ class Trainer:
             images += len(indices)
         limit = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, limit))
+        if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
+            # Stop before the optimizer step writes NaN into the LoRA: the checkpoints on
+            # disk stay good.
+            raise TrainingError(
+                f"the loss became {total_loss} (gradient norm {grad_norm}) at step "
+                f"{self.step + 1}: training stopped and the last good checkpoint is kept; "
+                "lower train.learning_rate, then resume")
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -289,10 +302,9 @@ class Trainer:
             "fingerprint": dataset_fingerprint(self.examples),
             "ema": self.ema,
         }
-        info = write_checkpoint(self.ws.checkpoints, self.step, state,
-                                {LORA_FILE: self.lora_bytes()},
+        info = write_checkpoint(self.run_dir, self.step, state, {LORA_FILE: self.lora_bytes()},
                                 {"step": self.step, "loss": loss, "time": time.time()})
-        prune(self.ws.checkpoints, self.config.train.keep_checkpoints)
+        prune(self.run_dir, self.config.train.keep_checkpoints)
         self.team.wait()
         return info
 
@@ -313,7 +325,37 @@ class Trainer:
         if self.ema is not None and state.get("ema") is not None:
             self.ema = [average.clone() for average in state["ema"]]
         self.step = state["step"]
-        self.log(f"resumed from {info.path.name}")
+        self.log(f"resumed from {info.path.name} of {info.run}")
+
+    def resume_latest_good(self) -> None:
+        """Resume from this run's newest checkpoint that loads; a damaged one is said and
+        passed over for the one before it."""
+        for info in reversed(list_checkpoints(self.run_dir)):
+            try:
+                self.resume_from(info)
+                return
+            except CheckpointUnreadable as exc:
+                self.log(f"{exc}; trying the checkpoint before it")
+        self.log(f"{self.run_dir.name} has no checkpoint to resume from: starting it afresh")
+
+    def choose_run(self, resume: bool, run: str | None) -> Path:
+        """The run folder this training writes to: the named run, else the latest run on a
+        resume, else a new one. Several processes agree on it (the first one decides)."""
+        root = self.ws.checkpoints
+        if run is not None:
+            if not RUN_DIR.match(run):
+                raise TrainingError(f"{run!r} is not a run name (run-001, run-002, ...)")
+            chosen = root / run
+            chosen.mkdir(parents=True, exist_ok=True)
+            return chosen
+        if resume and (latest := latest_run(root)) is not None:
+            return latest
+        if self.team.main:
+            chosen = new_run(root)
+            self.team.wait()
+            return chosen
+        self.team.wait()
+        return latest_run(root)
 
     def release(self) -> None:
         """Give the pipeline back to its owner, ready for generation."""
@@ -342,14 +384,19 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------
 
-    def run(self, steps: int | None = None, resume: bool = False) -> TrainResult:
-        """Train up to `steps` (default: the config's) steps in all, checkpointing as it goes."""
+    def run(self, steps: int | None = None, resume: bool = False,
+            run: str | None = None) -> TrainResult:
+        """Train up to `steps` (default: the config's) steps in all, checkpointing as it goes.
+        `resume` continues `run` (default: the latest run); otherwise a new run starts (in
+        the folder `run` names, when the engine chose it beforehand)."""
         if self.pipe is None:
             self.prepare()
         total = self.total = steps or self.config.train.steps
-        if resume and (info := latest_checkpoint(self.ws.checkpoints)) is not None:
-            self.resume_from(info)
-        result = TrainResult(self.step, self.ws.lora_path, encode=self.encoder.stats)
+        self.run_dir = self.choose_run(resume, run)
+        if resume:
+            self.resume_latest_good()
+        result = TrainResult(self.step, self.ws.lora_path, encode=self.encoder.stats,
+                             run=self.run_dir.name)
         every = self.config.train.checkpoint_every
         loss = None
         while self.step < total:

@@ -17,7 +17,7 @@ from support import make_demo_workspace, run_cli, wait_until
 
 from lorabooth.core.engine import running_pid
 from lorabooth.core.store import Store
-from lorabooth.core.train.checkpoint import latest_checkpoint, read_state
+from lorabooth.core.train.checkpoint import all_checkpoints, latest_checkpoint, read_state
 from lorabooth.core.workspace import Workspace, init_workspace
 
 
@@ -55,7 +55,7 @@ def test_kill_9_mid_training_resumes_from_the_checkpoint(engines, demo_workspace
     pid = running_pid(ws)
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: running_pid(ws) is None, timeout=10)
-    checkpoint = latest_checkpoint(ws.checkpoints)
+    checkpoint = all_checkpoints(ws.checkpoints)[-1]
     assert checkpoint is not None and checkpoint.step >= 50
     assert store.job(1).state == "running"  # as the dead engine left it
 
@@ -153,7 +153,7 @@ def test_sigterm_checkpoints_and_requeues(engines, demo_workspace):
     assert result.returncode == 0
     job = store.job(1)
     assert job.state == "queued" and job.params["resume"] is True
-    checkpoint = latest_checkpoint(ws.checkpoints)
+    checkpoint = all_checkpoints(ws.checkpoints)[-1]
     assert checkpoint is not None and checkpoint.step == job.step  # the stop wrote it
 
 
@@ -250,8 +250,8 @@ def test_after_training_the_warm_model_generates_like_a_fresh_one(demo_workspace
     freshly loaded with the trained LoRA file."""
     import numpy as np
 
-    from lorabooth.core.generate.generator import complete_recipe
     from lorabooth.core.generate.recipe import LoraRef, Recipe
+    from lorabooth.core.generate.request import complete_recipe
     from lorabooth.core.models.owner import ModelOwner
     from lorabooth.core.models.resolve import resolve_model
     from lorabooth.core.train.trainer import Trainer

@@ -32,6 +32,7 @@ def test_two_processes_train_one_lora(tmp_path: Path, photos: Path, demo_model):
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("done: step 20") == 1  # one report, from the first process
-    assert sorted(p.name for p in ws.checkpoints.iterdir()) == ["step-000010", "step-000020"]
+    assert sorted(p.name for p in (ws.checkpoints / "run-001").iterdir()) == ["step-000010",
+                                                                         "step-000020"]
     lora = load_file(ws.loras / "pytorch_lora_weights.safetensors")
     assert lora and all(np.isfinite(v.float().numpy()).all() for v in lora.values())

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from lorabooth.core.train.lora import read_metadata
 from lorabooth.core.train.trainer import Trainer
+from lorabooth.core.workspace import LORA_FILE
 
 
 def test_loss_falls_clearly(demo_workspace):
@@ -67,7 +68,7 @@ def test_stop_and_resume_reaches_the_same_weights(demo_workspace):
                     should_stop=lambda: stop_at["step"] >= 25)
     partial = first.run(steps=40)
     assert partial.stopped and partial.step == 25
-    assert (split.checkpoints / "step-000025").is_dir()  # the stop wrote a checkpoint
+    assert (split.checkpoints / "run-001" / "step-000025").is_dir()  # the stop saved one
     resumed = Trainer(split, device="cpu").run(steps=40, resume=True)
     assert resumed.step == 40
     assert np.allclose(full.losses[25:], resumed.losses, rtol=1e-4, atol=1e-6)
@@ -97,7 +98,8 @@ def test_train_command_writes_the_lora(demo_workspace):
     assert result.returncode == 0, result.stderr
     assert "step 20/20" in result.stdout
     assert (ws.loras / "pytorch_lora_weights.safetensors").is_file()
-    assert sorted(p.name for p in ws.checkpoints.iterdir()) == ["step-000010", "step-000020"]
+    assert sorted(p.name for p in (ws.checkpoints / "run-001").iterdir()) == ["step-000010",
+                                                                         "step-000020"]
 
 
 @pytest.mark.parametrize("kind", ["sigmoid", "shift", "uniform", "logit_normal"])
@@ -138,7 +140,7 @@ def test_samples_and_contact_sheet_leave_training_untouched(demo_workspace):
     assert len(list((ws.outputs / "samples" / "step-000010").glob("*.png"))) == 3
     promoted = promote(ws, 10)
     assert promoted.read_bytes() == \
-        (ws.checkpoints / "step-000010" / "pytorch_lora_weights.safetensors").read_bytes()
+        (ws.checkpoints / "run-001" / "step-000010" / LORA_FILE).read_bytes()
 
 
 def test_comfyui_copy_carries_alpha_and_loads_at_the_same_strength(demo_model, demo_workspace):

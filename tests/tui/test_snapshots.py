@@ -26,14 +26,14 @@ def fixed_workspace(root: Path) -> Path:
     shutil.copytree(SAMPLES, photos, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     ws = init_workspace(root / "studio", photos, model="demo", trigger="zorb")
     store = Store(ws.db_path)
-    train = store.add_job("train", {"steps": 300}, total=300)
+    train = store.add_job("train", {"steps": 300, "run": "run-001"}, total=300)
     for step in range(1, 301):
         loss = 0.6 + 0.5 * math.exp(-step / 80) + 0.05 * math.sin(step * 1.7)
         store.add_metric(train, step, loss=loss, lr=1e-4, grad_norm=1.0, seconds=0.5,
                          images_per_s=2.0, memory_gb=None)
     store.update_job(train, state="done", step=300)
     for step in (100, 200, 300):
-        folder = ws.checkpoints / f"step-{step:06d}"
+        folder = ws.checkpoints / "run-001" / f"step-{step:06d}"
         folder.mkdir(parents=True)
         (folder / "state.pt").write_bytes(b"")
         (folder / "meta.json").write_text(json.dumps({"step": step, "loss": 0.6 + 1 / step}))

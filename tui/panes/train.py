@@ -14,8 +14,8 @@ from textual.widgets import DataTable, Input, Label, Static
 
 from lorabooth.core.config import ConfigError
 from lorabooth.core.safetext import plain
-from lorabooth.core.store import ACTIVE, LIVE, Job, Metric
-from lorabooth.core.train.checkpoint import list_checkpoints
+from lorabooth.core.store import ACTIVE, CANCELLED, LIVE, Job, Metric
+from lorabooth.core.train.checkpoint import all_checkpoints
 from lorabooth.core.workspace import Workspace
 
 from ..messages import Done, EngineWanted, Notice, PaneReady, PaneUpdate, Write
@@ -175,13 +175,13 @@ class TrainPane(Vertical):
         table.clear()
         import json
 
-        for info in reversed(list_checkpoints(self.ws.checkpoints)):
+        for info in reversed(all_checkpoints(self.ws.checkpoints)):
             try:
                 loss = json.loads((info.path / "meta.json").read_text()).get("loss")
             except (OSError, ValueError):
                 loss = None
-            table.add_row(info.path.name, f"{loss:.4f}" if loss is not None else "-",
-                          key=str(info.step))
+            table.add_row(info.label, f"{loss:.4f}" if loss is not None else "-",
+                          key=info.label)
 
     # -- actions --------------------------------------------------------------------------
 
@@ -190,8 +190,10 @@ class TrainPane(Vertical):
             self.notify("training is already queued or running", markup=False)
             return
         steps = self.query_one("#field-steps", Input).value
-        resume = bool(list_checkpoints(self.ws.checkpoints))
-        params: dict = {"resume": resume}
+        params: dict = {"resume": False}  # a new run, with checkpoints of its own
+        if self.job is not None and self.job.state == CANCELLED and self.job.params.get("run"):
+            # The last run was stopped before its end: start carries it on.
+            params = {"resume": True, "run": self.job.params["run"]}
         if steps.isdigit():
             params["steps"] = int(steps)
         self.post_message(Write(AddJob("train", params, total=params.get("steps", 0),
@@ -241,5 +243,6 @@ class TrainPane(Vertical):
         table = self.query_one("#checkpoints", DataTable)
         if table.row_count == 0:
             return
-        step = int(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
-        self.post_message(Write(Promote(step), self))
+        label = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        run, _, step = label.partition("/step-")
+        self.post_message(Write(Promote(int(step), run), self))
