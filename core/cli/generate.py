@@ -22,6 +22,7 @@ from ..generate.request import (
     complete_recipe,
     request_to_params,
 )
+from ..models.resolve import resolve_model
 from ..safetext import plain
 from ..store import ACTIVE, DONE, Store
 from ..workspace import Workspace, require_workspace
@@ -145,7 +146,6 @@ def run_generate(args: argparse.Namespace) -> int:
 def _generate_here(ws: Workspace, request: Request) -> list[Path]:
     from ..generate.generator import run_request
     from ..models.owner import ModelOwner
-    from ..models.resolve import resolve_model
 
     base = complete_recipe(ws, request.recipe)
     recipes = replace(request, recipe=base).expand()
@@ -164,7 +164,10 @@ def run_queue_add(args: argparse.Namespace) -> int:
     if not args.rest:
         raise UsageError("queue add needs a prompt")
     request = request_for(ws, " ".join(args.rest), args)
-    complete_recipe(ws, request.recipe)  # a LoRA that is not there is said now, not later
+    # What would only fail later is said now: a LoRA or model weights that are not there.
+    complete_recipe(ws, request.recipe)
+    resolve_model(request.recipe.model or ws.config(check_photos=False).model,
+                  build_demo=False)
     job_id = Store(ws.db_path).add_job("generate", request_to_params(request),
                                        total=len(request.expand()))
     pid, _ = start_detached(ws)

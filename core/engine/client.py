@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LoraboothError
-from ..store import FINISHED, LIVE, Job, Store
+from ..store import FINISHED, LIVE, Job, Store, StoreError
 from ..workspace import Workspace
 from .lock import running_pid
 
@@ -28,37 +28,67 @@ def _rotate_log(path: Path) -> None:
 
 
 def start_detached(ws: Workspace, wait: float = 20.0) -> tuple[int, bool]:
-    """Start the engine in its own session. Returns (pid, started_now)."""
-    pid = running_pid(ws)
+    """Start the engine in its own session and wait until it has reported in through the
+    store. Returns (pid, started_now); an engine that runs already is (its pid, False)."""
+    pid = _known_pid(ws, 2.0)
     if pid:
         return pid, False
     ws.state.mkdir(parents=True, exist_ok=True)
     log = ws.state / LOG_FILE
     _rotate_log(log)
+    started = time.time()
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "lorabooth.core.engine", str(ws.root)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
             close_fds=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + wait
+    stores: list[Store] = []  # opened once, when the engine has made the database
     while time.monotonic() < deadline:
         pid = running_pid(ws)
-        if pid and pid != proc.pid:
+        if pid and pid > 0 and pid != proc.pid:
             # Another start won the lock: ours exits as soon as it finds the lock taken (it
             # takes the lock before any heavy import); wait for that, so no second engine
             # process outlives this call.
             _reap(proc)
             return pid, False
-        if pid:
+        if pid == proc.pid and _reported_in(ws, pid, started, stores):
             return pid, True
         if proc.poll() is not None:
-            pid = running_pid(ws)
+            pid = _known_pid(ws, 2.0)
             if pid:  # lost a race with another start: that engine runs
                 return pid, False
             raise EngineStartFailed(f"the engine exited at once (code {proc.returncode}); "
                                     f"see {log}")
         time.sleep(0.02)
+    if running_pid(ws) == proc.pid:
+        raise EngineStartFailed(
+            f"the engine (pid {proc.pid}) started but could not write to its database "
+            f"within {wait:.0f} s (is another program holding {ws.db_path.name} locked?); "
+            f"see {log}")
     raise EngineStartFailed(f"the engine did not start within {wait:.0f} s; see {log}")
+
+
+def _known_pid(ws: Workspace, wait: float) -> int | None:
+    """The running engine's pid; when one runs whose pid file is not written yet (it is
+    starting), wait a moment for it."""
+    deadline = time.monotonic() + wait
+    pid = running_pid(ws)
+    while pid == -1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        pid = running_pid(ws)
+    return pid
+
+
+def _reported_in(ws: Workspace, pid: int, since: float, stores: list[Store]) -> bool:
+    """The engine's own row says it runs: it could open and write the store."""
+    try:
+        if not stores:
+            stores.append(Store(ws.db_path, retry_for=1.0))
+        row = stores[0].engine()
+    except StoreError:
+        return False
+    return row is not None and row.pid == pid and row.heartbeat >= since - 1.0
 
 
 def _reap(proc: subprocess.Popen, wait: float = 10.0) -> None:

@@ -322,3 +322,27 @@ def test_a_photo_folder_that_loops_is_a_config_error(demo_workspace, tmp_path):
     set_config_value(ws.root, "photos", str(loop))
     result = run_cli("train", str(ws.root), "--steps", "1")
     assert result.returncode == 2 and "cannot be followed" in result.stderr
+
+
+def test_engine_start_fails_truthfully_while_the_database_is_locked(demo_workspace, engines):
+    import sqlite3
+
+    ws = demo_workspace()
+    engines.append(ws)
+    Store(ws.db_path).close()
+    holder = sqlite3.connect(ws.db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another program holds the write lock
+    try:
+        with pytest.raises(client.EngineStartFailed, match="could not write to its database"):
+            client.start_detached(ws, wait=3.0)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_queue_add_refuses_a_model_that_is_not_here(demo_workspace):
+    ws = demo_workspace()
+    set_config_value(ws.root, "model", "/nowhere/flux")
+    result = run_cli("queue", str(ws.root), "add", "zorb")
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    assert Store(ws.db_path).jobs() == []
