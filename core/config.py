@@ -23,7 +23,7 @@ from .fsutil import atomic_write_text
 CONFIG_NAME = "lorabooth.toml"
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
-TIMESTEP_SAMPLING = ("sigmoid", "shift", "uniform", "logit_normal")
+TIMESTEP_SAMPLING = ("sigmoid", "logit_normal", "uniform", "shift", "flux_shift")
 LR_SCHEDULES = ("constant", "cosine")
 TARGETS = ("attention", "all-linear")
 MEMORY_MODES = ("auto", "bf16", "nf4", "fp32")
@@ -60,13 +60,21 @@ class TrainSettings:
     learning_rate: float = _opt("Peak learning rate.", default=1e-4, min=1e-7, max=1e-1)
     steps: int = _opt("Training steps in all.", default=1500, min=1, max=1_000_000)
     batch_size: int = _opt("Images per step.", default=1, min=1, max=64)
-    optimizer: str = _opt("Optimizer: " + " | ".join(OPTIMIZERS) + ".",
+    optimizer: str = _opt("Optimizer: " + " | ".join(OPTIMIZERS) + " (prodigy sets its own "
+                          "step size: learning_rate is not used with it).",
                           default="adamw", choices=OPTIMIZERS)
     seed: int = _opt("Random seed: the same seed and data give the same LoRA.",
                      default=42, min=0, max=2**32 - 1)
-    timestep_sampling: str = _opt("How training noise levels are drawn: "
-                                  + " | ".join(TIMESTEP_SAMPLING) + ".",
-                                  default="sigmoid", choices=TIMESTEP_SAMPLING)
+    timestep_sampling: str = _opt(
+        "How training noise levels are drawn: sigmoid (of a standard normal; ai-toolkit, "
+        "SimpleTuner) | logit_normal (the same with logit_mean / logit_std) | uniform | "
+        "shift (kohya's: sigmoid, then a fixed shift of 3.1582) | flux_shift (kohya's: "
+        "sigmoid, then Flux's resolution-dependent shift).",
+        default="sigmoid", choices=TIMESTEP_SAMPLING)
+    logit_mean: float = _opt("Mean of the normal behind logit_normal sampling.",
+                             default=0.0, min=-5, max=5)
+    logit_std: float = _opt("Spread of the normal behind logit_normal sampling.",
+                            default=1.0, min=0.01, max=5)
     lr_schedule: str = _opt("Learning-rate schedule after warm-up: " + " | ".join(LR_SCHEDULES)
                             + ".", default="constant", choices=LR_SCHEDULES)
     warmup_steps: int = _opt("Steps of linear learning-rate warm-up.", default=0, min=0,

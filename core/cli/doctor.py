@@ -75,7 +75,7 @@ def check_torch() -> list[Check]:
         rows.append(Check("gpu", f"GPU {index}", OK, f"{props.name}, {total / 2**30:.1f} GiB "
                                                       f"({free / 2**30:.1f} GiB free), "
                                                       f"sm_{props.major}{props.minor}"))
-    bf16 = torch.cuda.is_bf16_supported()
+    bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
     rows.append(Check("gpu", "bf16", OK if bf16 else WARN, "supported" if bf16 else "no",
                       "" if bf16 else "this GPU trains in float16, with loss scaling"))
     return rows

@@ -88,7 +88,8 @@ def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPUs that support it, fp32 elsewhere (CPU bf16 matmuls are slow and lossy)."""
     import torch
 
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    # Emulated bf16 (T4, V100, Turing) is slow: those cards get float16 with loss scaling.
+    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
     if device.type == "cuda":
         return torch.float16

@@ -12,6 +12,7 @@ import torch
 
 # Flux-dev's scheduler: the shift grows from 0.5 at 256 image tokens to 1.15 at 4096.
 BASE_SHIFT, MAX_SHIFT, BASE_SEQ, MAX_SEQ = 0.5, 1.15, 256, 4096
+KOHYA_SHIFT = 3.1582  # kohya's discrete_flow_shift default for "shift"
 
 
 def resolution_shift(image_tokens: int) -> float:
@@ -28,20 +29,24 @@ def sample_sigmas(kind: str, batch: int, generator: torch.Generator, image_token
       SimpleTuner default);
     - logit_normal: the same with a chosen mean and spread (SD3 paper);
     - uniform: every level alike;
-    - shift: uniform, then shifted towards noise by the resolution's mu (kohya's
-      "shift", Flux's own inference schedule).
+    - shift: kohya's `shift`: sigmoid, then a fixed shift towards noise (3.1582);
+    - flux_shift: kohya's `flux_shift`: sigmoid, then the resolution's mu, as Flux samples.
     """
-    if kind == "sigmoid":
-        return torch.sigmoid(torch.randn(batch, generator=generator))
-    if kind == "logit_normal":
-        return torch.sigmoid(logit_mean + logit_std * torch.randn(batch, generator=generator))
-    u = torch.rand(batch, generator=generator).clamp(1e-5, 1 - 1e-5)
     if kind == "uniform":
-        return u
+        return torch.rand(batch, generator=generator).clamp(1e-5, 1 - 1e-5)
+    if kind not in ("sigmoid", "logit_normal", "shift", "flux_shift"):
+        raise ValueError(f"unknown timestep sampling {kind!r}")
+    if kind == "logit_normal":
+        normal = logit_mean + logit_std * torch.randn(batch, generator=generator)
+    else:
+        normal = torch.randn(batch, generator=generator)
+    sigmas = torch.sigmoid(normal)
     if kind == "shift":
+        return (sigmas * KOHYA_SHIFT) / (1 + (KOHYA_SHIFT - 1) * sigmas)
+    if kind == "flux_shift":
         mu = math.exp(resolution_shift(image_tokens))
-        return mu / (mu + (1 / u - 1))
-    raise ValueError(f"unknown timestep sampling {kind!r}")
+        return mu / (mu + (1 / sigmas - 1))
+    return sigmas
 
 
 def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,13 @@ import torch
 
 from . import TrainingError
 
+PRODIGY_LR = 1.0  # Prodigy finds its own step size; lr scales it, and 1.0 is its default
 
-def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float):
+
+def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,
+                   log: Callable[[str], None] = lambda text: None):
+    """The optimizer `name` over `params`; Prodigy ignores train.learning_rate (it wants
+    ~1.0, far above any AdamW rate) and says so."""
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
     if name == "adafactor":
@@ -31,7 +36,9 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float):
         except ImportError:
             raise TrainingError("optimizer prodigy needs prodigyopt: pip install prodigyopt") \
                 from None
-        return Prodigy(params, lr=lr, weight_decay=1e-4, safeguard_warmup=True)
+        log(f"prodigy picks its own step size: lr {PRODIGY_LR:g} (train.learning_rate is "
+            "for the other optimizers)")
+        return Prodigy(params, lr=PRODIGY_LR, weight_decay=1e-4, safeguard_warmup=True)
     raise TrainingError(f"unknown optimizer {name!r}")
 
 

@@ -8,6 +8,7 @@ that resume to the same loss curve, a stop that checkpoints first, and samples a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from .checkpoint import (
 )
 from .data import BatchOrder, Example, collect_examples, dataset_fingerprint
 from .distributed import Team
+from .ema import Ema
 from .encode import Encoder, EncodeStats
 from .lora import (
     CLIP_TARGETS,
@@ -109,7 +111,7 @@ class Trainer:
         bf16 = True
         if self.device.type == "cuda":
             free = torch.cuda.mem_get_info(self.device)[0] / 2**30
-            bf16 = torch.cuda.is_bf16_supported()
+            bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         try:
             import bitsandbytes  # noqa: F401
             have_bnb = True
@@ -151,10 +153,11 @@ class Trainer:
         self.model = self.team.wrap(transformer)  # DDP under `accelerate launch`
         self.params = [p for module in self.components.values()
                        for p in module.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(t.optimizer, self.params, t.learning_rate)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(t.warmup_steps, t.steps, t.lr_schedule))
-        self.ema = [p.detach().float().clone() for p in self.params] if t.ema_decay else None
+        self.optimizer = make_optimizer(t.optimizer, self.params, t.learning_rate, self.log)
+        self.ema = Ema(self.params, t.ema_decay) if t.ema_decay else None
+        # float16 (GPUs without native bf16) needs loss scaling; elsewhere this is a no-op.
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.dtype == torch.float16)
         self.order = BatchOrder(self.examples, t.batch_size, t.seed)
         # Each process draws its own noise; a single process draws exactly as before.
         self.generator = torch.Generator().manual_seed(t.seed + self.team.rank)
@@ -203,7 +206,8 @@ class Trainer:
         x0, embeds, pooled = self._batch(indices)
         b, _, h, w = x0.shape
         tokens = (h // 2) * (w // 2)
-        sigmas = flow.sample_sigmas(t.timestep_sampling, b, self.generator, tokens)
+        sigmas = flow.sample_sigmas(t.timestep_sampling, b, self.generator, tokens,
+                                    t.logit_mean, t.logit_std)
         noise = torch.randn(x0.shape, generator=self.generator)
         dev, dt = self.device, self.dtype
         x0, noise = x0.to(dev), noise.to(dev)
@@ -235,12 +239,15 @@ class Trainer:
             number = (self.step * t.grad_accum + micro) * self.team.world + self.team.rank
             indices = self.order[number]
             loss = self.loss_on(indices) / t.grad_accum
-            loss.backward()
+            self.scaler.scale(loss).backward()
             total_loss += float(loss.detach())
             images += len(indices)
+        self.scaler.unscale_(self.optimizer)
         limit = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, limit))
-        if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
+        # With loss scaling an inf gradient is routine: the scaler skips that step.
+        grads_bad = not math.isfinite(grad_norm) and not self.scaler.is_enabled()
+        if not math.isfinite(total_loss) or grads_bad:
             # Stop before the optimizer step writes NaN into the LoRA: the checkpoints on
             # disk stay good.
             raise TrainingError(
@@ -248,12 +255,11 @@ class Trainer:
                 f"{self.step + 1}: training stopped and the last good checkpoint is kept; "
                 "lower train.learning_rate, then resume")
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         if self.ema is not None:
-            with torch.no_grad():
-                for average, param in zip(self.ema, self.params, strict=True):
-                    average.lerp_(param.detach().float(), 1 - t.ema_decay)
+            self.ema.update(self.params, self.step)
         self.step += 1
         total_loss = self.team.mean(total_loss)
         images *= self.team.world
@@ -272,20 +278,15 @@ class Trainer:
                 "resolution": ",".join(map(str, t.resolution)),
                 "dataset": dataset_fingerprint(self.examples), "version": __version__}
 
+    def saved_weights(self) -> contextlib.AbstractContextManager:
+        """The weights the LoRA file holds, in place while the block runs: the averaged ones
+        with EMA on (samples show what gets saved), else the live ones."""
+        return self.ema.swapped_in(self.params) if self.ema else contextlib.nullcontext()
+
     def lora_bytes(self) -> bytes:
         """The LoRA file's bytes; with EMA on, of the averaged weights."""
-        if self.ema is None:
+        with self.saved_weights():
             return lora_file_bytes(self.components, self.adapters, self._info(), self.dtype)
-        live = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for param, average in zip(self.params, self.ema, strict=True):
-                param.copy_(average)
-            try:
-                return lora_file_bytes(self.components, self.adapters, self._info(),
-                                       self.dtype)
-            finally:
-                for param, saved in zip(self.params, live, strict=True):
-                    param.copy_(saved)
 
     def save_checkpoint(self, loss: float | None = None) -> CheckpointInfo | None:
         if not self.team.main:  # the weights are the same everywhere; one process writes
@@ -300,7 +301,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "fingerprint": dataset_fingerprint(self.examples),
-            "ema": self.ema,
+            "ema": self.ema.averages if self.ema else None,
+            "scaler": self.scaler.state_dict(),
         }
         info = write_checkpoint(self.run_dir, self.step, state, {LORA_FILE: self.lora_bytes()},
                                 {"step": self.step, "loss": loss, "time": time.time()})
@@ -323,7 +325,9 @@ class Trainer:
         if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         if self.ema is not None and state.get("ema") is not None:
-            self.ema = [average.clone() for average in state["ema"]]
+            self.ema.load(state["ema"], self.params)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
         self.log(f"resumed from {info.path.name} of {info.run}")
 
@@ -392,6 +396,11 @@ class Trainer:
         if self.pipe is None:
             self.prepare()
         total = self.total = steps or self.config.train.steps
+        t = self.config.train
+        # Built from this run's total (a continued run or --steps beyond the config included),
+        # before a resume loads its state.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(t.warmup_steps, total, t.lr_schedule))
         self.run_dir = self.choose_run(resume, run)
         if resume:
             self.resume_latest_good()

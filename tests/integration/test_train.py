@@ -102,25 +102,6 @@ def test_train_command_writes_the_lora(demo_workspace):
                                                                          "step-000020"]
 
 
-@pytest.mark.parametrize("kind", ["sigmoid", "shift", "uniform", "logit_normal"])
-def test_timestep_samplers_stay_inside_the_unit_interval(kind: str):
-    from lorabooth.core.train.flow import sample_sigmas
-
-    sigmas = sample_sigmas(kind, 4096, torch.Generator().manual_seed(0), image_tokens=1024)
-    assert 0 < float(sigmas.min()) and float(sigmas.max()) < 1
-    if kind == "shift":  # shifted towards noise at this resolution
-        assert float(sigmas.mean()) > 0.55
-
-
-def test_pack_unpack_round_trip():
-    from lorabooth.core.train.flow import pack, unpack
-
-    x = torch.randn(2, 16, 8, 12)
-    tokens = pack(x)
-    assert tokens.shape == (2, 4 * 6, 64)
-    assert torch.equal(unpack(tokens, 8, 12), x)
-
-
 def test_samples_and_contact_sheet_leave_training_untouched(demo_workspace):
     from PIL import Image
 
@@ -220,3 +201,30 @@ def test_text_encoder_lora_trains_saves_loads_and_resumes(demo_model, demo_works
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(full.lora_path, adapter_name="both")
     assert "both" in pipe.text_encoder.peft_config
+
+
+def test_a_longer_run_than_the_config_keeps_its_learning_rate(demo_workspace):
+    """Cosine is laid over the run's own total: steps past train.steps do not train at 0."""
+    ws = demo_workspace(train_steps=10, train_lr_schedule="cosine",
+                        train_checkpoint_every=1000)
+    rates: list[float] = []
+    Trainer(ws, device="cpu", on_step=lambda m: rates.append(m.lr)).run(steps=30)
+    assert rates[12] > 0.5 * rates[0] and rates[25] > 0  # cosine over 30, not over 10
+
+
+def test_ema_samples_and_saves_the_averaged_weights(demo_workspace):
+    """With EMA on, the saved file is the warmed-up average (not ~the initial no-op adapter),
+    and the samples are rendered with those same weights."""
+    ws = demo_workspace(train_ema_decay=0.999, train_checkpoint_every=1000)
+    trainer = Trainer(ws, device="cpu")
+    trainer.run(steps=20)
+    saved = load_file(ws.lora_path)
+    from lorabooth.core.train.lora import lora_state_dict
+
+    live = {k: v.clone() for k, v in lora_state_dict(trainer.components).items()}
+    ups = [k for k in saved if "lora_B" in k]
+    ratio = sum(saved[k].float().norm() for k in ups) / sum(live[k].norm() for k in ups)
+    assert 0.5 < float(ratio) < 1.0  # close to the live weights after 20 steps, not 2%
+    with trainer.saved_weights():
+        during = {k: v.clone() for k, v in lora_state_dict(trainer.components).items()}
+    assert all(torch.allclose(during[k].float(), saved[k].float(), atol=1e-3) for k in ups)
