@@ -50,7 +50,7 @@ def test_kill_9_mid_training_resumes_from_the_checkpoint(engines, demo_workspace
     ws = demo_workspace()
     engines.append(ws)
     store = Store(ws.db_path)
-    assert run_cli("train", str(ws.root), "--detach", "--steps", "400").returncode == 0
+    assert run_cli("train", str(ws.root), "--detach", "--steps", "200").returncode == 0
     wait_until(lambda: (store.job(1).step if store.job(1) else 0) >= 60)
     pid = running_pid(ws)
     os.kill(pid, signal.SIGKILL)
@@ -65,9 +65,10 @@ def test_kill_9_mid_training_resumes_from_the_checkpoint(engines, demo_workspace
     def finished() -> bool:
         job = store.job(1)
         steps_seen.append(job.step)
-        return job.state == "done"
+        return job.state in ("done", "failed", "cancelled")
 
-    wait_until(finished, timeout=120)
+    wait_until(finished, timeout=240)
+    assert store.job(1).state == "done", store.job(1).error
     after_restart = [s for s in steps_seen if s]
     assert min(after_restart) >= checkpoint.step  # never back past the checkpoint
     messages = [e.message for e in store.events()]
