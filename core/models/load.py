@@ -58,14 +58,25 @@ def transformer_params(source: ModelSource) -> float:
     import json
 
     files = sorted((source.path / "transformer").glob("*.safetensors"))
-    if not files:
-        return 0.0
+    if not files:  # weights in another format: count from the config, on the meta device
+        return params_from_config(source.path / "transformer")
     with open(files[0], "rb") as handle:
         size = int.from_bytes(handle.read(8), "little")
         header = json.loads(handle.read(size))
     dtypes = [v["dtype"] for k, v in header.items() if k != "__metadata__"]
     width = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1}.get(dtypes[0] if dtypes else "", 2)
     return sum(f.stat().st_size for f in files) / width
+
+
+def params_from_config(folder) -> float:
+    """The parameter count of the transformer a config describes, built on the meta device
+    (no memory, no weights)."""
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel
+
+    with init_empty_weights():
+        model = FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(folder))
+    return float(sum(p.numel() for p in model.parameters()))
 
 
 def describe_device(device: torch.device) -> str:

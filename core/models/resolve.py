@@ -10,7 +10,7 @@ from pathlib import Path
 from platformdirs import user_cache_path
 
 from ..errors import EXIT_USAGE, LoraboothError
-from .families import DEMO, KNOWN_REPOS, family_of
+from .families import DEMO, KNOWN_REPOS, Family, family_of_folder
 
 # Bump when the demo model's configs or weights change, so old caches are rebuilt, not reused.
 DEMO_VERSION = 1
@@ -32,8 +32,14 @@ class ModelSource:
     is_demo: bool = False
 
     @property
+    def family(self) -> Family:
+        """Read from the weights' own config (dev embeds guidance, schnell does not), so a
+        renamed folder is still what it is; the name decides only when there is no config."""
+        return family_of_folder(self.path, self.spec)
+
+    @property
     def max_sequence_length(self) -> int:
-        return family_of(self.spec).t5_length
+        return self.family.t5_length
 
 
 def cache_root() -> Path:

@@ -129,6 +129,10 @@ class Trainer:
         self.log(f"{len(self.examples)} training examples on {self.device}; {plan.reason}")
         self.pipe, self.loaded_model = self.owner.borrow_for_training(
             self.source, self.dtype, self.device, plan.quantize)
+        if not self.source.family.embeds_guidance:
+            self.log("this base does not embed guidance (FLUX.1 [schnell]): training straight "
+                     "on it undoes its few-step distillation; train on FLUX.1 [dev], or merge a "
+                     "schnell training adapter (ai-toolkit's) into it first")
         self.encoder = Encoder(self.pipe, self.ws.cache, self.source.max_sequence_length)
         self._encode_all()
         self._park_encoders()
@@ -136,6 +140,13 @@ class Trainer:
         self.components = {"transformer": transformer}
         if t.text_encoder_lora:
             self.components["text_encoder"] = self.pipe.text_encoder
+        if plan.quantize:
+            # As diffusers' QLoRA example, before the LoRA is added (it freezes every weight
+            # there is): small weights in float32 and inputs that require grad, so gradients
+            # flow through the 4-bit base into the LoRA.
+            from peft import prepare_model_for_kbit_training
+
+            prepare_model_for_kbit_training(transformer, use_gradient_checkpointing=False)
         self.adapters = {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(t.seed)  # the LoRA's initial weights are part of the run
@@ -151,6 +162,9 @@ class Trainer:
             transformer.enable_gradient_checkpointing()
         transformer.train()
         self.model = self.team.wrap(transformer)  # DDP under `accelerate launch`
+        # The CLIP LoRA trains too: wrapped as well, so its gradients are averaged across
+        # processes like the transformer's (rank 0's alone were saved before).
+        self.clip = self.team.wrap(self.pipe.text_encoder) if t.text_encoder_lora else None
         self.params = [p for module in self.components.values()
                        for p in module.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(t.optimizer, self.params, t.learning_rate, self.log)
@@ -196,7 +210,7 @@ class Trainer:
         if self.config.train.text_encoder_lora:
             # The CLIP LoRA changes the pooled embedding: computed live, with gradients.
             ids = torch.stack([self.clip_ids[c] for c in captions]).to(self.device)
-            pooled = self.pipe.text_encoder(ids, output_hidden_states=False).pooler_output
+            pooled = self.clip(ids, output_hidden_states=False).pooler_output
         else:
             pooled = torch.stack([self.texts[c][1] for c in captions])
         return x0, embeds, pooled

@@ -112,3 +112,43 @@ def test_the_owner_frees_the_resident_model_before_loading_another(demo_model, m
     assert loaded and pipe is not first
     assert resident_at_load == [None]  # the float32 copy was gone before the load
     assert owner.generator(source).pipe is pipe  # generation takes what is resident
+
+
+def test_the_family_comes_from_the_weights_config_not_the_name(demo_model, demo_pipe, tmp_path,
+                                                               demo_workspace):
+    """A folder of schnell weights under any name is schnell: T5 length 256 (as kohya), no
+    guidance, and training on it warns that it undoes the distillation."""
+    import json
+    import shutil
+
+    from lorabooth.core.config import set_config_value
+    from lorabooth.core.models.families import SCHNELL
+    from lorabooth.core.train.trainer import Trainer
+
+    folder = tmp_path / "my-flux"
+    shutil.copytree(demo_model, folder)
+    config_path = folder / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["guidance_embeds"] is True
+    assert resolve_model(str(folder)).family.embeds_guidance
+    config_path.write_text(json.dumps({**config, "guidance_embeds": False}))
+    source = resolve_model(str(folder))
+    assert source.family == SCHNELL and source.max_sequence_length == 256
+    ws = demo_workspace()
+    set_config_value(ws.root, "model", str(folder))
+    logs: list[str] = []
+    Trainer(ws, device="cpu", log=logs.append).run(steps=2)
+    assert any("undoes its few-step distillation" in line for line in logs)
+
+
+def test_the_parameter_count_does_not_need_safetensors_files(demo_model, demo_pipe, tmp_path):
+    from lorabooth.core.models.load import transformer_params
+    from lorabooth.core.models.resolve import ModelSource
+
+    exact = sum(p.numel() for p in demo_pipe.transformer.parameters())
+    assert transformer_params(resolve_model("demo")) == pytest.approx(exact, rel=0.01)
+    bare = tmp_path / "bare"
+    (bare / "transformer").mkdir(parents=True)
+    (bare / "transformer" / "config.json").write_bytes(
+        (demo_model / "transformer" / "config.json").read_bytes())
+    assert transformer_params(ModelSource("bare", bare)) == exact  # was 0 before
