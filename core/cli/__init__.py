@@ -1,5 +1,6 @@
 """The `lorabooth` command line: `main` (the parser and exit codes), `console` (output and
-progress views), one module per command, and `open`, the only import of the UI."""
+progress views), `args` (bounded argument types), one module per command, and `open`, the
+only place the command line imports the UI."""
 
 from .main import main
 
