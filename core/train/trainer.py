@@ -26,13 +26,10 @@ from ..models.resolve import ModelSource, resolve_model
 from ..workspace import LORA_FILE, Workspace
 from . import TrainingError, flow
 from .checkpoint import (
-    RUN_DIR,
     CheckpointInfo,
     CheckpointUnreadable,
     comfyui_copy,
-    latest_run,
     list_checkpoints,
-    new_run,
     prune,
     read_state,
     write_checkpoint,
@@ -45,13 +42,12 @@ from .lora import (
     CLIP_TARGETS,
     add_lora,
     lora_file_bytes,
-    lora_state_dict,
-    set_lora_weights,
     target_modules,
 )
 from .memory import MemoryPlan, plan_memory
 from .optim import lr_lambda, make_optimizer
 from .samples import render_samples, sample_prompts
+from .state import choose_run, restore, state_of
 
 
 @dataclass
@@ -306,74 +302,25 @@ class Trainer:
         if not self.team.main:  # the weights are the same everywhere; one process writes
             self.team.wait()
             return None
-        state = {
-            "step": self.step,
-            "lora": lora_state_dict(self.components),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "fingerprint": dataset_fingerprint(self.examples),
-            "ema": self.ema.averages if self.ema else None,
-            "scaler": self.scaler.state_dict(),
-        }
-        info = write_checkpoint(self.run_dir, self.step, state, {LORA_FILE: self.lora_bytes()},
+        info = write_checkpoint(self.run_dir, self.step, state_of(self),
+                                {LORA_FILE: self.lora_bytes()},
                                 {"step": self.step, "loss": loss, "time": time.time()})
         prune(self.run_dir, self.config.train.keep_checkpoints)
         self.team.wait()
         return info
-
-    def resume_from(self, info: CheckpointInfo) -> None:
-        state = read_state(info)
-        if state["fingerprint"] != dataset_fingerprint(self.examples):
-            self.log("the photos or captions changed since this checkpoint; resuming anyway")
-        set_lora_weights(self.components, state["lora"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
-        if self.team.rank:  # the checkpoint holds the first process's draws; others re-seed
-            self.generator.manual_seed(self.config.train.seed + self.team.rank
-                                       + 1_000_003 * state["step"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load(state["ema"], self.params)
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step = state["step"]
-        self.log(f"resumed from {info.path.name} of {info.run}")
 
     def resume_latest_good(self) -> None:
         """Resume from this run's newest checkpoint that loads; a damaged one is said and
         passed over for the one before it."""
         for info in reversed(list_checkpoints(self.run_dir)):
             try:
-                self.resume_from(info)
-                return
+                restore(self, read_state(info))
             except CheckpointUnreadable as exc:
                 self.log(f"{exc}; trying the checkpoint before it")
+                continue
+            self.log(f"resumed from {info.path.name} of {info.run}")
+            return
         self.log(f"{self.run_dir.name} has no checkpoint to resume from: starting it afresh")
-
-    def choose_run(self, resume: bool, run: str | None) -> Path:
-        """The run folder this training writes to: the named run, else the latest run on a
-        resume, else a new one. Several processes agree on it (the first one decides)."""
-        root = self.ws.checkpoints
-        if run is not None:
-            if not RUN_DIR.match(run):
-                raise TrainingError(f"{run!r} is not a run name (run-001, run-002, ...)")
-            chosen = root / run
-            chosen.mkdir(parents=True, exist_ok=True)
-            return chosen
-        if resume and (latest := latest_run(root)) is not None:
-            return latest
-        if self.team.main:
-            chosen = new_run(root)
-            self.team.wait()
-            return chosen
-        self.team.wait()
-        return latest_run(root)
 
     def release(self) -> None:
         """Give the pipeline back to its owner, ready for generation."""
@@ -415,7 +362,7 @@ class Trainer:
         # before a resume loads its state.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(t.warmup_steps, total, t.lr_schedule))
-        self.run_dir = self.choose_run(resume, run)
+        self.run_dir = choose_run(self.ws.checkpoints, self.team, resume, run)
         if resume:
             self.resume_latest_good()
         result = TrainResult(self.step, self.ws.lora_path, encode=self.encoder.stats,
