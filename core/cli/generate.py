@@ -165,11 +165,9 @@ def run_queue_add(args: argparse.Namespace) -> int:
         raise UsageError("queue add needs a prompt")
     request = request_for(ws, " ".join(args.rest), args)
     # What would only fail later is said now: a LoRA or model weights that are not there.
-    complete_recipe(ws, request.recipe)
-    resolve_model(request.recipe.model or ws.config(check_photos=False).model,
-                  build_demo=False)
+    resolve_model(complete_recipe(ws, request.recipe).model, build_demo=False)
     job_id = Store(ws.db_path).add_job("generate", request_to_params(request),
-                                       total=len(request.expand()))
+                                       total=request.size())
     pid, _ = start_detached(ws)
     if args.json:
         print(json.dumps({"id": job_id, "engine_pid": pid}))

@@ -66,15 +66,11 @@ class Engine:
         threading.Thread(target=self.heartbeat, name="lorabooth-heartbeat", daemon=True).start()
         self.recover()
         self.watch_photos()
-        last_beat = 0.0
         try:
             while not self.stopping:
                 job = None if self.store.setting("queue_paused") == "1" \
                     else self.store.next_queued()
-                if job is None:
-                    if time.monotonic() - last_beat > HEARTBEAT:
-                        self.store.set_engine(state="idle", job=None)
-                        last_beat = time.monotonic()
+                if job is None:  # the heartbeat thread keeps saying we are alive
                     time.sleep(IDLE_POLL)
                     continue
                 try:

@@ -24,7 +24,7 @@ MAX_SEED = 2**63 - 1
 ALTERNATIVES = re.compile(r"\{([^{}]*\|[^{}]*)\}")
 
 
-class RecipeError(UsageError):
+class RecipeError(UsageError, ValueError):
     """A request that cannot be made: bad size, unknown preset, missing file."""
 
 

@@ -175,7 +175,7 @@ class QueuePane(Vertical):
             self.post_message(Notice(printable(str(exc)), "error"))
             return
         self.post_message(Write(AddJob("generate", request_to_params(request),
-                                       total=len(request.expand())), self))
+                                       total=request.size()), self))
         self.post_message(EngineWanted())
         prompt_box.remember(text)
         prompt_box.value = ""
