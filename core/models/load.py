@@ -25,6 +25,7 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype | None = None,
     from diffusers import FluxPipeline
 
     device = torch.device(device) if device is not None else default_device()
+    use_safe_attention(device)
     dtype = dtype or default_dtype(device)
     extra = {}
     if quantize == "nf4":
@@ -87,6 +88,18 @@ def describe_device(device: torch.device) -> str:
         return "cpu"
     props = torch.cuda.get_device_properties(device)
     return f"{props.name} · {props.total_memory / 2**30:.0f} GiB"
+
+
+def use_safe_attention(device: torch.device) -> None:
+    """Keep torch's scaled-dot-product attention off cuDNN's fused kernel on CUDA: on an H200
+    (torch 2.11, CUDA 13) its backward pass failed on Flux's attention at 512 px
+    (`mha_graph.execute(...).is_good()`, then an illegal memory access that kills the process's
+    CUDA context), in a bare diffusers step as in lorabooth's trainer. Flash and
+    memory-efficient attention remain, and are as fast for these shapes."""
+    import torch
+
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def default_device() -> torch.device:

@@ -20,7 +20,7 @@ import torch
 from .. import __version__
 from ..config import Config
 from ..fsutil import atomic_write_bytes
-from ..models.load import default_device, default_dtype, transformer_params
+from ..models.load import default_device, default_dtype, transformer_params, use_safe_attention
 from ..models.owner import ModelOwner
 from ..models.resolve import ModelSource, resolve_model
 from ..workspace import LORA_FILE, Workspace
@@ -89,6 +89,7 @@ class Trainer:
         self.device = self.team.device(torch.device(device) if device is not None
                                        else default_device())
         self.dtype = default_dtype(self.device)
+        use_safe_attention(self.device)
         self.on_step = on_step or (lambda m: None)
         self.should_stop = should_stop or (lambda: False)
         self.log = log or (lambda text: None)

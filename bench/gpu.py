@@ -1,0 +1,540 @@
+"""The GPU benchmark: the full-size FLUX.1-dev architecture (from the configs lorabooth ships) with
+random weights, through lorabooth's own Trainer and Generator, on the local GPU, in one call.
+
+Phases, each with wall time and peak GPU memory (allocated, GiB), the numbers the memory planner
+is checked against:
+- build: the pipeline built on the GPU in bf16 (the weights of each component);
+- encode: T5-XXL + CLIP on one prompt at 512 tokens; VAE encode and decode at each resolution;
+- train-R: lorabooth's Trainer at R px (cached latents and text, a LoRA on the attention,
+  gradient checkpointing, bf16 autocast, AdamW), against a bare step on the same LoRA'd
+  transformer and batch (forward, backward, clip, AdamW, nothing else), in the same run;
+- generate-R: the Generator with the LoRA file that training wrote, loaded through diffusers;
+- compile: the same render with regional compilation (`compile_repeated_blocks`), if time is
+  left; compile time is reported apart from the steady speed.
+
+Every phase is tried on its own: one that fails records its error and the next one runs.
+
+    python -m bench.gpu [--out DIR] [--budget SECONDS]
+    python -m bench.gpu --dry-run --out DIR     # the same code on the CPU with the demo model
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from bench._common import RESULTS
+from lorabooth.core.models.resolve import ModelSource
+
+PROMPT = "photo of zorb, a teal plush toy on a wooden table, soft window light"
+
+
+class Bench:
+    """The rows so far, written to `out` after every phase (a killed run keeps its rows)."""
+
+    def __init__(self, out: Path, budget: float, device: torch.device):
+        self.out = out
+        self.budget = budget
+        self.device = device
+        self.start = time.monotonic()
+        self.rows: list[dict] = []
+        self.facts = facts(device)
+
+    def left(self) -> float:
+        return self.budget - (time.monotonic() - self.start)
+
+    def phase(self, name: str, fn: Callable[[], dict], need_s: float = 0.0) -> dict | None:
+        if self.left() < need_s:
+            self.record({"phase": name, "skipped": f"under {need_s:.0f} s of budget left"})
+            return None
+        print(f"[{time.monotonic() - self.start:6.1f} s] {name} ...", flush=True)
+        reset_peak(self.device)
+        began = time.perf_counter()
+        try:
+            row = {"phase": name, **fn()}
+        except Exception as exc:
+            traceback.print_exc()
+            row = {"phase": name, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+        row["wall_s"] = round(time.perf_counter() - began, 2)
+        self.record(row)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return row
+
+    def record(self, row: dict) -> None:
+        self.rows.append(row)
+        print("    " + json.dumps(row), flush=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        data = {"benchmark": "gpu", **self.facts, "rows": self.rows}
+        tmp = self.out / "gpu.json.tmp"
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.out / "gpu.json")
+
+
+def facts(device: torch.device) -> dict:
+    import diffusers
+    import peft
+    import transformers
+
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+           "peft": peft.__version__, "device": str(device)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        out.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                   capability=".".join(map(str, torch.cuda.get_device_capability(device))))
+    return out
+
+
+# -- memory and time ----------------------------------------------------------------------------
+
+def gib(n: float) -> float:
+    return round(n / 2**30, 2)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak(device: torch.device) -> float | None:
+    return gib(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
+def allocated(device: torch.device) -> float | None:
+    return gib(torch.cuda.memory_allocated(device)) if device.type == "cuda" else None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, fn: Callable[[], object]) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def module_gib(module: torch.nn.Module) -> float:
+    return gib(sum(p.numel() * p.element_size() for p in module.parameters()))
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+def random_pipeline(folder: Path, device: torch.device, dtype: torch.dtype):
+    """The pipeline a shipped config folder describes, with random weights made straight on
+    `device` in `dtype` (never a float32 copy: 12B parameters would need 48 GB), and the demo's
+    trained-in-code tokenizers at the real lengths (the real ones are not shipped)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    from lorabooth.core.models.demo import demo_tokenizer
+    from lorabooth.core.models.shipped import build_component, read_config
+
+    parts = {}
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            for name in ("transformer", "text_encoder_2", "text_encoder", "vae"):
+                torch.manual_seed(0)
+                module = build_component(folder, name).to(device, dtype)
+                parts[name] = module.eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(previous)
+    clip_tok, t5_tok = demo_tokenizer("clip"), demo_tokenizer("t5")
+    clip_tok.model_max_length = read_config(folder, "text_encoder")["max_position_embeddings"]
+    t5_tok.model_max_length = 512
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(read_config(folder, "scheduler"))
+    pipe = FluxPipeline(scheduler=scheduler, tokenizer=clip_tok, tokenizer_2=t5_tok, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def owner_holding(pipe, source: ModelSource):
+    """A model owner with `pipe` resident, as the engine's is after a load."""
+    from lorabooth.core.models.owner import ModelOwner
+
+    owner = ModelOwner()
+    owner.pipe, owner.source, owner.quantize = pipe, source, None
+    return owner
+
+
+# -- the data -----------------------------------------------------------------------------------
+
+def draw_photos(folder: Path, size: int, count: int = 4) -> None:
+    """Square photos at least as large as the largest bucket: a gradient and a teal blob."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        ramp = np.linspace(0, 255, size, dtype=np.float32)
+        base = np.stack([np.add.outer(ramp, ramp) / 2] * 3, axis=-1) * rng.uniform(0.4, 1, 3)
+        image = Image.fromarray(base.astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        x, y = rng.integers(size // 8, size // 2, 2)
+        draw.ellipse((x, y, x + size // 3, y + size // 2), fill=(40, 170, 160))
+        image.save(folder / f"{index:02d}.jpg", quality=92)
+        (folder / f"{index:02d}.txt").write_text(f"photo of zorb, picture {index}\n")
+
+
+def workspace(root: Path, model: str, resolution: int, steps: int):
+    from lorabooth.core.config import set_config_values
+    from lorabooth.core.workspace import Workspace, init_workspace
+
+    ws_root = root / f"ws-{resolution}"
+    if not (ws_root / "lorabooth.toml").exists():
+        init_workspace(ws_root, root / "photos", model=model, trigger="zorb")
+    set_config_values(ws_root, {
+        "train.resolution": [resolution], "train.steps": steps, "train.rank": 16,
+        "train.optimizer": "adamw", "train.memory": "bf16", "train.checkpoint_every": 100000,
+        "sample.every": 0})
+    return Workspace.at(ws_root)
+
+
+# -- phases -------------------------------------------------------------------------------------
+
+def build_phase(state: dict, folder: Path | None, device: torch.device) -> dict:
+    if folder is None:  # the dry run: the demo model, loaded as a user's would be
+        from lorabooth.core.models.load import load_pipeline
+        from lorabooth.core.models.resolve import resolve_model
+
+        source = resolve_model("demo")
+        pipe = load_pipeline(source, torch.float32, device)
+    else:
+        source = ModelSource(str(folder), folder)
+        pipe = random_pipeline(folder, device, torch.bfloat16)
+    state.update(pipe=pipe, source=source, owner=owner_holding(pipe, source))
+    return {"allocated_gib": allocated(device),
+            **{f"{name}_gib": module_gib(getattr(pipe, name))
+               for name in ("transformer", "text_encoder_2", "text_encoder", "vae")}}
+
+
+def encode_phase(state: dict, resolutions: list[int], device: torch.device) -> dict:
+    pipe, source = state["pipe"], state["source"]
+    row: dict = {}
+    base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+    def extra() -> float | None:
+        return gib(torch.cuda.max_memory_allocated(device) - base) if device.type == "cuda" \
+            else None
+
+    with torch.no_grad():
+        row["text_s"] = round(timed(device, lambda: pipe.encode_prompt(
+            PROMPT, PROMPT, device=device, max_sequence_length=source.max_sequence_length)), 3)
+        row["text_extra_gib"] = extra()
+        vae = pipe.vae
+        for r in resolutions:
+            reset_peak(device)
+            pixels = torch.rand(1, 3, r, r, device=device, dtype=vae.dtype) * 2 - 1
+            holder: dict = {}
+            row[f"vae_encode_{r}_s"] = round(timed(device, lambda p=pixels, h=holder: h.update(
+                z=vae.encode(p).latent_dist.mode())), 3)
+            row[f"vae_encode_{r}_extra_gib"] = extra()
+            reset_peak(device)
+            row[f"vae_decode_{r}_s"] = round(timed(device, lambda h=holder: vae.decode(h["z"])),
+                                             3)
+            row[f"vae_decode_{r}_extra_gib"] = extra()
+    return row
+
+
+def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_steps: int,
+                device: torch.device, variant: str = "") -> dict:
+    """`variant`: "" (against the bare step), "between" (a prompt rendered between two steps,
+    as the engine does with a queued prompt), "compile" (regional compilation of the blocks)."""
+    from lorabooth.core.train.trainer import Trainer
+
+    source, owner = state["source"], state["owner"]
+    steps = warmup + timed_steps
+    ws = workspace(root, source.spec, resolution, steps)
+    seconds: list[float] = []
+    logs: list[str] = []
+    extra: dict = {}
+
+    def on_step(metrics) -> None:
+        seconds.append(metrics.seconds)
+        if metrics.step == 1:  # the training peak, not the encoders' or the first step's
+            reset_peak(device)
+        if variant == "between" and metrics.step == warmup:
+            extra.update(render_between_steps(trainer, resolution, device))
+
+    trainer = Trainer(ws, source=source, device=device, on_step=on_step, log=logs.append,
+                      owner=owner)
+    prepare_s = timed(device, trainer.prepare)
+    prepared_gib = allocated(device)
+    if variant == "compile":
+        trainer.pipe.transformer.compile_repeated_blocks(fullgraph=False)
+    try:
+        result = trainer.run(steps=steps)
+        train_peak = peak(device)
+        ours = statistics.median(seconds[warmup:])
+        if variant == "":
+            bare = median_of(trainer_bare_step(trainer), warmup, timed_steps, device)
+            extra.update(bare_step_s=round(bare, 4), ratio=round(ours / bare, 3))
+        losses = result.losses
+    finally:
+        trainer.release()
+    state["lora"] = ws.lora_path
+    return {"prepare_s": round(prepare_s, 2), "after_prepare_gib": prepared_gib,
+            "first_step_s": round(seconds[0], 3), "step_s": round(ours, 4), **extra,
+            "train_peak_gib": train_peak, "loss_first": round(losses[0], 4),
+            "loss_last": round(losses[-1], 4), "dtype": str(trainer.dtype), "log": logs[:3]}
+
+
+def render_between_steps(trainer, resolution: int, device: torch.device) -> dict:
+    """What the engine does for a prompt queued while training: the live LoRA, eval mode,
+    no gradients, the RNGs as they were, on the trainer's own pipeline."""
+    from lorabooth.core.engine.generate_job import lora_scale
+    from lorabooth.core.generate.recipe import Recipe
+
+    transformer = trainer.pipe.transformer
+    transformer.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), lora_scale(transformer, 1.0):
+            generator = trainer.owner.training_generator(trainer.encoder.text)
+            recipe = Recipe(PROMPT, seed=2, width=resolution, height=resolution, steps=8,
+                            guidance=3.5, model=trainer.config.model)
+            holder: dict = {}
+            seconds = timed(device, lambda: holder.update(image=generator.render(recipe)))
+    finally:
+        transformer.train()
+    return {"between_render_8_steps_s": round(seconds, 2),
+            "between_image_std": round(float(np.asarray(holder["image"]).std()), 2)}
+
+
+def offload_phase(state: dict, resolution: int, steps: int, device: torch.device) -> dict:
+    """Generation with diffusers' model CPU offload (each model on the GPU only while it
+    runs): what a card too small for the bf16 pipeline would do. Last: it re-homes the pipe."""
+    pipe = state["pipe"]
+    pipe.enable_model_cpu_offload(device=device)
+    gen = state["owner"].generator(state["source"])
+    timed(device, lambda: gen.render(generator_recipe(state, resolution, 2)))
+    reset_peak(device)
+    seconds = timed(device, lambda: gen.render(generator_recipe(state, resolution, steps)))
+    return {"image_s": round(seconds, 2), "step_s": round(seconds / steps, 4),
+            "peak_gib": peak(device)}
+
+
+def median_of(step: Callable[[], None], warmup: int, count: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        step()
+    return statistics.median(timed(device, step) for _ in range(count))
+
+
+def bare_step(transformer, x0: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
+              dtype: torch.dtype) -> Callable[[], None]:
+    """A plain step on a LoRA'd transformer: forward in autocast, backward, clip, AdamW, as
+    diffusers' example does, and nothing else."""
+    from lorabooth.core.models.load import use_safe_attention
+    from lorabooth.core.train import flow
+
+    dev = x0.device
+    use_safe_attention(dev)  # as lorabooth's trainer: cuDNN attention's backward fails on Hopper
+    embeds, pooled = embeds.to(dev, dtype), pooled.to(dev, dtype)
+    _, _, h, w = x0.shape
+    img_ids = flow.image_ids(h, w, dev, dtype)
+    txt_ids = flow.text_ids(embeds.shape[1], dev, dtype)
+    guidance = torch.full((1,), 1.0, device=dev) if transformer.config.guidance_embeds else None
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        noise = torch.randn_like(x0)
+        sigma = torch.rand(1, device=dev)
+        noisy = (1 - sigma) * x0 + sigma * noise
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+            pred = transformer(hidden_states=flow.pack(noisy).to(dtype),
+                               timestep=sigma.to(dtype), guidance=guidance,
+                               pooled_projections=pooled, encoder_hidden_states=embeds,
+                               txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(flow.unpack(pred.float(), h, w), noise - x0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        loss.item()  # as every trainer logs its loss: one sync per step on both sides
+    return step
+
+
+def trainer_bare_step(trainer) -> Callable[[], None]:
+    """The bare step on the trainer's own transformer and its first cached example."""
+    x0 = trainer.latents[0][None].to(trainer.device)
+    embeds, pooled = (t[None] for t in trainer.texts[trainer.examples[0].caption])
+    return bare_step(trainer.pipe.transformer, x0, embeds, pooled, trainer.dtype)
+
+
+def bare_phase(state: dict, resolution: int, checkpointing: bool, warmup: int, count: int,
+               device: torch.device) -> dict:
+    """The bare step alone, with lorabooth's LoRA but not its Trainer: tells a fault of the
+    trainer from one of the libraries or the card."""
+    from lorabooth.core.train.lora import ADAPTER, add_lora, target_modules
+
+    pipe = state["pipe"]
+    transformer = pipe.transformer
+    dtype = transformer.dtype
+    config = transformer.config
+    add_lora(transformer, 16, 16, target_modules(transformer, "attention"))
+    if checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    try:
+        x0 = torch.randn(1, 16, resolution // 8, resolution // 8, device=device)
+        embeds = torch.randn(1, state["source"].max_sequence_length, config.joint_attention_dim)
+        pooled = torch.randn(1, config.pooled_projection_dim)
+        step = bare_step(transformer, x0, embeds, pooled, dtype)
+        reset_peak(device)
+        seconds = median_of(step, warmup, count, device)
+        return {"step_s": round(seconds, 4), "peak_gib": peak(device),
+                "checkpointing": checkpointing}
+    finally:
+        transformer.delete_adapters(ADAPTER)
+        if checkpointing:
+            transformer.disable_gradient_checkpointing()
+        transformer.requires_grad_(False).eval()
+
+
+def generator_recipe(state: dict, resolution: int, steps: int, scale: float = 1.0):
+    from lorabooth.core.generate.recipe import LoraRef, Recipe
+
+    loras = ()
+    lora = state.get("lora")  # the LoRA training wrote; without one, the base alone
+    if lora is not None:
+        sha = hashlib.sha256(lora.read_bytes()).hexdigest()
+        loras = (LoraRef("workspace", scale, str(lora), sha),)
+    return Recipe(PROMPT, seed=1, width=resolution, height=resolution, steps=steps,
+                  guidance=3.5, model=state["source"].spec, loras=loras)
+
+
+def generate_phase(state: dict, resolution: int, steps: int, device: torch.device) -> dict:
+    gen = state["owner"].generator(state["source"])
+    warm = timed(device, lambda: gen.render(generator_recipe(state, resolution, 2)))
+    reset_peak(device)
+    holder: dict = {}
+    seconds = timed(device, lambda: holder.update(
+        image=gen.render(generator_recipe(state, resolution, steps))))
+    image = np.asarray(holder["image"])
+    rescale = timed(device, lambda: gen.render(generator_recipe(state, resolution, 2, 0.5)))
+    return {"lora": "lora" in state, "first_render_s": round(warm, 2), "image_s": round(seconds, 2),
+            "step_s": round(seconds / steps, 4), "peak_gib": peak(device),
+            "scale_change_2_steps_s": round(rescale, 2), "image_std": round(float(image.std()), 2),
+            "image_size": list(holder["image"].size)}
+
+
+def compile_phase(state: dict, resolution: int, steps: int, eager_step_s: float,
+                  device: torch.device) -> dict:
+    gen = state["owner"].generator(state["source"])
+    transformer = gen.pipe.transformer
+    from torch._dynamo.utils import counters
+
+    transformer.compile_repeated_blocks(fullgraph=False)
+    first = timed(device, lambda: gen.render(generator_recipe(state, resolution, 2)))
+    graphs = dict(counters["stats"])
+    seconds = timed(device, lambda: gen.render(generator_recipe(state, resolution, steps)))
+    rescale = timed(device, lambda: gen.render(generator_recipe(state, resolution, 2, 0.5)))
+    step_s = seconds / steps
+    return {"first_render_s": round(first, 2), "step_s": round(step_s, 4),
+            "eager_step_s": eager_step_s, "ratio_vs_eager": round(step_s / eager_step_s, 3),
+            "scale_change_2_steps_s": round(rescale, 2), "dynamo_after_first": graphs,
+            "dynamo_after_scale_change": dict(counters["stats"]),
+            "graph_breaks": sum(counters["graph_break"].values())}
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dry-run", action="store_true",
+                        help="the demo model on the CPU at 64 px: checks the script, not a GPU")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where gpu.json goes (default bench/results; a dry run needs one)")
+    parser.add_argument("--budget", type=float, default=420.0,
+                        help="seconds; later phases are skipped rather than cut off")
+    parser.add_argument("--phases", default="",
+                        help="comma-separated phases after build (default: all), e.g. "
+                             "train-512,bare-512,bare-512-nockpt,generate-1024,compile-1024")
+    args = parser.parse_args(argv)
+    if args.dry_run and args.out is None:
+        parser.error("--dry-run needs --out (a dry run never replaces the committed results)")
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA GPU here; --dry-run checks the script on the CPU")
+    from lorabooth.core.models.shipped import shipped_folder
+
+    folder = None if args.dry_run else shipped_folder("flux-dev")
+    resolutions = [64] if args.dry_run else [512, 1024]
+    warmup, count = (1, 2) if args.dry_run else (2, 6)
+    gen_steps = 2 if args.dry_run else 28
+    phases = [p for p in args.phases.split(",") if p] or default_phases(resolutions)
+    root = Path(tempfile.mkdtemp(prefix="lorabooth-bench-gpu-"))
+    if not args.dry_run:
+        os.environ.setdefault("LORABOOTH_CACHE", str(root / "cache"))
+    bench = Bench(args.out or RESULTS, args.budget, device)
+    state: dict = {}
+    try:
+        draw_photos(root / "photos", max(resolutions) + 64)
+        bench.phase("build", lambda: build_phase(state, folder, device))
+        if "pipe" not in state:
+            return
+        for name in phases:
+            run_phase(bench, name, state, root, resolutions, warmup, count, gen_steps, device)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\nwritten to {bench.out / 'gpu.json'}")
+
+
+def default_phases(resolutions: list[int]) -> list[str]:
+    return (["encode"] + [f"train-{r}" for r in resolutions]
+            + [f"generate-{r}" for r in reversed(resolutions)] + [f"compile-{max(resolutions)}"]
+            + [f"train-{min(resolutions)}-between", f"train-{min(resolutions)}-compile",
+               f"offload-{max(resolutions)}"])
+
+
+def run_phase(bench: Bench, name: str, state: dict, root: Path, resolutions: list[int],
+              warmup: int, count: int, gen_steps: int, device: torch.device) -> None:
+    kind, _, rest = name.partition("-")
+    r = int(rest.split("-")[0]) if rest else 0
+    if kind == "encode":
+        bench.phase(name, lambda: encode_phase(state, resolutions, device))
+    elif kind == "train":
+        variant = rest.partition("-")[2]  # train-512, train-512-between, train-512-compile
+        bench.phase(name, lambda: train_phase(state, root, r, warmup, count, device, variant),
+                    30)
+    elif kind == "offload":
+        bench.phase(name, lambda: offload_phase(state, r, gen_steps, device), 30)
+    elif kind == "bare":
+        bench.phase(name, lambda: bare_phase(state, r, not rest.endswith("nockpt"), warmup,
+                                             count, device), 20)
+    elif kind == "generate":
+        row = bench.phase(name, lambda: generate_phase(state, r, gen_steps, device), 20)
+        if row and "step_s" in row:
+            state[f"eager-{r}"] = row["step_s"]
+    elif kind == "compile":
+        eager = state.get(f"eager-{r}")
+        if eager is None:
+            bench.record({"phase": name, "skipped": f"no eager generate-{r} to compare with"})
+        elif device.type == "cuda":
+            bench.phase(name, lambda: compile_phase(state, r, gen_steps, eager, device), 150)
+    else:
+        bench.record({"phase": name, "skipped": "unknown phase"})
+
+
+if __name__ == "__main__":
+    main()
