@@ -294,12 +294,32 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
         trainer.release()
     state["lora"] = ws.lora_path
     return {"prepare_s": round(prepare_s, 2), "after_prepare_gib": prepared_gib,
-            "first_step_s": round(seconds[0], 3), "step_s": round(ours, 4), **extra,
+            "first_step_s": round(seconds[0], 3), "step_s": round(ours, 4),
+            "images_per_s": round(1 / ours, 3), **flops(trainer, resolution, ours), **extra,
             "train_peak_gib": train_peak, "loss_first": round(losses[0], 4),
             "loss_last": round(losses[-1], 4), "dtype": str(trainer.dtype), "log": logs[:3]}
 
 
-def render_between_steps(trainer, resolution: int, device: torch.device) -> dict:
+# The FLOP model: a LoRA step on a frozen base costs 6 N T: 2 N T forward, 2 N T recomputed by
+# gradient checkpointing, 2 N T backward to the activations (no weight gradients for the base);
+# N the transformer's parameters, T the tokens (image + text). Attention's T^2 term is left out
+# (under 10% at 1024 px), so the figure is a floor. Peak: H100/H200 SXM dense bf16, 989 TFLOP/s.
+PEAK_BF16_TFLOPS = 989.0
+
+
+def flops(trainer, resolution: int, step_s: float) -> dict:
+    from lorabooth.core.memory import image_tokens
+
+    if trainer.device.type != "cuda":
+        return {}
+    params = sum(p.numel() for p in trainer.pipe.transformer.parameters())
+    tokens = image_tokens(resolution) + trainer.source.max_sequence_length
+    tflops = 6 * params * tokens / step_s / 1e12
+    return {"tflops_per_s": round(tflops, 1), "mfu": round(tflops / PEAK_BF16_TFLOPS, 3)}
+
+
+def render_between_steps(trainer, resolution: int, device: torch.device,
+                         prompt: str = PROMPT) -> dict:
     """What the engine does for a prompt queued while training: the live LoRA, eval mode,
     no gradients, the RNGs as they were, on the trainer's own pipeline."""
     from lorabooth.core.engine.generate_job import lora_scale
@@ -309,8 +329,8 @@ def render_between_steps(trainer, resolution: int, device: torch.device) -> dict
     transformer.eval()
     try:
         with torch.random.fork_rng(devices=[]), lora_scale(transformer, 1.0):
-            generator = trainer.owner.training_generator(trainer.encoder.text)
-            recipe = Recipe(PROMPT, seed=2, width=resolution, height=resolution, steps=8,
+            generator = trainer.owner.training_generator(trainer.prompt_embeds)
+            recipe = Recipe(prompt, seed=2, width=resolution, height=resolution, steps=8,
                             guidance=3.5, model=trainer.config.model)
             holder: dict = {}
             seconds = timed(device, lambda: holder.update(image=generator.render(recipe)))
@@ -318,6 +338,86 @@ def render_between_steps(trainer, resolution: int, device: torch.device) -> dict
         transformer.train()
     return {"between_render_8_steps_s": round(seconds, 2),
             "between_image_std": round(float(np.asarray(holder["image"]).std()), 2)}
+
+
+def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmup: int,
+                 count: int, gen_steps: int, device: torch.device) -> dict:
+    """A smaller card, simulated: the process capped to `card_gb` GB, lorabooth's own plans
+    (training, then generation) choosing with that much available, a prompt never seen before
+    rendered between two steps, then a render with the LoRA as the generation plan says. The
+    "loading" hands over the random pipeline (moved to the CPU first) as the plan places it."""
+    import lorabooth.core.models.owner as owner_module
+    import lorabooth.core.models.sizes as sizes
+    from lorabooth.core.config import set_config_values
+    from lorabooth.core.generate.generator import plan_for
+    from lorabooth.core.memory import card_gib
+    from lorabooth.core.models.load import place, store_in_fp8
+    from lorabooth.core.models.owner import ModelOwner
+    from lorabooth.core.train.lora import stored_in_fp8
+    from lorabooth.core.train.trainer import Trainer
+
+    pipe, source = state.pop("pipe"), state["source"]
+    state.pop("owner").drop()
+    pipe.to("cpu")
+    gc.collect()
+    cap = card_gib(card_gb)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        torch.cuda.set_per_process_memory_fraction(cap / total, device)
+    loads: list[str] = []
+    real_available, real_load = sizes.available_gib, owner_module.load_pipeline
+
+    def load(src, dtype=None, dev=None, quantize=None, placement="all"):
+        loads.append(f"{dtype} {quantize} {placement}")
+        if quantize == "fp8" and not stored_in_fp8(pipe.transformer):
+            store_in_fp8(pipe.transformer, dtype)
+        pipe.lorabooth_offload = place(pipe, torch.device(dev or device), placement, quantize)
+        return pipe
+
+    sizes.available_gib = lambda dev: min(real_available(dev), cap)
+    owner_module.load_pipeline = load
+    owner = ModelOwner()
+    logs: list[str] = []
+    seconds: list[float] = []
+    extra: dict = {}
+    try:
+        ws = workspace(root, source.spec, resolution, warmup + count)
+        set_config_values(ws.root, {"train.memory": "auto"})
+        trainer = None
+
+        def on_step(metrics) -> None:
+            seconds.append(metrics.seconds)
+            if metrics.step == 1:
+                reset_peak(device)
+            if metrics.step == warmup:
+                extra.update(render_between_steps(trainer, 512, device,
+                                                  "a prompt no cache has seen, zorb"))
+
+        trainer = Trainer(ws, source=source, device=device, on_step=on_step, log=logs.append,
+                          owner=owner)
+        trainer.run(steps=warmup + count)
+        train_peak = peak(device)
+        plan = trainer.plan
+        trainer.release()
+        state["lora"] = ws.lora_path
+        recipe = generator_recipe(state, resolution, gen_steps)
+        gen_plan = plan_for(ws, source, [recipe])
+        generator = owner.generator(source, gen_plan)
+        timed(device, lambda: generator.render(generator_recipe(state, resolution, 2)))
+        reset_peak(device)
+        image_s = timed(device, lambda: generator.render(recipe))
+        return {"card_gb": card_gb, "cap_gib": cap, "train_plan": plan.reason,
+                "train_planned_gib": round(plan.peak_gib, 2), "train_peak_gib": train_peak,
+                "step_s": round(statistics.median(seconds[warmup:]), 4), **extra,
+                "generate_plan": gen_plan.reason,
+                "generate_planned_gib": round(gen_plan.peak_gib, 2),
+                "generate_peak_gib": peak(device), "image_s": round(image_s, 2),
+                "loads": loads, "log": logs[:2]}
+    finally:
+        sizes.available_gib, owner_module.load_pipeline = real_available, real_load
+        if device.type == "cuda":
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
 
 
 def offload_phase(state: dict, resolution: int, steps: int, device: torch.device) -> dict:
@@ -517,6 +617,10 @@ def run_phase(bench: Bench, name: str, state: dict, root: Path, resolutions: lis
         variant = rest.partition("-")[2]  # train-512, train-512-between, train-512-compile
         bench.phase(name, lambda: train_phase(state, root, r, warmup, count, device, variant),
                     30)
+    elif kind == "capped":  # capped-1024-24: 1024 px on a simulated 24 GB card
+        card = float(rest.split("-")[1]) if "-" in rest else 24.0
+        bench.phase(name, lambda: capped_phase(state, root, r, card, warmup, count, gen_steps,
+                                               device), 60)
     elif kind == "offload":
         bench.phase(name, lambda: offload_phase(state, r, gen_steps, device), 30)
     elif kind == "bare":

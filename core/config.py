@@ -26,7 +26,7 @@ OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
 TIMESTEP_SAMPLING = ("sigmoid", "logit_normal", "uniform", "shift", "flux_shift")
 LR_SCHEDULES = ("constant", "cosine")
 TARGETS = ("attention", "all-linear")
-MEMORY_MODES = ("auto", "bf16", "nf4", "fp32")
+MEMORY_MODES = ("auto", "bf16", "fp8", "nf4", "fp32")
 MODEL_HELP = (
     '"demo" (built-in tiny model), a local diffusers folder, or a Hugging Face repo id already'
     " in your local cache (black-forest-labs/FLUX.1-dev, black-forest-labs/FLUX.1-schnell)"
@@ -94,7 +94,8 @@ class TrainSettings:
     guidance: float = _opt("Guidance value fed to Flux-dev while training (1.0 recommended).",
                            default=1.0, min=0, max=20)
     memory: str = _opt("Precision and quantisation: auto (from the GPU's free memory) | bf16 "
-                       "| nf4 (needs the lowvram extra) | fp32.", default="auto",
+                       "| fp8 (weights stored in 8 bits) | nf4 (needs the lowvram extra) | "
+                       "fp32. `lorabooth plan` shows what auto picks.", default="auto",
                        choices=MEMORY_MODES)
     ema_decay: float = _opt("Keep an exponential moving average of the LoRA and save it "
                             "(0: off; 0.999 is usual).", default=0.0, min=0, max=0.99999)
@@ -136,6 +137,9 @@ class GenerateSettings:
     guidance: float = _opt("Guidance (Flux-dev: 3.5; schnell ignores it).", default=3.5, min=0,
                            max=30)
     lora_scale: float = _opt("Strength of the workspace's LoRA.", default=1.0, min=-4, max=4)
+    memory: str = _opt("Precision for generation: auto (bf16 with every model on the GPU if it "
+                       "fits, else model offload, then fp8, then nf4) | bf16 | fp8 | nf4 | "
+                       "fp32.", default="auto", choices=MEMORY_MODES)
     presets: dict[str, str] = _opt(
         "Named prompt templates: {prompt} is what you type, {trigger} the trigger word.",
         default_factory=lambda: {

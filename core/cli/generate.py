@@ -144,13 +144,17 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def _generate_here(ws: Workspace, request: Request) -> list[Path]:
-    from ..generate.generator import run_request
+    from ..generate.generator import plan_for, run_request
     from ..models.owner import ModelOwner
 
     base = complete_recipe(ws, request.recipe)
     recipes = replace(request, recipe=base).expand()
-    generator = ModelOwner().generator(resolve_model(base.model))
+    source = resolve_model(base.model)
+    plan = plan_for(ws, source, recipes)
     err = console(stderr=True)
+    if err.is_terminal:
+        err.print(plain(f"generation: {plan.reason}", "dim"))
+    generator = ModelOwner().generator(source, plan)
 
     def progress(index: int, path: Path, recipe: Recipe) -> None:
         if err.is_terminal:

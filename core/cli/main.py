@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import EXIT_FAILURE, LoraboothError, describe_os_error
-from . import check, demo, doctor, engine, generate, init, train
+from . import check, demo, doctor, engine, generate, init, plan, train
 from .console import error
 
 Command = Callable[[argparse.Namespace], int]
@@ -57,6 +57,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
             generate.add_generate_arguments, generate.run_generate)
     command("doctor", "GPU, versions, model weights, terminal support", doctor.add_arguments,
             doctor.run)
+    command("plan", "what training and generation would use on this (or a named) GPU",
+            plan.add_arguments, plan.run)
     return parser, handlers
 
 

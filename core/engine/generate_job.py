@@ -34,7 +34,7 @@ def denoise_hook(engine: Engine, job_id: int) -> Callable[[int, int], bool]:
 
 
 def run(engine: Engine, job: Job) -> str:
-    from ..generate.generator import Cancelled, run_request
+    from ..generate.generator import Cancelled, plan_for, run_request
     from ..generate.request import complete_recipe, request_from_params
     from ..models.resolve import resolve_model
 
@@ -47,10 +47,12 @@ def run(engine: Engine, job: Job) -> str:
     done = [Path(o.path) for o in engine.store.outputs(job.id) if o.kind == "image"]
     engine.store.update_job(job.id, total=len(recipes), step=len(done))
     source = resolve_model(base.model)
-    fresh = not engine.model.resident(source)
-    generator = engine.model.generator(source)
+    plan = plan_for(engine.ws, source, recipes)
+    fresh = not engine.model.resident(source, None, plan.quantize)
+    generator = engine.model.generator(source, plan)
     if fresh:
         engine.model_loaded(base.model, generator.device)
+        engine.event(f"generation: {plan.reason}")
     try:
         paths = run_request(generator, engine.ws, recipes, job.id, image_saved(engine, job.id),
                             on_denoise_step=denoise_hook(engine, job.id), done=done)
@@ -99,7 +101,7 @@ def between_training_steps(engine: Engine, trainer: Trainer) -> None:
     transformer.eval()
     try:
         with torch.random.fork_rng(devices=[]), lora_scale(transformer, scale):
-            generator = engine.model.training_generator(trainer.encoder.text)
+            generator = engine.model.training_generator(trainer.prompt_embeds)
             paths = run_request(generator, engine.ws, recipes, job.id,
                                 image_saved(engine, job.id),
                                 on_denoise_step=denoise_hook(engine, job.id),

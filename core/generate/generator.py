@@ -41,6 +41,7 @@ class Generator:
             if lora.sha256 not in self.adapters:
                 name = f"lora_{lora.sha256[:12]}"
                 self.pipe.load_lora_weights(lora.path, adapter_name=name)
+                self._full_precision_lora(name, lora.path)
                 self.adapters[lora.sha256] = name
         if not loras:
             if self.adapters:
@@ -49,6 +50,20 @@ class Generator:
         self.pipe.enable_lora()
         self.pipe.set_adapters([self.adapters[lora.sha256] for lora in loras],
                                [lora.scale for lora in loras])
+
+    def _full_precision_lora(self, name: str, path: str) -> None:
+        """Over a transformer stored in fp8 the loaded LoRA came in fp8 too: put it back in the
+        compute precision and reload its weights from the file."""
+        from safetensors.torch import load_file
+
+        from ..train.lora import adapter_to, set_lora_weights, stored_in_fp8
+
+        transformer = self.pipe.transformer
+        if not stored_in_fp8(transformer):
+            return
+        adapter_to(transformer, name, self.pipe.vae.dtype)
+        state = {k: v for k, v in load_file(path).items() if k.startswith("transformer.")}
+        set_lora_weights({"transformer": transformer}, state, adapter=name)
 
     # -- images -----------------------------------------------------------------------------
 
@@ -97,6 +112,17 @@ class Generator:
             self._inpaint = FluxInpaintPipeline.from_pipe(self.pipe)
             self._inpaint.set_progress_bar_config(disable=True)
         return self._inpaint
+
+
+def plan_for(ws: Workspace, source: ModelSource, recipes: Sequence[Recipe]):
+    """The memory plan for rendering `recipes` here (precision, fp8/NF4 storage, offload),
+    sized for the largest image."""
+    from ..models.load import default_device
+    from ..models.sizes import generation_plan
+
+    side = max(max(r.width, r.height) for r in recipes)
+    return generation_plan(ws.config(check_photos=False), source.path, side,
+                           source.max_sequence_length, default_device())
 
 
 class Cancelled(Exception):

@@ -16,10 +16,17 @@ if TYPE_CHECKING:
 
 def load_pipeline(source: ModelSource, dtype: torch.dtype | None = None,
                   device: str | torch.device | None = None,
-                  quantize: str | None = None) -> FluxPipeline:
+                  quantize: str | None = None, placement: str = "all") -> FluxPipeline:
     """FluxPipeline.from_pretrained on the resolved folder, loaded straight into `dtype`
-    (low_cpu_mem_usage: weights stream to their place, never twice in system RAM). With
-    `quantize="nf4"` the transformer loads 4-bit through bitsandbytes (QLoRA-style)."""
+    (low_cpu_mem_usage: weights stream to their place, never twice in system RAM).
+
+    `quantize`: None; "fp8" (the transformer's weights stored in float8 and cast layer by layer
+    to `dtype` as it runs, diffusers' layerwise casting: half the memory of bf16, no extra
+    library); "nf4" (4-bit through bitsandbytes, QLoRA-style).
+    `placement`: "all" (every model on `device`); "caching" (the transformer waits on the CPU
+    until the photos and captions are encoded; the trainer brings it over); "lean" (T5 too
+    stays on the CPU and encodes the captions there); "offload" (diffusers' model CPU offload:
+    each model on the GPU only while it runs)."""
     quiet_libraries()
     import torch
     from diffusers import FluxPipeline
@@ -36,12 +43,34 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype | None = None,
         pipe = FluxPipeline.from_pretrained(source.path, torch_dtype=dtype,
                                             local_files_only=True, **extra)
     pipe.set_progress_bar_config(disable=True)
-    if quantize:
-        # bitsandbytes placed the 4-bit transformer on the GPU already; move the rest.
-        for name in ("vae", "text_encoder", "text_encoder_2"):
-            getattr(pipe, name).to(device)
-        return pipe
-    return pipe.to(device)
+    if quantize == "fp8":
+        store_in_fp8(pipe.transformer, dtype)
+    pipe.lorabooth_offload = place(pipe, device, placement, quantize)
+    return pipe
+
+
+def store_in_fp8(transformer, compute_dtype) -> None:
+    """Weights kept in float8 (e4m3), each layer's cast to `compute_dtype` while it runs; the
+    norms and embeddings stay as they are (diffusers' default skip list)."""
+    import torch
+
+    transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+                                         compute_dtype=compute_dtype)
+
+
+def place(pipe, device, placement: str, quantize: str | None = None) -> bool:
+    """Put the pipeline's models where `placement` says (see load_pipeline). Returns whether
+    model offload is on (it is only on a GPU)."""
+    if placement == "offload" and device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+        return True
+    for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
+        if name == "transformer" and (quantize == "nf4" or placement in ("caching", "lean")):
+            continue  # bitsandbytes placed it already; or it waits for the encoding to end
+        if name == "text_encoder_2" and placement == "lean":
+            continue
+        getattr(pipe, name).to(device)
+    return False
 
 
 def _load_nf4_transformer(source: ModelSource, dtype):
@@ -52,32 +81,6 @@ def _load_nf4_transformer(source: ModelSource, dtype):
     return FluxTransformer2DModel.from_pretrained(
         source.path, subfolder="transformer", quantization_config=config, torch_dtype=dtype,
         local_files_only=True)
-
-
-def transformer_params(source: ModelSource) -> float:
-    """The transformer's parameter count, from its files' sizes and stored dtype."""
-    import json
-
-    files = sorted((source.path / "transformer").glob("*.safetensors"))
-    if not files:  # weights in another format: count from the config, on the meta device
-        return params_from_config(source.path / "transformer")
-    with open(files[0], "rb") as handle:
-        size = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(size))
-    dtypes = [v["dtype"] for k, v in header.items() if k != "__metadata__"]
-    width = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1}.get(dtypes[0] if dtypes else "", 2)
-    return sum(f.stat().st_size for f in files) / width
-
-
-def params_from_config(folder) -> float:
-    """The parameter count of the transformer a config describes, built on the meta device
-    (no memory, no weights)."""
-    from accelerate import init_empty_weights
-    from diffusers import FluxTransformer2DModel
-
-    with init_empty_weights():
-        model = FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(folder))
-    return float(sum(p.numel() for p in model.parameters()))
 
 
 def describe_device(device: torch.device) -> str:

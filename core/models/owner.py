@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..generate.generator import Generator
+    from ..memory import Plan
 
 
 class ModelOwner:
@@ -27,6 +28,7 @@ class ModelOwner:
         self.source: ModelSource | None = None
         self.pipe: Any = None
         self.quantize: str | None = None
+        self.offload = False  # diffusers' model CPU offload is on
         self.training = False  # a Trainer holds the pipeline (its LoRA attached, in train mode)
         self._generator: Generator | None = None
 
@@ -45,6 +47,7 @@ class ModelOwner:
             return
         self.pipe = self.source = self._generator = None
         self.quantize = None
+        self.offload = False
         gc.collect()
         import torch
 
@@ -52,22 +55,28 @@ class ModelOwner:
             torch.cuda.empty_cache()
 
     def _load(self, source: ModelSource, dtype: torch.dtype | None, device: Any,
-              quantize: str | None) -> None:
+              quantize: str | None, placement: str = "all") -> None:
         self.drop()  # before loading: the old copy must not be resident beside the new one
-        self.pipe = load_pipeline(source, dtype, device, quantize)
+        self.pipe = load_pipeline(source, dtype, device, quantize, placement)
         self.source, self.quantize = source, quantize
+        self.offload = getattr(self.pipe, "lorabooth_offload", False)
 
     # -- training ---------------------------------------------------------------------------
 
     def borrow_for_training(self, source: ModelSource, dtype: torch.dtype, device: Any,
-                            quantize: str | None) -> tuple[Any, bool]:
+                            quantize: str | None, placement: str = "all") -> tuple[Any, bool]:
         """The pipeline for a training run: the resident one when it fits, with any adapters a
         generation job loaded taken out. Returns (pipeline, loaded from disk now)."""
         loaded = not self.resident(source, dtype, quantize)
         if loaded:
-            self._load(source, dtype, device, quantize)
+            self._load(source, dtype, device, quantize, placement)
         else:
             self.pipe.unload_lora_weights()
+            if self.offload:  # offload left every model on the CPU
+                from .load import place
+
+                self.pipe.remove_all_hooks()
+                self.offload = place(self.pipe, device, placement, quantize)
         self._generator = None  # its adapter bookkeeping no longer holds
         self.training = True
         return self.pipe, loaded
@@ -87,12 +96,31 @@ class ModelOwner:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def generator(self, source: ModelSource) -> Generator:
-        """A warm generator for `source`, loading it (and freeing another model) if needed."""
-        from ..generate.generator import Generator
+    def generator(self, source: ModelSource, plan: Plan | None = None) -> Generator:
+        """A warm generator for `source` as `plan` says (precision, storage, offload), loading it
+        (and freeing another model) if needed; without a plan, whatever is resident."""
+        import torch
 
-        if not self.resident(source):
-            self._load(source, None, None, None)
+        from ..generate.generator import Generator
+        from .load import default_device, place
+
+        dtype = getattr(torch, plan.dtype) if plan else None
+        quantize = plan.quantize if plan else self.quantize
+        if not self.resident(source, dtype, quantize):
+            self._load(source, dtype, None, quantize, "offload" if plan and plan.offload
+                       else "all")
+        elif plan is not None and plan.offload != self.offload:
+            device = default_device()
+            if self.offload:
+                self.pipe.remove_all_hooks()
+            self.offload = place(self.pipe, device, "offload" if plan.offload else "all",
+                                 self.quantize)
+            self._generator = None
+        else:
+            # Training may have left models where it wanted them (the encoders on the CPU).
+            device = default_device()
+            if not self.offload:
+                place(self.pipe, device, "all", self.quantize)
         if self._generator is None:
             self._generator = Generator(self.source, self.pipe)
         return self._generator

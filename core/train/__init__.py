@@ -1,7 +1,7 @@
 """Training a Flux LoRA: the `Trainer` loop (`trainer`), its data (`data`: examples and batch
 order), optimizers and schedules (`optim`), samples (`samples`), the flow-matching objective
-(`flow`), caching (`encode`), adapters and files (`lora`), checkpoints (`checkpoint`), memory
-plans (`memory`) and several GPUs (`distributed`).
+(`flow`), caching (`encode`), adapters and files (`lora`), checkpoints (`checkpoint`) and
+several GPUs (`distributed`). Memory plans live in `core/memory.py`: generation has them too.
 
 This `__init__` imports nothing heavy: the UI lists checkpoints without torch.
 """

@@ -85,10 +85,14 @@ class Encoder:
         if cached is not None:
             self.stats.texts_cached += 1
             return cached["prompt_embeds"], cached["pooled"]
+        # Each encoder runs where it lives: during training T5 may wait on the CPU while CLIP
+        # stays on the GPU (encode_prompt would send both one device's tensors).
         with torch.no_grad():
-            prompt_embeds, pooled, _ = self.pipe.encode_prompt(
-                prompt=caption, prompt_2=caption, device=self.pipe.text_encoder_2.device,
-                max_sequence_length=self.max_sequence_length)
+            pooled = self.pipe._get_clip_prompt_embeds(
+                prompt=caption, device=self.pipe.text_encoder.device)
+            prompt_embeds = self.pipe._get_t5_prompt_embeds(
+                prompt=caption, max_sequence_length=self.max_sequence_length,
+                device=self.pipe.text_encoder_2.device)
         tensors = {"prompt_embeds": prompt_embeds[0].float().cpu().contiguous(),
                    "pooled": pooled[0].float().cpu().contiguous()}
         atomic_write_bytes(path, save(tensors))

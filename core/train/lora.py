@@ -70,6 +70,11 @@ def adapter_metadata(config) -> dict:
 # modules carrying the adapter; every key in a file starts with its component's name.
 
 
+# transformers 5 dropped CLIPTextModel's `text_model.` level; files keep it on every version,
+# the layout diffusers (which strips it where the model lacks it) and ComfyUI read.
+CLIP_LEVEL = "text_model."
+
+
 def lora_state_dict(components: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
     """The adapters' weights under diffusers' component prefixes, contiguous on the CPU."""
     from peft.utils import get_peft_model_state_dict
@@ -77,8 +82,14 @@ def lora_state_dict(components: dict[str, torch.nn.Module]) -> dict[str, torch.T
     out = {}
     for name, module in components.items():
         state = get_peft_model_state_dict(module, adapter_name=ADAPTER)
-        out.update({f"{name}.{k}": v.detach().to("cpu").contiguous() for k, v in state.items()})
+        level = _missing_level(name, module)
+        out.update({f"{name}.{level}{k}": v.detach().to("cpu").contiguous()
+                    for k, v in state.items()})
     return out
+
+
+def _missing_level(name: str, module: torch.nn.Module) -> str:
+    return CLIP_LEVEL if name == "text_encoder" and not hasattr(module, "text_model") else ""
 
 
 def lora_file_metadata(adapters: dict[str, dict], info: dict[str, object]) -> dict[str, str]:
@@ -98,18 +109,36 @@ def lora_file_bytes(components: dict[str, torch.nn.Module], adapters: dict[str, 
 
 
 def set_lora_weights(components: dict[str, torch.nn.Module],
-                     state: dict[str, torch.Tensor]) -> None:
-    """Put saved weights (diffusers keys) into the adapters being trained."""
+                     state: dict[str, torch.Tensor], adapter: str = ADAPTER) -> None:
+    """Put saved weights (diffusers keys) into an adapter: the one being trained, or one a
+    generator loaded."""
     from peft.utils import set_peft_model_state_dict
 
     for name, module in components.items():
-        weights = {k.removeprefix(f"{name}."): v for k, v in state.items()
+        level = _missing_level(name, module)
+        weights = {k.removeprefix(f"{name}.").removeprefix(level): v for k, v in state.items()
                    if k.startswith(f"{name}.")}
-        result = set_peft_model_state_dict(module, weights, adapter_name=ADAPTER)
+        result = set_peft_model_state_dict(module, weights, adapter_name=adapter)
         unexpected = getattr(result, "unexpected_keys", None)
         if unexpected:
             raise ValueError(f"the saved LoRA does not match this one "
                              f"(unexpected {unexpected[:3]})")
+
+
+def adapter_to(model: torch.nn.Module, adapter: str, dtype: torch.dtype) -> None:
+    """Store one adapter's weights in `dtype`. peft gives a new adapter the dtype of the layer
+    it wraps, which for a transformer stored in fp8 would keep the LoRA in 3 mantissa bits."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            for layers in (module.lora_A, module.lora_B):
+                if adapter in layers:
+                    layers[adapter].to(dtype)
+
+
+def stored_in_fp8(model: torch.nn.Module) -> bool:
+    return any(p.dtype == torch.float8_e4m3fn for p in model.parameters())
 
 
 def remove_lora(model: torch.nn.Module) -> None:

@@ -20,9 +20,11 @@ import torch
 from .. import __version__
 from ..config import Config
 from ..fsutil import atomic_write_bytes
-from ..models.load import default_device, default_dtype, transformer_params, use_safe_attention
+from ..memory import Plan
+from ..models.load import default_device, default_dtype, use_safe_attention
 from ..models.owner import ModelOwner
 from ..models.resolve import ModelSource, resolve_model
+from ..models.sizes import training_plan
 from ..workspace import LORA_FILE, Workspace
 from . import TrainingError, flow
 from .checkpoint import (
@@ -44,7 +46,6 @@ from .lora import (
     lora_file_bytes,
     target_modules,
 )
-from .memory import MemoryPlan, plan_memory
 from .optim import lr_lambda, make_optimizer
 from .samples import render_samples, sample_prompts
 from .state import choose_run, restore, state_of
@@ -70,6 +71,18 @@ class TrainResult:
     stopped: bool = False
     encode: EncodeStats = field(default_factory=EncodeStats)
     run: str = ""
+
+
+def checkpointing(preserve_rng: bool) -> Callable:
+    """Each block recomputed in the backward pass, as diffusers does, but with the RNG state
+    saved around a block only when something in it draws random numbers (LoRA dropout): Flux's
+    blocks draw none, and saving and restoring every device's RNG per block is pure overhead."""
+    from torch.utils.checkpoint import checkpoint
+
+    def run(module, *args):
+        return checkpoint(module.__call__, *args, use_reentrant=False,
+                          preserve_rng_state=preserve_rng)
+    return run
 
 
 class Trainer:
@@ -102,30 +115,22 @@ class Trainer:
 
     # -- setup --------------------------------------------------------------------------
 
-    def plan_memory(self) -> MemoryPlan:
-        t = self.config.train
-        free = None
-        bf16 = True
-        if self.device.type == "cuda":
-            free = torch.cuda.mem_get_info(self.device)[0] / 2**30
-            bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-        try:
-            import bitsandbytes  # noqa: F401
-            have_bnb = True
-        except ImportError:
-            have_bnb = False
-        return plan_memory(t.memory, self.device.type, free, transformer_params(self.source),
-                           max(t.resolution), have_bnb, bf16)
+    def plan_memory(self) -> Plan:
+        """The whole pipeline's memory for this run (see core/memory.py); a model this process
+        holds already counts as available, since it is reused or freed before loading."""
+        return training_plan(self.config, self.source.path, self.source.max_sequence_length,
+                             self.device)
 
     def prepare(self) -> None:
         """Load the model, encode the data set into the cache, attach a fresh LoRA."""
         t = self.config.train
         self.examples = collect_examples(self.ws, self.config)
-        plan = self.plan_memory()
+        plan = self.plan = self.plan_memory()
         self.dtype = getattr(torch, plan.dtype)
         self.log(f"{len(self.examples)} training examples on {self.device}; {plan.reason}")
         self.pipe, self.loaded_model = self.owner.borrow_for_training(
-            self.source, self.dtype, self.device, plan.quantize)
+            self.source, self.dtype, self.device, plan.quantize,
+            "all" if plan.encoders_on_gpu else "caching" if plan.text_on_gpu else "lean")
         if not self.source.family.embeds_guidance:
             self.log("this base does not embed guidance (FLUX.1 [schnell]): training straight "
                      "on it undoes its few-step distillation; train on FLUX.1 [dev], or merge a "
@@ -156,7 +161,7 @@ class Trainer:
             self.pipe.text_encoder.train()
             self.clip_ids = {c: self.clip_ids_of(c) for c in self.texts}
         if plan.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
+            transformer.enable_gradient_checkpointing(checkpointing(t.dropout > 0))
         transformer.train()
         self.model = self.team.wrap(transformer)  # DDP under `accelerate launch`
         # The CLIP LoRA trains too: wrapped as well, so its gradients are averaged across
@@ -182,18 +187,33 @@ class Trainer:
         self.sample_prompts = sample_prompts(self.config)
         self.sample_texts = [self.encoder.text(p) for p in self.sample_prompts]
 
+    def prompt_embeds(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A prompt as the model being trained sees it: T5 from the cache (encoded where T5
+        lives), the pooled CLIP embedding live when the CLIP LoRA trains."""
+        embeds, pooled = self.encoder.text(prompt)
+        if self.config.train.text_encoder_lora:
+            clip = self.pipe.text_encoder
+            with torch.no_grad():
+                ids = self.clip_ids_of(prompt)[None].to(clip.device)
+                pooled = clip(ids, output_hidden_states=False).pooler_output[0].float().cpu()
+        return embeds, pooled
+
     def clip_ids_of(self, caption: str) -> torch.Tensor:
         tok = self.pipe.tokenizer
         return tok(caption, padding="max_length", max_length=tok.model_max_length,
                    truncation=True, return_tensors="pt").input_ids[0]
 
     def _park_encoders(self) -> None:
-        """The text encoders are not needed once everything is cached: free their memory."""
-        if self.device.type == "cuda":
-            if not self.config.train.text_encoder_lora:  # else CLIP trains on the GPU
-                self.pipe.text_encoder.to("cpu")
+        """Once everything is cached, T5 waits on the CPU if the plan has no room for it beside
+        the transformer (CLIP, 0.2 GiB, stays: it may train, and a queued prompt needs it);
+        then the transformer comes to the GPU."""
+        if self.device.type != "cuda":
+            return
+        if not self.plan.encoders_on_gpu:
             self.pipe.text_encoder_2.to("cpu")
             torch.cuda.empty_cache()
+        if self.plan.quantize != "nf4":  # bitsandbytes placed it at load
+            self.pipe.transformer.to(self.device)
 
     # -- one step -----------------------------------------------------------------------
 
@@ -345,8 +365,8 @@ class Trainer:
             transformer.disable_gradient_checkpointing()
         transformer.requires_grad_(False)
         transformer.eval()
-        pipe.text_encoder.to(self.device)
-        pipe.text_encoder_2.to(self.device)
+        # The models stay where training had them: the next generation job places them as
+        # its own memory plan says (T5 may not fit back beside the transformer).
 
     # -- the run ------------------------------------------------------------------------
 

@@ -141,14 +141,16 @@ def test_the_family_comes_from_the_weights_config_not_the_name(demo_model, demo_
     assert any("undoes its few-step distillation" in line for line in logs)
 
 
-def test_the_parameter_count_does_not_need_safetensors_files(demo_model, demo_pipe, tmp_path):
-    from lorabooth.core.models.load import transformer_params
-    from lorabooth.core.models.resolve import ModelSource
+def test_the_parameter_count_needs_only_the_configs(demo_model, demo_pipe, tmp_path):
+    """The planner counts from the configs on the meta device, with or without weights."""
+    from lorabooth.core.models.shipped import component_params
 
-    exact = sum(p.numel() for p in demo_pipe.transformer.parameters())
-    assert transformer_params(resolve_model("demo")) == pytest.approx(exact, rel=0.01)
+    counts = component_params(demo_model)
+    for name in ("transformer", "text_encoder_2", "text_encoder", "vae"):
+        module = getattr(demo_pipe, name)
+        assert counts[name] == sum(p.numel() for p in module.parameters()), name
     bare = tmp_path / "bare"
-    (bare / "transformer").mkdir(parents=True)
-    (bare / "transformer" / "config.json").write_bytes(
-        (demo_model / "transformer" / "config.json").read_bytes())
-    assert transformer_params(ModelSource("bare", bare)) == exact  # was 0 before
+    for name in ("transformer", "text_encoder_2", "text_encoder", "vae"):
+        (bare / name).mkdir(parents=True)
+        (bare / name / "config.json").write_bytes((demo_model / name / "config.json").read_bytes())
+    assert component_params(bare) == counts  # no safetensors there: was 0 before

@@ -14,10 +14,10 @@ from lorabooth.core.engine.failures import explain_failure
 from lorabooth.core.engine.lock import EngineRunning
 from lorabooth.core.errors import EXIT_FAILURE, EXIT_USAGE, LoraboothError, UsageError
 from lorabooth.core.generate.recipe import RecipeError
+from lorabooth.core.memory import MemoryPlanError
 from lorabooth.core.models.resolve import ModelNotFound
 from lorabooth.core.store import StoreError
 from lorabooth.core.train import TrainingError
-from lorabooth.core.train.memory import MemoryPlanError
 from lorabooth.core.workspace import WorkspaceExists
 
 

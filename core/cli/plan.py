@@ -1,0 +1,161 @@
+"""`lorabooth plan`: what lorabooth would do on this card (or a named one, or the usual sizes)
+for the workspace's training and generation: precision, weight storage, where the text encoders
+live, offload, the estimated peak of each phase, and why. For FLUX.1-dev and schnell it needs no
+weights (their configs ship with lorabooth), so it answers before a 34 GB download."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from ..config import Config
+from ..errors import EXIT_OK, UsageError
+from ..memory import MemoryPlanError, Plan, card_gib
+from ..models.families import DEMO
+from ..safetext import plain
+from ..workspace import require_workspace
+from .args import number
+from .console import console
+
+USUAL_CARDS = (12, 16, 24, 32, 48, 80)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workspace", nargs="?", default=".", help="workspace folder (default .)")
+    parser.add_argument("--gpu-memory", type=number(1, 4096), metavar="GB", action="append",
+                        help="plan for a card of this many GB (repeatable); default: this "
+                             "machine's GPU, or 12, 16, 24, 32, 48 and 80 GB without one")
+    parser.add_argument("--json", action="store_true", help="print the plans as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    ws = require_workspace(args.workspace)
+    config = ws.config(check_photos=False)
+    folder, text_tokens = model_configs(config.model)
+    cards = cards_to_plan(args.gpu_memory)
+    plans = [plan_row(config, folder, text_tokens, label, available, job, resolution, named)
+             for label, available, named in cards
+             for job, resolution in jobs(config)]
+    if args.json:
+        print(json.dumps({"model": config.model, "plans": plans}, indent=2))
+        return EXIT_OK
+    out = console()
+    out.print(plain(f"memory plan for {config.model}"
+                    f" (train.memory = {config.train.memory}, "
+                    f"generate.memory = {config.generate.memory})", "bold"))
+    out.print(table(plans))
+    if len(cards) > 1:
+        out.print(plain("why, phase by phase: lorabooth plan --gpu-memory GB (or --json)", "dim"))
+        return EXIT_OK
+    for row in plans:
+        out.print(plain(f"{row['job']} {row['resolution']} px: {row['reason']}",
+                        "" if row["fits"] else "red"))
+        for phase in (row["plan"] or {}).get("phases", []):
+            out.print(plain(f"  {phase['name']}: ~{phase['gib']:.1f} GiB ({phase['resident']})",
+                            "dim"))
+    return EXIT_OK
+
+
+def model_configs(spec: str) -> tuple[Path, int]:
+    """A folder with the model's configs, and its T5 length: shipped for the models lorabooth
+    knows, else the model's own folder (the weights are not read)."""
+    from ..models.families import family_of, family_of_folder
+    from ..models.resolve import ModelNotFound, resolve_model
+    from ..models.shipped import shipped_folder
+
+    known = shipped_folder(spec) or shipped_folder(_short_name(spec))
+    if known is not None:
+        return known, family_of_folder(known, spec).t5_length
+    try:
+        source = resolve_model(spec, build_demo=spec.strip() == DEMO)
+    except ModelNotFound as exc:
+        raise UsageError(
+            f"{exc}\nlorabooth plan knows FLUX.1-dev and FLUX.1-schnell without their weights; "
+            "for another model it reads the configs in its folder.") from None
+    return source.path, family_of(spec).t5_length if source.is_demo else \
+        source.max_sequence_length
+
+
+def _short_name(spec: str) -> str:
+    from ..models.families import KNOWN_REPOS
+
+    repo = KNOWN_REPOS.get(spec.strip().lower(), "")
+    return repo
+
+
+def cards_to_plan(asked: list[float] | None) -> list[tuple[str, float, bool]]:
+    """(label, GiB available, a named card rather than this machine's GPU)."""
+    if asked:
+        return [(f"{gb:g} GB", card_gib(gb), True) for gb in asked]
+    from ..models.load import default_device, describe_device
+
+    device = default_device()
+    if device.type == "cuda":
+        from ..models.sizes import available_gib
+
+        return [(describe_device(device), available_gib(device), False)]
+    return [(f"{gb} GB", card_gib(gb), True) for gb in USUAL_CARDS]
+
+
+def jobs(config: Config) -> list[tuple[str, int]]:
+    generate = max(config.generate.width, config.generate.height)
+    return [("train", r) for r in sorted(set(config.train.resolution))] + [
+        ("generate", generate)]
+
+
+def plan_row(config: Config, folder: Path, text_tokens: int, card: str, available: float,
+             job: str, resolution: int, named: bool = True) -> dict:
+    """One job's plan on one card; a named card is taken to have native bf16."""
+    import dataclasses
+
+    import torch
+
+    from ..models.sizes import generation_plan, training_plan
+
+    device = torch.device("cuda")
+    row = {"card": card, "available_gib": None if available is None else round(available, 1),
+           "job": job, "resolution": resolution}
+    try:
+        if job == "train":
+            one = dataclasses.replace(config.train, resolution=[resolution])
+            plan = training_plan(dataclasses.replace(config, train=one), folder, text_tokens,
+                                 device, available=available, bf16=True if named else None)
+        else:
+            plan = generation_plan(config, folder, resolution, text_tokens, device,
+                                   available=available, bf16=True if named else None)
+    except MemoryPlanError as exc:
+        return {**row, "fits": False, "reason": str(exc), "plan": None}
+    fits = available is None or plan.peak_gib <= available
+    return {**row, "fits": fits, "reason": plan.reason, "plan": plan.to_dict(),
+            "weights": weights(plan), "placement": placement(plan)}
+
+
+def weights(plan: Plan) -> str:
+    short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[plan.dtype]
+    return {"fp8": f"fp8 > {short}", "nf4": f"NF4 > {short}"}.get(plan.quantize or "", short)
+
+
+def placement(plan: Plan) -> str:
+    if plan.job == "generate":
+        return "model offload" if plan.offload else "all on GPU"
+    return "encoders on GPU" if plan.encoders_on_gpu else "encoders on CPU"
+
+
+def table(rows: list[dict]) -> Table:
+    grid = Table(show_edge=False, pad_edge=False)
+    for name in ("card", "job", "px", "weights", "placement", "peak GiB", ""):
+        grid.add_column(name, justify="right" if name in ("px", "peak GiB") else "left",
+                        no_wrap=True)
+    for row in rows:
+        plan = row["plan"]
+        if plan is None:
+            grid.add_row(plain(row["card"]), row["job"], str(row["resolution"]), "-", "-",
+                         "-", plain("does not fit", "red"))
+            continue
+        grid.add_row(plain(row["card"]), row["job"], str(row["resolution"]), row["weights"],
+                     row["placement"], f"{plan['peak_gib']:.1f}",
+                     plain("fits", "green") if row["fits"] else plain("too big", "red"))
+    return grid

@@ -1,0 +1,311 @@
+"""Planning GPU memory for the whole pipeline, for training and for generation.
+
+Every module resident in each phase is counted, in GiB, against the GiB this process may use:
+- caching: T5-XXL, CLIP and the VAE encode the photos and captions; the transformer waits;
+- training: the transformer (bf16, fp8 storage or NF4), the VAE, the LoRA with its gradients
+  and AdamW state, the activations of the batch under gradient checkpointing, and the text
+  encoders if they fit beside it (then a prompt queued between steps encodes on the GPU);
+- sampling between steps: training's weights, no training activations, one render's;
+- generation: every module resident if it fits, else diffusers' model CPU offload (each model
+  on the GPU only while it runs), at bf16 first, then fp8 storage, then NF4.
+
+The activation figures were measured on an H200 with the full-size FLUX.1-dev in bf16
+(`bench/results/gpu.json`): training at batch 1 with checkpointing peaked 1.0 GiB above its
+weights at 512 px and 2.5 GiB at 1024 px (LoRA state included); a 1024 px VAE decode 2.4 GiB,
+a VAE encode 1.5 GiB, T5 at 512 tokens 0.26 GiB. They scale with the tokens (or pixels) and with
+the transformer's width; the constants below round them up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from .errors import LoraboothError
+
+GIB = 2**30
+# Bytes per stored parameter. NF4: 4 bits plus bitsandbytes' absmax blocks and the layers kept
+# in bf16 (norms, embeddings), as measured on diffusers' NF4 Flux (6.7 GB for 11.9B).
+BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "nf4": 0.56}
+TRAIN_GIB_PER_KTOKEN = 0.5  # measured 0.39 (1536 tokens) and 0.46 (4608), width 3072
+DENOISE_GIB_PER_KTOKEN = 0.25
+DECODE_GIB_PER_MPIXEL = 2.3
+ENCODE_GIB_PER_MPIXEL = 1.5
+T5_ACTIVATIONS_GIB = 0.3
+LORA_STATE_BYTES = 16  # per trainable parameter: fp32 weight, gradient, two AdamW moments
+MARGIN_GIB = 1.0  # allocator fragmentation and the odd temporary
+CUDA_CONTEXT_GIB = 0.5  # what the driver takes before the first tensor, on a named card
+REFERENCE_WIDTH = 3072  # FLUX.1's hidden size, where the per-token figures were measured
+
+
+class MemoryPlanError(LoraboothError):
+    """Nothing fits, or a mode cannot run here: the message says what would."""
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Parameters per component, and the transformer's hidden width."""
+    transformer: float
+    text_encoder_2: float
+    text_encoder: float
+    vae: float
+    width: int = REFERENCE_WIDTH
+    lora_params: float = 0.0  # trainable LoRA parameters at the configured rank and targets
+
+    def gib(self, component: str, precision: str) -> float:
+        return getattr(self, component) * BYTES[precision] / GIB
+
+    def encoders_gib(self, precision: str) -> float:
+        return self.gib("text_encoder_2", precision) + self.gib("text_encoder", precision)
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    gib: float
+    resident: str  # what is on the GPU, in words
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What lorabooth does for one job: the transformer's precision, where the text encoders
+    live, offload, and the peak of each phase; `reason` is the one line the user is told."""
+    job: str  # "train" | "generate"
+    resolution: int
+    dtype: str  # bfloat16 | float16 | float32: compute precision
+    quantize: str | None  # None | "fp8" | "nf4": how the transformer's weights are stored
+    encoders_on_gpu: bool  # train: the text encoders stay beside the transformer
+    offload: bool  # generate: diffusers' model CPU offload
+    available_gib: float | None
+    phases: list[Phase] = field(default_factory=list)
+    reason: str = ""
+    text_on_gpu: bool = True  # train: T5 encodes the captions on the GPU (else on the CPU)
+
+    @property
+    def peak_gib(self) -> float:
+        return max((p.gib for p in self.phases), default=0.0)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.job == "train" and self.dtype != "float32"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["peak_gib"] = round(self.peak_gib, 2)
+        for phase in data["phases"]:
+            phase["gib"] = round(phase["gib"], 2)
+        return data
+
+
+def image_tokens(width: int, height: int | None = None) -> int:
+    """Packed image tokens: one per 16x16 pixels (8x VAE, then 2x2 patches)."""
+    return (width // 16) * ((height or width) // 16)
+
+
+def _scale(size: ModelSize) -> float:
+    return size.width / REFERENCE_WIDTH
+
+
+def train_activations(size: ModelSize, resolution: int, batch: int, text_tokens: int) -> float:
+    return (TRAIN_GIB_PER_KTOKEN * (image_tokens(resolution) + text_tokens) / 1000 * batch
+            * _scale(size))
+
+
+def render_activations(size: ModelSize, resolution: int, text_tokens: int) -> float:
+    """One image: the larger of a denoising step (no gradients) and the VAE decode."""
+    denoise = DENOISE_GIB_PER_KTOKEN * (image_tokens(resolution) + text_tokens) / 1000
+    decode = DECODE_GIB_PER_MPIXEL * resolution * resolution / 1e6
+    return max(denoise * _scale(size), decode)
+
+
+# -- training -------------------------------------------------------------------------------
+
+def train_phases(size: ModelSize, quantize: str | None, half: str, resolution: int, batch: int,
+                 text_tokens: int, encoders_on_gpu: bool, sample_resolution: int,
+                 text_on_gpu: bool = True) -> list[Phase]:
+    stored = quantize or half
+    transformer = size.gib("transformer", stored)
+    encoders = size.encoders_gib(half)
+    clip = size.gib("text_encoder", half)
+    vae = size.gib("vae", half)
+    lora = size.lora_params * LORA_STATE_BYTES / GIB
+    vae_encode = ENCODE_GIB_PER_MPIXEL * resolution * resolution / 1e6
+    if text_on_gpu:
+        caching = encoders + vae + max(T5_ACTIVATIONS_GIB, vae_encode)
+        cached_by = "text encoders, VAE"
+    else:  # T5 encodes the captions on the CPU (once: they are cached)
+        caching = clip + vae + vae_encode
+        cached_by = "CLIP, VAE (T5 on the CPU)"
+    if encoders_on_gpu:
+        caching += transformer
+    weights = transformer + vae + lora + (encoders if encoders_on_gpu else clip)
+    where = "transformer, VAE, LoRA" + (", text encoders" if encoders_on_gpu else ", CLIP")
+    return [
+        Phase("caching", caching + MARGIN_GIB,
+              cached_by + (", transformer" if encoders_on_gpu else "")),
+        Phase("training", weights + train_activations(size, resolution, batch, text_tokens)
+              + MARGIN_GIB, where + ", activations"),
+        Phase("sampling", weights + render_activations(size, sample_resolution, text_tokens)
+              + MARGIN_GIB, where + ", one render"),
+    ]
+
+
+def plan_training(mode: str, size: ModelSize, resolution: int, *, device: str,
+                  available_gib: float | None, batch: int = 1, text_tokens: int = 512,
+                  sample_resolution: int | None = None, have_bitsandbytes: bool = False,
+                  bf16_supported: bool = True) -> Plan:
+    """The lightest way to train at `resolution` that loses nothing, or the mode asked for.
+    `available_gib` is what this process may use: free memory plus what it holds already
+    (a resident model is reused or freed before loading, never counted twice)."""
+    sample_resolution = sample_resolution or resolution
+    if device != "cuda":
+        if mode in ("nf4", "fp8"):
+            raise MemoryPlanError(f'memory = "{mode}" needs a CUDA GPU')
+        return Plan("train", resolution, "float32", None, True, False, None,
+                    reason="CPU: float32, no quantisation")
+    half = "bfloat16" if bf16_supported else "float16"
+    short = "bf16" if bf16_supported else "fp16"
+    if mode == "fp32":
+        return _fixed_train("float32", None, size, resolution, batch, text_tokens,
+                            sample_resolution, available_gib, "fp32", "float32 as configured")
+    if mode == "nf4" and not have_bitsandbytes:
+        raise MemoryPlanError('memory = "nf4" needs bitsandbytes: '
+                              "pip install 'lorabooth[lowvram]'")
+    options = {"bf16": [None], "fp8": ["fp8"], "nf4": ["nf4"]}.get(
+        mode, [None, "fp8"] + (["nf4"] if have_bitsandbytes else []))
+    tried = []
+    for quantize in options:
+        for encoders, text_on_gpu in ((True, True), (False, True), (False, False)):
+            phases = train_phases(size, quantize, short, resolution, batch, text_tokens,
+                                  encoders, sample_resolution, text_on_gpu)
+            plan = Plan("train", resolution, half, quantize, encoders, False, available_gib,
+                        phases, text_on_gpu=text_on_gpu)
+            tried.append(plan)
+            if available_gib is None or plan.peak_gib <= available_gib:
+                return _with_reason(plan, mode, tried)
+    if mode != "auto":  # the user chose: run it as asked, and say it may not fit
+        plan = tried[-1]
+        return _with_reason(plan, mode, tried)
+    smallest = tried[-1]
+    hint = ("" if have_bitsandbytes else
+            "; an NF4 base would need less: pip install 'lorabooth[lowvram]'")
+    raise MemoryPlanError(
+        f"training at {resolution} px needs ~{smallest.peak_gib:.1f} GiB even with "
+        f"{_stored(smallest)} weights and the text encoders on the CPU, and "
+        f"{available_gib:.1f} GiB is available{hint}; or lower train.resolution or "
+        "train.batch_size, or free the GPU from other programs")
+
+
+def _fixed_train(dtype, quantize, size, resolution, batch, text_tokens, sample_resolution,
+                 available, precision, reason) -> Plan:
+    phases = train_phases(size, quantize, precision, resolution, batch, text_tokens, False,
+                          sample_resolution)
+    return Plan("train", resolution, dtype, quantize, False, False, available, phases,
+                reason=f"{reason} (~{max(p.gib for p in phases):.1f} GiB)")
+
+
+def _stored(plan: Plan) -> str:
+    short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[plan.dtype]
+    return {"fp8": "fp8-stored", "nf4": "NF4"}.get(plan.quantize or "", short)
+
+
+def _with_reason(plan: Plan, mode: str, tried: list[Plan]) -> Plan:
+    where = ("text encoders stay on the GPU" if plan.encoders_on_gpu else
+             "T5 waits on the CPU after caching (a prompt queued while training encodes "
+             "there, slowly)")
+    if not plan.text_on_gpu:
+        where = "T5 encodes the captions on the CPU (slow, once: they are cached) and stays there"
+    if plan.job == "generate":
+        where = ("every model on the GPU" if not plan.offload else
+                 "model CPU offload: each model on the GPU only while it runs")
+    need = f"~{plan.peak_gib:.1f} GiB at {plan.resolution} px"
+    free = "" if plan.available_gib is None else f" of {plan.available_gib:.1f} GiB"
+    if mode != "auto":
+        fits = plan.available_gib is None or plan.peak_gib <= plan.available_gib
+        warning = "" if fits else " - more than is available, it may run out of memory"
+        return _replace_reason(plan, f"{_stored(plan)} as configured; {where}; needs "
+                                     f"{need}{free}{warning}")
+    first = tried[0]
+    why = "" if plan is first else (
+        f" ({_stored(first)} with every model resident would need ~{first.peak_gib:.1f} GiB)")
+    return _replace_reason(plan, f"{_stored(plan)} weights; {where}; needs {need}{free}{why}")
+
+
+def _replace_reason(plan: Plan, reason: str) -> Plan:
+    return replace(plan, reason=reason)
+
+
+# -- generation -----------------------------------------------------------------------------
+
+def generate_phases(size: ModelSize, quantize: str | None, half: str, resolution: int,
+                    text_tokens: int, offload: bool) -> list[Phase]:
+    transformer = size.gib("transformer", quantize or half)
+    encoders = size.encoders_gib(half)
+    vae = size.gib("vae", half)
+    render = render_activations(size, resolution, text_tokens)
+    if not offload:
+        return [Phase("generation", transformer + encoders + vae + render + MARGIN_GIB,
+                      "every model, one render")]
+    return [
+        Phase("text encoding", encoders + T5_ACTIVATIONS_GIB + MARGIN_GIB, "text encoders"),
+        Phase("denoising", transformer + render + MARGIN_GIB, "transformer, one render"),
+        Phase("decoding", vae + DECODE_GIB_PER_MPIXEL * resolution ** 2 / 1e6 + MARGIN_GIB,
+              "VAE"),
+    ]
+
+
+def plan_generation(mode: str, size: ModelSize, resolution: int, *, device: str,
+                    available_gib: float | None, text_tokens: int = 512,
+                    have_bitsandbytes: bool = False, bf16_supported: bool = True) -> Plan:
+    """bf16 with every model resident when it fits; else model CPU offload; then fp8 storage,
+    then NF4: quality first, then speed."""
+    if device != "cuda":
+        return Plan("generate", resolution, "float32", None, True, False, None,
+                    reason="CPU: float32")
+    half = "bfloat16" if bf16_supported else "float16"
+    short = "bf16" if bf16_supported else "fp16"
+    if mode == "nf4" and not have_bitsandbytes:
+        raise MemoryPlanError('memory = "nf4" needs bitsandbytes: '
+                              "pip install 'lorabooth[lowvram]'")
+    if mode == "fp32":
+        options = [("fp32", None)]
+    else:
+        options = {"bf16": [None], "fp8": ["fp8"], "nf4": ["nf4"]}.get(
+            mode, [None, "fp8"] + (["nf4"] if have_bitsandbytes else []))
+        options = [(short, q) for q in options]
+    tried = []
+    for precision, quantize in options:
+        for offload in (False, True):
+            phases = generate_phases(size, quantize, precision, resolution, text_tokens, offload)
+            dtype = "float32" if precision == "fp32" else half
+            plan = Plan("generate", resolution, dtype, quantize, not offload, offload,
+                        available_gib, phases)
+            tried.append(plan)
+            if available_gib is None or plan.peak_gib <= available_gib:
+                return _with_reason(plan, mode, tried)
+    if mode != "auto":
+        return _with_reason(tried[-1], mode, tried)
+    hint = "" if have_bitsandbytes else "; NF4 would need less: pip install 'lorabooth[lowvram]'"
+    raise MemoryPlanError(
+        f"generating at {resolution} px needs ~{tried[-1].peak_gib:.1f} GiB even with "
+        f"{_stored(tried[-1])} weights and model offload, and {available_gib:.1f} GiB is "
+        f"available{hint}; or lower generate.width and generate.height")
+
+
+# -- sizes ----------------------------------------------------------------------------------
+
+def lora_parameters(transformer, targets: list[str], rank: int) -> float:
+    """Trainable parameters of a LoRA of `rank` on the Linear layers peft would match."""
+    import torch
+
+    total = 0
+    for name, module in transformer.named_modules():
+        if isinstance(module, torch.nn.Linear) and any(
+                name == t or name.endswith("." + t) for t in targets):
+            total += rank * (module.in_features + module.out_features)
+    return float(total)
+
+
+def card_gib(total_gb: float) -> float:
+    """What a named card leaves for tensors: its memory less the CUDA context. Cards are sold
+    in binary gigabytes (a "24 GB" card has 24 GiB)."""
+    return max(0.0, total_gb - CUDA_CONTEXT_GIB)

@@ -1,0 +1,89 @@
+"""The planner's inputs for a real model and a real card: parameter counts read from a model's
+configs on the meta device (no weights needed), the memory this process may use, and the
+plans for a workspace's training and generation."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..memory import ModelSize, Plan, plan_generation, plan_training
+from .shipped import build_component, component_params
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import Config
+
+
+def model_size(folder: Path, rank: int = 16, targets: str = "attention") -> ModelSize:
+    counts = component_params(folder)
+    config = json.loads((folder / "transformer" / "config.json").read_text(encoding="utf-8"))
+    width = int(config.get("num_attention_heads", 24)) * int(config.get("attention_head_dim", 128))
+    return ModelSize(transformer=counts["transformer"], text_encoder_2=counts["text_encoder_2"],
+                     text_encoder=counts["text_encoder"], vae=counts["vae"], width=width,
+                     lora_params=_lora_params(folder, rank, targets))
+
+
+@cache
+def _lora_params(folder: Path, rank: int, targets: str) -> float:
+    import torch
+
+    from ..memory import lora_parameters
+    from ..train.lora import target_modules
+
+    with torch.device("meta"):
+        transformer = build_component(folder, "transformer")
+    return lora_parameters(transformer, target_modules(transformer, targets), rank)
+
+
+def available_gib(device: torch.device) -> float:
+    """Free memory plus what this process holds already: a model resident here is reused or
+    freed before the next load, so it must not count against the plan."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return (free + torch.cuda.memory_reserved(device)) / 2**30
+
+
+def have_bitsandbytes() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bf16_supported(device: torch.device) -> bool:
+    import torch
+
+    return device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def training_plan(config: Config, folder: Path, text_tokens: int, device: torch.device,
+                  available: float | None = None, bnb: bool | None = None,
+                  bf16: bool | None = None) -> Plan:
+    """`available`, `bnb` and `bf16` default to this machine's; `lorabooth plan` names a card."""
+    t = config.train
+    if available is None and device.type == "cuda":
+        available = available_gib(device)
+    return plan_training(
+        t.memory, model_size(folder, t.rank, t.targets), max(t.resolution),
+        device=device.type, available_gib=available, batch=t.batch_size,
+        text_tokens=text_tokens, sample_resolution=min(t.resolution),
+        have_bitsandbytes=have_bitsandbytes() if bnb is None else bnb,
+        bf16_supported=bf16_supported(device) if bf16 is None else bf16)
+
+
+def generation_plan(config: Config, folder: Path, resolution: int, text_tokens: int,
+                    device: torch.device, available: float | None = None,
+                    bnb: bool | None = None, bf16: bool | None = None) -> Plan:
+    if available is None and device.type == "cuda":
+        available = available_gib(device)
+    return plan_generation(
+        config.generate.memory, model_size(folder), resolution, device=device.type,
+        available_gib=available, text_tokens=text_tokens,
+        have_bitsandbytes=have_bitsandbytes() if bnb is None else bnb,
+        bf16_supported=bf16_supported(device) if bf16 is None else bf16)

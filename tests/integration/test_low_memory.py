@@ -1,0 +1,83 @@
+"""The low-memory paths a plan can choose, run on the CPU with the demo model: the transformer
+stored in fp8 (trains, and renders with the LoRA at full precision), and the models placed as
+the plan says."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lorabooth.core.generate.recipe import LoraRef, Recipe
+from lorabooth.core.memory import Plan
+from lorabooth.core.train.trainer import Trainer
+
+
+def fp8_plan(encoders_on_gpu: bool = True) -> Plan:
+    return Plan("train", 256, "float32", "fp8", encoders_on_gpu, False, None,
+                reason="fp8 storage, for the test")
+
+
+def test_a_transformer_stored_in_fp8_trains_a_full_precision_lora(demo_workspace, monkeypatch):
+    monkeypatch.setattr(Trainer, "plan_memory", lambda self: fp8_plan())
+    ws = demo_workspace(train_checkpoint_every=1000)
+    losses: list[float] = []
+    trainer = Trainer(ws, device="cpu", on_step=lambda m: losses.append(m.loss))
+    trainer.run(steps=20)
+    transformer = trainer.pipe.transformer
+    stored = {p.dtype for n, p in transformer.named_parameters() if "lora" not in n}
+    assert torch.float8_e4m3fn in stored  # the base weights take half the bf16 memory
+    assert {p.dtype for p in trainer.params} == {torch.float32}
+    assert all(torch.isfinite(torch.tensor(losses)))
+    saved = load_file(ws.lora_path)
+    assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)  # it learned
+
+    trainer.release()
+    generator = trainer.owner.generator(trainer.source)
+    sha = hashlib.sha256(ws.lora_path.read_bytes()).hexdigest()
+    recipe = Recipe("photo of zorb", width=64, height=64, steps=2,
+                    loras=(LoraRef("workspace", 1.0, str(ws.lora_path), sha),))
+    image = generator.render(recipe)
+    assert image.size == (64, 64)
+    # peft gives a new adapter its layer's dtype: over fp8 storage the LoRA must be put back
+    # in full precision, with the file's exact values.
+    name = generator.adapters[sha]
+    params = dict(transformer.named_parameters())
+    key = next(k for k in saved if "lora_B" in k and k.startswith("transformer."))
+    loaded = params[key.removeprefix("transformer.").replace("lora_B.weight",
+                                                             f"lora_B.{name}.weight")]
+    assert loaded.dtype == torch.float32
+    torch.testing.assert_close(loaded, saved[key].float())
+
+
+@pytest.mark.parametrize("placement, t5_on_device, transformer_on_device", [
+    ("all", True, True), ("caching", True, False), ("lean", False, False)])
+def test_placement_leaves_waiting_models_on_the_cpu(demo_model, placement, t5_on_device,
+                                                    transformer_on_device):
+    """Which models a placement moves to the device and which it leaves waiting on the CPU
+    (a CPU-only machine cannot tell two devices apart, so the moves are recorded)."""
+    from lorabooth.core.models.load import place
+
+    moved: list[str] = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, name: str):
+            super().__init__()
+            self.name = name
+
+        def to(self, *args, **kwargs):
+            moved.append(self.name)
+            return self
+
+    class Pipe:
+        pass
+
+    pipe = Pipe()
+    for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
+        setattr(pipe, name, Recorder(name))
+    assert place(pipe, torch.device("cpu"), placement) is False
+    assert ("text_encoder_2" in moved) is t5_on_device
+    assert ("transformer" in moved) is transformer_on_device
+    assert {"vae", "text_encoder"} <= set(moved)
