@@ -312,7 +312,7 @@ def flops(trainer, resolution: int, step_s: float) -> dict:
 
     if trainer.device.type != "cuda":
         return {}
-    params = sum(p.numel() for p in trainer.pipe.transformer.parameters())
+    params = sum(p.numel() for p in trainer.owner.pipe.transformer.parameters())
     tokens = image_tokens(resolution) + trainer.source.max_sequence_length
     tflops = 6 * params * tokens / step_s / 1e12
     return {"tflops_per_s": round(tflops, 1), "mfu": round(tflops / PEAK_BF16_TFLOPS, 3)}
@@ -341,7 +341,7 @@ def render_between_steps(trainer, resolution: int, device: torch.device,
 
 
 def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmup: int,
-                 count: int, gen_steps: int, device: torch.device) -> dict:
+                 count: int, gen_steps: int, device: torch.device, bench=None) -> dict:
     """A smaller card, simulated: the process capped to `card_gb` GB, lorabooth's own plans
     (training, then generation) choosing with that much available, a prompt never seen before
     rendered between two steps, then a render with the LoRA as the generation plan says. The
@@ -364,7 +364,7 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
     if device.type == "cuda":
         torch.cuda.empty_cache()
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
-        torch.cuda.set_per_process_memory_fraction(cap / total, device)
+        torch.cuda.set_per_process_memory_fraction(cap / total, torch.cuda.current_device())
     loads: list[str] = []
     real_available, real_load = sizes.available_gib, owner_module.load_pipeline
 
@@ -389,6 +389,7 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
         def on_step(metrics) -> None:
             seconds.append(metrics.seconds)
             if metrics.step == 1:
+                extra.update(after_first_step=where_things_are(trainer, device))
                 reset_peak(device)
             if metrics.step == warmup:
                 extra.update(render_between_steps(trainer, 512, device,
@@ -396,6 +397,9 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
 
         trainer = Trainer(ws, source=source, device=device, on_step=on_step, log=logs.append,
                           owner=owner)
+        trainer.prepare()
+        extra.update(after_prepare=where_things_are(trainer, device), loads=list(loads))
+        bench.record({"phase": "capped-diagnostic", **extra})
         trainer.run(steps=warmup + count)
         train_peak = peak(device)
         plan = trainer.plan
@@ -417,7 +421,17 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
     finally:
         sizes.available_gib, owner_module.load_pipeline = real_available, real_load
         if device.type == "cuda":
-            torch.cuda.set_per_process_memory_fraction(1.0, device)
+            torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
+
+
+def where_things_are(trainer, device: torch.device) -> dict:
+    pipe = trainer.pipe
+    return {"allocated_gib": allocated(device), "peak_gib": peak(device),
+            "plan": trainer.plan.reason,
+            "t5": str(pipe.text_encoder_2.device), "clip": str(pipe.text_encoder.device),
+            "transformer": str(pipe.transformer.device),
+            "transformer_dtypes": sorted({str(p.dtype) for p in
+                                          pipe.transformer.parameters()})}
 
 
 def offload_phase(state: dict, resolution: int, steps: int, device: torch.device) -> dict:
@@ -620,7 +634,7 @@ def run_phase(bench: Bench, name: str, state: dict, root: Path, resolutions: lis
     elif kind == "capped":  # capped-1024-24: 1024 px on a simulated 24 GB card
         card = float(rest.split("-")[1]) if "-" in rest else 24.0
         bench.phase(name, lambda: capped_phase(state, root, r, card, warmup, count, gen_steps,
-                                               device), 60)
+                                               device, bench), 60)
     elif kind == "offload":
         bench.phase(name, lambda: offload_phase(state, r, gen_steps, device), 30)
     elif kind == "bare":

@@ -142,7 +142,7 @@ class Trainer:
         self.components = {"transformer": transformer}
         if t.text_encoder_lora:
             self.components["text_encoder"] = self.pipe.text_encoder
-        if plan.quantize:
+        if plan.quantize == "nf4":
             # As diffusers' QLoRA example, before the LoRA is added (it freezes every weight
             # there is): small weights in float32 and inputs that require grad, so gradients
             # flow through the 4-bit base into the LoRA.

@@ -147,3 +147,20 @@ def test_a_resident_model_counts_as_available(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 2**30, 80 * 2**30))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 60 * 2**30)
     assert sizes.available_gib(torch.device("cuda")) == pytest.approx(62.0)
+
+
+def test_fp8_storage_halves_the_real_transformer():
+    """Layerwise casting with lorabooth's keep-list: the AdaLN modulation Linears go to fp8 too
+    (diffusers' own list would keep 3.2B parameters in bf16), as the plan counts."""
+    import torch
+
+    from lorabooth.core.models.load import store_in_fp8
+    from lorabooth.core.models.shipped import build_component
+
+    with torch.device("meta"):
+        transformer = build_component(DEV, "transformer").to(torch.bfloat16)
+    store_in_fp8(transformer, torch.bfloat16)
+    stored = sum(p.numel() * p.element_size() for p in transformer.parameters()) / 2**30
+    planned = model_size(DEV).gib("transformer", "fp8")
+    assert stored == pytest.approx(planned, rel=0.02)
+    assert transformer.transformer_blocks[0].norm1.linear.weight.dtype == torch.float8_e4m3fn
