@@ -88,13 +88,12 @@ class Bench:
 
 
 def facts(device: torch.device) -> dict:
-    import diffusers
-    import peft
-    import transformers
+    import importlib.metadata
 
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-           "peft": peft.__version__, "device": str(device)}
+    names = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors",
+             "tokenizers", "huggingface-hub")
+    out = {"python": platform.python_version(), "device": str(device),
+           **{name: importlib.metadata.version(name) for name in names}}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         out.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),

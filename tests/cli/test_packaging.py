@@ -54,3 +54,19 @@ def test_a_built_wheel_runs_the_ui_import(tmp_path: Path):
     path, photos = result.stdout.split()
     assert path.startswith(str(target))
     assert int(photos) == 16
+
+
+def test_the_model_stack_floors_are_versions_that_ran_on_a_gpu():
+    """torch, diffusers, transformers and peft below what the GPU benchmark ran (recorded in
+    bench/results/gpu.json) would be a promise nobody checked; the other floors are the
+    versions CI installed when they were set."""
+    import json
+    import re
+
+    from packaging.version import Version
+
+    ran = json.loads((REPO / "bench" / "results" / "gpu.json").read_text())
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = dict(re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", d).groups() for d in deps)
+    for name in ("torch", "diffusers", "transformers", "peft"):
+        assert Version(floors[name]) >= Version(ran[name].split("+")[0]), name
