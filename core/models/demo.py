@@ -44,12 +44,43 @@ def ensure_demo_model() -> Path:
     return target
 
 
-def build_demo_pipeline() -> FluxPipeline:
-    """A Flux pipeline of the real classes with tiny random weights from a fixed seed."""
+def demo_vae(shift: float = 0.1159, scale: float = 0.3611):
+    """The demo's AutoencoderKL: four blocks give the real 8x downsampling; 16 latent channels
+    as in Flux's VAE."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=8,
+        sample_size=64, scaling_factor=scale, shift_factor=shift,
+        use_quant_conv=False, use_post_quant_conv=False,
+    )
+
+
+def trained_demo_vae():
+    """The demo VAE with the weights shipped in `demo_weights/` (see demo_train.py): it
+    reconstructs pictures, so samples and generations show what the model learned."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .demo_train import VAE_FILE
+
+    with safe_open(str(VAE_FILE), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    vae = demo_vae(float(meta["shift_factor"]), float(meta["scaling_factor"]))
+    vae.load_state_dict(load_file(VAE_FILE))
+    return vae
+
+
+def build_demo_pipeline(pretrained_transformer: bool = True) -> FluxPipeline:
+    """A Flux pipeline of the real classes with tiny weights: the VAE and the transformer
+    trained by demo_train.py and shipped, the text encoders random from a fixed seed (they
+    only need to tell prompts apart)."""
     quiet_libraries()
     import torch
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         FluxPipeline,
         FluxTransformer2DModel,
@@ -65,15 +96,13 @@ def build_demo_pipeline() -> FluxPipeline:
             attention_head_dim=16, num_attention_heads=4, joint_attention_dim=64,
             pooled_projection_dim=64, guidance_embeds=True, axes_dims_rope=(4, 6, 6),
         )
-        # Four blocks give the real 8x downsampling; 16 latent channels as in Flux's VAE.
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=16,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=8,
-            sample_size=64, scaling_factor=0.3611, shift_factor=0.1159,
-            use_quant_conv=False, use_post_quant_conv=False,
-        )
+        if pretrained_transformer:
+            from safetensors.torch import load_file
+
+            from .demo_train import TRANSFORMER_FILE
+
+            transformer.load_state_dict(load_file(TRANSFORMER_FILE))
+        vae = trained_demo_vae()
         text_encoder = CLIPTextModel(CLIPTextConfig(
             vocab_size=clip_tok.vocab_size, hidden_size=64, intermediate_size=128,
             num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=DEMO_CLIP_LENGTH,

@@ -13,7 +13,7 @@ from ..errors import EXIT_USAGE, LoraboothError
 from .families import DEMO, KNOWN_REPOS, Family, family_of_folder
 
 # Bump when the demo model's configs or weights change, so old caches are rebuilt, not reused.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 REQUIRED_PARTS = ("model_index.json", "transformer", "vae", "text_encoder", "text_encoder_2",
                   "tokenizer", "tokenizer_2", "scheduler")
 

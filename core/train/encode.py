@@ -78,13 +78,20 @@ class Encoder:
         return latent
 
     def text(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T5 sequence embeddings, pooled CLIP embedding) of a caption."""
+        """(T5 sequence embeddings, pooled CLIP embedding) of a caption, from the cache."""
         path = self.cache_dir / "text" / (
             f"{_key(self.fingerprint, self.max_sequence_length, caption)}.safetensors")
         cached = _load(path)
         if cached is not None:
             self.stats.texts_cached += 1
             return cached["prompt_embeds"], cached["pooled"]
+        prompt_embeds, pooled = self.encode(caption)
+        atomic_write_bytes(path, save({"prompt_embeds": prompt_embeds, "pooled": pooled}))
+        self.stats.texts_encoded += 1
+        return prompt_embeds, pooled
+
+    def encode(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same, computed now, in float32 on the CPU."""
         # Each encoder runs where it lives: during training T5 may wait on the CPU while CLIP
         # stays on the GPU (encode_prompt would send both one device's tensors).
         with torch.no_grad():
@@ -93,8 +100,5 @@ class Encoder:
             prompt_embeds = self.pipe._get_t5_prompt_embeds(
                 prompt=caption, max_sequence_length=self.max_sequence_length,
                 device=self.pipe.text_encoder_2.device)
-        tensors = {"prompt_embeds": prompt_embeds[0].float().cpu().contiguous(),
-                   "pooled": pooled[0].float().cpu().contiguous()}
-        atomic_write_bytes(path, save(tensors))
-        self.stats.texts_encoded += 1
-        return tensors["prompt_embeds"], tensors["pooled"]
+        return (prompt_embeds[0].float().cpu().contiguous(),
+                pooled[0].float().cpu().contiguous())

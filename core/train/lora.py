@@ -8,7 +8,9 @@ lorabooth's own facts (base model, trigger, rank, steps) beside it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -135,6 +137,21 @@ def adapter_to(model: torch.nn.Module, adapter: str, dtype: torch.dtype) -> None
             for layers in (module.lora_A, module.lora_B):
                 if adapter in layers:
                     layers[adapter].to(dtype)
+
+
+@contextlib.contextmanager
+def adapters_off(model: torch.nn.Module) -> Iterator[None]:
+    """`model` as its base, its LoRA layers bypassed while the block runs."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def stored_in_fp8(model: torch.nn.Module) -> bool:

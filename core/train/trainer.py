@@ -190,12 +190,16 @@ class Trainer:
     def prompt_embeds(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A prompt as the model being trained sees it: T5 from the cache (encoded where T5
         lives), the pooled CLIP embedding live when the CLIP LoRA trains."""
-        embeds, pooled = self.encoder.text(prompt)
-        if self.config.train.text_encoder_lora:
-            clip = self.pipe.text_encoder
-            with torch.no_grad():
-                ids = self.clip_ids_of(prompt)[None].to(clip.device)
-                pooled = clip(ids, output_hidden_states=False).pooler_output[0].float().cpu()
+        if not self.config.train.text_encoder_lora:
+            return self.encoder.text(prompt)
+        from .lora import adapters_off
+
+        clip = self.pipe.text_encoder
+        with adapters_off(clip):  # the cache keeps the base's encoding
+            embeds, _ = self.encoder.text(prompt)
+        with torch.no_grad():
+            ids = self.clip_ids_of(prompt)[None].to(clip.device)
+            pooled = clip(ids, output_hidden_states=False).pooler_output[0].float().cpu()
         return embeds, pooled
 
     def clip_ids_of(self, caption: str) -> torch.Tensor:

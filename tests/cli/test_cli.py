@@ -72,4 +72,4 @@ def test_demo_without_ui_makes_a_workspace(tmp_path: Path):
     photos = sorted((tmp_path / "demo" / "photos").glob("*.jpg"))
     assert len(photos) >= 12
     text = (tmp_path / "demo" / "lorabooth.toml").read_text()
-    assert 'model = "demo"' in text and "resolution = [256]" in text
+    assert 'model = "demo"' in text and "resolution = [128]" in text

@@ -236,3 +236,19 @@ def test_ema_samples_and_saves_the_averaged_weights(demo_workspace):
     with trainer.saved_weights():
         during = {k: v.clone() for k, v in lora_state_dict(trainer.components).items()}
     assert all(torch.allclose(during[k].float(), saved[k].float(), atol=1e-3) for k in ups)
+
+
+def test_a_prompt_queued_while_the_clip_lora_trains_is_encoded_with_it(demo_workspace):
+    """Between training steps a queued prompt sees the model being trained: with the CLIP LoRA
+    on, its pooled embedding is computed live (it was the cached, LoRA-less one before), while
+    T5's comes from the cache, encoded where T5 lives."""
+    ws = demo_workspace(train_text_encoder_lora=True, train_checkpoint_every=1000,
+                        train_learning_rate=1e-2)
+    trainer = Trainer(ws, device="cpu")
+    trainer.run(steps=10)
+    for prompt in (trainer.examples[0].caption, "a prompt first seen while training, zorb"):
+        embeds, pooled = trainer.prompt_embeds(prompt)
+        # The cache holds the LoRA-less encoding (a later run must not read this run's LoRA).
+        cached_embeds, cached_pooled = trainer.encoder.text(prompt)
+        torch.testing.assert_close(embeds, cached_embeds)
+        assert not torch.allclose(pooled, cached_pooled, atol=1e-4), prompt
