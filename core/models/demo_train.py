@@ -16,7 +16,8 @@ and what a LoRA adds (the teal plush) shows.
 The weights ship with the package (`demo_weights/`, about 3 MB), so a fresh install builds the
 demo offline in seconds; this module is how they were made:
 
-    python -m lorabooth.core.models.demo_train [--vae-steps 2500] [--steps 6000]
+    python -m lorabooth.core.models.demo_train --vae-steps 2500 --steps 6000
+    python -m lorabooth.core.models.demo_train --more --steps 9000 --seed 4   # what shipped
 """
 
 from __future__ import annotations
@@ -188,15 +189,16 @@ def scene_dataset(pipe, count: int, seed: int = 2):
     return torch.cat(latents), embeds, pooled
 
 
-def train_transformer(pipe, steps: int, count: int = 3000, seed: int = 3, log=print) -> float:
-    """Every weight of the transformer, flow matching on the scenes (AdamW, cosine)."""
+def train_transformer(pipe, steps: int, count: int = 3000, seed: int = 3, log=print,
+                      lr: float = 1e-3) -> float:
+    """Every weight of the transformer, flow matching on the scenes (AdamW, one cycle)."""
     from ..train import flow
 
     x0_all, embeds_all, pooled_all = scene_dataset(pipe, count)
     transformer = pipe.transformer
     transformer.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-3, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps,
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps,
                                                    pct_start=0.05)
     generator = torch.Generator().manual_seed(seed)
     b, (h, w) = 32, x0_all.shape[2:]
@@ -236,6 +238,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="train the demo model's VAE and transformer")
     parser.add_argument("--vae-steps", type=int, default=0, help="0: keep the shipped VAE")
     parser.add_argument("--steps", type=int, default=6000, help="transformer steps")
+    parser.add_argument("--more", action="store_true",
+                        help="continue from the shipped transformer (at half the rate)")
+    parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args()
     WEIGHTS.mkdir(exist_ok=True)
     if args.vae_steps:
@@ -246,10 +251,17 @@ def main() -> None:
                   metadata={"shift_factor": repr(shift), "scaling_factor": repr(scale),
                             "steps": str(args.vae_steps)})
         print(f"wrote {VAE_FILE} (shift {shift:.4f}, scale {scale:.4f})", flush=True)
-    pipe = build_demo_pipeline(pretrained_transformer=False)
-    train_transformer(pipe, args.steps)
+    pipe = build_demo_pipeline(pretrained_transformer=args.more)
+    before = 0
+    if args.more:
+        from safetensors import safe_open
+
+        with safe_open(str(TRANSFORMER_FILE), framework="pt") as handle:
+            before = int((handle.metadata() or {}).get("steps", 0))
+    train_transformer(pipe, args.steps, count=6000 if args.more else 3000, seed=args.seed,
+                      lr=5e-4 if args.more else 1e-3)
     state = {k: v.contiguous() for k, v in pipe.transformer.state_dict().items()}
-    save_file(state, TRANSFORMER_FILE, metadata={"steps": str(args.steps)})
+    save_file(state, TRANSFORMER_FILE, metadata={"steps": str(before + args.steps)})
     print(f"wrote {TRANSFORMER_FILE}", flush=True)
 
 
