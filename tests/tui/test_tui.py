@@ -150,3 +150,29 @@ async def test_theme_choice_is_remembered(studio: Workspace):
         await pilot.pause()
         chosen = app.theme
     assert UISettings.load().theme == chosen == "lorabooth-light"
+
+
+async def test_moving_a_job_moves_the_cursor_with_it(studio: Workspace):
+    """K twice takes the last of three queued jobs to the top: the cursor follows the job, so
+    a job can travel more than one place (it stayed on the row before)."""
+    from lorabooth.core.generate.request import Asked, build_request, request_to_params
+
+    store = Store(studio.db_path)
+    config = studio.config()
+    ids = [store.add_job("generate", request_to_params(build_request(
+        studio, config, Asked(f"prompt {n}"), training=False)), total=1) for n in range(3)]
+    app = studio_app(studio, engine=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = await open_pane(pilot, "3", QueuePane)
+        await wait_for(pilot, lambda: len(pane.jobs) == 3)
+        table = pane.query_one("#jobs", DataTable)
+        table.focus()
+        table.move_cursor(row=2)
+        await pilot.pause()
+        for place in (1, 0):
+            await pilot.press("K")
+            await wait_for(pilot, lambda place=place: [j.id for j in pane.jobs].index(ids[2])
+                           == place)
+            assert pane.selected().id == ids[2]
+        order = [j.id for j in store.jobs() if j.kind == "generate"]
+        assert order.index(ids[2]) == 0

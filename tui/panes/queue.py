@@ -129,6 +129,10 @@ class QueuePane(Vertical):
     def refill(self) -> None:
         table = self.query_one("#jobs", DataTable)
         keep = table.cursor_row
+        # The cursor follows its job (moved with K/J, or shifted by a job above it ending),
+        # not its row number.
+        rows = table.ordered_rows
+        kept_job = rows[keep].key.value if keep is not None and keep < len(rows) else None
         table.clear()
         for job in self.jobs:
             try:
@@ -138,7 +142,10 @@ class QueuePane(Vertical):
             progress = f"{job.step}/{job.total}" if job.total else ""
             table.add_row(str(job.id), plain(job.state, STATE_STYLE.get(job.state, "")), progress,
                           plain(prompt.replace("\n", " ")), key=str(job.id))
-        if keep is not None and self.jobs:
+        ids = [str(job.id) for job in self.jobs]
+        if kept_job in ids:
+            table.move_cursor(row=ids.index(kept_job))
+        elif keep is not None and self.jobs:
             table.move_cursor(row=min(keep, len(self.jobs) - 1))
         self.show_selected()
 
