@@ -19,6 +19,7 @@ from pathlib import Path
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.keys import format_key
 from textual.lazy import Lazy
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
@@ -75,12 +76,16 @@ class HelpScreen(ModalScreen):
         self.rows = rows
 
     def compose(self) -> ComposeResult:
+        from rich.text import Text
         from textual.widgets import DataTable
 
         table = DataTable(id="help-table", cursor_type="row")
-        table.add_columns("key", "action", "id (remap in ui.toml [keys])")
+        # Text, not str: a str header is read as markup and "[keys]" vanished.
+        table.add_columns(*(Text(c) for c in ("pane", "key", "action",
+                                                "id (remap in ui.toml [keys])")))
         for key, description, binding_id in self.rows:
-            table.add_row(key, description, binding_id)
+            table.add_row(Text(binding_id.split(".")[0]), Text(key), Text(description),
+                          Text(binding_id))
         yield table
 
 
@@ -251,7 +256,8 @@ class LoraboothApp(App):
             for binding in owner.BINDINGS:
                 if isinstance(binding, Binding) and binding.id and binding.id not in seen:
                     seen.add(binding.id)
-                    keys = self._remapped(binding)
+                    keys = ", ".join(format_key(k.strip())
+                                     for k in self._remapped(binding).split(","))
                     rows.append((keys, binding.description, binding.id))
         self.push_screen(HelpScreen(rows))
 

@@ -130,8 +130,14 @@ async def test_help_lists_every_binding_with_its_id(studio: Workspace):
         await pilot.press("question_mark")
         await pilot.pause()
         table = app.screen.query_one("#help-table", DataTable)
-        ids = {str(table.get_row_at(i)[2]) for i in range(table.row_count)}
-        assert {"app.quit", "train.start", "queue.cancel", "dataset.edit", "gallery.use"} <= ids
+        rows = {str(table.get_row_at(i)[3]): [str(c) for c in table.get_row_at(i)]
+                for i in range(table.row_count)}
+        assert {"app.quit", "train.start", "queue.cancel", "dataset.edit", "gallery.use"} <= set(
+            rows)
+        assert rows["app.help"][:2] == ["app", "?"]  # the key as typed, not "question_mark"
+        assert rows["queue.cancel"][0] == "queue"  # grouped by pane
+        headers = [str(c.label) for c in table.columns.values()]
+        assert headers[-1] == "id (remap in ui.toml [keys])"  # not eaten as markup
 
 
 async def test_keys_can_be_remapped_from_settings(studio: Workspace):
