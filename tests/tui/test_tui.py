@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from support import wait_for
-from textual.widgets import DataTable, Input, TextArea
+from textual.widgets import DataTable, Input, Static, TextArea
 
 from lorabooth.core.engine import running_pid
 from lorabooth.core.store import Store
@@ -86,6 +86,9 @@ async def test_train_starts_pauses_resumes_and_stops(studio: Workspace):
         assert app.query_one(LossPlot).losses
         await pilot.press("p")
         await wait_for(pilot, lambda: store.jobs()[0].state == "paused")
+        stats = app.query_one("#train-stats")
+        await wait_for(pilot, lambda: "paused" in str(stats.render()))
+        assert "ETA" not in str(stats.render())  # a paused job is not going to finish
         await pilot.press("p")
         await wait_for(pilot, lambda: store.jobs()[0].state == "running")
         await pilot.press("x")
@@ -182,3 +185,15 @@ async def test_moving_a_job_moves_the_cursor_with_it(studio: Workspace):
             assert pane.selected().id == ids[2]
         order = [j.id for j in store.jobs() if j.kind == "generate"]
         assert order.index(ids[2]) == 0
+
+
+async def test_a_filter_with_no_match_says_so_not_that_the_folder_is_empty(studio: Workspace):
+    app = studio_app(studio, engine=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = await open_pane(pilot, "1", DatasetPane)
+        await wait_for(pilot, lambda: pane.scan is not None and pane.rows)
+        await pilot.press("f", "f")  # all -> ok -> warn: the sample photos are all ok
+        await wait_for(pilot, lambda: pane.filter == "warn")
+        preview = pane.query_one("#photo-preview", Preview)
+        await wait_for(pilot, lambda: "no warn photos" in str(
+            preview.query_one(Static).render()))

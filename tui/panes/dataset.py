@@ -153,7 +153,10 @@ class DatasetPane(Vertical):
         preview = self.query_one("#photo-preview", Preview)
         reasons = self.query_one("#photo-reasons", Static)
         if record is None:
-            preview.show(None, "no photos here yet: copy some into the folder")
+            empty = ("no photos here yet: copy some into the folder"
+                     if self.scan is None or not self.scan.records else
+                     f"no {self.filter} photos: f shows the others")
+            preview.show(None, empty)
             caption.load_text("")
             reasons.update("")
             return

@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Input, Label, Static
 
 from lorabooth.core.config import ConfigError
 from lorabooth.core.safetext import plain
-from lorabooth.core.store import ACTIVE, CANCELLED, LIVE, Job, Metric
+from lorabooth.core.store import ACTIVE, CANCELLED, LIVE, RUNNING, Job, Metric
 from lorabooth.core.train.checkpoint import all_checkpoints
 from lorabooth.core.workspace import Workspace
 
@@ -163,9 +163,12 @@ class TrainPane(Vertical):
             speed = sum(recent) / len(recent) if recent else None
             done = self.steps[-1] if self.steps else job.step
             memory = f" · GPU {self.memory:.1f} GiB" if self.memory else ""
-            text = (f"job {job.id} {job.state} · step {done}/{job.total} · "
-                    f"{speed:.3f} s/step · ETA {eta_text(speed, job.total - done)}{memory}"
-                    if speed else f"job {job.id} {job.state} · step {done}/{job.total}")
+            text = f"job {job.id} {job.state} · step {done}/{job.total}"
+            if speed:
+                text += f" · {speed:.3f} s/step"
+                if job.state == RUNNING:  # a paused, stopped or ended job has no ETA
+                    text += f" · ETA {eta_text(speed, job.total - done)}"
+                text += memory
             if job.error:
                 text += f"\n{job.error}"
         self.query_one("#train-stats", Static).update(plain(text, keep_newlines=True))
