@@ -115,8 +115,9 @@ async def test_queued_prompts_render_between_training_steps(studio: Workspace):
         await wait_for(pilot, lambda: len(generated()) == 3
                        and all(j.state == "done" for j in generated()), timeout=90)
         jobs_table = app.query_one("#jobs", DataTable)
-        await wait_for(pilot, lambda: jobs_table.row_count == 3)
-        prompts = [str(jobs_table.get_row_at(i)[3]) for i in range(3)]
+        await wait_for(pilot, lambda: jobs_table.row_count == 4)  # the training job too
+        prompts = [str(jobs_table.get_row_at(i)[3]) for i in range(4)]
+        assert prompts[0].startswith("training 3000 steps")
         assert "[bold]zorb[/bold] in a cafe" in prompts  # shown as typed
         await pilot.press("escape", "j")  # leave the prompt box, then move in the queue
         assert jobs_table.has_focus

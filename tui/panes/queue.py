@@ -65,6 +65,19 @@ class PromptInput(Input):
         self.cursor_position = len(self.value)
 
 
+def describe_job(job: Job) -> str:
+    """The list's last column: a generation's prompt, or what a training run does."""
+    if job.kind == "train":
+        steps = job.params.get("steps") if isinstance(job.params, dict) else None
+        return f"training {steps or job.total} steps" + (
+            f" ({job.params['run']})" if isinstance(job.params, dict) and job.params.get("run")
+            else "")
+    try:
+        return request_from_params(job.params).recipe.prompt
+    except (KeyError, TypeError, ValueError):
+        return "?"
+
+
 class QueuePane(Vertical):
     BINDINGS = [
         Binding("i", "focus_prompt", "Prompt", id="queue.prompt"),
@@ -118,12 +131,16 @@ class QueuePane(Vertical):
         for output in delta.outputs:
             if output.kind == "image" and output.job is not None:
                 self.images.setdefault(output.job, []).append(Path(output.path))
-        jobs = [j for j in delta.jobs if j.kind == "generate"]
+        # Every job, training too: the queue is one line of work (a training job holds the
+        # engine, and prompts render between its steps).
+        jobs = list(delta.jobs)
         if jobs != self.jobs:
             self.jobs = jobs
             self.refill()
+        training = [j for j in jobs if j.kind == "train" and j.state in ACTIVE]
         self.query_one("#queue-state", Label).update(plain(
             f"{len([j for j in jobs if j.state == QUEUED])} waiting"
+            + (f" · training (job {training[0].id})" if training else "")
             + (" · queue paused (space)" if self.paused else "")))
 
     def refill(self) -> None:
@@ -135,10 +152,7 @@ class QueuePane(Vertical):
         kept_job = rows[keep].key.value if keep is not None and keep < len(rows) else None
         table.clear()
         for job in self.jobs:
-            try:
-                prompt = request_from_params(job.params).recipe.prompt
-            except (KeyError, TypeError, ValueError):
-                prompt = "?"
+            prompt = describe_job(job)
             progress = f"{job.step}/{job.total}" if job.total else ""
             table.add_row(str(job.id), plain(job.state, STATE_STYLE.get(job.state, "")), progress,
                           plain(prompt.replace("\n", " ")), key=str(job.id))
@@ -162,6 +176,7 @@ class QueuePane(Vertical):
         if job and not images and job.result:
             images = [Path(p) for p in job.result.get("images", [])]
         note = f"job {job.id} failed: {job.error}" if job and job.error else \
+            "its samples show in the Train pane (2)" if job and job.kind == "train" else \
             "images show here when a job is done"
         self.query_one("#job-preview", Preview).show(images[-1] if images else None, note)
 
@@ -231,7 +246,7 @@ class QueuePane(Vertical):
 
     def action_repeat(self) -> None:
         job = self.selected()
-        if job is None:
+        if job is None or job.kind != "generate":
             return
         request = request_from_params(job.params)
         recipe = replace(request.recipe, seed=request.recipe.seed + 1000 + job.id)
