@@ -268,6 +268,8 @@ class LoraboothApp(App):
         names = [t.name for t in THEMES]
         current = names.index(self.theme) if self.theme in names else -1
         self.theme = names[(current + 1) % len(names)]
+        self.notify(f"theme: {self.theme} (ctrl+t for the next; remembered)", markup=False,
+                    timeout=3)
 
     def watch_theme(self, theme: str) -> None:
         if theme in [t.name for t in THEMES] and theme != self.settings.theme:

@@ -159,6 +159,8 @@ async def test_theme_choice_is_remembered(studio: Workspace):
         await pilot.press("ctrl+t")
         await pilot.pause()
         chosen = app.theme
+        # It says which theme is on now.
+        assert any("theme: lorabooth-light" in n.message for n in app._notifications)
     assert UISettings.load().theme == chosen == "lorabooth-light"
 
 
