@@ -155,11 +155,13 @@ class LoraboothApp(App):
 
     @on(StoreUpdated)
     def store_updated(self, message: StoreUpdated) -> None:
+        bars = self.query(StatusBar)
+        if not bars:  # a read that lands while the app closes: its screen is gone
+            return
         delta = message.delta
         self.last_delta = delta
         current = next((j for j in delta.jobs if j.state in LIVE), None)
-        self.query_one(StatusBar).show(self.ws, delta.engine_state, delta.engine_pid, current,
-                                       delta.device)
+        bars.first().show(self.ws, delta.engine_state, delta.engine_pid, current, delta.device)
         self.outputs_seen.extend(delta.outputs)
         # A pane still mounting (lazily) catches up from outputs_seen when it says it is ready.
         for pane in self.query("DatasetPane, TrainPane, QueuePane, GalleryPane"):
