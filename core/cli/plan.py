@@ -61,12 +61,13 @@ def run(args: argparse.Namespace) -> int:
 
 def model_configs(spec: str) -> tuple[Path, int]:
     """A folder with the model's configs, and its T5 length: shipped for the models lorabooth
-    knows, else the model's own folder (the weights are not read)."""
-    from ..models.families import family_of, family_of_folder
+    knows (short names and repo ids alike), else the model's own folder (the weights are not
+    read)."""
+    from ..models.families import family_of_folder
     from ..models.resolve import ModelNotFound, resolve_model
     from ..models.shipped import shipped_folder
 
-    known = shipped_folder(spec) or shipped_folder(_short_name(spec))
+    known = shipped_folder(spec)
     if known is not None:
         return known, family_of_folder(known, spec).t5_length
     try:
@@ -75,15 +76,7 @@ def model_configs(spec: str) -> tuple[Path, int]:
         raise UsageError(
             f"{exc}\nlorabooth plan knows FLUX.1-dev and FLUX.1-schnell without their weights; "
             "for another model it reads the configs in its folder.") from None
-    return source.path, family_of(spec).t5_length if source.is_demo else \
-        source.max_sequence_length
-
-
-def _short_name(spec: str) -> str:
-    from ..models.families import KNOWN_REPOS
-
-    repo = KNOWN_REPOS.get(spec.strip().lower(), "")
-    return repo
+    return source.path, source.max_sequence_length
 
 
 def cards_to_plan(asked: list[float] | None) -> list[tuple[str, float, bool]]:
