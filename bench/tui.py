@@ -1,11 +1,14 @@
-"""UI speed in a real terminal (tmux), each figure against a bare Textual app measured by the
-same harness in the same run:
-- start to first full frame: `lorabooth WORKSPACE` until the photo list is drawn, against a
-  minimal Textual app until its first label is drawn;
-- key press to repaint while a writer adds training metrics at 20 steps/s: toggling the loss
-  plot's log scale (`l`) until the screen shows it, against a minimal app toggling a label.
+"""UI speed and bytes in a real terminal, each figure against a bare Textual app measured by
+the same harness in the same run:
+- start to first full frame (tmux): `lorabooth WORKSPACE` until the photo list is drawn,
+  against a minimal Textual app until its first label is drawn;
+- key press to repaint (tmux) while a writer adds training metrics at 20 steps/s: toggling the
+  loss plot's log scale (`l`) until the screen shows it, against a minimal app toggling a label;
+- bytes written to the terminal per second (a pty, what SSH carries) at 80x24 and 160x48: idle
+  on each pane with a finished run in the store, and on the Train pane while a run adds one
+  metric per step at 2 steps/s; against a bare app idle, and one updating a label per step.
 
-    python -m bench.tui [--presses 40]
+    python -m bench.tui [--presses 40] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from pathlib import Path
 
 from bench._common import report
+from bench.ptyterm import PtyProgram
 from lorabooth.core.store import Store
 from lorabooth.core.workspace import init_workspace
 
@@ -37,8 +41,18 @@ class Bare(App):
     def action_toggle(self):
         label = self.query_one("#l", Label)
         label.update("bare (log)" if "log" not in str(label.render()) else "bare ready")
+    def on_mount(self):
+        import os
+        if os.environ.get("BARE_TICK"):  # a label that changes at each training step
+            self.step = 0
+            self.set_interval(float(os.environ["BARE_TICK"]), self.tick)
+    def tick(self):
+        self.step += 1
+        self.query_one("#l", Label).update(f"bare ready step {self.step}")
 Bare().run()
 """
+SIZES = ((80, 24), (160, 48))
+STEPS_PER_S = 2.0
 
 
 class Pane:
@@ -109,10 +123,48 @@ def metrics_writer(db: Path, stop: threading.Event) -> None:
         time.sleep(0.05)
 
 
+def seed_finished_run(db: Path, steps: int = 400) -> None:
+    """A finished training run in the store: what the Train pane shows when nothing moves."""
+    store = Store(db)
+    job = store.add_job("train", {"steps": steps, "run": "run-001"}, total=steps)
+    store.update_job(job, state="running")
+    for step in range(1, steps + 1):
+        store.add_metric(job, step, loss=0.3 / (1 + step / 50) + 0.02 * (step % 7) / 7,
+                         lr=1e-4, grad_norm=1.0, seconds=0.5, images_per_s=2.0,
+                         memory_gb=None)
+    store.update_job(job, state="done", step=steps)
+
+
+def live_writer(db: Path, stop: threading.Event, steps_per_s: float) -> None:
+    """A run that adds one metric per step, as the engine does."""
+    store = Store(db)
+    job = store.add_job("train", {"steps": 10**5, "run": "run-002"}, total=10**5)
+    store.update_job(job, state="running")
+    step = 0
+    while not stop.wait(1 / steps_per_s):
+        step += 1
+        store.add_metric(job, step, loss=0.3 / (1 + step / 50), lr=1e-4, grad_norm=1.0,
+                         seconds=1 / steps_per_s, images_per_s=steps_per_s, memory_gb=None)
+        store.update_job(job, step=step)
+
+
+def byte_rate(argv: list[str], env: dict[str, str], size: tuple[int, int], ready: str,
+              keys: str, seconds: float) -> float:
+    """Bytes per second written while `keys` shows a pane and nothing else is pressed."""
+    with PtyProgram(argv, env, *size) as program:
+        program.wait_for(ready)
+        program.settle(1.0)
+        for key in keys:
+            program.send(key)
+            program.settle(1.0)
+        return program.count(seconds) / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presses", type=int, default=40)
     parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per byte-rate window")
     args = parser.parse_args()
     if shutil.which("tmux") is None:
         sys.exit("bench/tui.py needs tmux")
@@ -131,6 +183,28 @@ def main() -> None:
         bare_cmd = f"{env_prefix(env)} {python} {shlex.quote(str(bare_file))}"
         ours_start = min(first_frame(ours_cmd, "16 photos:") for _ in range(args.starts))
         bare_start = min(first_frame(bare_cmd, "bare ready") for _ in range(args.starts))
+        seed_finished_run(ws.db_path)
+        ours_argv = [sys.executable, "-m", "lorabooth.core.cli", str(ws.root)]
+        bare_argv = [sys.executable, str(bare_file)]
+        rates = []
+        for size in SIZES:
+            bare_idle = byte_rate(bare_argv, env, size, "bare ready", "", args.seconds)
+            for key, pane in zip("1234", ("dataset", "train", "queue", "gallery"), strict=True):
+                rates.append(("idle", pane, size, byte_rate(ours_argv, env, size, "photos:",
+                                                            key, args.seconds), bare_idle))
+        stop = threading.Event()
+        writer = threading.Thread(target=live_writer, args=(ws.db_path, stop, STEPS_PER_S),
+                                  daemon=True)
+        writer.start()
+        try:
+            for size in SIZES:
+                bare_tick = byte_rate(bare_argv, {**env, "BARE_TICK": str(1 / STEPS_PER_S)},
+                                      size, "bare ready", "", args.seconds)
+                rates.append(("training", "train", size, byte_rate(
+                    ours_argv, env, size, "photos:", "2", args.seconds), bare_tick))
+        finally:
+            stop.set()
+            writer.join()
         stop = threading.Event()
         writer = threading.Thread(target=metrics_writer, args=(ws.db_path, stop), daemon=True)
         writer.start()
@@ -157,8 +231,15 @@ def main() -> None:
          "baseline": "bare Textual app", "baseline_value": p95(bare) * 1000,
          "ratio": p95(ours) / p95(bare)},
     ]
+    for case, pane, (columns, lines), ours_rate, bare_rate in rates:
+        baseline = "bare app idle" if case == "idle" else "bare app, a label per step"
+        rows.append({"case": f"{case} {pane} {columns}x{lines}, B/s", "lorabooth": ours_rate,
+                     "baseline": baseline, "baseline_value": bare_rate,
+                     "ratio": ours_rate / bare_rate if bare_rate else "-"})
     report("tui", rows, {"presses": args.presses, "metrics_per_s": 20,
-                         "goals": {"first_frame_s": 0.5, "key_repaint_p95_ms": 50}})
+                         "training_steps_per_s": STEPS_PER_S, "byte_window_s": args.seconds,
+                         "goals": {"first_frame_s": 0.5, "key_repaint_p95_ms": 50,
+                                   "idle_bytes_per_s": 300, "training_bytes_per_s": 4000}})
 
 
 if __name__ == "__main__":

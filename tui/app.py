@@ -49,6 +49,7 @@ from .panes.queue import QueuePane
 from .panes.train import TrainPane
 from .settings import UISettings
 from .store_io import StorePoller, StoreWorker, describe
+from .widgets.text import set_text
 
 POLL_SECONDS = 0.25  # 4 Hz: live enough for a loss curve, idle enough over SSH
 PANES = ("dataset", "train", "queue", "gallery")
@@ -64,7 +65,7 @@ class StatusBar(Static):
             parts.append(f"job {job.id} {job.kind} {job.state} {job.step}/{job.total}")
         if device:
             parts.append(device)
-        self.update(plain("  ·  ".join(parts)))
+        set_text(self, plain("  ·  ".join(parts)))
         self.set_class(state in ("stopped", "unreachable", "unresponsive"), "-down")
 
 

@@ -125,7 +125,9 @@ class SaveSettings:
 
 @dataclass(frozen=True)
 class ReadMetrics:
-    job_id: int
+    """Every metric of these jobs (the jobs of one run: its start and its resumes)."""
+
+    job_ids: tuple[int, ...]
 
 
 Command = (AddJob | Control | TogglePause | Move | SetSetting | Promote | SaveCaption
@@ -162,8 +164,8 @@ def perform(command: Command, ws: Workspace, store: Store) -> Any:
             from lorabooth.core.config import set_config_values
 
             return set_config_values(ws.root, values)
-        case ReadMetrics(job_id):
-            return store.metrics(job_id)
+        case ReadMetrics(job_ids):
+            return {job_id: store.metrics(job_id) for job_id in job_ids}
     raise TypeError(f"not a store command: {command!r}")
 
 

@@ -128,6 +128,8 @@ class Trainer:
         plan = self.plan = self.plan_memory()
         self.dtype = getattr(torch, plan.dtype)
         self.log(f"{len(self.examples)} training examples on {self.device}; {plan.reason}")
+        if not self.owner.resident(self.source, self.dtype, plan.quantize):
+            self.log(f"loading the model {self.source.spec}")  # the UI's state until step 1
         self.pipe, self.loaded_model = self.owner.borrow_for_training(
             self.source, self.dtype, self.device, plan.quantize,
             "all" if plan.encoders_on_gpu else "caching" if plan.text_on_gpu else "lean")
@@ -136,6 +138,7 @@ class Trainer:
                      "on it undoes its few-step distillation; train on FLUX.1 [dev], or merge a "
                      "schnell training adapter (ai-toolkit's) into it first")
         self.encoder = Encoder(self.pipe, self.ws.cache, self.source.max_sequence_length)
+        self.log(f"encoding {len(self.examples)} photos and their captions (cached)")
         self._encode_all()
         self._park_encoders()
         transformer = self.pipe.transformer

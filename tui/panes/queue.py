@@ -30,6 +30,7 @@ from lorabooth.core.workspace import Workspace
 from ..messages import EngineWanted, Notice, PaneReady, PaneUpdate, UsePrompt, Write
 from ..store_io import AddJob, Control, Move, SetSetting
 from ..widgets.preview import Preview
+from ..widgets.text import set_text
 
 STATE_STYLE = {QUEUED: "", RUNNING: "bold", PAUSED: "yellow", DONE: "green", FAILED: "red",
                CANCELLED: "dim"}
@@ -138,7 +139,7 @@ class QueuePane(Vertical):
             self.jobs = jobs
             self.refill()
         training = [j for j in jobs if j.kind == "train" and j.state in ACTIVE]
-        self.query_one("#queue-state", Label).update(plain(
+        set_text(self.query_one("#queue-state", Label), plain(
             f"{len([j for j in jobs if j.state == QUEUED])} waiting"
             + (f" · training (job {training[0].id})" if training else "")
             + (" · queue paused (space)" if self.paused else "")))

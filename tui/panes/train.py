@@ -4,6 +4,7 @@ checkpoints with "promote"."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from textual import on
@@ -22,6 +23,7 @@ from ..messages import Done, EngineWanted, Notice, PaneReady, PaneUpdate, Write
 from ..store_io import AddJob, Control, Promote, ReadMetrics, SaveSettings, TogglePause
 from ..widgets.lossplot import LossPlot
 from ..widgets.preview import Preview
+from ..widgets.text import set_text
 
 # (config key, label, parse)
 FIELDS = [
@@ -50,12 +52,32 @@ def eta_text(seconds_per_step: float | None, remaining: int) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
+def run_of(job: Job | None, trains: list[Job]) -> tuple[int, ...]:
+    """The jobs that trained `job`'s run (a new run, then its resumes and continues)."""
+    if job is None:
+        return ()
+    run = job.params.get("run") if isinstance(job.params, dict) else None
+    if not run:
+        return (job.id,)
+    return tuple(j.id for j in trains if isinstance(j.params, dict)
+                 and j.params.get("run") == run and j.id <= job.id)
+
+
+def add_rows(rows: list[Metric], new: list[Metric]) -> None:
+    """Append `new` to `rows`; a step seen again (a retried step) replaces what followed it."""
+    for row in new:
+        while rows and rows[-1].step >= row.step:
+            rows.pop()
+        rows.append(row)
+
+
 class TrainPane(Vertical):
     BINDINGS = [
         Binding("s", "start", "Start", id="train.start"),
         Binding("p", "pause", "Pause/resume", id="train.pause"),
         Binding("x", "stop", "Stop", id="train.stop"),
         Binding("l", "log_scale", "Log scale", id="train.log"),
+        Binding("r", "learning_rate", "Learning rate", show=False, id="train.lr"),
         Binding("e", "edit", "Edit settings", id="train.edit"),
         Binding("ctrl+s", "save", "Save settings", id="train.save"),
         Binding("P", "promote", "Promote checkpoint", id="train.promote"),
@@ -66,11 +88,16 @@ class TrainPane(Vertical):
         self.ws = ws
         self.protocol = protocol
         self.job: Job | None = None
+        self.run_jobs: tuple[int, ...] = ()  # the shown job's run: its start and resumes
+        self.by_job: dict[int, list[Metric]] = {}
         self.steps: list[int] = []
         self.losses: list[float] = []
+        self.lrs: list[float] = []
         self.seconds: list[float] = []
+        self.starts: list[int] = []
         self.memory: float | None = None
         self.last_sample: Path | None = None
+        self.doing: dict[int, str] = {}  # job id -> what its last event said
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="train-top"):
@@ -115,12 +142,22 @@ class TrainPane(Vertical):
         trains = [j for j in delta.jobs if j.kind == "train"]
         job = next((j for j in reversed(trains) if j.state in LIVE),
                    trains[-1] if trains else None)
-        if job is not None and (self.job is None or job.id != self.job.id):
-            self.steps, self.losses, self.seconds = [], [], []
-            self.post_message(Write(ReadMetrics(job.id), self))
         self.job = job
-        if job is not None:
-            self._add_rows(delta.metrics.get(job.id, []))
+        run_jobs = run_of(job, trains)
+        if run_jobs != self.run_jobs:
+            self.run_jobs, self.by_job = run_jobs, {}
+            if run_jobs:
+                self.post_message(Write(ReadMetrics(run_jobs), self))
+        changed = False
+        for job_id in self.run_jobs:
+            if delta.metrics.get(job_id):
+                add_rows(self.by_job.setdefault(job_id, []), delta.metrics[job_id])
+                changed = True
+        if changed:
+            self.join_run()
+        for event in delta.events:
+            if event.job is not None:
+                self.doing[event.job] = event.message
         samples = [o for o in delta.outputs if o.kind == "sample"]
         if samples:
             self.last_sample = Path(samples[-1].path)
@@ -129,23 +166,36 @@ class TrainPane(Vertical):
             self.refresh_checkpoints()
         self.update_stats()
 
-    def _add_rows(self, rows: list[Metric]) -> None:
-        for row in rows:
-            if self.steps and row.step <= self.steps[-1]:
-                cut = next(i for i, s in enumerate(self.steps) if s >= row.step)
-                del self.steps[cut:], self.losses[cut:], self.seconds[cut:]
-            self.steps.append(row.step)
-            self.losses.append(row.loss)
-            self.seconds.append(row.seconds or 0.0)
-            self.memory = row.memory_gb
+    def join_run(self) -> None:
+        """One series for the run: a resume re-trains from its checkpoint's step, so each job's
+        rows replace the earlier jobs' rows from its first step on."""
+        rows: list[Metric] = []
+        starts = []
+        for job_id in self.run_jobs:
+            mine = self.by_job.get(job_id, [])
+            if not mine:
+                continue
+            starts.append(mine[0].step)
+            while rows and rows[-1].step >= mine[0].step:
+                rows.pop()
+            rows.extend(mine)
+        self.steps = [r.step for r in rows]
+        self.losses = [r.loss if r.loss is not None else math.nan for r in rows]
+        self.lrs = [r.lr if r.lr is not None else math.nan for r in rows]
+        self.seconds = [r.seconds or 0.0 for r in rows[-20:]]
+        self.starts = starts
+        self.memory = rows[-1].memory_gb if rows else None
 
     @on(Done)
     def command_done(self, message: Done) -> None:
         command = message.command
         if isinstance(command, ReadMetrics) and not message.error:
-            if self.job is not None and self.job.id == command.job_id:
-                self.steps, self.losses, self.seconds = [], [], []
-                self._add_rows(message.result)
+            if command.job_ids == self.run_jobs:
+                for job_id, rows in message.result.items():
+                    # Rows the poller delivered meanwhile are newer than this read's.
+                    add_rows(rows := list(rows), self.by_job.get(job_id, []))
+                    self.by_job[job_id] = rows
+                self.join_run()
                 self.update_stats()
         elif isinstance(command, SaveSettings) and not message.error:
             self.load_settings()
@@ -155,23 +205,26 @@ class TrainPane(Vertical):
     def update_stats(self) -> None:
         job = self.job
         plot = self.query_one("#loss-plot", LossPlot)
-        plot.set_data(self.steps, self.losses, job.total if job else 0)
+        empty = "no loss yet: start training (s)"
+        if job is not None and job.state in LIVE and not self.by_job.get(job.id):
+            empty = f"job {job.id}: " + self.doing.get(job.id, f"{job.state}, no step yet")
+        plot.set_data(self.steps, self.losses, job.total if job else 0, lrs=self.lrs,
+                      starts=self.starts, empty=empty)
         if job is None:
             text = "no training yet · s starts it"
         else:
-            recent = self.seconds[-20:]
-            speed = sum(recent) / len(recent) if recent else None
+            speed = sum(self.seconds) / len(self.seconds) if self.seconds else None
             done = self.steps[-1] if self.steps else job.step
             memory = f" · GPU {self.memory:.1f} GiB" if self.memory else ""
             text = f"job {job.id} {job.state} · step {done}/{job.total}"
             if speed:
                 text += f" · {speed:.3f} s/step"
-                if job.state == RUNNING:  # a paused, stopped or ended job has no ETA
+                if job.state == RUNNING and done < job.total:  # paused/ended: no ETA
                     text += f" · ETA {eta_text(speed, job.total - done)}"
                 text += memory
             if job.error:
                 text += f"\n{job.error}"
-        self.query_one("#train-stats", Static).update(plain(text, keep_newlines=True))
+        set_text(self.query_one("#train-stats", Static), plain(text, keep_newlines=True))
 
     def refresh_checkpoints(self) -> None:
         table = self.query_one("#checkpoints", DataTable)
@@ -216,6 +269,10 @@ class TrainPane(Vertical):
     def action_log_scale(self) -> None:
         plot = self.query_one("#loss-plot", LossPlot)
         plot.log_scale = not plot.log_scale
+
+    def action_learning_rate(self) -> None:
+        plot = self.query_one("#loss-plot", LossPlot)
+        plot.show_lr = not plot.show_lr
 
     def action_edit(self) -> None:
         self.query_one("#field-steps", Input).focus()
