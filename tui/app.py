@@ -22,7 +22,7 @@ from textual.binding import Binding
 from textual.keys import format_key
 from textual.lazy import Lazy
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.widgets import Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from lorabooth.core import engine
@@ -49,6 +49,8 @@ from .panes.queue import QueuePane
 from .panes.train import TrainPane
 from .settings import UISettings
 from .store_io import StorePoller, StoreWorker, describe
+from .widgets.footer import KeyFooter
+from .widgets.inputs import PaneInput
 from .widgets.text import set_text
 
 POLL_SECONDS = 0.25  # 4 Hz: live enough for a loss curve, idle enough over SSH
@@ -95,10 +97,10 @@ class LoraboothApp(App):
     TITLE = "lorabooth"
     BINDINGS = [
         Binding("q", "quit", "Quit", id="app.quit"),
-        Binding("1", "show_pane('dataset')", "Dataset", id="app.dataset"),
-        Binding("2", "show_pane('train')", "Train", id="app.train"),
-        Binding("3", "show_pane('queue')", "Queue", id="app.queue"),
-        Binding("4", "show_pane('gallery')", "Gallery", id="app.gallery"),
+        Binding("1", "show_pane('dataset')", "Dataset", show=False, id="app.dataset"),
+        Binding("2", "show_pane('train')", "Train", show=False, id="app.train"),
+        Binding("3", "show_pane('queue')", "Queue", show=False, id="app.queue"),
+        Binding("4", "show_pane('gallery')", "Gallery", show=False, id="app.gallery"),
         Binding("question_mark", "help", "Help", id="app.help"),
         Binding("ctrl+t", "next_theme", "Theme", show=False, id="app.theme"),
     ]
@@ -136,7 +138,7 @@ class LoraboothApp(App):
                 yield Lazy(QueuePane(self.ws, protocol, id="queue-pane"))
             with TabPane("4 Gallery", id="gallery"):
                 yield Lazy(GalleryPane(self.ws, protocol, id="gallery-pane"))
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one(StatusBar).show(self.ws, "connecting", None, None, None)
@@ -255,7 +257,8 @@ class LoraboothApp(App):
         rows = []
         seen = set()
         # From the classes, so panes that have not mounted yet are listed too.
-        for owner in (LoraboothApp, DatasetPane, TrainPane, QueuePane, PromptInput, GalleryPane):
+        for owner in (LoraboothApp, DatasetPane, TrainPane, QueuePane, PromptInput, PaneInput,
+                      GalleryPane):
             for binding in owner.BINDINGS:
                 if isinstance(binding, Binding) and binding.id and binding.id not in seen:
                     seen.add(binding.id)

@@ -20,6 +20,7 @@ from lorabooth.core.workspace import Workspace
 
 from ..messages import DatasetScanned, Done, PaneReady, PaneUpdate, Write
 from ..store_io import SaveCaption
+from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
 
 # The scanner (numpy, Pillow) is imported in the scan worker, off the start-up path.
@@ -36,6 +37,8 @@ class DatasetPane(Vertical):
         Binding("r", "rescan", "Rescan", id="dataset.rescan"),
         Binding("j", "cursor('down')", "Down", show=False, id="dataset.down"),
         Binding("k", "cursor('up')", "Up", show=False, id="dataset.up"),
+        Binding("g,home", "cursor('top')", "Top", show=False, id="dataset.top"),
+        Binding("G,end", "cursor('bottom')", "Bottom", show=False, id="dataset.bottom"),
     ]
 
     def __init__(self, ws: Workspace, protocol: str, **kwargs):
@@ -172,7 +175,7 @@ class DatasetPane(Vertical):
 
     def action_cursor(self, direction: str) -> None:
         table = self.query_one("#photos", DataTable)
-        table.action_cursor_down() if direction == "down" else table.action_cursor_up()
+        move_cursor(table, direction)
 
     def action_cycle_filter(self) -> None:
         self.filter = FILTERS[(FILTERS.index(self.filter) + 1) % len(FILTERS)]

@@ -16,6 +16,7 @@ from lorabooth.core.store import Output
 from lorabooth.core.workspace import Workspace
 
 from ..messages import PaneReady, PaneUpdate, UsePrompt
+from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
 
 
@@ -24,6 +25,8 @@ class GalleryPane(Vertical):
         Binding("y", "use_recipe", "Use prompt", id="gallery.use"),
         Binding("j", "cursor('down')", "Down", show=False, id="gallery.down"),
         Binding("k", "cursor('up')", "Up", show=False, id="gallery.up"),
+        Binding("g,home", "cursor('top')", "Top", show=False, id="gallery.top"),
+        Binding("G,end", "cursor('bottom')", "Bottom", show=False, id="gallery.bottom"),
     ]
 
     def __init__(self, ws: Workspace, protocol: str, **kwargs):
@@ -88,7 +91,7 @@ class GalleryPane(Vertical):
 
     def action_cursor(self, direction: str) -> None:
         table = self.query_one("#outputs", DataTable)
-        table.action_cursor_down() if direction == "down" else table.action_cursor_up()
+        move_cursor(table, direction)
 
     def action_use_recipe(self) -> None:
         item = self.selected()

@@ -29,6 +29,8 @@ from lorabooth.core.workspace import Workspace
 
 from ..messages import EngineWanted, Notice, PaneReady, PaneUpdate, UsePrompt, Write
 from ..store_io import AddJob, Control, Move, SetSetting
+from ..widgets.inputs import PaneInput
+from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
 from ..widgets.text import set_text
 
@@ -36,13 +38,12 @@ STATE_STYLE = {QUEUED: "", RUNNING: "bold", PAUSED: "yellow", DONE: "green", FAI
                CANCELLED: "dim"}
 
 
-class PromptInput(Input):
+class PromptInput(PaneInput):
     """An Input with shell-like history on up and down."""
 
     BINDINGS = [
         Binding("up", "history(-1)", "Previous prompt", show=False, id="prompt.previous"),
         Binding("down", "history(1)", "Next prompt", show=False, id="prompt.next"),
-        Binding("escape", "leave", "Leave the prompt", id="prompt.leave"),
     ]
 
     def __init__(self, **kwargs):
@@ -54,9 +55,6 @@ class PromptInput(Input):
         if text and (not self.history or self.history[-1] != text):
             self.history.append(text)
         self.position = len(self.history)
-
-    def action_leave(self) -> None:
-        self.screen.query_one("#jobs").focus()
 
     def action_history(self, step: int) -> None:
         if not self.history:
@@ -82,13 +80,15 @@ def describe_job(job: Job) -> str:
 class QueuePane(Vertical):
     BINDINGS = [
         Binding("i", "focus_prompt", "Prompt", id="queue.prompt"),
-        Binding("c", "cancel", "Cancel job", id="queue.cancel"),
+        Binding("c", "cancel", "Cancel", id="queue.cancel"),
         Binding("K", "move(-1)", "Move up", id="queue.up"),
         Binding("J", "move(1)", "Move down", id="queue.down"),
-        Binding("R", "repeat", "Repeat, new seed", id="queue.repeat"),
+        Binding("R", "repeat", "Repeat", id="queue.repeat"),
         Binding("space", "pause_queue", "Pause queue", id="queue.pause"),
         Binding("j", "cursor('down')", "Down", show=False, id="queue.cursor_down"),
         Binding("k", "cursor('up')", "Up", show=False, id="queue.cursor_up"),
+        Binding("g,home", "cursor('top')", "Top", show=False, id="queue.top"),
+        Binding("G,end", "cursor('bottom')", "Bottom", show=False, id="queue.bottom"),
     ]
 
     def __init__(self, ws: Workspace, protocol: str, **kwargs):
@@ -102,9 +102,13 @@ class QueuePane(Vertical):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="prompt-row"):
-            yield PromptInput(placeholder="type a prompt · {trigger} · preset: name: prompt",
-                              id="prompt")
-            yield Input(value="1.0", id="lora-scale", placeholder="LoRA scale")
+            prompt = PromptInput(placeholder="type a prompt · {trigger} · preset: prompt",
+                                 id="prompt")
+            prompt.border_title = "prompt (i)"
+            yield prompt
+            scale = PaneInput(value="1.0", id="lora-scale", placeholder="1.0")
+            scale.border_title = "LoRA scale"
+            yield scale
         yield Label("", id="queue-state")
         with Horizontal(id="queue-main"):
             yield DataTable(id="jobs", cursor_type="row", zebra_stripes=True)
@@ -229,7 +233,7 @@ class QueuePane(Vertical):
 
     def action_cursor(self, direction: str) -> None:
         table = self.query_one("#jobs", DataTable)
-        table.action_cursor_down() if direction == "down" else table.action_cursor_up()
+        move_cursor(table, direction)
 
     def action_cancel(self) -> None:
         job = self.selected()

@@ -21,6 +21,7 @@ from lorabooth.core.workspace import Workspace
 
 from ..messages import Done, EngineWanted, Notice, PaneReady, PaneUpdate, Write
 from ..store_io import AddJob, Control, Promote, ReadMetrics, SaveSettings, TogglePause
+from ..widgets.inputs import PaneInput
 from ..widgets.lossplot import LossPlot
 from ..widgets.preview import Preview
 from ..widgets.text import set_text
@@ -74,13 +75,13 @@ def add_rows(rows: list[Metric], new: list[Metric]) -> None:
 class TrainPane(Vertical):
     BINDINGS = [
         Binding("s", "start", "Start", id="train.start"),
-        Binding("p", "pause", "Pause/resume", id="train.pause"),
+        Binding("p", "pause", "Pause", id="train.pause"),
         Binding("x", "stop", "Stop", id="train.stop"),
         Binding("l", "log_scale", "Log scale", id="train.log"),
         Binding("r", "learning_rate", "Learning rate", show=False, id="train.lr"),
-        Binding("e", "edit", "Edit settings", id="train.edit"),
-        Binding("ctrl+s", "save", "Save settings", id="train.save"),
-        Binding("P", "promote", "Promote checkpoint", id="train.promote"),
+        Binding("e", "edit", "Settings", id="train.edit"),
+        Binding("ctrl+s", "save", "Save", id="train.save"),
+        Binding("P", "promote", "Promote", id="train.promote"),
     ]
 
     def __init__(self, ws: Workspace, protocol: str, **kwargs):
@@ -105,7 +106,7 @@ class TrainPane(Vertical):
                 for _key, label, _ in FIELDS:
                     with Horizontal(classes="field"):
                         yield Label(label, classes="field-label")
-                        yield Input(id=f"field-{label}", classes="field-input")
+                        yield PaneInput(id=f"field-{label}", classes="field-input")
                 yield Static(id="train-config-note")
             with Vertical(id="train-live"):
                 yield Static(id="train-stats")
@@ -197,8 +198,11 @@ class TrainPane(Vertical):
                     self.by_job[job_id] = rows
                 self.join_run()
                 self.update_stats()
-        elif isinstance(command, SaveSettings) and not message.error:
-            self.load_settings()
+        elif isinstance(command, SaveSettings):
+            if message.error:
+                self.mark_refused(message.error)
+            else:
+                self.load_settings()
         elif isinstance(command, Promote):
             self.refresh_checkpoints()
 
@@ -279,25 +283,36 @@ class TrainPane(Vertical):
 
     @on(Input.Submitted, ".field-input")
     def action_save(self) -> None:
-        """Every field is checked before anything is written; any problem writes nothing."""
+        """Every field is checked before anything is written; any problem writes nothing, and
+        each field at fault is marked where it is."""
         try:
             config = self.ws.config(check_photos=False)
         except ConfigError as exc:
             self.post_message(Notice(str(exc), "error"))
             return
-        values = {}
+        values, problems = {}, []
         for key, label, parse in FIELDS:
-            text = self.query_one(f"#field-{label}", Input).value.strip()
+            box = self.query_one(f"#field-{label}", Input)
+            text = box.value.strip()
+            box.set_class(False, "-invalid")
             if text == field_value(config, key):
                 continue
             try:
                 values[key] = parse(text)
             except ValueError:
-                self.post_message(Notice(f"{label}: {text!r} is not a number", "error"))
-                return
-        if values:
+                problems.append(f"{label}: {text!r} is not a number")
+                box.set_class(True, "-invalid")
+        if problems:
+            self.post_message(Notice("not saved: " + "; ".join(problems), "error"))
+        elif values:
             labels = ", ".join(label for key, label, _ in FIELDS if key in values)
             self.post_message(Write(SaveSettings(values, f"saved: {labels}"), self))
+
+    def mark_refused(self, error: str) -> None:
+        """The config refused the values (e.g. rank 0): mark the fields it names."""
+        for key, label, _ in FIELDS:
+            if key in error or key.split(".")[-1] in error:
+                self.query_one(f"#field-{label}", Input).set_class(True, "-invalid")
 
     def action_promote(self) -> None:
         table = self.query_one("#checkpoints", DataTable)

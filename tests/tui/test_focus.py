@@ -1,0 +1,123 @@
+"""The focus rules a keyboard user relies on: a pane's list has focus when it opens, `esc`
+leaves every input for its pane's list, text typed into an input is text (never a command),
+and a settings save that fails writes nothing and marks the fields at fault."""
+
+from __future__ import annotations
+
+from support import wait_for
+from textual.widgets import DataTable, Input, TextArea
+
+from lorabooth.core.store import Store
+from lorabooth.core.workspace import Workspace
+from lorabooth.tui.app import LoraboothApp
+from lorabooth.tui.panes.queue import QueuePane
+from lorabooth.tui.panes.train import TrainPane
+from lorabooth.tui.settings import UISettings
+
+
+def app_for(ws: Workspace) -> LoraboothApp:
+    return LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+
+
+async def open_pane(pilot, key: str, pane: type):
+    await pilot.press(key)
+    await wait_for(pilot, lambda: pilot.app.query(pane))
+    found = pilot.app.query_one(pane)
+    await wait_for(pilot, lambda: isinstance(pilot.app.focused, DataTable)
+                   and found in pilot.app.focused.ancestors)
+    return found
+
+
+async def test_esc_leaves_every_input_for_its_pane_list(demo_workspace):
+    ws = demo_workspace()
+    app = app_for(ws)
+    async with app.run_test(size=(100, 30)) as pilot:
+        # Dataset: the caption editor.
+        await wait_for(pilot, lambda: app.query_one("#photos", DataTable).row_count == 16)
+        assert app.focused is app.query_one("#photos")  # the list has focus at launch
+        await pilot.press("e")
+        assert isinstance(app.focused, TextArea)
+        await pilot.press("escape")
+        assert app.focused is app.query_one("#photos")
+        # Train: every settings field.
+        train = await open_pane(pilot, "2", TrainPane)
+        for field in train.query(Input):
+            field.focus()
+            await pilot.pause()
+            await pilot.press("escape")
+            assert app.focused is train.query_one("#checkpoints"), field.id
+        # Queue: the prompt and the LoRA scale box.
+        queue = await open_pane(pilot, "3", QueuePane)
+        for field in ("#prompt", "#lora-scale"):
+            queue.query_one(field).focus()
+            await pilot.pause()
+            await pilot.press("escape")
+            assert app.focused is queue.query_one("#jobs"), field
+        assert queue.query_one("#lora-scale").border_title == "LoRA scale"  # it says what it is
+
+
+async def test_keys_typed_into_an_input_are_text_not_commands(demo_workspace):
+    ws = demo_workspace()
+    app = app_for(ws)
+    async with app.run_test(size=(100, 30)) as pilot:
+        train = await open_pane(pilot, "2", TrainPane)
+        await pilot.press("e")  # into the steps field
+        steps = train.query_one("#field-steps", Input)
+        assert app.focused is steps
+        steps.value = ""
+        await pilot.press("4", "0", "0", "1", "s", "x", "p", "q", "space")
+        assert steps.value == "4001sxpq "
+        assert app.query_one("#panes").active == "train" and app.is_running
+        await pilot.pause(0.3)
+        assert Store(ws.db_path).jobs() == []  # `s` started nothing
+        await pilot.press("escape", "1")  # out of the field, the digit switches pane again
+        assert app.query_one("#panes").active == "dataset"
+
+
+async def test_a_failed_settings_save_writes_nothing_and_marks_the_fields(demo_workspace):
+    ws = demo_workspace()
+    config_file = ws.root / "lorabooth.toml"
+    before = config_file.read_bytes()
+    app = app_for(ws)
+    async with app.run_test(size=(100, 30)) as pilot:
+        train = await open_pane(pilot, "2", TrainPane)
+        train.query_one("#field-rank", Input).value = "140"
+        train.query_one("#field-lr", Input).value = "x"
+        train.query_one("#field-steps", Input).value = "many"
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.3)
+        app.writer.wait_idle()
+        assert config_file.read_bytes() == before  # not even the valid rank
+        marked = {f.id for f in train.query(Input) if f.has_class("-invalid")}
+        assert marked == {"field-lr", "field-steps"}
+        assert any("lr: 'x'" in n.message and "steps: 'many'" in n.message
+                   for n in app._notifications)
+        # Fixed, the same save goes through and the marks go away.
+        train.query_one("#field-lr", Input).value = "0.0002"
+        train.query_one("#field-steps", Input).value = "300"
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: config_file.read_bytes() != before)
+        assert not any(f.has_class("-invalid") for f in train.query(Input))
+        text = config_file.read_text()
+        assert "rank = 140" in text and "steps = 300" in text
+
+
+async def test_g_and_G_jump_to_the_first_and_last_job(demo_workspace):
+    from lorabooth.core.generate.request import Asked, build_request, request_to_params
+
+    ws = demo_workspace()
+    store = Store(ws.db_path)
+    config = ws.config()
+    for n in range(5):
+        store.add_job("generate", request_to_params(build_request(
+            ws, config, Asked(f"prompt {n}"), training=False)), total=1)
+    app = app_for(ws)
+    async with app.run_test(size=(100, 30)) as pilot:
+        queue = await open_pane(pilot, "3", QueuePane)
+        await wait_for(pilot, lambda: len(queue.jobs) == 5)
+        table = queue.query_one("#jobs", DataTable)
+        await pilot.press("G")
+        assert table.cursor_row == 4
+        await pilot.press("g")
+        assert table.cursor_row == 0
+
