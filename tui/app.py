@@ -36,8 +36,10 @@ from .messages import (
     Done,
     EngineWanted,
     Notice,
+    OpenViewer,
     PaneReady,
     PaneUpdate,
+    Remake,
     StoreDelta,
     StoreUpdated,
     UsePrompt,
@@ -48,7 +50,7 @@ from .panes.gallery import GalleryPane
 from .panes.queue import QueuePane
 from .panes.train import TrainPane
 from .settings import UISettings
-from .store_io import StorePoller, StoreWorker, describe
+from .store_io import AddJob, StorePoller, StoreWorker, describe
 from .widgets.footer import KeyFooter
 from .widgets.inputs import PaneInput
 from .widgets.text import set_text
@@ -233,6 +235,32 @@ class LoraboothApp(App):
         except (engine.EngineStartFailed, OSError) as exc:
             self.post_message(Notice(f"could not start the engine: {exc}", "error"))
 
+    @on(OpenViewer)
+    def open_viewer(self, message: OpenViewer) -> None:
+        from .viewer import ViewerScreen
+
+        if message.items:
+            self.push_screen(ViewerScreen(message.items, message.index, self.settings.images))
+
+    @on(Remake)
+    def remake(self, message: Remake) -> None:
+        from lorabooth.core.errors import LoraboothError
+        from lorabooth.core.generate.request import remake_request, request_to_params
+
+        jobs = self.last_delta.jobs if self.last_delta else []
+        training = any(j.kind == "train" and j.state in LIVE for j in jobs)
+        try:
+            request = remake_request(self.ws, self.ws.config(check_photos=False),
+                                     message.recipe, variations=message.variations,
+                                     training=training)
+        except (LoraboothError, ValueError) as exc:
+            self.notify(str(exc), severity="error", markup=False, timeout=8)
+            return
+        what = f"{request.count} variations" if message.variations else "re-make"
+        self.writer.submit(AddJob("generate", request_to_params(request), total=request.size(),
+                                  says=f"{what} queued as job {{result}}"), None)
+        self.ensure_engine()
+
     @on(Notice)
     def show_notice(self, message: Notice) -> None:
         self.notify(message.text, severity=message.severity, markup=False, timeout=8)
@@ -257,8 +285,10 @@ class LoraboothApp(App):
         rows = []
         seen = set()
         # From the classes, so panes that have not mounted yet are listed too.
+        from .viewer import ViewerScreen
+
         for owner in (LoraboothApp, DatasetPane, TrainPane, QueuePane, PromptInput, PaneInput,
-                      GalleryPane):
+                      GalleryPane, ViewerScreen):
             for binding in owner.BINDINGS:
                 if isinstance(binding, Binding) and binding.id and binding.id not in seen:
                     seen.add(binding.id)

@@ -101,3 +101,21 @@ class Notice(Message):
         super().__init__()
         self.text = text
         self.severity = severity
+
+
+class OpenViewer(Message):
+    """Show these images full-screen, starting at `index`."""
+
+    def __init__(self, items: list, index: int):
+        super().__init__()
+        self.items = items
+        self.index = index
+
+
+class Remake(Message):
+    """Queue an output again from what it recorded (`variations`: with new seeds)."""
+
+    def __init__(self, recipe: dict, variations: bool):
+        super().__init__()
+        self.recipe = recipe
+        self.variations = variations

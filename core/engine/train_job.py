@@ -32,8 +32,17 @@ class TrainJob:
         store.update_job(self.job.id, step=m.step)
 
     def on_sample(self, step: int, paths: list[Path]) -> None:
-        for path in paths:
-            self.engine.store.add_output(self.job.id, path, "sample", {"step": step})
+        """Each sample with what made it, so the UI can show it, reuse its prompt, re-make it."""
+        trainer = self.trainer
+        for index, path in enumerate(paths):
+            recipe: dict = {"step": step}
+            if trainer is not None and index < len(trainer.sample_prompts):
+                sample = trainer.config.sample
+                size = min(trainer.config.train.resolution)
+                recipe.update(prompt=trainer.sample_prompts[index], seed=sample.seed + index,
+                              steps=sample.steps, width=size, height=size,
+                              run=self.job.params.get("run"))
+            self.engine.store.add_output(self.job.id, path, "sample", recipe)
 
     def should_stop(self) -> bool:
         self.verdict = self.engine.between_steps(self.job.id)

@@ -203,3 +203,27 @@ def complete_recipe(ws: Workspace, recipe: Recipe) -> Recipe:
     loras = tuple(resolve_lora(ws, lora) for lora in recipe.loras)
     return replace(recipe, model=recipe.model or config.model, loras=loras,
                    version=__version__)
+
+
+VARIATIONS = 4
+
+
+def remake_request(ws: Workspace, config: Config, made: dict[str, Any], *, variations: bool,
+                   training: bool) -> Request:
+    """The request that makes an output again from what it recorded: a generated image's full
+    recipe (the same seed gives the same image with the same LoRA), or a training sample's
+    prompt and seed (with the workspace LoRA as it is now). `variations`: the same recipe with
+    VARIATIONS new seeds."""
+    if "model" in made:
+        recipe = Recipe.from_dict(made)
+    elif isinstance(made.get("prompt"), str):
+        seed = made.get("seed")
+        recipe = build_request(ws, config, Asked(made["prompt"], seed=seed if isinstance(
+            seed, int) and not isinstance(seed, bool) else None), training=training).recipe
+    else:
+        raise RecipeError("this image recorded no prompt to make it again from")
+    if not variations:
+        return Request(recipe)
+    request = Request(replace(recipe, seed=recipe.seed + 1), VARIATIONS)
+    request.check_size()
+    return request

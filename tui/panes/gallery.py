@@ -15,13 +15,14 @@ from lorabooth.core.safetext import plain
 from lorabooth.core.store import Output
 from lorabooth.core.workspace import Workspace
 
-from ..messages import PaneReady, PaneUpdate, UsePrompt
+from ..messages import OpenViewer, PaneReady, PaneUpdate, UsePrompt
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
 
 
 class GalleryPane(Vertical):
     BINDINGS = [
+        Binding("enter", "open", "Open", id="gallery.open"),
         Binding("y", "use_recipe", "Use prompt", id="gallery.use"),
         Binding("j", "cursor('down')", "Down", show=False, id="gallery.down"),
         Binding("k", "cursor('up')", "Up", show=False, id="gallery.up"),
@@ -92,6 +93,14 @@ class GalleryPane(Vertical):
     def action_cursor(self, direction: str) -> None:
         table = self.query_one("#outputs", DataTable)
         move_cursor(table, direction)
+
+    @on(DataTable.RowSelected, "#outputs")
+    def action_open(self) -> None:
+        from ..viewer import Shown
+
+        table = self.query_one("#outputs", DataTable)
+        items = [Shown(Path(o.path), o.kind, o.recipe) for o in self.items]
+        self.post_message(OpenViewer(items, table.cursor_row or 0))
 
     def action_use_recipe(self) -> None:
         item = self.selected()

@@ -27,7 +27,7 @@ from lorabooth.core.safetext import plain, printable
 from lorabooth.core.store import ACTIVE, CANCELLED, DONE, FAILED, PAUSED, QUEUED, RUNNING, Job
 from lorabooth.core.workspace import Workspace
 
-from ..messages import EngineWanted, Notice, PaneReady, PaneUpdate, UsePrompt, Write
+from ..messages import EngineWanted, Notice, OpenViewer, PaneReady, PaneUpdate, UsePrompt, Write
 from ..store_io import AddJob, Control, Move, SetSetting
 from ..widgets.inputs import PaneInput
 from ..widgets.lists import move_cursor
@@ -80,6 +80,7 @@ def describe_job(job: Job) -> str:
 class QueuePane(Vertical):
     BINDINGS = [
         Binding("i", "focus_prompt", "Prompt", id="queue.prompt"),
+        Binding("enter", "open", "Open", id="queue.open"),
         Binding("c", "cancel", "Cancel", id="queue.cancel"),
         Binding("K", "move(-1)", "Move up", id="queue.up"),
         Binding("J", "move(1)", "Move down", id="queue.down"),
@@ -98,6 +99,7 @@ class QueuePane(Vertical):
         self.jobs: list[Job] = []
         self.all_jobs: list[Job] = []
         self.images: dict[int, list[Path]] = {}
+        self.recipes: dict[str, dict] = {}  # image path -> the recipe it was made with
         self.paused = False
 
     def compose(self) -> ComposeResult:
@@ -136,6 +138,7 @@ class QueuePane(Vertical):
         for output in delta.outputs:
             if output.kind == "image" and output.job is not None:
                 self.images.setdefault(output.job, []).append(Path(output.path))
+                self.recipes[output.path] = output.recipe
         # Every job, training too: the queue is one line of work (a training job holds the
         # engine, and prompts render between its steps).
         jobs = list(delta.jobs)
@@ -184,6 +187,26 @@ class QueuePane(Vertical):
             "its samples show in the Train pane (2)" if job and job.kind == "train" else \
             "images show here when a job is done"
         self.query_one("#job-preview", Preview).show(images[-1] if images else None, note)
+
+    @on(DataTable.RowSelected, "#jobs")
+    def action_open(self) -> None:
+        """The selected job's images, full-screen."""
+        from ..viewer import Shown
+
+        job = self.selected()
+        if job is None:
+            return
+        if job.kind == "train":
+            self.notify("a training job's samples open from the Train pane (2, then o)",
+                        markup=False)
+            return
+        paths = self.images.get(job.id) or [Path(p) for p in (job.result or {}).get("images", [])]
+        if not paths:
+            self.notify(f"job {job.id} has no images yet", markup=False)
+            return
+        recipe = job.params.get("recipe", {}) if isinstance(job.params, dict) else {}
+        self.post_message(OpenViewer([Shown(p, "image", self.recipes.get(str(p), recipe))
+                                      for p in paths], 0))
 
     # -- the prompt -----------------------------------------------------------------------
 

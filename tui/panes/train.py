@@ -19,7 +19,7 @@ from lorabooth.core.store import ACTIVE, CANCELLED, LIVE, RUNNING, Job, Metric
 from lorabooth.core.train.checkpoint import all_checkpoints
 from lorabooth.core.workspace import Workspace
 
-from ..messages import Done, EngineWanted, Notice, PaneReady, PaneUpdate, Write
+from ..messages import Done, EngineWanted, Notice, OpenViewer, PaneReady, PaneUpdate, Write
 from ..store_io import AddJob, Control, Promote, ReadMetrics, SaveSettings, TogglePause
 from ..widgets.inputs import PaneInput
 from ..widgets.lossplot import LossPlot
@@ -82,6 +82,7 @@ class TrainPane(Vertical):
         Binding("e", "edit", "Settings", id="train.edit"),
         Binding("ctrl+s", "save", "Save", id="train.save"),
         Binding("P", "promote", "Promote", id="train.promote"),
+        Binding("o", "open_samples", "Samples", id="train.samples"),
     ]
 
     def __init__(self, ws: Workspace, protocol: str, **kwargs):
@@ -98,6 +99,7 @@ class TrainPane(Vertical):
         self.starts: list[int] = []
         self.memory: float | None = None
         self.last_sample: Path | None = None
+        self.samples: list = []  # every sample output, oldest first
         self.doing: dict[int, str] = {}  # job id -> what its last event said
 
     def compose(self) -> ComposeResult:
@@ -160,6 +162,7 @@ class TrainPane(Vertical):
             if event.job is not None:
                 self.doing[event.job] = event.message
         samples = [o for o in delta.outputs if o.kind == "sample"]
+        self.samples += samples
         if samples:
             self.last_sample = Path(samples[-1].path)
             self.query_one("#sample-preview", Preview).show(self.last_sample)
@@ -269,6 +272,16 @@ class TrainPane(Vertical):
             self.post_message(Write(Control(self.job.id, "cancel",
                                             "stopping after this step (a checkpoint is kept)"),
                                     self))
+
+    def action_open_samples(self) -> None:
+        """Every sample so far, full-screen, starting at the newest."""
+        from ..viewer import Shown
+
+        if not self.samples:
+            self.notify("no samples yet: they are made every sample.every steps", markup=False)
+            return
+        items = [Shown(Path(o.path), "sample", o.recipe) for o in self.samples]
+        self.post_message(OpenViewer(items, len(items) - 1))
 
     def action_log_scale(self) -> None:
         plot = self.query_one("#loss-plot", LossPlot)

@@ -1,0 +1,106 @@
+"""The image viewer: Enter on a Gallery item opens it full-screen with its recipe; keys step
+through the set, reuse the prompt, queue a re-make or variations, and give the file's path."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+from support import wait_for
+from textual.widgets import DataTable, Input
+
+from lorabooth.core.generate.request import Asked, build_request
+from lorabooth.core.store import Store
+from lorabooth.core.workspace import Workspace
+from lorabooth.tui.app import LoraboothApp
+from lorabooth.tui.panes.gallery import GalleryPane
+from lorabooth.tui.settings import UISettings
+from lorabooth.tui.viewer import ViewerScreen
+from lorabooth.tui.widgets.halfcell import HalfcellImage
+
+
+def seed_outputs(ws: Workspace) -> list[dict]:
+    """Two generated images (with their recipes) and one training sample in the store."""
+    store = Store(ws.db_path)
+    config = ws.config()
+    folder = ws.outputs / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    recipes = []
+    for n, colour in enumerate(((200, 30, 30), (30, 30, 200))):
+        recipe = build_request(ws, config, Asked(f"zorb number {n}", seed=40 + n),
+                               training=False).recipe
+        data = json.loads(recipe.to_json())
+        path = folder / f"image-{n}.png"
+        Image.new("RGB", (64, 64), colour).save(path)
+        store.add_output(None, path, "image", data)
+        recipes.append(data)
+    sample = ws.outputs / "samples" / "step-000100" / "prompt-00.png"
+    sample.parent.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (30, 200, 30)).save(sample)
+    store.add_output(None, sample, "sample", {"step": 100, "prompt": "a photo of zorb",
+                                               "seed": 7})
+    return recipes
+
+
+async def open_viewer(pilot) -> ViewerScreen:
+    app = pilot.app
+    await pilot.press("4")
+    await wait_for(pilot, lambda: app.query(GalleryPane)
+                   and app.query_one(GalleryPane).items)
+    await wait_for(pilot, lambda: isinstance(app.focused, DataTable))
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: isinstance(app.screen, ViewerScreen))
+    await pilot.pause(0.2)
+    return app.screen
+
+
+async def test_enter_opens_the_image_large_with_its_recipe_and_keys_step_through(
+        demo_workspace):
+    ws = demo_workspace()
+    seed_outputs(ws)
+    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        viewer = await open_viewer(pilot)
+        # Newest first: the sample, then image 1, then image 0.
+        title = str(viewer.query_one("#viewer-title").render())
+        assert title.startswith("1/3 · sample")
+        image = viewer.query_one(HalfcellImage)
+        assert image.size.height >= 15  # most of the 24 rows, not a thumbnail
+        await pilot.press("n")
+        assert str(viewer.query_one("#viewer-title").render()).startswith("2/3 · image")
+        recipe = str(viewer.query_one("#viewer-recipe").render())
+        assert "prompt: zorb number 1" in recipe and "seed: 41" in recipe
+        await pilot.press("o")
+        assert any("image-1.png" in n.message for n in app._notifications)
+        await pilot.press("p", "p")  # wraps around
+        assert str(viewer.query_one("#viewer-title").render()).startswith("3/3")
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ViewerScreen)
+
+
+async def test_remake_and_variations_queue_jobs_from_the_recorded_recipe(demo_workspace):
+    ws = demo_workspace()
+    recipes = seed_outputs(ws)
+    store = Store(ws.db_path)
+    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        viewer = await open_viewer(pilot)
+        await pilot.press("n", "m", "v")  # image 1: make it again, then 4 variations
+        app.writer.wait_idle()
+        await wait_for(pilot, lambda: len(store.jobs()) == 2)
+        remade, varied = store.jobs()
+        assert remade.params["recipe"] == recipes[1]  # the same image, same seed
+        assert varied.params["count"] == 4 and varied.params["recipe"]["seed"] == 42
+        assert varied.params["recipe"]["prompt"] == recipes[1]["prompt"]
+        await pilot.press("n", "n")  # the sample: its prompt and seed were recorded
+        await pilot.press("m")
+        await wait_for(pilot, lambda: len(store.jobs()) == 3)
+        sample_job = store.jobs()[-1]
+        assert sample_job.params["recipe"]["seed"] == 7
+        assert "zorb" in sample_job.params["recipe"]["prompt"]
+        # y: the prompt goes to the Queue's box, ready to edit.
+        await pilot.press("y")
+        await wait_for(pilot, lambda: not isinstance(app.screen, ViewerScreen))
+        await wait_for(pilot, lambda: app.query("#prompt")
+                       and app.query_one("#prompt", Input).value == "a photo of zorb")
+        assert viewer is not app.screen

@@ -1,0 +1,115 @@
+"""The image viewer: one image as large as the terminal allows (kitty or sixel graphics where
+the terminal has them, half cells elsewhere; `images` in ui.toml forces one), its full recipe,
+and keys to step through the set, reuse the prompt, make it again, make variations, or get the
+file's path (printed and put on the clipboard, which reaches a laptop over SSH via OSC 52)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Static
+
+from lorabooth.core.safetext import plain
+
+from .messages import Remake, UsePrompt
+from .widgets.footer import KeyFooter
+from .widgets.preview import Preview
+
+
+@dataclass(frozen=True)
+class Shown:
+    """One image and what made it."""
+
+    path: Path
+    kind: str  # image | sample
+    recipe: dict[str, Any]
+
+
+def recipe_lines(item: Shown) -> list[str]:
+    lines = []
+    first = ("prompt", "seed", "step", "loras")  # what people look for, then the rest
+    ordered = sorted(item.recipe.items(),
+                     key=lambda kv: first.index(kv[0]) if kv[0] in first else len(first))
+    for key, value in ordered:
+        if key == "loras":
+            lines += [f"lora: {lora.get('name')} x{lora.get('scale')}" for lora in value
+                      if isinstance(lora, dict)]
+        elif value not in ("", None, [], {}):
+            lines.append(f"{key}: {value}")
+    return lines
+
+
+class ViewerScreen(Screen):
+    BINDINGS = [
+        Binding("escape,q", "close", "Close", id="viewer.close"),
+        Binding("right,n,l", "step(1)", "Next", id="viewer.next"),
+        Binding("left,p,h", "step(-1)", "Previous", id="viewer.previous"),
+        Binding("y", "use_prompt", "Use prompt", id="viewer.use"),
+        Binding("m", "remake(False)", "Re-make", id="viewer.remake"),
+        Binding("v", "remake(True)", "Variations", id="viewer.variations"),
+        Binding("o", "path", "File path", id="viewer.path"),
+    ]
+
+    def __init__(self, items: list[Shown], index: int, protocol: str):
+        super().__init__()
+        self.items = items
+        self.index = max(0, min(index, len(items) - 1))
+        self.protocol = protocol
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="viewer-title")
+        with Horizontal(id="viewer-main"):
+            yield Preview(self.protocol, id="viewer-image")
+            yield Static(id="viewer-recipe")
+        yield KeyFooter()
+
+    def on_mount(self) -> None:
+        self.show()
+
+    @property
+    def item(self) -> Shown | None:
+        return self.items[self.index] if self.items else None
+
+    def show(self) -> None:
+        item = self.item
+        title = self.query_one("#viewer-title", Static)
+        recipe = self.query_one("#viewer-recipe", Static)
+        if item is None:
+            title.update("nothing to show")
+            return
+        title.update(plain(f"{self.index + 1}/{len(self.items)} · {item.kind} · {item.path}"))
+        self.query_one("#viewer-image", Preview).show(item.path, f"{item.path.name} is gone")
+        recipe.update(plain("\n".join(recipe_lines(item)) or "no recipe recorded",
+                            keep_newlines=True))
+
+    def action_close(self) -> None:
+        self.dismiss()
+
+    def action_step(self, step: int) -> None:
+        if self.items:
+            self.index = (self.index + step) % len(self.items)
+            self.show()
+
+    def action_use_prompt(self) -> None:
+        prompt = self.item.recipe.get("prompt") if self.item else None
+        if isinstance(prompt, str) and prompt:
+            self.dismiss()
+            self.app.post_message(UsePrompt(prompt))
+        else:
+            self.notify("this image recorded no prompt", markup=False)
+
+    def action_remake(self, variations: bool) -> None:
+        if self.item is not None:
+            self.app.post_message(Remake(self.item.recipe, variations))
+
+    def action_path(self) -> None:
+        if self.item is not None:
+            path = str(self.item.path.resolve())
+            self.app.copy_to_clipboard(path)
+            self.notify(f"{path} (on the clipboard)", markup=False, timeout=10)
