@@ -32,6 +32,7 @@ from lorabooth.core.workspace import Workspace
 from lorabooth.themes import THEMES_DIR
 from lorabooth.themes.themes import THEMES
 
+from .commands import LoraboothCommands
 from .messages import (
     Done,
     EngineWanted,
@@ -97,6 +98,7 @@ class HelpScreen(ModalScreen):
 class LoraboothApp(App):
     CSS_PATH = str(THEMES_DIR / "app.tcss")
     TITLE = "lorabooth"
+    COMMANDS = App.COMMANDS | {LoraboothCommands}
     BINDINGS = [
         Binding("q", "quit", "Quit", id="app.quit"),
         Binding("1", "show_pane('dataset')", "Dataset", show=False, id="app.dataset"),
@@ -279,6 +281,39 @@ class LoraboothApp(App):
         if tables:
             tables.first().focus()
 
+    # -- what the command palette runs ---------------------------------------------------
+
+    def run_in_pane(self, pane: str, action: str, tries: int = 40) -> None:
+        """Open `pane` and run one of its actions, once it has mounted (panes mount lazily)."""
+        self.action_show_pane(pane)
+        found = self.query(f"#{pane}-pane")
+        if found and getattr(found.first(), "ready", False):
+            getattr(found.first(), f"action_{action}")()
+        elif tries:
+            self.set_timer(0.05, lambda: self.run_in_pane(pane, action, tries - 1))
+
+    def model_choices(self) -> list[str]:
+        from lorabooth.core.models.families import DEMO, KNOWN_REPOS
+
+        return [DEMO, *KNOWN_REPOS]
+
+    def preset_names(self) -> list[str]:
+        from lorabooth.core.errors import LoraboothError
+
+        try:
+            return list(self.ws.config(check_photos=False).generate.presets)
+        except LoraboothError:
+            return []
+
+    def set_workspace_value(self, key: str, value: object) -> None:
+        from .store_io import SaveSettings
+
+        self.writer.submit(SaveSettings({key: value}, f"{key} = {value} (lorabooth.toml)"),
+                           None)
+
+    def start_prompt(self, text: str) -> None:
+        self.post_message(UsePrompt(text))
+
     def action_help(self) -> None:
         from .panes.queue import PromptInput
 
@@ -304,12 +339,13 @@ class LoraboothApp(App):
         names = [t.name for t in THEMES]
         current = names.index(self.theme) if self.theme in names else -1
         self.theme = names[(current + 1) % len(names)]
-        self.notify(f"theme: {self.theme} (ctrl+t for the next; remembered)", markup=False,
-                    timeout=3)
 
     def watch_theme(self, theme: str) -> None:
-        if theme in [t.name for t in THEMES] and theme != self.settings.theme:
+        """A theme chosen anywhere (ctrl+t, the palette's "Theme") is named and remembered."""
+        if theme != self.settings.theme and self.is_running:
             self.settings.save_theme(theme)
+            self.notify(f"theme: {theme} (remembered; ctrl+t for the next)", markup=False,
+                        timeout=3)
 
 
 def _hang_up(signum, frame) -> None:

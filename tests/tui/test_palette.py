@@ -1,0 +1,53 @@
+"""The command palette (ctrl+p) carries lorabooth's own actions, and a theme picked there is
+remembered and named like one picked with ctrl+t."""
+
+from __future__ import annotations
+
+from support import wait_for
+from textual.command import CommandPalette
+
+from lorabooth.core.store import Store
+from lorabooth.tui.app import LoraboothApp
+from lorabooth.tui.panes.train import TrainPane
+from lorabooth.tui.settings import UISettings
+from lorabooth.tui.widgets.lossplot import LossPlot
+
+
+async def palette_run(pilot, words: str, expect: str) -> None:
+    app = pilot.app
+    await pilot.press("ctrl+p")
+    await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
+    await pilot.press(*words)
+    await wait_for(pilot, lambda: [str(o.prompt).split("\n")[0]  # the name, then its help
+                                   for o in app.screen.query_one("CommandList").options][:1]
+                   == [expect])
+    await pilot.press("down", "enter")
+    await wait_for(pilot, lambda: not isinstance(app.screen, CommandPalette))
+
+
+async def test_the_palette_finds_and_runs_lorabooth_actions(demo_workspace):
+    ws = demo_workspace()
+    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await palette_run(pilot, "log scale", "Loss plot: toggle log scale")
+        await wait_for(pilot, lambda: app.query(TrainPane)
+                       and app.query_one(LossPlot).log_scale)
+        assert app.query_one("#panes").active == "train"
+        await palette_run(pilot, "start train", "Train: start training")
+        await wait_for(pilot, lambda: [j.kind for j in Store(ws.db_path).jobs()] == ["train"])
+        await palette_run(pilot, "model flux-schnell", "Workspace: use the model flux-schnell")
+        app.writer.wait_idle()
+        await wait_for(pilot, lambda: 'model = "flux-schnell"'
+                       in (ws.root / "lorabooth.toml").read_text())
+
+
+async def test_a_theme_picked_anywhere_is_remembered_and_named(demo_workspace, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setenv("LORABOOTH_CONFIG_DIR", str(tmp_path / "ui"))  # others' settings stay
+    ws = demo_workspace()
+    app = LoraboothApp(ws.root, start_engine=False, poll=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.theme = "nord"  # what the palette's own "Theme" command does
+        await pilot.pause()
+        assert any("theme: nord" in n.message for n in app._notifications)
+    assert UISettings.load().theme == "nord"

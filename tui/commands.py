@@ -1,0 +1,56 @@
+"""lorabooth's own commands in the command palette (ctrl+p): training, the queue, the loss
+plot, images, the workspace's model and presets. Each runs the same action as its key, in its
+pane, so the palette is a way to find a key as much as to press one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+# (name, pane, action in that pane, help)
+PANE_COMMANDS = [
+    ("Train: start training", "train", "start", "s in the Train pane"),
+    ("Train: pause or resume training", "train", "pause", "p in the Train pane"),
+    ("Train: stop training (a checkpoint is kept)", "train", "stop", "x in the Train pane"),
+    ("Train: promote the selected checkpoint", "train", "promote", "P in the Train pane"),
+    ("Train: edit the settings", "train", "edit", "e in the Train pane"),
+    ("Train: open the samples", "train", "open_samples", "o in the Train pane"),
+    ("Loss plot: toggle log scale", "train", "log_scale", "l in the Train pane"),
+    ("Loss plot: toggle the learning rate", "train", "learning_rate", "r in the Train pane"),
+    ("Queue: type a prompt", "queue", "focus_prompt", "i in the Queue pane"),
+    ("Queue: pause or run the queue", "queue", "pause_queue", "space in the Queue pane"),
+    ("Queue: open the selected job's images", "queue", "open", "enter in the Queue pane"),
+    ("Gallery: open the selected image", "gallery", "open", "enter in the Gallery pane"),
+    ("Dataset: rescan the photos", "dataset", "rescan", "r in the Dataset pane"),
+    ("Dataset: edit the selected caption", "dataset", "edit_caption", "e in the Dataset pane"),
+]
+
+
+class LoraboothCommands(Provider):
+    def commands(self) -> list[tuple[str, Callable[[], object], str]]:
+        app = self.app
+        found: list[tuple[str, Callable[[], object], str]] = [
+            (name, partial(app.run_in_pane, pane, action), help_text)
+            for name, pane, action, help_text in PANE_COMMANDS]
+        for model in app.model_choices():
+            found.append((f"Workspace: use the model {model}",
+                          partial(app.set_workspace_value, "model", model),
+                          "writes model = ... in lorabooth.toml (the next job uses it)"))
+        for preset in app.preset_names():
+            found.append((f"Queue: a prompt with the preset {preset}",
+                          partial(app.start_prompt, f"{preset}: "),
+                          "puts the preset in the prompt box"))
+        return found
+
+    async def discover(self) -> Hits:
+        for name, run, help_text in self.commands():
+            yield DiscoveryHit(name, run, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, run, help_text in self.commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), run, help=help_text)
