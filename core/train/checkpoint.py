@@ -15,6 +15,7 @@ as the latest.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -151,10 +152,12 @@ def read_state(info: CheckpointInfo) -> dict:
     return state
 
 
-def prune(root: Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoints; remove leftovers of interrupted writes."""
+def prune(root: Path, keep: int, protect: Path | None = None) -> None:
+    """Keep the newest `keep` checkpoints, and `protect` (the promoted one) whatever its age;
+    remove leftovers of interrupted writes."""
     for info in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(info.path, ignore_errors=True)
+        if protect is None or info.path.resolve() != protect.resolve():
+            shutil.rmtree(info.path, ignore_errors=True)
     for entry in root.glob(".step-*.tmp"):
         with contextlib.suppress(OSError):
             shutil.rmtree(entry)
@@ -176,9 +179,47 @@ def promote(ws: Workspace, step: int, run: str | None = None) -> Path:
     the workspace's LoRA."""
     info = find_checkpoint(ws, step, run)
     target = ws.lora_path
-    atomic_write_bytes(target, (info.path / LORA_FILE).read_bytes())
+    data = (info.path / LORA_FILE).read_bytes()
+    atomic_write_bytes(target, data)
     comfyui_copy(target)
+    atomic_write_text(promoted_file(ws), json.dumps(
+        {"run": info.run, "step": info.step, "sha256": hashlib.sha256(data).hexdigest()}))
     return target
+
+
+@dataclass(frozen=True)
+class Promoted:
+    """The checkpoint a person chose as the workspace's LoRA, while it still is."""
+
+    run: str
+    step: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.run}/{step_dir_name(self.step)}"
+
+
+def promoted_file(ws: Workspace) -> Path:
+    return ws.loras / "promoted.json"
+
+
+def promoted(ws: Workspace, *, verify: bool = True) -> Promoted | None:
+    """The promoted checkpoint, if the workspace's LoRA is still its file (`verify` hashes the
+    file to make sure: the trainer does; the UI, which must not stall on a large file, trusts
+    the record, which every writer of the workspace's LoRA keeps true)."""
+    try:
+        record = json.loads(promoted_file(ws).read_text(encoding="utf-8"))
+        if verify and hashlib.sha256(ws.lora_path.read_bytes()).hexdigest() != record["sha256"]:
+            return None
+        return Promoted(str(record["run"]), int(record["step"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def forget_promotion(ws: Workspace) -> None:
+    """The workspace's LoRA is now something else (a run's end replaced a stale promotion)."""
+    with contextlib.suppress(FileNotFoundError):
+        promoted_file(ws).unlink()
 
 
 def comfyui_copy(lora: Path) -> Path:

@@ -31,9 +31,12 @@ from .checkpoint import (
     CheckpointInfo,
     CheckpointUnreadable,
     comfyui_copy,
+    forget_promotion,
     list_checkpoints,
+    promoted,
     prune,
     read_state,
+    step_dir_name,
     write_checkpoint,
 )
 from .data import BatchOrder, Example, collect_examples, dataset_fingerprint
@@ -333,7 +336,9 @@ class Trainer:
         info = write_checkpoint(self.run_dir, self.step, state_of(self),
                                 {LORA_FILE: self.lora_bytes()},
                                 {"step": self.step, "loss": loss, "time": time.time()})
-        prune(self.run_dir, self.config.train.keep_checkpoints)
+        chosen = promoted(self.ws)
+        prune(self.run_dir, self.config.train.keep_checkpoints,
+              protect=self.ws.checkpoints / chosen.label if chosen else None)
         self.team.wait()
         return info
 
@@ -416,7 +421,17 @@ class Trainer:
                 break
         result.step = self.step
         if not result.stopped and self.team.main:
-            atomic_write_bytes(result.lora_path, self.lora_bytes())
-            comfyui_copy(result.lora_path)
+            chosen = promoted(self.ws)
+            if chosen is None:
+                atomic_write_bytes(result.lora_path, self.lora_bytes())
+                comfyui_copy(result.lora_path)
+                forget_promotion(self.ws)
+            else:
+                # A checkpoint the user promoted is never replaced without a word: both are
+                # kept, the new one as this run's last checkpoint, one key (P) away.
+                result.lora_path = self.run_dir / step_dir_name(self.step) / LORA_FILE
+                self.log(f"the workspace's LoRA stays {chosen.label}, which you promoted; "
+                         f"this run's is {self.run_dir.name}/{step_dir_name(self.step)} "
+                         f"(promote it with P in the Train pane)")
         return result
 

@@ -252,3 +252,40 @@ def test_a_prompt_queued_while_the_clip_lora_trains_is_encoded_with_it(demo_work
         cached_embeds, cached_pooled = trainer.encoder.text(prompt)
         torch.testing.assert_close(embeds, cached_embeds)
         assert not torch.allclose(pooled, cached_pooled, atol=1e-4), prompt
+
+
+def test_a_promoted_checkpoint_is_kept_by_the_next_run(demo_workspace):
+    """A checkpoint the user promoted is neither replaced by the next run's end nor pruned:
+    both LoRAs are kept and the log says where the new one is."""
+    from lorabooth.core.train.checkpoint import promote, promoted
+
+    ws = demo_workspace(train_checkpoint_every=5, train_keep_checkpoints=1)
+    Trainer(ws, device="cpu").run(steps=10)
+    chosen = ws.checkpoints / "run-001" / "step-000010" / LORA_FILE
+    promote(ws, 10)
+    said = []
+    second = Trainer(ws, device="cpu", log=said.append).run(steps=10, resume=True,
+                                                           run="run-001")
+    assert second.step == 10  # nothing left to train: the run had ended
+    third = Trainer(ws, device="cpu", log=said.append).run(steps=15)  # a new run: run-002
+    assert ws.lora_path.read_bytes() == chosen.read_bytes()  # not replaced
+    assert third.lora_path == ws.checkpoints / "run-002" / "step-000015" / LORA_FILE
+    assert third.lora_path.is_file()
+    assert any("stays run-001/step-000010" in line and "run-002/step-000015" in line
+               for line in said)
+    assert promoted(ws).label == "run-001/step-000010"
+    # Promoting the new run's checkpoint makes it the workspace's LoRA; the next run's end
+    # then replaces it as usual once the user has moved on (a fresh promotion record).
+    promote(ws, 15, "run-002")
+    assert ws.lora_path.read_bytes() == third.lora_path.read_bytes()
+
+
+def test_pruning_spares_the_promoted_checkpoint(demo_workspace):
+    from lorabooth.core.train.checkpoint import list_checkpoints, promote
+
+    ws = demo_workspace(train_checkpoint_every=5, train_keep_checkpoints=1)
+    Trainer(ws, device="cpu").run(steps=5)
+    promote(ws, 5)
+    Trainer(ws, device="cpu").run(steps=15, resume=True, run="run-001")
+    steps = [c.step for c in list_checkpoints(ws.checkpoints / "run-001")]
+    assert steps == [5, 15]  # keep 1, and the promoted step 5

@@ -16,7 +16,7 @@ from textual.widgets import DataTable, Input, Label, Static
 from lorabooth.core.config import ConfigError
 from lorabooth.core.safetext import plain
 from lorabooth.core.store import ACTIVE, CANCELLED, LIVE, RUNNING, Job, Metric
-from lorabooth.core.train.checkpoint import all_checkpoints
+from lorabooth.core.train.checkpoint import all_checkpoints, promoted
 from lorabooth.core.workspace import Workspace
 
 from ..messages import Done, EngineWanted, Notice, OpenViewer, PaneReady, PaneUpdate, Write
@@ -118,7 +118,8 @@ class TrainPane(Vertical):
             yield DataTable(id="checkpoints", cursor_type="row")
 
     def on_mount(self) -> None:
-        self.query_one("#checkpoints", DataTable).add_columns("checkpoint", "loss")
+        # ★ marks the promoted checkpoint: the workspace's LoRA, kept until you promote another
+        self.query_one("#checkpoints", DataTable).add_columns("", "checkpoint", "loss")
         self.load_settings()
         self.update_stats()
         self.refresh_checkpoints()
@@ -238,12 +239,14 @@ class TrainPane(Vertical):
         table.clear()
         import json
 
+        chosen = promoted(self.ws, verify=False)
         for info in reversed(all_checkpoints(self.ws.checkpoints)):
             try:
                 loss = json.loads((info.path / "meta.json").read_text()).get("loss")
             except (OSError, ValueError):
                 loss = None
-            table.add_row(info.label, f"{loss:.4f}" if loss is not None else "-",
+            mark = "★" if chosen is not None and chosen.label == info.label else " "
+            table.add_row(mark, info.label, f"{loss:.4f}" if loss is not None else "-",
                           key=info.label)
 
     # -- actions --------------------------------------------------------------------------

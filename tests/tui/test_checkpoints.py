@@ -1,0 +1,33 @@
+"""Promoting a checkpoint from the Train pane: P on a row makes it the workspace's LoRA and the
+list marks it (★), so nobody has to remember which one it was."""
+
+from __future__ import annotations
+
+from support import wait_for
+from textual.widgets import DataTable
+
+from lorabooth.core.train.trainer import Trainer
+from lorabooth.core.workspace import LORA_FILE
+from lorabooth.tui.app import LoraboothApp
+from lorabooth.tui.panes.train import TrainPane
+from lorabooth.tui.settings import UISettings
+
+
+async def test_p_promotes_the_selected_checkpoint_and_marks_it(demo_workspace):
+    ws = demo_workspace(train_checkpoint_every=5)
+    Trainer(ws, device="cpu").run(steps=10)
+    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.query(TrainPane))
+        table = app.query_one("#checkpoints", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 2)
+        marks = lambda: [str(table.get_row_at(i)[0]) for i in range(table.row_count)]  # noqa: E731
+        assert marks() == [" ", " "]  # the finished run's LoRA is no checkpoint's promotion
+        table.focus()
+        table.move_cursor(row=1)  # newest first: row 1 is step 5
+        await pilot.press("P")
+        app.writer.wait_idle()
+        await wait_for(pilot, lambda: marks() == [" ", "★"])
+        step5 = ws.checkpoints / "run-001" / "step-000005" / LORA_FILE
+        assert ws.lora_path.read_bytes() == step5.read_bytes()
