@@ -65,9 +65,12 @@ class StatusBar(Static):
 
     def show(self, ws: Workspace, state: str, pid: int | None, job: Job | None,
              device: str | None) -> None:
-        parts = [f"lorabooth · {ws.root.name}", f"engine {state}" + (f" ({pid})" if pid else "")]
+        # What matters most first: a narrow terminal cuts the end of the line, and the step
+        # count was what 80 columns lost.
+        parts = [ws.root.name]
         if job is not None:
-            parts.append(f"job {job.id} {job.kind} {job.state} {job.step}/{job.total}")
+            parts.append(f"job {job.id} {job.kind} {job.step}/{job.total} {job.state}")
+        parts.append(f"engine {state}" + (f" ({pid})" if pid else ""))
         if device:
             parts.append(device)
         set_text(self, plain("  ·  ".join(parts)))

@@ -83,7 +83,10 @@ class ViewerScreen(Screen):
         if item is None:
             title.update("nothing to show")
             return
-        title.update(plain(f"{self.index + 1}/{len(self.items)} · {item.kind} · {item.path}"))
+        # The folder and name: the whole path is one key away (o), and would be cut here.
+        where = f"{item.path.parent.name}/{item.path.name}"
+        title.update(plain(f"{self.index + 1}/{len(self.items)} · {item.kind} · {where} · "
+                           f"o: full path"))
         self.query_one("#viewer-image", Preview).show(item.path, f"{item.path.name} is gone")
         recipe.update(plain("\n".join(recipe_lines(item)) or "no recipe recorded",
                             keep_newlines=True))

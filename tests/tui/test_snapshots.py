@@ -26,17 +26,23 @@ def fixed_workspace(root: Path) -> Path:
     shutil.copytree(SAMPLES, photos, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     ws = init_workspace(root / "studio", photos, model="demo", trigger="zorb")
     store = Store(ws.db_path)
-    train = store.add_job("train", {"steps": 300, "run": "run-001"}, total=300)
-    for step in range(1, 301):
-        loss = 0.6 + 0.5 * math.exp(-step / 80) + 0.05 * math.sin(step * 1.7)
-        store.add_metric(train, step, loss=loss, lr=1e-4, grad_norm=1.0, seconds=0.5,
-                         images_per_s=2.0, memory_gb=None)
-    store.update_job(train, state="done", step=300)
+    # A run stopped at step 180 and resumed from its step-150 checkpoint: one curve, the
+    # resume marked.
+    for first, last, state in ((1, 180, "cancelled"), (151, 300, "done")):
+        train = store.add_job("train", {"steps": 300, "run": "run-001"}, total=300)
+        for step in range(first, last + 1):
+            loss = 0.6 + 0.5 * math.exp(-step / 80) + 0.05 * math.sin(step * 1.7)
+            store.add_metric(train, step, loss=loss, lr=1e-4 * min(1, step / 50),
+                             grad_norm=1.0, seconds=0.5, images_per_s=2.0, memory_gb=None)
+        store.update_job(train, state=state, step=last)
     for step in (100, 200, 300):
         folder = ws.checkpoints / "run-001" / f"step-{step:06d}"
         folder.mkdir(parents=True)
         (folder / "state.pt").write_bytes(b"")
         (folder / "meta.json").write_text(json.dumps({"step": step, "loss": 0.6 + 1 / step}))
+    ws.loras.mkdir(parents=True, exist_ok=True)  # step 200 was promoted: marked with a star
+    (ws.loras / "promoted.json").write_text(json.dumps({"run": "run-001", "step": 200,
+                                                        "sha256": "0" * 64}))
     images = ws.outputs / "images"
     images.mkdir(parents=True)
     for i, (prompt, state) in enumerate([("zorb on the moon", "done"),
@@ -86,3 +92,23 @@ def test_pane_snapshot(snap_compare, workspace: Path, pane: str, theme: str, siz
         await settle(pilot)
 
     assert snap_compare(app_for(workspace, theme), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+@pytest.mark.parametrize("screen", ["viewer", "help"])
+def test_screen_snapshot(snap_compare, workspace: Path, screen: str, size):
+    """The screens over the panes: an image full-screen with its recipe (Enter in the
+    Gallery) and the help (?). (The palette's hits arrive from several providers in no fixed
+    order: tests/tui/test_palette.py checks it instead.)"""
+    async def run_before(pilot) -> None:
+        await settle(pilot)
+        if screen == "viewer":
+            await pilot.press("4")
+            await settle(pilot)
+            await pilot.press("enter")
+        else:
+            await pilot.press("question_mark")
+        await settle(pilot)
+
+    assert snap_compare(app_for(workspace, "lorabooth-dark"), terminal_size=size,
+                        run_before=run_before)

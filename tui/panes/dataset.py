@@ -26,6 +26,8 @@ from ..widgets.preview import Preview
 # The scanner (numpy, Pillow) is imported in the scan worker, off the start-up path.
 ICONS = {OK: ("✓", "green"), WARN: ("!", "yellow"), SKIPPED: ("✗", "red")}
 FILTERS = ("all", OK, WARN, SKIPPED)
+CAPTION_READ = "caption · e edit"
+CAPTION_EDIT = "editing · ^s save · esc cancel"
 
 
 class DatasetPane(Vertical):
@@ -51,6 +53,7 @@ class DatasetPane(Vertical):
         self.folder: Path | None = None
         self.thumbs = ws.cache / "thumbs"
         self.editing: str | None = None  # the photo whose caption is being typed
+        self.counts = {OK: 0, WARN: 0, SKIPPED: 0}
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="dataset-main"):
@@ -59,7 +62,7 @@ class DatasetPane(Vertical):
                 yield DataTable(id="photos", cursor_type="row", zebra_stripes=True)
             with Vertical(id="dataset-right"):
                 yield Preview(self.protocol, id="photo-preview")
-                yield Label("caption (e to edit, ctrl+s to save)", id="caption-label")
+                yield Label(CAPTION_READ, id="caption-label")
                 yield TextArea(id="caption", soft_wrap=True, read_only=True)
                 yield Static(id="photo-reasons")
         with VerticalScroll(id="dataset-report"):
@@ -112,14 +115,21 @@ class DatasetPane(Vertical):
         self.refill()
         report = message.report
         c = report.counts
-        summary.update(plain(f"{report.total} photos: {c[OK]} ok, {c[WARN]} warn, "
-                             f"{c[SKIPPED]} skipped · filter: {self.filter} (f)"))
+        self.counts = c
+        summary.update(self.summary_text())
         lines = Text()
         for note in message.scan.notes:
             lines.append_text(plain(f"note: {note}\n", "yellow"))
         for advice in report.advice or ["Nothing missing: a varied, well-captioned set."]:
             lines.append_text(plain("• " + advice + "\n", keep_newlines=True))
         self.query_one("#report-text", Static).update(lines)
+
+    def summary_text(self) -> Text:
+        """Counts and the filter in one line that fits the list's width at 80 columns."""
+        c = self.counts
+        counts = [f"{c[OK]} ok"] + [f"{c[k]} {k}" for k in (WARN, SKIPPED) if c[k]]
+        return plain(f"{sum(c.values())} photos: {' · '.join(counts)} · showing {self.filter} "
+                     f"(f)")
 
     def refill(self) -> None:
         table = self.query_one("#photos", DataTable)
@@ -170,6 +180,7 @@ class DatasetPane(Vertical):
             return  # a re-scan while typing must not take the text away
         self.editing = None
         caption.read_only = True
+        self.query_one("#caption-label", Label).update(CAPTION_READ)
         caption.load_text(printable(record.caption or "", keep_newlines=True))
         reasons.update(plain("\n".join(record.reasons), keep_newlines=True))
 
@@ -181,8 +192,7 @@ class DatasetPane(Vertical):
         self.filter = FILTERS[(FILTERS.index(self.filter) + 1) % len(FILTERS)]
         if self.scan is not None:
             self.refill()
-            summary = self.query_one("#dataset-summary", Label)
-            summary.update(plain(f"filter: {self.filter} (f to change)"))
+            self.query_one("#dataset-summary", Label).update(self.summary_text())
 
     def action_edit_caption(self) -> None:
         record = self.current_record()
@@ -192,6 +202,7 @@ class DatasetPane(Vertical):
         caption = self.query_one("#caption", TextArea)
         caption.read_only = False
         caption.focus()
+        self.query_one("#caption-label", Label).update(CAPTION_EDIT)
 
     def action_cancel_edit(self) -> None:
         self.editing = None
@@ -216,5 +227,6 @@ class DatasetPane(Vertical):
             record.caption = command.text
             self.editing = None
             self.query_one("#caption", TextArea).read_only = True
+            self.query_one("#caption-label", Label).update(CAPTION_READ)
             self.query_one("#photos", DataTable).focus()
         self.rescan()

@@ -45,6 +45,7 @@ class GalleryPane(Vertical):
 
     def on_mount(self) -> None:
         self.query_one("#outputs", DataTable).add_columns("kind", "file")
+        self.show_selected()  # the empty state says what will appear here
         self.post_message(PaneReady(self))
 
     @on(PaneUpdate)

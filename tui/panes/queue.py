@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.suggester import SuggestFromList
-from textual.widgets import DataTable, Input, Label
+from textual.widgets import DataTable, Input, Label, Static
 
 from lorabooth.core.errors import LoraboothError
 from lorabooth.core.generate.request import (
@@ -114,7 +114,9 @@ class QueuePane(Vertical):
         yield Label("", id="queue-state")
         with Horizontal(id="queue-main"):
             yield DataTable(id="jobs", cursor_type="row", zebra_stripes=True)
-            yield Preview(self.protocol, id="job-preview")
+            with Vertical(id="job-detail"):
+                yield Preview(self.protocol, id="job-preview")
+                yield Static(id="job-text")  # the whole prompt the list cuts
 
     def on_mount(self) -> None:
         self.query_one("#jobs", DataTable).add_columns("id", "state", "progress", "prompt")
@@ -187,6 +189,8 @@ class QueuePane(Vertical):
             "its samples show in the Train pane (2)" if job and job.kind == "train" else \
             "images show here when a job is done"
         self.query_one("#job-preview", Preview).show(images[-1] if images else None, note)
+        text = "" if job is None else f"job {job.id} · {job.state} · {describe_job(job)}"
+        set_text(self.query_one("#job-text", Static), plain(text, keep_newlines=True))
 
     @on(DataTable.RowSelected, "#jobs")
     def action_open(self) -> None:
