@@ -58,6 +58,7 @@ from .widgets.text import set_text
 
 POLL_SECONDS = 0.25  # 4 Hz: live enough for a loss curve, idle enough over SSH
 PANES = ("dataset", "train", "queue", "gallery")
+EVENTS_KEPT = 200
 
 
 class StatusBar(Static):
@@ -123,6 +124,7 @@ class LoraboothApp(App):
         self.writer = StoreWorker(self.ws, self._deliver)
         self.last_delta: StoreDelta | None = None
         self.outputs_seen: list = []
+        self.events_seen: list = []  # the latest, for a pane that mounts late
         for theme in THEMES:
             self.register_theme(theme)
         if self.settings.theme in self.available_themes:
@@ -173,6 +175,7 @@ class LoraboothApp(App):
         current = next((j for j in delta.jobs if j.state in LIVE), None)
         bars.first().show(self.ws, delta.engine_state, delta.engine_pid, current, delta.device)
         self.outputs_seen.extend(delta.outputs)
+        self.events_seen = (self.events_seen + delta.events)[-EVENTS_KEPT:]
         # A pane still mounting (lazily) catches up from outputs_seen when it says it is ready.
         for pane in self.query("DatasetPane, TrainPane, QueuePane, GalleryPane"):
             if getattr(pane, "ready", False):
@@ -193,7 +196,8 @@ class LoraboothApp(App):
             self.focus_pane_list(message.pane)  # it opened before it had mounted
         if self.last_delta is not None:
             message.pane.post_message(PaneUpdate(replace(
-                self.last_delta, metrics={}, events=[], outputs=list(self.outputs_seen))))
+                self.last_delta, metrics={}, events=list(self.events_seen),
+                outputs=list(self.outputs_seen))))
 
     # -- the store worker -----------------------------------------------------------------
 
