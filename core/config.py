@@ -28,8 +28,9 @@ LR_SCHEDULES = ("constant", "cosine")
 TARGETS = ("attention", "all-linear")
 MEMORY_MODES = ("auto", "bf16", "fp8", "nf4", "fp32")
 MODEL_HELP = (
-    '"demo" (built-in tiny model), a local diffusers folder, or a Hugging Face repo id already'
-    " in your local cache (black-forest-labs/FLUX.1-dev, black-forest-labs/FLUX.1-schnell)"
+    'a registry name (flux-dev, flux-schnell, flux-krea, klein-4b, klein-4b-base, klein-9b, '
+    'klein-9b-base, or "demo", the built-in tiny model), a local diffusers folder, or a Hugging '
+    "Face repo id already in your local cache (black-forest-labs/FLUX.1-dev)"
 )
 
 
@@ -292,9 +293,28 @@ def parse_config(text: str, path: Path | None = None) -> Config:
         raise ConfigError([ConfigProblem("", f"not valid TOML: {exc}")], path) from None
     problems: list[ConfigProblem] = []
     config = _build(Config, data, "", problems)
+    if not problems:
+        problems += _check_model(config.model, path)
     if problems:
         raise ConfigError(problems, path)
     return config
+
+
+def _check_model(model: str, path: Path | None) -> list[ConfigProblem]:
+    """A bare name must be one the registry knows (a typo is caught here, with the closest
+    name, not after a 34 GB search of the cache); folders and repo ids are checked when the
+    weights are looked for."""
+    from .models.registry import known, looks_like_a_name, names, suggest
+
+    here = path.parent if path is not None else Path.cwd()
+    if not looks_like_a_name(model) or known(model) is not None or (here / model).exists() \
+            or Path(model).exists():
+        return []
+    guess = suggest(model)
+    return [ConfigProblem("model", f"unknown model {model!r}"
+                          + (f": did you mean {guess!r}?" if guess else "")
+                          + f" Known: {', '.join(names())}; or a diffusers folder, or a Hugging "
+                          "Face repo id (org/name)")]
 
 
 # Parsed configs by (path, mtime, size): tomlkit takes ~10 ms a parse, and the UI reads the

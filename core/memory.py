@@ -43,7 +43,9 @@ class MemoryPlanError(LoraboothError):
 
 @dataclass(frozen=True)
 class ModelSize:
-    """Parameters per component, and the transformer's hidden width."""
+    """Parameters per component, and the transformer's hidden width. `text_encoder_2` is the
+    large text encoder (FLUX.1's T5-XXL, FLUX.2's Qwen3), `text_encoder` the small one
+    (FLUX.1's CLIP-L; none in FLUX.2)."""
     transformer: float
     text_encoder_2: float
     text_encoder: float

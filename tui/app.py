@@ -300,9 +300,9 @@ class LoraboothApp(App):
             self.set_timer(0.05, lambda: self.run_in_pane(pane, action, tries - 1))
 
     def model_choices(self) -> list[str]:
-        from lorabooth.core.models.families import DEMO, KNOWN_REPOS
+        from lorabooth.core.models.registry import names
 
-        return [DEMO, *KNOWN_REPOS]
+        return names()
 
     def preset_names(self) -> list[str]:
         from lorabooth.core.errors import LoraboothError

@@ -13,7 +13,7 @@ from lorabooth.sample_photos import SAMPLE_PHOTOS_DIR, TRIGGER
 from ..config import set_config_value
 from ..errors import EXIT_OK
 from ..models.demo import ensure_demo_model
-from ..models.families import DEMO
+from ..models.registry import DEMO
 from ..safetext import plain
 from ..workspace import Workspace, init_workspace
 from .console import console

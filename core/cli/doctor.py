@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from .. import __version__
 from ..errors import EXIT_FAILURE, EXIT_OK
-from ..models.families import DEMO, KNOWN_REPOS
+from ..models.registry import DEMO, MODELS
 from ..models.resolve import ModelNotFound, demo_model_path, resolve_model
 from ..safetext import plain
 from .console import console
@@ -99,13 +99,17 @@ def check_models() -> list[Check]:
     demo = demo_model_path()
     rows = [Check("models", DEMO, OK, f"built at {demo}" if (demo / "model_index.json").is_file()
                   else f"built on first use at {demo}")]
-    for repo in KNOWN_REPOS.values():
+    for model in MODELS:
+        if model.repo is None:
+            continue
+        label = f"{model.name} ({model.title})"
         try:
-            source = resolve_model(repo, build_demo=False)
-            rows.append(Check("models", repo, OK, str(source.path)))
+            source = resolve_model(model.repo, build_demo=False)
+            rows.append(Check("models", label, OK, str(source.path)))
         except ModelNotFound:
-            rows.append(Check("models", repo, INFO, "not in the local Hugging Face cache",
-                              f"hf download {repo} (after accepting its licence)"))
+            rows.append(Check("models", label, INFO, f"{model.repo} not in the local Hugging "
+                              "Face cache", f"hf download {model.repo} (after accepting its "
+                              "licence)"))
     return rows
 
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from ..config import Config
 from ..errors import EXIT_OK, UsageError
 from ..memory import MemoryPlanError, Plan, card_gib
-from ..models.families import DEMO
+from ..models.registry import DEMO
 from ..safetext import plain
 from ..workspace import require_workspace
 from .args import number
@@ -63,19 +63,20 @@ def model_configs(spec: str) -> tuple[Path, int]:
     """A folder with the model's configs, and its T5 length: shipped for the models lorabooth
     knows (short names and repo ids alike), else the model's own folder (the weights are not
     read)."""
-    from ..models.families import family_of_folder
+    from ..models.registry import model_of_folder
     from ..models.resolve import ModelNotFound, resolve_model
     from ..models.shipped import shipped_folder
 
     known = shipped_folder(spec)
     if known is not None:
-        return known, family_of_folder(known, spec).t5_length
+        return known, model_of_folder(known, spec).text_length
     try:
         source = resolve_model(spec, build_demo=spec.strip() == DEMO)
     except ModelNotFound as exc:
         raise UsageError(
-            f"{exc}\nlorabooth plan knows FLUX.1-dev and FLUX.1-schnell without their weights; "
-            "for another model it reads the configs in its folder.") from None
+            f"{exc}\nlorabooth plan knows the registry's models without their weights "
+            "(lorabooth doctor lists them); for another model it reads the configs in its "
+            "folder.") from None
     return source.path, source.max_sequence_length
 
 

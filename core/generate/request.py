@@ -24,7 +24,7 @@ from typing import Any
 from .. import __version__
 from ..config import Config, GenerateSettings
 from ..dataset.captions import substitute_trigger
-from ..models.families import generation_defaults
+from ..models.registry import generation_defaults
 from ..workspace import LORA_FILE, Workspace
 from .recipe import MAX_IMAGES, LoraRef, Recipe, RecipeError, expand_matrix, matrix_size
 

@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .families import DEMO_CLIP_LENGTH, DEMO_T5_LENGTH
 from .load import quiet_libraries
+from .registry import DEMO_CLIP_LENGTH, DEMO_T5_LENGTH
 from .resolve import demo_model_path
 
 if TYPE_CHECKING:

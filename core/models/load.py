@@ -27,6 +27,9 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype | None = None,
     until the photos and captions are encoded; the trainer brings it over); "lean" (T5 too
     stays on the CPU and encodes the captions there); "offload" (diffusers' model CPU offload:
     each model on the GPU only while it runs)."""
+    from .registry import require_supported
+
+    require_supported(source.model)
     quiet_libraries()
     import torch
     from diffusers import FluxPipeline

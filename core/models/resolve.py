@@ -10,12 +10,15 @@ from pathlib import Path
 from platformdirs import user_cache_path
 
 from ..errors import EXIT_USAGE, LoraboothError
-from .families import DEMO, KNOWN_REPOS, Family, family_of_folder
+from .registry import DEMO, BaseModel, known, looks_like_a_name, model_of_folder, suggest
 
 # Bump when the demo model's configs or weights change, so old caches are rebuilt, not reused.
 DEMO_VERSION = 2
 REQUIRED_PARTS = ("model_index.json", "transformer", "vae", "text_encoder", "text_encoder_2",
                   "tokenizer", "tokenizer_2", "scheduler")
+# FLUX.2 has one text encoder (Qwen3).
+REQUIRED_PARTS_FLUX2 = ("model_index.json", "transformer", "vae", "text_encoder", "tokenizer",
+                        "scheduler")
 
 
 class ModelNotFound(LoraboothError):
@@ -32,14 +35,15 @@ class ModelSource:
     is_demo: bool = False
 
     @property
-    def family(self) -> Family:
-        """Read from the weights' own config (dev embeds guidance, schnell does not), so a
-        renamed folder is still what it is; the name decides only when there is no config."""
-        return family_of_folder(self.path, self.spec)
+    def model(self) -> BaseModel:
+        """The registry's entry, read from the weights' own configs (dev embeds guidance,
+        schnell does not), so a renamed folder is still what it is; the name decides only
+        when there is no config."""
+        return model_of_folder(self.path, self.spec)
 
     @property
     def max_sequence_length(self) -> int:
-        return self.family.t5_length
+        return self.model.text_length
 
 
 def cache_root() -> Path:
@@ -60,9 +64,12 @@ def resolve_model(spec: str, *, build_demo: bool = True) -> ModelSource:
 
         path = ensure_demo_model() if build_demo else demo_model_path()
         return ModelSource(spec, path, is_demo=True)
-    if spec.lower() in KNOWN_REPOS:
-        return ModelSource(spec, _find_in_hf_cache(KNOWN_REPOS[spec.lower()]))
+    entry = known(spec)
+    if entry is not None and entry.repo:
+        return ModelSource(spec, _find_in_hf_cache(entry.repo))
     local = Path(spec).expanduser()
+    if looks_like_a_name(spec) and not local.exists():
+        raise ModelNotFound(unknown_model(spec))
     # "org/name" that is not a folder here is a Hugging Face repo id; anything else a path.
     if local.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         return ModelSource(spec, _check_folder(local.resolve()))
@@ -72,7 +79,10 @@ def resolve_model(spec: str, *, build_demo: bool = True) -> ModelSource:
 def _check_folder(path: Path) -> Path:
     if not path.is_dir():
         raise ModelNotFound(f"Model folder {path} does not exist.\n" + _download_help())
-    missing = [part for part in REQUIRED_PARTS if not (path / part).exists()]
+    index = path / "model_index.json"
+    flux2 = index.is_file() and '"Flux2' in index.read_text(encoding="utf-8", errors="replace")
+    parts = REQUIRED_PARTS_FLUX2 if flux2 else REQUIRED_PARTS
+    missing = [part for part in parts if not (path / part).exists()]
     if missing:
         raise ModelNotFound(
             f"{path} is not a complete diffusers Flux folder: missing {', '.join(missing)}.\n"
@@ -96,7 +106,17 @@ def _find_in_hf_cache(repo_id: str) -> Path:
     return _check_folder(path)
 
 
-def _download_help(repo_id: str = KNOWN_REPOS["flux-dev"]) -> str:
+def unknown_model(spec: str) -> str:
+    """The message for a model name the registry does not know."""
+    from .registry import names
+
+    guess = suggest(spec)
+    return (f"unknown model {spec!r}" + (f": did you mean {guess!r}?" if guess else "")
+            + f"\nknown models: {', '.join(names())}; or a diffusers folder, or a Hugging "
+            "Face repo id (org/name) already downloaded.")
+
+
+def _download_help(repo_id: str = "black-forest-labs/FLUX.1-dev") -> str:
     return (
         "To get them: accept the licence on the model's Hugging Face page, then run\n"
         f"  hf auth login && hf download {repo_id}\n"

@@ -14,20 +14,15 @@ from functools import cache
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-# The shipped config folder of each short name and repo id lorabooth knows.
-SHIPPED = {
-    "flux-dev": "flux1-dev",
-    "black-forest-labs/flux.1-dev": "flux1-dev",
-    "flux-schnell": "flux1-schnell",
-    "black-forest-labs/flux.1-schnell": "flux1-schnell",
-}
 COMPONENTS = ("transformer", "text_encoder_2", "text_encoder", "vae")
 
 
 def shipped_folder(spec: str) -> Path | None:
-    """The shipped config folder for a model name or repo id, or None for others."""
-    name = SHIPPED.get(spec.strip().lower())
-    return CONFIGS / name if name else None
+    """The shipped config folder for a registry name, alias or repo id, or None for others."""
+    from .registry import known
+
+    entry = known(spec)
+    return CONFIGS / entry.configs if entry is not None and entry.configs else None
 
 
 def read_config(folder: Path, component: str) -> dict:
@@ -39,23 +34,25 @@ def build_component(folder: Path, component: str):
     """One component of the pipeline from its config, with fresh (random) weights on the
     current default device: `torch.device("meta")` as a context gives an empty one."""
     config = read_config(folder, component)
-    if component == "transformer":
-        from diffusers import FluxTransformer2DModel
+    kind = config.get("_class_name") or (config.get("architectures") or [""])[0]
+    if kind in ("FluxTransformer2DModel", "Flux2Transformer2DModel", "AutoencoderKL",
+                "AutoencoderKLFlux2"):
+        import diffusers
 
-        return FluxTransformer2DModel.from_config(config)
-    if component == "vae":
-        from diffusers import AutoencoderKL
-
-        return AutoencoderKL.from_config(config)
-    if component == "text_encoder":
+        return getattr(diffusers, kind).from_config(config)
+    if kind == "CLIPTextModel":
         from transformers import CLIPTextConfig, CLIPTextModel
 
         return CLIPTextModel(CLIPTextConfig(**_plain(config)))
-    if component == "text_encoder_2":
+    if kind == "T5EncoderModel":
         from transformers import T5Config, T5EncoderModel
 
         return T5EncoderModel(T5Config(**_plain(config)))
-    raise ValueError(f"unknown component {component!r}")
+    if kind == "Qwen3ForCausalLM":  # FLUX.2 [klein]'s text encoder
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        return Qwen3ForCausalLM(Qwen3Config(**_plain(config)))
+    raise ValueError(f"unknown {component} class {kind!r} in {folder}")
 
 
 def _plain(config: dict) -> dict:

@@ -22,8 +22,12 @@ def model_size(folder: Path, rank: int = 16, targets: str = "attention") -> Mode
     counts = component_params(folder)
     config = json.loads((folder / "transformer" / "config.json").read_text(encoding="utf-8"))
     width = int(config.get("num_attention_heads", 24)) * int(config.get("attention_head_dim", 128))
-    return ModelSize(transformer=counts["transformer"], text_encoder_2=counts["text_encoder_2"],
-                     text_encoder=counts["text_encoder"], vae=counts["vae"], width=width,
+    if "text_encoder_2" in counts:  # FLUX.1: T5-XXL and CLIP-L
+        large, small = counts["text_encoder_2"], counts["text_encoder"]
+    else:  # FLUX.2: one large text encoder (Qwen3)
+        large, small = counts["text_encoder"], 0
+    return ModelSize(transformer=counts["transformer"], text_encoder_2=large,
+                     text_encoder=small, vae=counts["vae"], width=width,
                      lora_params=_lora_params(folder, rank, targets))
 
 

@@ -23,6 +23,7 @@ from ..fsutil import atomic_write_bytes
 from ..memory import Plan
 from ..models.load import default_device, default_dtype, use_safe_attention
 from ..models.owner import ModelOwner
+from ..models.registry import require_supported
 from ..models.resolve import ModelSource, resolve_model
 from ..models.sizes import training_plan
 from ..workspace import LORA_FILE, Workspace
@@ -101,6 +102,7 @@ class Trainer:
         self.ws = ws
         self.config = config or ws.config()
         self.source = source or resolve_model(self.config.model)
+        require_supported(self.source.model)
         self.team = Team()
         self.device = self.team.device(torch.device(device) if device is not None
                                        else default_device())
@@ -136,7 +138,7 @@ class Trainer:
         self.pipe, self.loaded_model = self.owner.borrow_for_training(
             self.source, self.dtype, self.device, plan.quantize,
             "all" if plan.encoders_on_gpu else "caching" if plan.text_on_gpu else "lean")
-        if not self.source.family.embeds_guidance:
+        if not self.source.model.embeds_guidance:
             self.log("this base does not embed guidance (FLUX.1 [schnell]): training straight "
                      "on it undoes its few-step distillation; train on FLUX.1 [dev], or merge a "
                      "schnell training adapter (ai-toolkit's) into it first")

@@ -43,7 +43,7 @@ def test_plan_for_weights_it_cannot_find_says_so(tmp_path: Path, photos: Path):
     ws = workspace(tmp_path, photos, "someone/unknown-flux")
     done = run_cli("plan", str(ws), "--gpu-memory", "24")
     assert done.returncode == 2
-    assert "knows FLUX.1-dev and FLUX.1-schnell without their weights" in done.stderr
+    assert "knows the registry's models without their weights" in done.stderr
 
 
 def test_plan_refuses_a_card_size_that_is_not_a_number(tmp_path: Path, photos: Path):
@@ -51,3 +51,35 @@ def test_plan_refuses_a_card_size_that_is_not_a_number(tmp_path: Path, photos: P
     done = run_cli("plan", str(ws), "--gpu-memory", "nan")
     assert done.returncode == 2
     assert "out of range" in done.stderr  # nan is a float, but not a card size
+
+
+def test_plan_answers_for_klein_and_krea_without_their_weights(tmp_path: Path, photos: Path):
+    """FLUX.2 [klein] 4B and 9B and FLUX.1 Krea [dev] are planned from the shipped configs:
+    klein-4B (a 3.9B transformer, Qwen3-4B) trains at 1024 px on a 16 GB card in bf16, where
+    FLUX.1-dev needs fp8 on 24 GB; Krea plans exactly as dev does (the same architecture)."""
+    peaks = {}
+    for model in ("klein-4b", "klein-9b", "flux-krea", "flux-dev"):
+        ws = workspace(tmp_path / model, photos, model)
+        done = run_cli("plan", str(ws), "--gpu-memory", "16", "--gpu-memory", "24", "--json")
+        assert done.returncode == 0, done.stderr
+        rows = {(r["card"], r["job"], r["resolution"]): r for r in json.loads(done.stdout)["plans"]}
+        peaks[model] = {key: (r["fits"], r["plan"] and r["plan"]["quantize"])
+                        for key, r in rows.items() if key[2] == 1024}
+    assert peaks["klein-4b"][("16 GB", "train", 1024)] == (True, None)  # bf16, no quantising
+    assert peaks["klein-9b"][("24 GB", "train", 1024)][0]
+    assert peaks["flux-dev"][("24 GB", "train", 1024)] == (True, "fp8")
+    assert peaks["flux-krea"] == peaks["flux-dev"]
+
+
+def test_the_shipped_klein_configs_build_the_real_sizes():
+    """Counted on the meta device from the shipped configs: the parameter counts the model
+    cards give (transformer 3.9B / 9.1B, Qwen3-4B / Qwen3-8B)."""
+    from lorabooth.core.models.shipped import component_params, shipped_folder
+
+    four = component_params(shipped_folder("klein-4b"))
+    nine = component_params(shipped_folder("black-forest-labs/FLUX.2-klein-9B"))
+    assert round(four["transformer"] / 1e9, 2) == 3.88
+    assert round(four["text_encoder"] / 1e9, 2) == 4.02
+    assert round(nine["transformer"] / 1e9, 2) == 9.08
+    assert round(nine["text_encoder"] / 1e9, 2) == 8.19
+    assert 0.08e9 < four["vae"] < 0.09e9

@@ -175,7 +175,7 @@ def test_prompt_during_training_runs_between_steps_and_leaves_the_loss_curve(
 
 
 def test_schnell_gets_its_own_defaults():
-    from lorabooth.core.models.families import generation_defaults
+    from lorabooth.core.models.registry import generation_defaults
 
     assert generation_defaults("black-forest-labs/FLUX.1-schnell", 28, 3.5) == (4, 0.0)
     assert generation_defaults("flux-schnell", 8, 3.5) == (8, 3.5)  # the user's choice stands

@@ -122,7 +122,7 @@ def test_the_family_comes_from_the_weights_config_not_the_name(demo_model, demo_
     import shutil
 
     from lorabooth.core.config import set_config_value
-    from lorabooth.core.models.families import SCHNELL
+    from lorabooth.core.models.registry import known
     from lorabooth.core.train.trainer import Trainer
 
     folder = tmp_path / "my-flux"
@@ -130,10 +130,10 @@ def test_the_family_comes_from_the_weights_config_not_the_name(demo_model, demo_
     config_path = folder / "transformer" / "config.json"
     config = json.loads(config_path.read_text())
     assert config["guidance_embeds"] is True
-    assert resolve_model(str(folder)).family.embeds_guidance
+    assert resolve_model(str(folder)).model.embeds_guidance
     config_path.write_text(json.dumps({**config, "guidance_embeds": False}))
     source = resolve_model(str(folder))
-    assert source.family == SCHNELL and source.max_sequence_length == 256
+    assert source.model == known("flux-schnell") and source.max_sequence_length == 256
     ws = demo_workspace()
     set_config_value(ws.root, "model", str(folder))
     logs: list[str] = []

@@ -14,6 +14,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, Static
 
 from lorabooth.core.config import ConfigError
+from lorabooth.core.models.registry import model_of
 from lorabooth.core.safetext import plain
 from lorabooth.core.store import ACTIVE, CANCELLED, LIVE, RUNNING, Job, Metric
 from lorabooth.core.train.checkpoint import all_checkpoints, promoted
@@ -134,8 +135,9 @@ class TrainPane(Vertical):
             return
         for key, label, _ in FIELDS:
             self.query_one(f"#field-{label}", Input).value = field_value(config, key)
+        base = model_of(config.model)
         self.query_one("#train-config-note", Static).update(
-            plain(f"model {config.model} · alpha {config.train.alpha:g} · "
+            plain(f"model {config.model} ({base.title}) · alpha {config.train.alpha:g} · "
                   f"optimizer {config.train.optimizer}"))
 
     # -- live state -----------------------------------------------------------------------
