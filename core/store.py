@@ -184,6 +184,7 @@ class Store:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
+        conn = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
@@ -195,7 +196,19 @@ class Store:
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.OperationalError as exc:
+            if conn is not None:
+                conn.close()
+            text = str(exc).lower()
+            if "locked" in text or "busy" in text:
+                # Switching a new database to WAL needs it to itself for a moment: the engine
+                # and the client opening it together met here (a CI run lost an engine start
+                # to it). _retry waits and tries again.
+                raise
+            raise StoreError(_explain(exc, self.path)) from None
         except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
             raise StoreError(_explain(exc, self.path)) from None
         except OSError as exc:
             raise StoreError(f"cannot open {self.path}: {exc.strerror or exc}") from None
