@@ -27,6 +27,7 @@ TIMESTEP_SAMPLING = ("sigmoid", "logit_normal", "uniform", "shift", "flux_shift"
 LR_SCHEDULES = ("constant", "cosine")
 TARGETS = ("attention", "all-linear")
 MEMORY_MODES = ("auto", "bf16", "fp8", "nf4", "fp32")
+COMPILE_MODES = ("auto", "off", "blocks")
 MODEL_HELP = (
     'a registry name (flux-dev, flux-schnell, flux-krea, klein-4b, klein-4b-base, klein-9b, '
     'klein-9b-base, or "demo", the built-in tiny model), a local diffusers folder, or a Hugging '
@@ -98,6 +99,11 @@ class TrainSettings:
                        "| fp8 (weights stored in 8 bits) | nf4 (needs the lowvram extra) | "
                        "fp32. `lorabooth plan` shows what auto picks.", default="auto",
                        choices=MEMORY_MODES)
+    compile: str = _opt("torch.compile for the transformer: auto (its repeated blocks on a "
+                        "CUDA GPU, where it halves the step time; off on a CPU, where it "
+                        "gains little for its compile time) | blocks | off. Compiled code is "
+                        "cached on disk, so later runs pay a fraction of the first's compile.",
+                        default="auto", choices=COMPILE_MODES)
     ema_decay: float = _opt("Keep an exponential moving average of the LoRA and save it "
                             "(0: off; 0.999 is usual).", default=0.0, min=0, max=0.99999)
     auto_continue_after: int = _opt(
@@ -141,6 +147,8 @@ class GenerateSettings:
     memory: str = _opt("Precision for generation: auto (bf16 with every model on the GPU if it "
                        "fits, else model offload, then fp8, then nf4) | bf16 | fp8 | nf4 | "
                        "fp32.", default="auto", choices=MEMORY_MODES)
+    compile: str = _opt("torch.compile for generation: auto (the repeated blocks on a CUDA "
+                        "GPU) | blocks | off.", default="auto", choices=COMPILE_MODES)
     presets: dict[str, str] = _opt(
         "Named prompt templates: {prompt} is what you type, {trigger} the trigger word.",
         default_factory=lambda: {

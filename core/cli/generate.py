@@ -145,6 +145,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def _generate_here(ws: Workspace, request: Request) -> list[Path]:
     from ..generate.generator import plan_for, run_request
+    from ..models.compile import apply as compile_transformer
     from ..models.owner import ModelOwner
 
     base = complete_recipe(ws, request.recipe)
@@ -155,6 +156,10 @@ def _generate_here(ws: Workspace, request: Request) -> list[Path]:
     if err.is_terminal:
         err.print(plain(f"generation: {plan.reason}", "dim"))
     generator = ModelOwner().generator(source, plan)
+    compiled = compile_transformer(generator.pipe.transformer, ws.config().generate.compile,
+                                   generator.device)
+    if err.is_terminal:
+        err.print(plain(compiled, "dim"))
 
     def progress(index: int, path: Path, recipe: Recipe) -> None:
         if err.is_terminal:

@@ -21,6 +21,7 @@ from .. import __version__
 from ..config import Config
 from ..fsutil import atomic_write_bytes
 from ..memory import Plan
+from ..models.compile import apply as compile_transformer
 from ..models.load import default_device, default_dtype, use_safe_attention
 from ..models.owner import ModelOwner
 from ..models.registry import require_supported
@@ -171,6 +172,7 @@ class Trainer:
         if plan.gradient_checkpointing:
             transformer.enable_gradient_checkpointing(checkpointing(t.dropout > 0))
         transformer.train()
+        self.log(compile_transformer(transformer, t.compile, self.device))
         self.model = self.team.wrap(transformer)  # DDP under `accelerate launch`
         # The CLIP LoRA trains too: wrapped as well, so its gradients are averaged across
         # processes like the transformer's (rank 0's alone were saved before).
