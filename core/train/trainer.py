@@ -386,6 +386,14 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------
 
+    def schedule(self, total: int) -> None:
+        """The learning-rate schedule for a run of `total` steps: built from this run's total
+        (a continued run or --steps beyond the config included), before a resume loads its
+        state."""
+        t = self.config.train
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(t.warmup_steps, total, t.lr_schedule))
+
     def run(self, steps: int | None = None, resume: bool = False,
             run: str | None = None) -> TrainResult:
         """Train up to `steps` (default: the config's) steps in all, checkpointing as it goes.
@@ -394,11 +402,7 @@ class Trainer:
         if self.pipe is None:
             self.prepare()
         total = self.total = steps or self.config.train.steps
-        t = self.config.train
-        # Built from this run's total (a continued run or --steps beyond the config included),
-        # before a resume loads its state.
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(t.warmup_steps, total, t.lr_schedule))
+        self.schedule(total)
         self.run_dir = choose_run(self.ws.checkpoints, self.team, resume, run)
         if resume:
             self.resume_latest_good()
