@@ -1,9 +1,11 @@
 """Compiled training compiles once: after every bucket shape has been seen and a prompt has
 been rendered between steps, further steps and renders run the compiled code without a single
-new compile (counted with dynamo's own counters, not timed)."""
+new compile; a LoRA scale change compiles once (the scale becomes a dynamic value) and later
+scales reuse that (counted with dynamo's own counters, not timed)."""
 
 from __future__ import annotations
 
+from lorabooth.core.engine.generate_job import lora_scale
 from lorabooth.core.train.trainer import Trainer
 
 
@@ -33,3 +35,18 @@ def test_compiled_training_compiles_once_for_every_bucket_and_a_render(demo_work
     # nothing new.
     assert end == warm, (warm, end)
     assert warm[0] > 0  # it did compile: the count is of compiled graphs
+
+    def render(scale: float) -> None:  # as the engine renders a queued prompt between steps
+        embeds, pooled = trainer.prompt_embeds("a photo of zorb")
+        trainer.pipe.transformer.eval()
+        with torch.no_grad(), lora_scale(trainer.pipe.transformer, scale):
+            trainer.pipe(prompt_embeds=embeds[None], pooled_prompt_embeds=pooled[None],
+                         height=128, width=128, num_inference_steps=2)
+        trainer.pipe.transformer.train()
+
+    render(0.5)
+    after_one_scale = counters["stats"]["unique_graphs"]
+    for scale in (0.7, 1.3, 1.0):
+        render(scale)
+    trainer.train_step()
+    assert counters["stats"]["unique_graphs"] == after_one_scale
