@@ -27,7 +27,7 @@ TIMESTEP_SAMPLING = ("sigmoid", "logit_normal", "uniform", "shift", "flux_shift"
 LR_SCHEDULES = ("constant", "cosine")
 TARGETS = ("attention", "all-linear")
 MEMORY_MODES = ("auto", "bf16", "fp8", "nf4", "fp32")
-COMPILE_MODES = ("auto", "off", "blocks")
+COMPILE_MODES = ("auto", "off", "blocks", "full")
 MODEL_HELP = (
     'a registry name (flux-dev, flux-schnell, flux-krea, klein-4b, klein-4b-base, klein-9b, '
     'klein-9b-base, or "demo", the built-in tiny model), a local diffusers folder, or a Hugging '

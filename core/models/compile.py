@@ -61,12 +61,28 @@ def compile_blocks(transformer: torch.nn.Module) -> bool:
     return True
 
 
+def compile_whole(transformer: torch.nn.Module) -> bool:
+    """Compile the whole transformer in place as one graph (per shape): the fastest steady
+    step, at the longest compile."""
+    if getattr(transformer, "_lorabooth_compiled", False):
+        return False
+    use_disk_cache()
+    transformer.compile()
+    transformer._lorabooth_compiled = True
+    return True
+
+
 def apply(transformer: torch.nn.Module, mode: str, device: torch.device) -> str:
     """Compile as `mode` asks on `device`; the one line that says what was done."""
     chosen = choose(mode, device)
     if chosen == "off":
         why = "" if mode == "off" else f" (auto: no gain worth the compile time on {device.type})"
         return f"compile: off{why}"
+    if chosen == "full":
+        fresh = compile_whole(transformer)
+        return ("compile: the whole transformer (the first steps compile; cached in "
+                f"{os.environ['TORCHINDUCTOR_CACHE_DIR']})" if fresh
+                else "compile: the whole transformer (compiled already)")
     fresh = compile_blocks(transformer)
     return ("compile: repeated blocks (the first steps compile; cached in "
             f"{os.environ['TORCHINDUCTOR_CACHE_DIR']})" if fresh
