@@ -212,7 +212,7 @@ def promoted(ws: Workspace, *, verify: bool = True) -> Promoted | None:
         if verify and hashlib.sha256(ws.lora_path.read_bytes()).hexdigest() != record["sha256"]:
             return None
         return Promoted(str(record["run"]), int(record["step"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):  # a forged record
         return None
 
 

@@ -3,7 +3,11 @@ training"), and a stopped and resumed run is one curve with the resume marked.""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 from support import wait_for
+from textual.app import App
 
 from lorabooth.core.store import Store
 from lorabooth.tui.app import LoraboothApp
@@ -63,3 +67,36 @@ async def test_a_resumed_run_is_one_curve_with_the_resume_marked(demo_workspace)
         assert 9.0 not in pane.losses
         text = plot_text(app.query_one(LossPlot))
         assert "▲" in text and "resumed" in text
+
+
+HOSTILE = {
+    "nan and inf": [math.nan, math.inf, 1.0, -math.inf, 0.5],
+    "huge": [1e308, 1e-300, 5.0, 1e308],
+    "both ends of float": [1e308, -1e308, 3.0],
+    "negative": [-5.0, -1.0, 0.0, 2.0],
+    "flat": [0.3] * 50,
+    "one point": [0.7],
+    "all nan": [math.nan] * 5,
+}
+
+
+@pytest.mark.parametrize("losses", list(HOSTILE.values()), ids=list(HOSTILE))
+async def test_the_plot_draws_any_loss_a_run_can_report(losses):
+    """A diverged run (NaN, inf, 1e308) or a strange one must not take the Train pane down:
+    every case draws its legend in both scales, in bounded time (a tick range once tried to
+    list 400 million ticks)."""
+    class One(App):
+        def compose(self):
+            yield LossPlot()
+
+    app = One()
+    async with app.run_test(size=(60, 16)) as pilot:
+        plot = app.query_one(LossPlot)
+        for log in (False, True):
+            plot.log_scale = log
+            plot.show_lr = True
+            plot.set_data(list(range(1, len(losses) + 1)), losses, 0,
+                          lrs=[1e-4] * len(losses), starts=[1])
+            await pilot.pause()
+            lines = plot.draw()
+            assert len(lines) == 16 and "smoothed" in lines[-2].text

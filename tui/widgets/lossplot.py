@@ -63,21 +63,28 @@ def downsample(steps: Sequence[int], values: Sequence[float],
 def nice_step(span: float, count: int) -> float:
     """A round tick spacing (1, 2, 2.5 or 5 times a power of ten) giving about `count` ticks."""
     raw = max(span, 1e-12) / max(count, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
+    magnitude = 10.0 ** math.floor(math.log10(raw))  # a float: ints grow without bound
     return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
 
 
 def ticks(lo: float, hi: float, count: int) -> tuple[float, float, list[float]]:
-    """The axis range snapped outwards to round ticks, and the ticks."""
+    """The axis range snapped outwards to round ticks, and the ticks. A range no float can
+    hold (a loss of 1e308 beside one of -1e308) keeps its ends, unrounded."""
+    if not math.isfinite(hi - lo):
+        return lo, hi, [lo, hi]
     step = nice_step(hi - lo, count)
     first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
     if last == first:
         last += 1
+    if last - first > 4 * count + 4:  # rounding gone wrong at float's edge: never a flood
+        return lo, hi, [lo, hi]
     return first * step, last * step, [i * step for i in range(first, last + 1)]
 
 
 def _label(value: float, log: bool) -> str:
-    return f"{10 ** value:.3g}" if log else f"{value:.3g}"
+    if log:
+        return f"{10.0 ** value:.3g}" if -300 < value < 300 else f"1e{value:.0f}"
+    return f"{value:.3g}"
 
 
 class LossPlot(Widget):
@@ -179,9 +186,11 @@ class LossPlot(Widget):
             return round((step - first_step) / (last_step - first_step) * (columns - 1))
 
         def row(value: float) -> int:
-            if not math.isfinite(value):
+            # Halved before subtracting: the span of +-1e308 overflows a float.
+            where = (hi / 2 - value / 2) / (hi / 2 - lo / 2) if hi > lo else 0.0
+            if not math.isfinite(where):
                 return rows - 1
-            return min(rows - 1, max(0, round((hi - value) / (hi - lo) * (rows - 1))))
+            return min(rows - 1, max(0, round(where * (rows - 1))))
 
         grid = [[0] * width for _ in range(height)]
         bright = [[False] * width for _ in range(height)]
