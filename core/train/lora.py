@@ -26,8 +26,18 @@ CLIP_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
 def target_modules(transformer: torch.nn.Module, targets: str) -> list[str]:
-    """Module names for `targets`: the attention projections, or every Linear in the blocks."""
+    """Module names for `targets`: the attention projections, or every Linear in the blocks.
+
+    FLUX.2's single blocks fuse their attention and MLP input into `to_qkv_mlp_proj` and name
+    their output `attn.to_out` (a Linear, where the double blocks' `to_out` is a list): they
+    are named one by one, as diffusers' klein LoRA example does, so that the single blocks
+    train too (the FLUX.1 names alone would leave 20 of klein-4B's 25 blocks untouched)."""
     if targets == "attention":
+        names = [n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
+        if any(n.endswith(".to_qkv_mlp_proj") for n in names):
+            return [*ATTENTION_TARGETS, "to_qkv_mlp_proj",
+                    *(n for n in names if n.startswith("single_transformer_blocks.")
+                      and n.endswith(".attn.to_out"))]
         return list(ATTENTION_TARGETS)
     return sorted(name for name, module in transformer.named_modules()
                   if isinstance(module, torch.nn.Linear)

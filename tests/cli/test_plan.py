@@ -83,3 +83,23 @@ def test_the_shipped_klein_configs_build_the_real_sizes():
     assert round(nine["transformer"] / 1e9, 2) == 9.08
     assert round(nine["text_encoder"] / 1e9, 2) == 8.19
     assert 0.08e9 < four["vae"] < 0.09e9
+
+
+def test_klein_lora_targets_reach_its_single_blocks():
+    """FLUX.2's single blocks name their attention differently (`to_qkv_mlp_proj`, a Linear
+    `attn.to_out`): the attention targets include them, so the plan counts (and a run would
+    train) a LoRA over all 25 of klein-4B's blocks, not the 5 double ones."""
+    import torch
+
+    from lorabooth.core.memory import lora_parameters
+    from lorabooth.core.models.shipped import build_component, shipped_folder
+    from lorabooth.core.train.lora import ATTENTION_TARGETS, target_modules
+
+    with torch.device("meta"):
+        klein = build_component(shipped_folder("klein-4b"), "transformer")
+        dev = build_component(shipped_folder("flux-dev"), "transformer")
+    targets = target_modules(klein, "attention")
+    assert "to_qkv_mlp_proj" in targets and "single_transformer_blocks.19.attn.to_out" in targets
+    assert target_modules(dev, "attention") == ATTENTION_TARGETS  # FLUX.1 unchanged
+    double_only = lora_parameters(klein, ATTENTION_TARGETS, 16)
+    assert lora_parameters(klein, targets, 16) > 3 * double_only
