@@ -196,19 +196,14 @@ class Store:
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if conn is not None:
                 conn.close()
-            text = str(exc).lower()
-            if "locked" in text or "busy" in text:
+            if _busy(exc):
                 # Switching a new database to WAL needs it to itself for a moment: the engine
                 # and the client opening it together met here (a CI run lost an engine start
                 # to it). _retry waits and tries again.
                 raise
-            raise StoreError(_explain(exc, self.path)) from None
-        except sqlite3.DatabaseError as exc:
-            if conn is not None:
-                conn.close()
             raise StoreError(_explain(exc, self.path)) from None
         except OSError as exc:
             raise StoreError(f"cannot open {self.path}: {exc.strerror or exc}") from None
@@ -222,9 +217,7 @@ class Store:
             try:
                 return fn(self._connect())
             except sqlite3.OperationalError as exc:
-                text = str(exc).lower()
-                if ("locked" not in text and "busy" not in text) or \
-                        time.monotonic() > deadline:
+                if not _busy(exc) or time.monotonic() > deadline:
                     raise StoreError(_explain(exc, self.path)) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
@@ -435,6 +428,12 @@ def _was_used(path: Path) -> bool:
 
     wal = path.with_name(path.name + "-wal")
     return wal.exists() or time.time() - os.stat(path).st_mtime > 5.0
+
+
+def _busy(exc: sqlite3.DatabaseError) -> bool:
+    """Another connection holds the database for a moment: worth waiting for."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
 def _explain(exc: Exception, path: Path) -> str:
