@@ -183,9 +183,7 @@ class TrainPane(Vertical):
             if not mine:
                 continue
             starts.append(mine[0].step)
-            while rows and rows[-1].step >= mine[0].step:
-                rows.pop()
-            rows.extend(mine)
+            add_rows(rows, mine)
         self.steps = [r.step for r in rows]
         self.losses = [r.loss if r.loss is not None else math.nan for r in rows]
         self.lrs = [r.lr if r.lr is not None else math.nan for r in rows]
