@@ -254,10 +254,13 @@ class LoraboothApp(App):
     @on(Remake)
     def remake(self, message: Remake) -> None:
         from lorabooth.core.errors import LoraboothError
-        from lorabooth.core.generate.request import remake_request, request_to_params
+        from lorabooth.core.generate.request import (
+            remake_request,
+            request_to_params,
+            training_underway,
+        )
 
-        jobs = self.last_delta.jobs if self.last_delta else []
-        training = any(j.kind == "train" and j.state in LIVE for j in jobs)
+        training = training_underway(self.last_delta.jobs if self.last_delta else [])
         try:
             request = remake_request(self.ws, self.ws.config(check_photos=False),
                                      message.recipe, variations=message.variations,

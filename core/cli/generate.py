@@ -21,6 +21,7 @@ from ..generate.request import (
     build_request,
     complete_recipe,
     request_to_params,
+    training_underway,
 )
 from ..models.resolve import resolve_model
 from ..safetext import plain
@@ -110,7 +111,7 @@ def request_for(ws: Workspace, prompt: str | None, args: argparse.Namespace) -> 
     if not prompt:
         raise UsageError("a prompt is needed (or --from-image PNG)")
     config = ws.config(check_photos=False)
-    training = any(j.kind == "train" for j in Store(ws.db_path).jobs(ACTIVE))
+    training = training_underway(Store(ws.db_path).jobs(ACTIVE))
     return build_request(ws, config, asked_from_args(prompt, args), training=training)
 
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from .. import __version__
 from ..config import Config, GenerateSettings
 from ..dataset.captions import substitute_trigger
 from ..models.registry import generation_defaults
+from ..store import ACTIVE, Job
 from ..workspace import LORA_FILE, Workspace
 from .recipe import MAX_IMAGES, LoraRef, Recipe, RecipeError, expand_matrix, matrix_size
 
@@ -136,6 +138,11 @@ def split_preset(text: str, presets: dict[str, str]) -> tuple[str | None, str]:
     if sep and name.strip() in presets:
         return name.strip(), rest.strip()
     return None, text
+
+
+def training_underway(jobs: Iterable[Job]) -> bool:
+    """`build_request`'s `training`: a training run is queued or under way."""
+    return any(j.kind == "train" and j.state in ACTIVE for j in jobs)
 
 
 def build_request(ws: Workspace, config: Config, asked: Asked, *, training: bool) -> Request:

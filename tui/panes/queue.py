@@ -22,6 +22,7 @@ from lorabooth.core.generate.request import (
     request_from_params,
     request_to_params,
     split_preset,
+    training_underway,
 )
 from lorabooth.core.safetext import plain, printable
 from lorabooth.core.store import ACTIVE, CANCELLED, DONE, FAILED, PAUSED, QUEUED, RUNNING, Job
@@ -243,7 +244,7 @@ class QueuePane(Vertical):
                              training=self.training())
 
     def training(self) -> bool:
-        return any(j.kind == "train" and j.state in ACTIVE for j in self.all_jobs)
+        return training_underway(self.all_jobs)
 
     @on(UsePrompt)
     def use_prompt(self, message: UsePrompt) -> None:
