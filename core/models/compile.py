@@ -49,25 +49,22 @@ def use_disk_cache() -> str:
     return folder
 
 
-def compile_blocks(transformer: torch.nn.Module) -> bool:
-    """Compile each repeated block in place; False when it is compiled already (a resident
-    model keeps its compiled blocks between jobs)."""
+WHAT = {"blocks": "repeated blocks", "full": "the whole transformer"}
+
+
+def compile_in_place(transformer: torch.nn.Module, mode: str) -> bool:
+    """Compile the transformer in place as `mode` says: each repeated block (one graph reused
+    by all) or the whole model as one graph (the fastest steady step, the longest compile).
+    False when it is compiled already (a resident model keeps its compiled code between
+    jobs)."""
     if getattr(transformer, "_lorabooth_compiled", False):
         return False
     use_disk_cache()
-    # fullgraph=False: peft's LoRA layers and gradient checkpointing stay graph-breakable.
-    transformer.compile_repeated_blocks(fullgraph=False)
-    transformer._lorabooth_compiled = True
-    return True
-
-
-def compile_whole(transformer: torch.nn.Module) -> bool:
-    """Compile the whole transformer in place as one graph (per shape): the fastest steady
-    step, at the longest compile."""
-    if getattr(transformer, "_lorabooth_compiled", False):
-        return False
-    use_disk_cache()
-    transformer.compile()
+    if mode == "full":
+        transformer.compile()
+    else:
+        # fullgraph=False: peft's LoRA layers and gradient checkpointing stay graph-breakable.
+        transformer.compile_repeated_blocks(fullgraph=False)
     transformer._lorabooth_compiled = True
     return True
 
@@ -78,12 +75,7 @@ def apply(transformer: torch.nn.Module, mode: str, device: torch.device) -> str:
     if chosen == "off":
         why = "" if mode == "off" else f" (auto: no gain worth the compile time on {device.type})"
         return f"compile: off{why}"
-    if chosen == "full":
-        fresh = compile_whole(transformer)
-        return ("compile: the whole transformer (the first steps compile; cached in "
-                f"{os.environ['TORCHINDUCTOR_CACHE_DIR']})" if fresh
-                else "compile: the whole transformer (compiled already)")
-    fresh = compile_blocks(transformer)
-    return ("compile: repeated blocks (the first steps compile; cached in "
-            f"{os.environ['TORCHINDUCTOR_CACHE_DIR']})" if fresh
-            else "compile: repeated blocks (compiled already)")
+    if compile_in_place(transformer, chosen):
+        return (f"compile: {WHAT[chosen]} (the first steps compile; cached in "
+                f"{os.environ['TORCHINDUCTOR_CACHE_DIR']})")
+    return f"compile: {WHAT[chosen]} (compiled already)"
