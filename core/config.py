@@ -312,17 +312,13 @@ def _check_model(model: str, path: Path | None) -> list[ConfigProblem]:
     """A bare name must be one the registry knows (a typo is caught here, with the closest
     name, not after a 34 GB search of the cache); folders and repo ids are checked when the
     weights are looked for."""
-    from .models.registry import known, looks_like_a_name, names, suggest
+    from .models.registry import known, looks_like_a_name, unknown
 
     here = path.parent if path is not None else Path.cwd()
     if not looks_like_a_name(model) or known(model) is not None or (here / model).exists() \
             or Path(model).exists():
         return []
-    guess = suggest(model)
-    return [ConfigProblem("model", f"unknown model {model!r}"
-                          + (f": did you mean {guess!r}?" if guess else "")
-                          + f" Known: {', '.join(names())}; or a diffusers folder, or a Hugging "
-                          "Face repo id (org/name)")]
+    return [ConfigProblem("model", unknown(model))]
 
 
 # Parsed configs by (path, mtime, size): tomlkit takes ~10 ms a parse, and the UI reads the

@@ -44,10 +44,6 @@ class BaseModel:
     def embeds_guidance(self) -> bool:
         return self.guidance_mode == "embedded"
 
-    @property
-    def t5_length(self) -> int:  # the FLUX.1 code paths' name for it
-        return self.text_length
-
 
 FLUX1 = dict(family="flux1", pipeline="FluxPipeline")
 FLUX2_KLEIN = dict(family="flux2", pipeline="Flux2KleinPipeline", text_length=512)
@@ -114,6 +110,15 @@ def suggest(spec: str) -> str | None:
     """The closest known name, for "did you mean"."""
     close = difflib.get_close_matches(spec.strip().lower(), list(_BY_NAME), n=1, cutoff=0.6)
     return _BY_NAME[close[0]].name if close else None
+
+
+def unknown(spec: str) -> str:
+    """What to say of a name the registry does not know: the closest one, and what else a
+    model may be."""
+    guess = suggest(spec)
+    return (f"unknown model {spec!r}" + (f": did you mean {guess!r}?" if guess else "")
+            + f" Known: {', '.join(names())}; or a diffusers folder, or a Hugging Face repo id "
+            "(org/name) already downloaded.")
 
 
 def looks_like_a_name(spec: str) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 from platformdirs import user_cache_path
 
 from ..errors import EXIT_USAGE, LoraboothError
-from .registry import DEMO, BaseModel, known, looks_like_a_name, model_of_folder, suggest
+from .registry import DEMO, BaseModel, known, looks_like_a_name, model_of_folder, unknown
 
 # Bump when the demo model's configs or weights change, so old caches are rebuilt, not reused.
 DEMO_VERSION = 2
@@ -69,7 +69,7 @@ def resolve_model(spec: str, *, build_demo: bool = True) -> ModelSource:
         return ModelSource(spec, _find_in_hf_cache(entry.repo))
     local = Path(spec).expanduser()
     if looks_like_a_name(spec) and not local.exists():
-        raise ModelNotFound(unknown_model(spec))
+        raise ModelNotFound(unknown(spec))
     # "org/name" that is not a folder here is a Hugging Face repo id; anything else a path.
     if local.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         return ModelSource(spec, _check_folder(local.resolve()))
@@ -104,16 +104,6 @@ def _find_in_hf_cache(repo_id: str) -> Path:
             "(set HF_HOME or HF_HUB_CACHE if yours lives elsewhere).\n"
             + _download_help(repo_id)) from None
     return _check_folder(path)
-
-
-def unknown_model(spec: str) -> str:
-    """The message for a model name the registry does not know."""
-    from .registry import names
-
-    guess = suggest(spec)
-    return (f"unknown model {spec!r}" + (f": did you mean {guess!r}?" if guess else "")
-            + f"\nknown models: {', '.join(names())}; or a diffusers folder, or a Hugging "
-            "Face repo id (org/name) already downloaded.")
 
 
 def _download_help(repo_id: str = "black-forest-labs/FLUX.1-dev") -> str:
