@@ -16,6 +16,7 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from lorabooth.core.safetext import plain
+from lorabooth.core.store import Output
 
 from .messages import Remake, UsePrompt
 from .widgets.footer import KeyFooter
@@ -29,6 +30,11 @@ class Shown:
     path: Path
     kind: str  # image | sample
     recipe: dict[str, Any]
+
+    @classmethod
+    def of(cls, output: Output) -> Shown:
+        """An output from the store, as it recorded itself."""
+        return cls(Path(output.path), output.kind, output.recipe)
 
 
 def recipe_lines(item: Shown) -> list[str]:

@@ -100,7 +100,7 @@ class GalleryPane(Vertical):
         from ..viewer import Shown
 
         table = self.query_one("#outputs", DataTable)
-        items = [Shown(Path(o.path), o.kind, o.recipe) for o in self.items]
+        items = [Shown.of(o) for o in self.items]
         self.post_message(OpenViewer(items, table.cursor_row or 0))
 
     def action_use_recipe(self) -> None:

@@ -283,7 +283,7 @@ class TrainPane(Vertical):
         if not self.samples:
             self.notify("no samples yet: they are made every sample.every steps", markup=False)
             return
-        items = [Shown(Path(o.path), "sample", o.recipe) for o in self.samples]
+        items = [Shown.of(o) for o in self.samples]
         self.post_message(OpenViewer(items, len(items) - 1))
 
     def action_log_scale(self) -> None:
