@@ -8,6 +8,10 @@ is checked against:
 - train-R: lorabooth's Trainer at R px (cached latents and text, a LoRA on the attention,
   gradient checkpointing, bf16 autocast, AdamW), against a bare step on the same LoRA'd
   transformer and batch (forward, backward, clip, AdamW, nothing else), in the same run;
+  train-R-nockpt without checkpointing, train-R-compile compiled, train-R-auto as
+  lorabooth's defaults choose (e.g. train-1024-nockpt-compile);
+- capped-R-GB[-auto]: R px on a simulated GB card, lorabooth's plans choosing (it takes the
+  pipeline over: run it last);
 - generate-R: the Generator with the LoRA file that training wrote, loaded through diffusers;
 - compile: the same render with regional compilation (`compile_repeated_blocks`), if time is
   left; compile time is reported apart from the steady speed.
@@ -195,7 +199,8 @@ def draw_photos(folder: Path, size: int, count: int = 4) -> None:
         (folder / f"{index:02d}.txt").write_text(f"photo of zorb, picture {index}\n")
 
 
-def workspace(root: Path, model: str, resolution: int, steps: int):
+def workspace(root: Path, model: str, resolution: int, steps: int, compile: str = "off",
+              checkpointing: str = "on"):
     from lorabooth.core.config import set_config_values
     from lorabooth.core.workspace import Workspace, init_workspace
 
@@ -205,7 +210,7 @@ def workspace(root: Path, model: str, resolution: int, steps: int):
     set_config_values(ws_root, {
         "train.resolution": [resolution], "train.steps": steps, "train.rank": 16,
         "train.optimizer": "adamw", "train.memory": "bf16", "train.checkpoint_every": 100000,
-        "sample.every": 0})
+        "train.compile": compile, "train.checkpointing": checkpointing, "sample.every": 0})
     return Workspace.at(ws_root)
 
 
@@ -257,13 +262,21 @@ def encode_phase(state: dict, resolutions: list[int], device: torch.device) -> d
 
 def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_steps: int,
                 device: torch.device, variant: str = "") -> dict:
-    """`variant`: "" (against the bare step), "between" (a prompt rendered between two steps,
-    as the engine does with a queued prompt), "compile" (regional compilation of the blocks)."""
+    """`variant`: "" (eager, checkpointed, against the bare step), "between" (a prompt rendered
+    between two steps, as the engine does with a queued prompt), or words joined by "-":
+    "compile" (regional compilation of the blocks, as train.compile = "blocks"), "nockpt" (no
+    gradient checkpointing), "auto" (lorabooth's defaults: what a user gets)."""
     from lorabooth.core.train.trainer import Trainer
 
     source, owner = state["source"], state["owner"]
     steps = warmup + timed_steps
-    ws = workspace(root, source.spec, resolution, steps)
+    words = set(variant.split("-"))
+    if "auto" in words:
+        compile_mode, ckpt = "auto", "auto"
+    else:
+        compile_mode = "blocks" if "compile" in words else "off"
+        ckpt = "off" if "nockpt" in words else "on"
+    ws = workspace(root, source.spec, resolution, steps, compile_mode, ckpt)
     seconds: list[float] = []
     logs: list[str] = []
     extra: dict = {}
@@ -279,8 +292,6 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
                       owner=owner)
     prepare_s = timed(device, trainer.prepare)
     prepared_gib = allocated(device)
-    if variant == "compile":
-        trainer.pipe.transformer.compile_repeated_blocks(fullgraph=False)
     try:
         result = trainer.run(steps=steps)
         train_peak = peak(device)
@@ -295,7 +306,9 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
     return {"prepare_s": round(prepare_s, 2), "after_prepare_gib": prepared_gib,
             "first_step_s": round(seconds[0], 3), "step_s": round(ours, 4),
             "images_per_s": round(1 / ours, 3), **flops(trainer, resolution, ours), **extra,
-            "train_peak_gib": train_peak, "loss_first": round(losses[0], 4),
+            "train_peak_gib": train_peak, "planned_gib": round(trainer.plan.peak_gib, 2),
+            "checkpointing": trainer.plan.gradient_checkpointing,
+            "loss_first": round(losses[0], 4),
             "loss_last": round(losses[-1], 4), "dtype": str(trainer.dtype), "log": logs[:3]}
 
 
@@ -328,7 +341,7 @@ def render_between_steps(trainer, resolution: int, device: torch.device,
     transformer.eval()
     try:
         with torch.random.fork_rng(devices=[]), lora_scale(transformer, 1.0):
-            generator = trainer.owner.training_generator(trainer.prompt_embeds)
+            generator = trainer.owner.training_generator(trainer)
             recipe = Recipe(prompt, seed=2, width=resolution, height=resolution, steps=8,
                             guidance=3.5, model=trainer.config.model)
             holder: dict = {}
@@ -340,7 +353,8 @@ def render_between_steps(trainer, resolution: int, device: torch.device,
 
 
 def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmup: int,
-                 count: int, gen_steps: int, device: torch.device, bench=None) -> dict:
+                 count: int, gen_steps: int, device: torch.device, bench=None,
+                 auto: bool = False) -> dict:
     """A smaller card, simulated: the process capped to `card_gb` GB, lorabooth's own plans
     (training, then generation) choosing with that much available, a prompt never seen before
     rendered between two steps, then a render with the LoRA as the generation plan says. The
@@ -350,13 +364,17 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
     from lorabooth.core.config import set_config_values
     from lorabooth.core.generate.generator import plan_for
     from lorabooth.core.memory import card_gib
-    from lorabooth.core.models.load import place, store_in_fp8
+    from lorabooth.core.models.load import place, store_in_fp8, stored_in_fp8
     from lorabooth.core.models.owner import ModelOwner
-    from lorabooth.core.train.lora import stored_in_fp8
     from lorabooth.core.train.trainer import Trainer
 
     pipe, source = state.pop("pipe"), state["source"]
     state.pop("owner").drop()
+    # A fresh load has none of an earlier phase's compiled blocks or LoRA adapters (fp8
+    # storage over a peft layer turns its input cast off).
+    uncompile(pipe.transformer)
+    if getattr(pipe.transformer, "peft_config", None):
+        pipe.unload_lora_weights()
     pipe.to("cpu")
     gc.collect()
     cap = card_gib(card_gb)
@@ -382,7 +400,10 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
     extra: dict = {}
     try:
         ws = workspace(root, source.spec, resolution, warmup + count)
-        set_config_values(ws.root, {"train.memory": "auto"})
+        defaults = {"train.memory": "auto"}
+        if auto:  # what a user gets: compile and checkpointing as lorabooth chooses too
+            defaults.update({"train.compile": "auto", "train.checkpointing": "auto"})
+        set_config_values(ws.root, defaults)
         trainer = None
 
         def on_step(metrics) -> None:
@@ -421,6 +442,13 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
         sizes.available_gib, owner_module.load_pipeline = real_available, real_load
         if device.type == "cuda":
             torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
+
+
+def uncompile(transformer: torch.nn.Module) -> None:
+    for module in transformer.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+    transformer._lorabooth_compiled = False
 
 
 def where_things_are(trainer, device: torch.device) -> dict:
@@ -614,7 +642,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def default_phases(resolutions: list[int]) -> list[str]:
+    top = max(resolutions)
     return (["encode"] + [f"train-{r}" for r in resolutions]
+            + [f"train-{top}-nockpt", f"train-{top}-nockpt-compile"]
             + [f"generate-{r}" for r in reversed(resolutions)] + [f"compile-{max(resolutions)}"]
             + [f"train-{min(resolutions)}-between", f"train-{min(resolutions)}-compile",
                f"offload-{max(resolutions)}"])
@@ -633,7 +663,7 @@ def run_phase(bench: Bench, name: str, state: dict, root: Path, resolutions: lis
     elif kind == "capped":  # capped-1024-24: 1024 px on a simulated 24 GB card
         card = float(rest.split("-")[1]) if "-" in rest else 24.0
         bench.phase(name, lambda: capped_phase(state, root, r, card, warmup, count, gen_steps,
-                                               device, bench), 60)
+                                               device, bench, rest.endswith("-auto")), 60)
     elif kind == "offload":
         bench.phase(name, lambda: offload_phase(state, r, gen_steps, device), 30)
     elif kind == "bare":

@@ -3,7 +3,8 @@
 Every module resident in each phase is counted, in GiB, against the GiB this process may use:
 - caching: T5-XXL, CLIP and the VAE encode the photos and captions; the transformer waits;
 - training: the transformer (bf16, fp8 storage or NF4), the VAE, the LoRA with its gradients
-  and AdamW state, the activations of the batch under gradient checkpointing, and the text
+  and AdamW state, the activations of the batch (every one of them where they fit, which
+  spares the checkpointing recompute; else under gradient checkpointing), and the text
   encoders if they fit beside it (then a prompt queued between steps encodes on the GPU);
 - sampling between steps: training's weights, no training activations, one render's;
 - generation: every module resident if it fits, else diffusers' model CPU offload (each model
@@ -27,6 +28,9 @@ GIB = 2**30
 # in bf16 (norms, embeddings), as measured on diffusers' NF4 Flux (6.7 GB for 11.9B).
 BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "nf4": 0.56}
 TRAIN_GIB_PER_KTOKEN = 0.5  # measured 0.39 (1536 tokens) and 0.46 (4608), width 3072
+# Without gradient checkpointing every block keeps its activations for the backward pass:
+# measured 5.4 (4608 tokens, eager) and 4.4 (1536, compiled), width 3072.
+TRAIN_NOCKPT_GIB_PER_KTOKEN = 5.6
 DENOISE_GIB_PER_KTOKEN = 0.25
 DECODE_GIB_PER_MPIXEL = 2.3
 ENCODE_GIB_PER_MPIXEL = 1.5
@@ -81,6 +85,7 @@ class Plan:
     phases: list[Phase] = field(default_factory=list)
     reason: str = ""
     text_on_gpu: bool = True  # train: T5 encodes the captions on the GPU (else on the CPU)
+    checkpointing: bool = True  # train: recompute activations in the backward pass
 
     @property
     def peak_gib(self) -> float:
@@ -88,7 +93,7 @@ class Plan:
 
     @property
     def gradient_checkpointing(self) -> bool:
-        return self.job == "train" and self.dtype != "float32"
+        return self.job == "train" and self.dtype != "float32" and self.checkpointing
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -107,9 +112,10 @@ def _scale(size: ModelSize) -> float:
     return size.width / REFERENCE_WIDTH
 
 
-def train_activations(size: ModelSize, resolution: int, batch: int, text_tokens: int) -> float:
-    return (TRAIN_GIB_PER_KTOKEN * (image_tokens(resolution) + text_tokens) / 1000 * batch
-            * _scale(size))
+def train_activations(size: ModelSize, resolution: int, batch: int, text_tokens: int,
+                      checkpointing: bool = True) -> float:
+    per_ktoken = TRAIN_GIB_PER_KTOKEN if checkpointing else TRAIN_NOCKPT_GIB_PER_KTOKEN
+    return per_ktoken * (image_tokens(resolution) + text_tokens) / 1000 * batch * _scale(size)
 
 
 def render_activations(size: ModelSize, resolution: int, text_tokens: int) -> float:
@@ -123,7 +129,7 @@ def render_activations(size: ModelSize, resolution: int, text_tokens: int) -> fl
 
 def train_phases(size: ModelSize, quantize: str | None, half: str, resolution: int, batch: int,
                  text_tokens: int, encoders_on_gpu: bool, sample_resolution: int,
-                 text_on_gpu: bool = True) -> list[Phase]:
+                 text_on_gpu: bool = True, checkpointing: bool = True) -> list[Phase]:
     stored = quantize or half
     transformer = size.gib("transformer", stored)
     encoders = size.encoders_gib(half)
@@ -144,8 +150,10 @@ def train_phases(size: ModelSize, quantize: str | None, half: str, resolution: i
     return [
         Phase("caching", caching + MARGIN_GIB,
               cached_by + (", transformer" if encoders_on_gpu else "")),
-        Phase("training", weights + train_activations(size, resolution, batch, text_tokens)
-              + MARGIN_GIB, where + ", activations"),
+        Phase("training", weights + train_activations(size, resolution, batch, text_tokens,
+                                                      checkpointing)
+              + MARGIN_GIB, where + (", activations" if checkpointing else
+                                     ", every activation (no checkpointing)")),
         Phase("sampling", weights + render_activations(size, sample_resolution, text_tokens)
               + MARGIN_GIB, where + ", one render"),
     ]
@@ -154,10 +162,13 @@ def train_phases(size: ModelSize, quantize: str | None, half: str, resolution: i
 def plan_training(mode: str, size: ModelSize, resolution: int, *, device: str,
                   available_gib: float | None, batch: int = 1, text_tokens: int = 512,
                   sample_resolution: int | None = None, have_bitsandbytes: bool = False,
-                  bf16_supported: bool = True) -> Plan:
+                  bf16_supported: bool = True, checkpointing: str = "auto") -> Plan:
     """The lightest way to train at `resolution` that loses nothing, or the mode asked for.
     `available_gib` is what this process may use: free memory plus what it holds already
-    (a resident model is reused or freed before loading, never counted twice)."""
+    (a resident model is reused or freed before loading, never counted twice).
+    `checkpointing`: "auto" trains without gradient checkpointing (a third less arithmetic
+    per step) only where bf16 weights, every model resident and every activation fit; "on"
+    and "off" as asked."""
     sample_resolution = sample_resolution or resolution
     if device != "cuda":
         if mode in ("nf4", "fp8"):
@@ -175,21 +186,27 @@ def plan_training(mode: str, size: ModelSize, resolution: int, *, device: str,
     options = {"bf16": [None], "fp8": ["fp8"], "nf4": ["nf4"]}.get(
         mode, [None, "fp8"] + (["nf4"] if have_bitsandbytes else []))
     tried = []
-    for quantize in options:
-        for encoders, text_on_gpu in ((True, True), (False, True), (False, False)):
-            phases = train_phases(size, quantize, short, resolution, batch, text_tokens,
-                                  encoders, sample_resolution, text_on_gpu)
-            plan = Plan("train", resolution, half, quantize, encoders, False, available_gib,
-                        phases, text_on_gpu=text_on_gpu)
-            tried.append(plan)
-            if available_gib is None or plan.peak_gib <= available_gib:
-                return _with_reason(plan, mode, tried)
+    shapes = [(True, True), (False, True), (False, False)]
+    candidates = [(q, enc, text, checkpointing != "off") for q in options for enc, text in shapes]
+    if checkpointing == "auto":
+        candidates.insert(0, (options[0], True, True, False))
+    for quantize, encoders, text_on_gpu, ckpt in candidates:
+        phases = train_phases(size, quantize, short, resolution, batch, text_tokens, encoders,
+                              sample_resolution, text_on_gpu, ckpt)
+        plan = Plan("train", resolution, half, quantize, encoders, False, available_gib, phases,
+                    text_on_gpu=text_on_gpu, checkpointing=ckpt)
+        tried.append(plan)
+        if available_gib is None or plan.peak_gib <= available_gib:
+            return _with_reason(plan, mode, tried)
     if mode != "auto":  # the user chose: run it as asked, and say it may not fit
         plan = tried[-1]
         return _with_reason(plan, mode, tried)
     smallest = tried[-1]
     hint = ("" if have_bitsandbytes else
             "; an NF4 base would need less: pip install 'lorabooth[lowvram]'")
+    if checkpointing == "off":
+        hint = ('; train.checkpointing = "off" keeps every activation of a step: "auto" '
+                "checkpoints where they do not fit")
     raise MemoryPlanError(
         f"training at {resolution} px needs ~{smallest.peak_gib:.1f} GiB even with "
         f"{_stored(smallest)} weights and the text encoders on the CPU, and "
@@ -219,6 +236,8 @@ def _with_reason(plan: Plan, mode: str, tried: list[Plan]) -> Plan:
     if plan.job == "generate":
         where = ("every model on the GPU" if not plan.offload else
                  "model CPU offload: each model on the GPU only while it runs")
+    if plan.job == "train" and not plan.checkpointing:
+        where += "; no gradient checkpointing (every activation fits)"
     need = f"~{plan.peak_gib:.1f} GiB at {plan.resolution} px"
     free = "" if plan.available_gib is None else f" of {plan.available_gib:.1f} GiB"
     if mode != "auto":

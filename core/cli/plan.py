@@ -135,7 +135,8 @@ def weights(plan: Plan) -> str:
 def placement(plan: Plan) -> str:
     if plan.job == "generate":
         return "model offload" if plan.offload else "all on GPU"
-    return "encoders on GPU" if plan.encoders_on_gpu else "encoders on CPU"
+    where = "encoders on GPU" if plan.encoders_on_gpu else "encoders on CPU"
+    return where if plan.gradient_checkpointing else where + ", no ckpt"
 
 
 def table(rows: list[dict]) -> Table:

@@ -105,7 +105,7 @@ def between_training_steps(engine: Engine, trainer: Trainer) -> None:
     transformer.eval()
     try:
         with torch.random.fork_rng(devices=[]), lora_scale(transformer, scale):
-            generator = engine.model.training_generator(trainer.prompt_embeds)
+            generator = engine.model.training_generator(trainer)
             paths = run_request(generator, engine.ws, recipes, job.id,
                                 image_saved(engine, job.id),
                                 on_denoise_step=denoise_hook(engine, job.id),

@@ -8,6 +8,7 @@ named adapter and `set_adapters` picks the ones a recipe uses.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,12 +24,15 @@ from .recipe import LoraRef, Recipe, RecipeError
 class Generator:
     """A warm pipeline for one base model, and the LoRAs loaded into it so far."""
 
-    def __init__(self, source: ModelSource, pipe, encode: Callable[[str], tuple] | None = None):
+    def __init__(self, source: ModelSource, pipe, encode: Callable[[str], tuple] | None = None,
+                 precision: Callable[[], AbstractContextManager] = nullcontext):
         """`pipe` is lent by the model owner; with `encode` (a trainer's cached text encoder)
-        prompts are encoded there and the pipeline's own LoRA is used as it is."""
+        prompts are encoded there and the pipeline's own LoRA is used as it is, in the
+        trainer's `precision`."""
         self.source = source
         self.pipe = pipe
         self.encode = encode
+        self.precision = precision
         self.device = self.pipe.transformer.device
         self.adapters: dict[str, str] = {}  # file sha256 -> adapter name
         self._img2img = None
@@ -56,7 +60,8 @@ class Generator:
         compute precision and reload its weights from the file."""
         from safetensors.torch import load_file
 
-        from ..train.lora import adapter_to, set_lora_weights, stored_in_fp8
+        from ..models.load import stored_in_fp8
+        from ..train.lora import adapter_to, set_lora_weights
 
         transformer = self.pipe.transformer
         if not stored_in_fp8(transformer):
@@ -94,7 +99,7 @@ class Generator:
                 pipe = self._inpaint_pipe()
             else:
                 pipe = self._img2img_pipe()
-        with torch.no_grad():
+        with torch.no_grad(), self.precision():
             return pipe(**kwargs).images[0]
 
     def _img2img_pipe(self):

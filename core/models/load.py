@@ -71,6 +71,12 @@ def store_in_fp8(transformer, compute_dtype) -> None:
                             compute_dtype=compute_dtype, skip_modules_pattern=FP8_KEEP)
 
 
+def stored_in_fp8(model) -> bool:
+    import torch
+
+    return any(p.dtype == torch.float8_e4m3fn for p in model.parameters())
+
+
 def place(pipe, device, placement: str, quantize: str | None = None) -> bool:
     """Put the pipeline's models where `placement` says (see load_pipeline). Returns whether
     model offload is on (it is only on a GPU)."""

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ..generate.generator import Generator
     from ..memory import Plan
+    from ..train.trainer import Trainer
 
 
 class ModelOwner:
@@ -87,12 +88,13 @@ class ModelOwner:
             restore(self.pipe)
         self.training = False
 
-    def training_generator(self, encode: Callable[[str], tuple]) -> Generator:
-        """A generator over the pipeline as training holds it, the LoRA as it is now; prompts
-        are encoded through the trainer's cached encoder."""
+    def training_generator(self, trainer: Trainer) -> Generator:
+        """A generator over the pipeline as training holds it, the LoRA as it is now, in the
+        trainer's precision; prompts are encoded through the trainer's cached encoder."""
         from ..generate.generator import Generator
 
-        return Generator(self.source, self.pipe, encode=encode)
+        return Generator(self.source, self.pipe, encode=trainer.prompt_embeds,
+                         precision=trainer.precision)
 
     # -- generation ---------------------------------------------------------------------------
 

@@ -78,7 +78,8 @@ def training_plan(config: Config, folder: Path, text_tokens: int, device: torch.
         device=device.type, available_gib=available, batch=t.batch_size,
         text_tokens=text_tokens, sample_resolution=min(t.resolution),
         have_bitsandbytes=have_bitsandbytes() if bnb is None else bnb,
-        bf16_supported=bf16_supported(device) if bf16 is None else bf16)
+        bf16_supported=bf16_supported(device) if bf16 is None else bf16,
+        checkpointing=t.checkpointing)
 
 
 def generation_plan(config: Config, folder: Path, resolution: int, text_tokens: int,

@@ -164,10 +164,6 @@ def adapters_off(model: torch.nn.Module) -> Iterator[None]:
             layer.enable_adapters(True)
 
 
-def stored_in_fp8(model: torch.nn.Module) -> bool:
-    return any(p.dtype == torch.float8_e4m3fn for p in model.parameters())
-
-
 def remove_lora(model: torch.nn.Module) -> None:
     """Take the training adapter out of every layer of `model` that has it."""
     from peft.tuners.tuners_utils import BaseTunerLayer

@@ -41,7 +41,8 @@ def render_samples(trainer: Trainer) -> list[Path]:
     pipe.text_encoder.eval()
     paths = []
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), trainer.saved_weights():
+        with (torch.random.fork_rng(devices=[]), torch.no_grad(), trainer.saved_weights(),
+              trainer.precision()):
             for index, (embeds, pooled) in enumerate(trainer.sample_texts):
                 if clip_trains:  # the cached pooled embedding predates the CLIP LoRA
                     ids = trainer.clip_ids_of(trainer.sample_prompts[index])[None].to(device)

@@ -260,7 +260,7 @@ class Trainer:
         transformer = self.pipe.transformer
         guidance = (torch.full((b,), t.guidance, device=dev, dtype=torch.float32)
                     if transformer.config.guidance_embeds else None)
-        with torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32):
+        with self.precision():
             pred = self.model(
                 hidden_states=flow.pack(noisy).to(dt),
                 timestep=sigmas.to(dev, dt),
@@ -273,6 +273,14 @@ class Trainer:
             )[0]
         pred = flow.unpack(pred.float(), h, w)
         return torch.nn.functional.mse_loss(pred, flow.velocity_target(x0, noise))
+
+    def precision(self) -> contextlib.AbstractContextManager:
+        """The precision the transformer runs in, for training steps and for every render
+        between them (samples, queued prompts): the LoRA is float32 over a half-precision
+        base, and over fp8 storage diffusers turns peft's own input cast off, so a render
+        outside autocast would multiply bf16 by float32."""
+        dt = self.dtype
+        return torch.autocast(self.device.type, dtype=dt, enabled=dt != torch.float32)
 
     def train_step(self) -> StepMetrics:
         t = self.config.train

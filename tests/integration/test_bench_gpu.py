@@ -12,7 +12,7 @@ from tests.support import REPO
 
 def test_gpu_bench_dry_run_trains_generates_and_renders_between_steps(tmp_path):
     out = tmp_path / "out"
-    phases = "encode,train-64,train-64-between,generate-64,bare-64,bare-64-nockpt"
+    phases = "encode,train-64,train-64-nockpt,train-64-between,generate-64,bare-64,bare-64-nockpt"
     done = subprocess.run([sys.executable, "-m", "bench.gpu", "--dry-run", "--out", str(out),
                            "--phases", phases], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
@@ -20,6 +20,7 @@ def test_gpu_bench_dry_run_trains_generates_and_renders_between_steps(tmp_path):
     rows = {row["phase"]: row for row in json.loads((out / "gpu.json").read_text())["rows"]}
     assert [name for name, row in rows.items() if "error" in row] == []
     assert rows["train-64"]["ratio"] > 0
+    assert rows["train-64-nockpt"]["loss_last"] == rows["train-64"]["loss_last"]
     # A prompt rendered between two steps leaves the loss curve as it was.
     assert rows["train-64-between"]["loss_last"] == rows["train-64"]["loss_last"]
     assert rows["generate-64"]["lora"] is True

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from lorabooth.core.generate.recipe import LoraRef, Recipe
@@ -81,3 +83,55 @@ def test_placement_leaves_waiting_models_on_the_cpu(demo_model, placement, t5_on
     assert ("text_encoder_2" in moved) is t5_on_device
     assert ("transformer" in moved) is transformer_on_device
     assert {"vae", "text_encoder"} <= set(moved)
+
+
+def test_renders_between_steps_over_fp8_storage_run_in_the_trainers_precision(
+        demo_workspace, monkeypatch):
+    """A 24 GB card trains in bf16 over fp8 storage: the samples and a prompt queued while it
+    trains render through the float32 LoRA as the training step runs it, in the trainer's
+    autocast (outside it, a layer whose peft input cast is off multiplies bf16 by float32)."""
+    plan = Plan("train", 256, "bfloat16", "fp8", True, False, None, reason="fp8, for the test")
+    monkeypatch.setattr(Trainer, "plan_memory", lambda self: plan)
+    ws = demo_workspace(train_checkpoint_every=1000, sample_every=2, sample_steps=2)
+    renders: list = []
+    seen: set = set()
+    trainer = None
+
+    def on_step(metrics) -> None:
+        if metrics.step == 1:
+            lora_a = next(m for n, m in trainer.pipe.transformer.named_modules()
+                          if n.endswith("lora_A.lorabooth"))
+            hook = lora_a.register_forward_hook(lambda m, args, out: seen.add(out.dtype))
+            generator = trainer.owner.training_generator(trainer)
+            renders.append(generator.render(Recipe("zorb on a beach", width=64, height=64,
+                                                   steps=2)))
+            hook.remove()
+
+    trainer = Trainer(ws, device="cpu", on_step=on_step)
+    result = trainer.run(steps=2)
+    assert trainer.dtype == torch.bfloat16
+    assert torch.float8_e4m3fn in {p.dtype for p in trainer.pipe.transformer.parameters()}
+    assert {p.dtype for p in trainer.params} == {torch.float32}
+    assert seen == {torch.bfloat16}  # the LoRA ran in autocast, as in the training step
+    assert renders[0].size == (64, 64) and np.asarray(renders[0]).std() > 0
+    samples = sorted((ws.outputs / "samples" / "step-000002").glob("prompt-*.png"))
+    assert samples and all(Image.open(p).size == (256, 256) for p in samples)
+    assert all(np.isfinite(result.losses))
+    trainer.release()
+
+
+def test_fp8_storage_is_never_compiled_and_the_line_says_why(demo_model):
+    """Compiled blocks do not follow the layerwise-casting hooks: on the CPU they multiplied
+    float32 by fp8, and under checkpointing the recompute saw fp8 weights. A 24 GB card on
+    compile = "auto" would have crashed at its first step."""
+    from lorabooth.core.models.compile import apply
+    from lorabooth.core.models.load import load_pipeline, store_in_fp8
+    from lorabooth.core.models.resolve import resolve_model
+
+    transformer = load_pipeline(resolve_model("demo"), torch.float32,
+                                torch.device("cpu")).transformer
+    store_in_fp8(transformer, torch.float32)
+    for mode in ("auto", "blocks", "full"):
+        line = apply(transformer, mode, torch.device("cuda"))
+        assert line.startswith("compile: off (") and "fp8" in line
+    assert not any(getattr(m, "_compiled_call_impl", None) for m in transformer.modules())
