@@ -24,10 +24,10 @@ from .recipe import LoraRef, Recipe, RecipeError
 class Generator:
     """A warm pipeline for one base model, and the LoRAs loaded into it so far."""
 
-    def __init__(self, source: ModelSource, pipe, encode: Callable[[str], tuple] | None = None,
+    def __init__(self, source: ModelSource, pipe, encode: Callable[[str], dict] | None = None,
                  precision: Callable[[], AbstractContextManager] = nullcontext):
-        """`pipe` is lent by the model owner; with `encode` (a trainer's cached text encoder)
-        prompts are encoded there and the pipeline's own LoRA is used as it is, in the
+        """`pipe` is lent by the model owner; with `encode` (a trainer's `pipe_text`: a
+        prompt's text inputs from its cache) the pipeline's own LoRA is used as it is, in the
         trainer's `precision`."""
         self.source = source
         self.pipe = pipe
@@ -84,13 +84,13 @@ class Generator:
             self.use_loras(recipe.loras)
             kwargs["prompt"] = recipe.prompt
         else:
-            embeds, pooled = self.encode(recipe.prompt)
-            dtype = self.pipe.transformer.dtype
-            kwargs["prompt_embeds"] = embeds[None].to(self.device, dtype)
-            kwargs["pooled_prompt_embeds"] = pooled[None].to(self.device, dtype)
+            kwargs.update(self.encode(recipe.prompt))
         if on_denoise_step is not None:
             kwargs["callback_on_step_end"] = _step_callback(on_denoise_step, recipe.steps)
         pipe = self.pipe
+        if recipe.init_image and self.source.model.family != "flux1":
+            raise RecipeError(f"img2img and inpainting run on FLUX.1; {self.source.model.title} "
+                              "is not supported there yet")
         if recipe.init_image:
             kwargs["image"] = _load_rgb(recipe.init_image)
             kwargs["strength"] = recipe.strength

@@ -11,13 +11,14 @@ from .resolve import ModelSource
 
 if TYPE_CHECKING:
     import torch
-    from diffusers import FluxPipeline
+    from diffusers import DiffusionPipeline
 
 
 def load_pipeline(source: ModelSource, dtype: torch.dtype | None = None,
                   device: str | torch.device | None = None,
-                  quantize: str | None = None, placement: str = "all") -> FluxPipeline:
-    """FluxPipeline.from_pretrained on the resolved folder, loaded straight into `dtype`
+                  quantize: str | None = None, placement: str = "all") -> DiffusionPipeline:
+    """The model's pipeline class (FluxPipeline, Flux2KleinPipeline) from_pretrained on the
+    resolved folder, loaded straight into `dtype`
     (low_cpu_mem_usage: weights stream to their place, never twice in system RAM).
 
     `quantize`: None; "fp8" (the transformer's weights stored in float8 and cast layer by layer
@@ -31,20 +32,22 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype | None = None,
 
     require_supported(source.model)
     quiet_libraries()
+    import diffusers
     import torch
-    from diffusers import FluxPipeline
+
+    pipeline_class = getattr(diffusers, source.model.pipeline)  # FluxPipeline, Flux2Klein...
 
     device = torch.device(device) if device is not None else default_device()
     use_safe_attention(device)
     dtype = dtype or default_dtype(device)
     extra = {}
     if quantize == "nf4":
-        extra["transformer"] = _load_nf4_transformer(source, dtype)
+        extra["transformer"] = _load_nf4_transformer(source, dtype, pipeline_class)
     with warnings.catch_warnings():
         # Newer diffusers renamed torch_dtype to dtype; the old name works in every release.
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-        pipe = FluxPipeline.from_pretrained(source.path, torch_dtype=dtype,
-                                            local_files_only=True, **extra)
+        pipe = pipeline_class.from_pretrained(source.path, torch_dtype=dtype,
+                                              local_files_only=True, **extra)
     pipe.set_progress_bar_config(disable=True)
     if quantize == "fp8":
         store_in_fp8(pipe.transformer, dtype)
@@ -71,6 +74,13 @@ def store_in_fp8(transformer, compute_dtype) -> None:
                             compute_dtype=compute_dtype, skip_modules_pattern=FP8_KEEP)
 
 
+def big_text_encoder(pipe) -> str:
+    """The pipeline's large text encoder, the one a plan may leave on the CPU: FLUX.1's T5-XXL
+    (`text_encoder_2`; CLIP is small), FLUX.2's Qwen3 (`text_encoder`, its only one)."""
+    return "text_encoder_2" if getattr(pipe, "text_encoder_2", None) is not None \
+        else "text_encoder"
+
+
 def stored_in_fp8(model) -> bool:
     import torch
 
@@ -83,21 +93,31 @@ def place(pipe, device, placement: str, quantize: str | None = None) -> bool:
     if placement == "offload" and device.type == "cuda":
         pipe.enable_model_cpu_offload(device=device)
         return True
+    big = big_text_encoder(pipe)
     for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
+        if getattr(pipe, name, None) is None:
+            continue  # FLUX.2 has one text encoder
         if name == "transformer" and (quantize == "nf4" or placement in ("caching", "lean")):
             continue  # bitsandbytes placed it already; or it waits for the encoding to end
-        if name == "text_encoder_2" and placement == "lean":
+        if name == big and placement == "lean":
             continue
         getattr(pipe, name).to(device)
     return False
 
 
-def _load_nf4_transformer(source: ModelSource, dtype):
-    from diffusers import BitsAndBytesConfig, FluxTransformer2DModel
+def _load_nf4_transformer(source: ModelSource, dtype, pipeline_class):
+    import inspect
+
+    from diffusers import BitsAndBytesConfig
 
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                 bnb_4bit_compute_dtype=dtype)
-    return FluxTransformer2DModel.from_pretrained(
+    transformer_class = inspect.signature(pipeline_class).parameters["transformer"].annotation
+    if isinstance(transformer_class, str):  # postponed annotations: look the name up
+        import diffusers
+
+        transformer_class = getattr(diffusers, transformer_class)
+    return transformer_class.from_pretrained(
         source.path, subfolder="transformer", quantization_config=config, torch_dtype=dtype,
         local_files_only=True)
 

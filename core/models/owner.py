@@ -93,7 +93,7 @@ class ModelOwner:
         trainer's precision; prompts are encoded through the trainer's cached encoder."""
         from ..generate.generator import Generator
 
-        return Generator(self.source, self.pipe, encode=trainer.prompt_embeds,
+        return Generator(self.source, self.pipe, encode=trainer.pipe_text,
                          precision=trainer.precision)
 
     # -- generation ---------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from pathlib import Path
 from ..errors import EXIT_USAGE, LoraboothError
 
 DEMO = "demo"
+DEMO_KLEIN = "demo-klein"
+DEMOS = (DEMO, DEMO_KLEIN)
 # The demo's text lengths: short, so a CPU step is cheap; the real models use 77 and 512.
 DEMO_CLIP_LENGTH = 77
 DEMO_T5_LENGTH = 32
@@ -47,10 +49,6 @@ class BaseModel:
 
 FLUX1 = dict(family="flux1", pipeline="FluxPipeline")
 FLUX2_KLEIN = dict(family="flux2", pipeline="Flux2KleinPipeline", text_length=512)
-# Not trainable yet: lorabooth's trainer and generator speak FLUX.1's packing, text encoders
-# and LoRA keys; FLUX.2 entries are known (names, plans, checks) and refused with a clear
-# message until those paths exist.
-KLEIN_NOTE = "FLUX.2 [klein] training and generation are not in lorabooth yet"
 
 MODELS: tuple[BaseModel, ...] = (
     BaseModel("flux-dev", "FLUX.1 [dev]", repo="black-forest-labs/FLUX.1-dev",
@@ -74,24 +72,26 @@ MODELS: tuple[BaseModel, ...] = (
     BaseModel("klein-4b", "FLUX.2 [klein] 4B", repo="black-forest-labs/FLUX.2-klein-4B",
               configs="flux2-klein-4b", steps=4, guidance=1.0, guidance_mode="none",
               distilled=True, trainable=False, license="Apache-2.0",
-              aliases=("flux2-klein-4b", "klein"), note=KLEIN_NOTE, **FLUX2_KLEIN),
+              aliases=("flux2-klein-4b", "klein"), **FLUX2_KLEIN),
     BaseModel("klein-4b-base", "FLUX.2 [klein] 4B base",
               repo="black-forest-labs/FLUX.2-klein-base-4B", configs="flux2-klein-4b",
-              steps=50, guidance=4.0, guidance_mode="cfg", distilled=False, trainable=False,
-              license="Apache-2.0", aliases=("flux2-klein-base-4b",), note=KLEIN_NOTE,
-              **FLUX2_KLEIN),
+              steps=50, guidance=4.0, guidance_mode="cfg", distilled=False, trainable=True,
+              license="Apache-2.0", aliases=("flux2-klein-base-4b",), **FLUX2_KLEIN),
     BaseModel("klein-9b", "FLUX.2 [klein] 9B", repo="black-forest-labs/FLUX.2-klein-9B",
               configs="flux2-klein-9b", steps=4, guidance=1.0, guidance_mode="none",
               distilled=True, trainable=False, license="FLUX non-commercial",
-              aliases=("flux2-klein-9b",), note=KLEIN_NOTE, **FLUX2_KLEIN),
+              aliases=("flux2-klein-9b",), **FLUX2_KLEIN),
     BaseModel("klein-9b-base", "FLUX.2 [klein] 9B base",
               repo="black-forest-labs/FLUX.2-klein-base-9B", configs="flux2-klein-9b",
-              steps=50, guidance=4.0, guidance_mode="cfg", distilled=False, trainable=False,
-              license="FLUX non-commercial", aliases=("flux2-klein-base-9b",), note=KLEIN_NOTE,
-              **FLUX2_KLEIN),
+              steps=50, guidance=4.0, guidance_mode="cfg", distilled=False, trainable=True,
+              license="FLUX non-commercial", aliases=("flux2-klein-base-9b",), **FLUX2_KLEIN),
     BaseModel(DEMO, "tiny FLUX.1 demo", repo=None, configs=None,
               text_length=DEMO_T5_LENGTH, steps=28, guidance=3.5, guidance_mode="embedded",
               distilled=False, trainable=True, license="lorabooth's", **FLUX1),
+    BaseModel(DEMO_KLEIN, "tiny FLUX.2 [klein] demo", repo=None, configs=None, steps=28,
+              guidance=4.0, guidance_mode="cfg", distilled=False, trainable=True,
+              license="lorabooth's", family="flux2", pipeline="Flux2KleinPipeline",
+              text_length=DEMO_T5_LENGTH),
 )
 _BY_NAME = {key.lower(): m for m in MODELS
             for key in (m.name, *m.aliases, *([m.repo] if m.repo else []))}
@@ -144,7 +144,7 @@ def model_of_folder(path: Path, spec: str) -> BaseModel:
     class tells FLUX.2 from FLUX.1, and FLUX.1 [dev] embeds guidance where [schnell] does
     not. Falls back to the name."""
     named = model_of(spec)
-    if spec.strip() == DEMO:
+    if spec.strip() in DEMOS:
         return named
     index = _json(path / "model_index.json")
     if str(index.get("_class_name", "")).startswith("Flux2"):
@@ -169,10 +169,22 @@ class ModelNotSupported(LoraboothError):
 def require_supported(model: BaseModel) -> None:
     """Refuse, in words, a model whose training and generation paths do not exist yet (before
     any weights are read)."""
-    if model.family != "flux1":
-        raise ModelNotSupported(
-            f"{model.title} ({model.name}): {model.note}. `lorabooth plan` answers for it "
-            "already; train and generate with flux-dev, flux-krea or flux-schnell meanwhile.")
+    if model.family not in ("flux1", "flux2"):
+        raise ModelNotSupported(f"{model.title} ({model.name}): {model.note}")
+
+
+def require_trainable(model: BaseModel, text_encoder_lora: bool = False) -> None:
+    """Refuse, before any weights are read, a run that would train the wrong thing."""
+    if not model.trainable:
+        base = next((m for m in MODELS if m.family == model.family and m.trainable
+                     and m.configs == model.configs and m.name != model.name), None)
+        hint = (f': train on {base.name} ("{base.title}") and generate with {model.name}, '
+                "which takes a LoRA trained on its base" if base else "")
+        raise ModelNotSupported(f"{model.title} ({model.name}) is step-distilled: a LoRA "
+                                f"trained on it undoes the distillation{hint}")
+    if text_encoder_lora and model.family != "flux1":
+        raise ModelNotSupported(f"train.text_encoder_lora trains FLUX.1's CLIP; {model.title} "
+                                "has no CLIP: set it to false")
 
 
 def _json(path: Path) -> dict:

@@ -10,10 +10,19 @@ from pathlib import Path
 from platformdirs import user_cache_path
 
 from ..errors import EXIT_USAGE, LoraboothError
-from .registry import DEMO, BaseModel, known, looks_like_a_name, model_of_folder, unknown
+from .registry import (
+    DEMO,
+    DEMO_KLEIN,
+    BaseModel,
+    known,
+    looks_like_a_name,
+    model_of_folder,
+    unknown,
+)
 
 # Bump when the demo model's configs or weights change, so old caches are rebuilt, not reused.
 DEMO_VERSION = 2
+DEMO_KLEIN_VERSION = 1
 REQUIRED_PARTS = ("model_index.json", "transformer", "vae", "text_encoder", "text_encoder_2",
                   "tokenizer", "tokenizer_2", "scheduler")
 # FLUX.2 has one text encoder (Qwen3).
@@ -52,7 +61,9 @@ def cache_root() -> Path:
     return Path(override).expanduser() if override else user_cache_path("lorabooth")
 
 
-def demo_model_path() -> Path:
+def demo_model_path(spec: str = DEMO) -> Path:
+    if spec == DEMO_KLEIN:
+        return cache_root() / "models" / f"klein-demo-v{DEMO_KLEIN_VERSION}"
     return cache_root() / "models" / f"flux-demo-v{DEMO_VERSION}"
 
 
@@ -64,6 +75,12 @@ def resolve_model(spec: str, *, build_demo: bool = True) -> ModelSource:
 
         path = ensure_demo_model() if build_demo else demo_model_path()
         return ModelSource(spec, path, is_demo=True)
+    if spec == DEMO_KLEIN:
+        from .demo_klein import ensure_demo_klein_model
+
+        path = demo_model_path(spec)
+        return ModelSource(spec, ensure_demo_klein_model(path) if build_demo else path,
+                           is_demo=True)
     entry = known(spec)
     if entry is not None and entry.repo:
         return ModelSource(spec, _find_in_hf_cache(entry.repo))

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save
 from ..dataset.buckets import Bucket, crop_to_bucket
 from ..dataset.files import open_image
 from ..fsutil import atomic_write_bytes
+from ..models.family import Family, Flux1
 
 ENCODE_VERSION = 1
 
@@ -30,8 +31,11 @@ class EncodeStats:
 
 def model_fingerprint(pipe) -> str:
     """Changes when the VAE or text encoders would encode differently."""
+    from ..models.load import big_text_encoder
+
+    text = getattr(pipe, big_text_encoder(pipe))
     parts = [json.dumps(dict(pipe.vae.config), sort_keys=True, default=str),
-             json.dumps(pipe.text_encoder_2.config.to_dict(), sort_keys=True, default=str),
+             json.dumps(text.config.to_dict(), sort_keys=True, default=str),
              str(getattr(pipe, "name_or_path", "") or pipe.config.get("_name_or_path", ""))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
@@ -50,15 +54,18 @@ def _load(path: Path) -> dict[str, torch.Tensor] | None:
 class Encoder:
     """Latents and text embeddings through the pipeline's VAE and text encoders."""
 
-    def __init__(self, pipe, cache_dir: Path, max_sequence_length: int):
+    def __init__(self, pipe, cache_dir: Path, max_sequence_length: int, family: Family = Flux1):
         self.pipe = pipe
+        self.family = family
         self.cache_dir = cache_dir
         self.max_sequence_length = max_sequence_length
         self.fingerprint = model_fingerprint(pipe)
         self.stats = EncodeStats()
 
     def latent(self, photo: Path, sha256: str, bucket: Bucket) -> torch.Tensor:
-        """The scaled, shifted VAE latent (C, H/8, W/8) of `photo` cropped to `bucket`."""
+        """The latent the transformer learns (the family's: FLUX.1's scaled, shifted
+        (16, H/8, W/8), FLUX.2's normalised patches (128, H/16, W/16)) of `photo` cropped to
+        `bucket`."""
         path = self.cache_dir / "latents" / f"{_key(self.fingerprint, sha256, bucket)}.safetensors"
         cached = _load(path)
         if cached is not None:
@@ -69,16 +76,15 @@ class Encoder:
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None]
         pixels = (pixels.float() / 127.5 - 1).to(vae.device, vae.dtype)
         with torch.no_grad():
-            dist = vae.encode(pixels).latent_dist
-        # The mode, not a sample: the cached latent is the same on every run and resume.
-        latent = (dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
-        latent = latent[0].float().cpu().contiguous()
+            # The mode, not a sample: the cached latent is the same on every run and resume.
+            latent = self.family.latent(vae, pixels)[0].float().cpu().contiguous()
         atomic_write_bytes(path, save({"latent": latent}))
         self.stats.latents_encoded += 1
         return latent
 
     def text(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T5 sequence embeddings, pooled CLIP embedding) of a caption, from the cache."""
+        """(sequence embeddings, pooled embedding: FLUX.1's T5 and CLIP, FLUX.2's Qwen3 and an
+        empty tensor) of a caption, from the cache."""
         path = self.cache_dir / "text" / (
             f"{_key(self.fingerprint, self.max_sequence_length, caption)}.safetensors")
         cached = _load(path)
@@ -92,13 +98,5 @@ class Encoder:
 
     def encode(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The same, computed now, in float32 on the CPU."""
-        # Each encoder runs where it lives: during training T5 may wait on the CPU while CLIP
-        # stays on the GPU (encode_prompt would send both one device's tensors).
-        with torch.no_grad():
-            pooled = self.pipe._get_clip_prompt_embeds(
-                prompt=caption, device=self.pipe.text_encoder.device)
-            prompt_embeds = self.pipe._get_t5_prompt_embeds(
-                prompt=caption, max_sequence_length=self.max_sequence_length,
-                device=self.pipe.text_encoder_2.device)
-        return (prompt_embeds[0].float().cpu().contiguous(),
-                pooled[0].float().cpu().contiguous())
+        embeds, pooled = self.family.text(self.pipe, caption, self.max_sequence_length)
+        return embeds.float().cpu().contiguous(), pooled.float().cpu().contiguous()

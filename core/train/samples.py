@@ -43,13 +43,9 @@ def render_samples(trainer: Trainer) -> list[Path]:
     try:
         with (torch.random.fork_rng(devices=[]), torch.no_grad(), trainer.saved_weights(),
               trainer.precision()):
-            for index, (embeds, pooled) in enumerate(trainer.sample_texts):
-                if clip_trains:  # the cached pooled embedding predates the CLIP LoRA
-                    ids = trainer.clip_ids_of(trainer.sample_prompts[index])[None].to(device)
-                    pooled = pipe.text_encoder(ids).pooler_output[0]
+            for index, prompt in enumerate(trainer.sample_prompts):
                 image = pipe(
-                    prompt_embeds=embeds[None].to(device, dtype),
-                    pooled_prompt_embeds=pooled[None].to(device, dtype),
+                    **trainer.pipe_text(prompt), guidance_scale=trainer.source.model.guidance,
                     height=size, width=size, num_inference_steps=s.steps,
                     generator=torch.Generator(device).manual_seed(s.seed + index),
                 ).images[0]

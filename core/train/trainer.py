@@ -22,9 +22,10 @@ from ..config import Config
 from ..fsutil import atomic_write_bytes
 from ..memory import Plan
 from ..models.compile import apply as compile_transformer
-from ..models.load import default_device, default_dtype, use_safe_attention
+from ..models.family import family_of
+from ..models.load import big_text_encoder, default_device, default_dtype, use_safe_attention
 from ..models.owner import ModelOwner
-from ..models.registry import require_supported
+from ..models.registry import require_supported, require_trainable
 from ..models.resolve import ModelSource, resolve_model
 from ..models.sizes import training_plan
 from ..workspace import LORA_FILE, Workspace
@@ -104,6 +105,8 @@ class Trainer:
         self.config = config or ws.config()
         self.source = source or resolve_model(self.config.model)
         require_supported(self.source.model)
+        require_trainable(self.source.model, self.config.train.text_encoder_lora)
+        self.family = family_of(self.source.model)
         self.team = Team()
         self.device = self.team.device(torch.device(device) if device is not None
                                        else default_device())
@@ -139,11 +142,12 @@ class Trainer:
         self.pipe, self.loaded_model = self.owner.borrow_for_training(
             self.source, self.dtype, self.device, plan.quantize,
             "all" if plan.encoders_on_gpu else "caching" if plan.text_on_gpu else "lean")
-        if not self.source.model.embeds_guidance:
+        if self.source.model.distilled:  # schnell: trainable, with a warning
             self.log("this base does not embed guidance (FLUX.1 [schnell]): training straight "
                      "on it undoes its few-step distillation; train on FLUX.1 [dev], or merge a "
                      "schnell training adapter (ai-toolkit's) into it first")
-        self.encoder = Encoder(self.pipe, self.ws.cache, self.source.max_sequence_length)
+        self.encoder = Encoder(self.pipe, self.ws.cache, self.source.max_sequence_length,
+                               self.family)
         self.log(f"encoding {len(self.examples)} photos and their captions (cached)")
         self._encode_all()
         self._park_encoders()
@@ -212,6 +216,13 @@ class Trainer:
             pooled = clip(ids, output_hidden_states=False).pooler_output[0].float().cpu()
         return embeds, pooled
 
+    def pipe_text(self, prompt: str) -> dict:
+        """A pipeline call's text inputs for `prompt` as the model being trained sees it (and
+        the empty negative prompt where the model uses true CFG), from the cache."""
+        embeds, pooled = self.prompt_embeds(prompt)
+        negative = self.texts[""] if self.source.model.guidance_mode == "cfg" else None
+        return self.family.pipe_text(embeds, pooled, negative, self.device, self.dtype)
+
     def clip_ids_of(self, caption: str) -> torch.Tensor:
         tok = self.pipe.tokenizer
         return tok(caption, padding="max_length", max_length=tok.model_max_length,
@@ -224,7 +235,7 @@ class Trainer:
         if self.device.type != "cuda":
             return
         if not self.plan.encoders_on_gpu:
-            self.pipe.text_encoder_2.to("cpu")
+            getattr(self.pipe, big_text_encoder(self.pipe)).to("cpu")
             torch.cuda.empty_cache()
         if self.plan.quantize != "nf4":  # bitsandbytes placed it at load
             self.pipe.transformer.to(self.device)
@@ -250,9 +261,8 @@ class Trainer:
         t = self.config.train
         x0, embeds, pooled = self._batch(indices)
         b, _, h, w = x0.shape
-        tokens = (h // 2) * (w // 2)
-        sigmas = flow.sample_sigmas(t.timestep_sampling, b, self.generator, tokens,
-                                    t.logit_mean, t.logit_std)
+        sigmas = flow.sample_sigmas(t.timestep_sampling, b, self.generator,
+                                    self.family.tokens(h, w), t.logit_mean, t.logit_std)
         noise = torch.randn(x0.shape, generator=self.generator)
         dev, dt = self.device, self.dtype
         x0, noise = x0.to(dev), noise.to(dev)
@@ -261,17 +271,7 @@ class Trainer:
         guidance = (torch.full((b,), t.guidance, device=dev, dtype=torch.float32)
                     if transformer.config.guidance_embeds else None)
         with self.precision():
-            pred = self.model(
-                hidden_states=flow.pack(noisy).to(dt),
-                timestep=sigmas.to(dev, dt),
-                guidance=guidance,
-                pooled_projections=pooled.to(dev, dt),
-                encoder_hidden_states=embeds.to(dev, dt),
-                txt_ids=flow.text_ids(embeds.shape[1], dev, dt),
-                img_ids=flow.image_ids(h, w, dev, dt),
-                return_dict=False,
-            )[0]
-        pred = flow.unpack(pred.float(), h, w)
+            pred = self.family.predict(self.model, noisy, sigmas, embeds, pooled, guidance, dt)
         return torch.nn.functional.mse_loss(pred, flow.velocity_target(x0, noise))
 
     def precision(self) -> contextlib.AbstractContextManager:
