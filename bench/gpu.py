@@ -146,29 +146,43 @@ def module_gib(module: torch.nn.Module) -> float:
 
 def random_pipeline(folder: Path, device: torch.device, dtype: torch.dtype):
     """The pipeline a shipped config folder describes, with random weights made straight on
-    `device` in `dtype` (never a float32 copy: 12B parameters would need 48 GB), and the demo's
+    `device` in `dtype` (never a float32 copy: 12B parameters would need 48 GB), and the demos'
     trained-in-code tokenizers at the real lengths (the real ones are not shipped)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    import diffusers
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from lorabooth.core.models.demo import demo_tokenizer
     from lorabooth.core.models.shipped import build_component, read_config
 
+    kind = json.loads((folder / "model_index.json").read_text())["_class_name"]
     parts = {}
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
             for name in ("transformer", "text_encoder_2", "text_encoder", "vae"):
+                if not (folder / name).is_dir():
+                    continue  # FLUX.2 has one text encoder
                 torch.manual_seed(0)
                 module = build_component(folder, name).to(device, dtype)
                 parts[name] = module.eval().requires_grad_(False)
     finally:
         torch.set_default_dtype(previous)
-    clip_tok, t5_tok = demo_tokenizer("clip"), demo_tokenizer("t5")
-    clip_tok.model_max_length = read_config(folder, "text_encoder")["max_position_embeddings"]
-    t5_tok.model_max_length = 512
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(read_config(folder, "scheduler"))
-    pipe = FluxPipeline(scheduler=scheduler, tokenizer=clip_tok, tokenizer_2=t5_tok, **parts)
+    if kind == "Flux2KleinPipeline":
+        from lorabooth.core.models.demo_klein import demo_qwen_tokenizer
+
+        tokenizer = demo_qwen_tokenizer()
+        tokenizer.model_max_length = 512
+        pipe = diffusers.Flux2KleinPipeline(scheduler=scheduler, tokenizer=tokenizer,
+                                            is_distilled=False, **parts)
+    else:
+        from lorabooth.core.models.demo import demo_tokenizer
+
+        clip_tok, t5_tok = demo_tokenizer("clip"), demo_tokenizer("t5")
+        clip_tok.model_max_length = read_config(folder, "text_encoder")["max_position_embeddings"]
+        t5_tok.model_max_length = 512
+        pipe = diffusers.FluxPipeline(scheduler=scheduler, tokenizer=clip_tok,
+                                      tokenizer_2=t5_tok, **parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -216,20 +230,21 @@ def workspace(root: Path, model: str, resolution: int, steps: int, compile: str 
 
 # -- phases -------------------------------------------------------------------------------------
 
-def build_phase(state: dict, folder: Path | None, device: torch.device) -> dict:
-    if folder is None:  # the dry run: the demo model, loaded as a user's would be
+def build_phase(state: dict, model: str, folder: Path | None, device: torch.device) -> dict:
+    if folder is None:  # the dry run: a demo model, loaded as a user's would be
         from lorabooth.core.models.load import load_pipeline
         from lorabooth.core.models.resolve import resolve_model
 
-        source = resolve_model("demo")
+        source = resolve_model(model)
         pipe = load_pipeline(source, torch.float32, device)
     else:
-        source = ModelSource(str(folder), folder)
+        source = ModelSource(model, folder)
         pipe = random_pipeline(folder, device, torch.bfloat16)
     state.update(pipe=pipe, source=source, owner=owner_holding(pipe, source))
-    return {"allocated_gib": allocated(device),
+    return {"model": source.model.name, "allocated_gib": allocated(device),
             **{f"{name}_gib": module_gib(getattr(pipe, name))
-               for name in ("transformer", "text_encoder_2", "text_encoder", "vae")}}
+               for name in ("transformer", "text_encoder_2", "text_encoder", "vae")
+               if getattr(pipe, name, None) is not None}}
 
 
 def encode_phase(state: dict, resolutions: list[int], device: torch.device) -> dict:
@@ -481,18 +496,16 @@ def median_of(step: Callable[[], None], warmup: int, count: int, device: torch.d
 
 
 def bare_step(transformer, x0: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
-              dtype: torch.dtype) -> Callable[[], None]:
+              dtype: torch.dtype, family=None) -> Callable[[], None]:
     """A plain step on a LoRA'd transformer: forward in autocast, backward, clip, AdamW, as
-    diffusers' example does, and nothing else."""
+    diffusers' example does, and nothing else (the family's packing and ids around the call)."""
+    from lorabooth.core.models.family import Flux1
     from lorabooth.core.models.load import use_safe_attention
-    from lorabooth.core.train import flow
 
+    family = family or Flux1
     dev = x0.device
     use_safe_attention(dev)  # as lorabooth's trainer: cuDNN attention's backward fails on Hopper
     embeds, pooled = embeds.to(dev, dtype), pooled.to(dev, dtype)
-    _, _, h, w = x0.shape
-    img_ids = flow.image_ids(h, w, dev, dtype)
-    txt_ids = flow.text_ids(embeds.shape[1], dev, dtype)
     guidance = torch.full((1,), 1.0, device=dev) if transformer.config.guidance_embeds else None
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -503,11 +516,8 @@ def bare_step(transformer, x0: torch.Tensor, embeds: torch.Tensor, pooled: torch
         sigma = torch.rand(1, device=dev)
         noisy = (1 - sigma) * x0 + sigma * noise
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
-            pred = transformer(hidden_states=flow.pack(noisy).to(dtype),
-                               timestep=sigma.to(dtype), guidance=guidance,
-                               pooled_projections=pooled, encoder_hidden_states=embeds,
-                               txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(flow.unpack(pred.float(), h, w), noise - x0)
+            pred = family.predict(transformer, noisy, sigma, embeds, pooled, guidance, dtype)
+        loss = torch.nn.functional.mse_loss(pred, noise - x0)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -519,7 +529,8 @@ def trainer_bare_step(trainer) -> Callable[[], None]:
     """The bare step on the trainer's own transformer and its first cached example."""
     x0 = trainer.latents[0][None].to(trainer.device)
     embeds, pooled = (t[None] for t in trainer.texts[trainer.examples[0].caption])
-    return bare_step(trainer.pipe.transformer, x0, embeds, pooled, trainer.dtype)
+    return bare_step(trainer.pipe.transformer, x0, embeds, pooled, trainer.dtype,
+                     trainer.family)
 
 
 def bare_phase(state: dict, resolution: int, checkpointing: bool, warmup: int, count: int,
@@ -608,6 +619,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="where gpu.json goes (default bench/results; a dry run needs one)")
     parser.add_argument("--budget", type=float, default=420.0,
                         help="seconds; later phases are skipped rather than cut off")
+    parser.add_argument("--model", default=None,
+                        help="a registry name with shipped configs: flux-dev (default), "
+                             "klein-4b-base, klein-9b-base; a dry run: demo or demo-klein")
     parser.add_argument("--phases", default="",
                         help="comma-separated phases after build (default: all), e.g. "
                              "train-512,bare-512,bare-512-nockpt,generate-1024,compile-1024")
@@ -619,7 +633,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("no CUDA GPU here; --dry-run checks the script on the CPU")
     from lorabooth.core.models.shipped import shipped_folder
 
-    folder = None if args.dry_run else shipped_folder("flux-dev")
+    model = args.model or ("demo" if args.dry_run else "flux-dev")
+    folder = None if args.dry_run else shipped_folder(model)
+    if not args.dry_run and folder is None:
+        parser.error(f"--model {model}: no shipped configs (flux-dev, klein-4b-base, ...)")
     resolutions = [64] if args.dry_run else [512, 1024]
     warmup, count = (1, 2) if args.dry_run else (2, 6)
     gen_steps = 2 if args.dry_run else 28
@@ -631,7 +648,7 @@ def main(argv: list[str] | None = None) -> None:
     state: dict = {}
     try:
         draw_photos(root / "photos", max(resolutions) + 64)
-        bench.phase("build", lambda: build_phase(state, folder, device))
+        bench.phase("build", lambda: build_phase(state, model, folder, device))
         if "pipe" not in state:
             return
         for name in phases:

@@ -33,7 +33,7 @@ def render_samples(trainer: Trainer) -> list[Path]:
     s = trainer.config.sample
     if not trainer.sample_texts:
         return []
-    pipe, device, dtype = trainer.pipe, trainer.device, trainer.dtype
+    pipe, device = trainer.pipe, trainer.device
     size = min(trainer.config.train.resolution)
     folder = step_folder(trainer.ws.outputs / "samples", trainer.step)
     clip_trains = trainer.config.train.text_encoder_lora
