@@ -31,8 +31,9 @@ COMPILE_MODES = ("auto", "off", "blocks", "full")
 CHECKPOINTING_MODES = ("auto", "on", "off")
 MODEL_HELP = (
     'a registry name (flux-dev, flux-schnell, flux-krea, klein-4b, klein-4b-base, klein-9b, '
-    'klein-9b-base, or "demo", the built-in tiny model), a local diffusers folder, or a Hugging '
-    "Face repo id already in your local cache (black-forest-labs/FLUX.1-dev)"
+    'klein-9b-base, or "demo" and "demo-klein", the built-in tiny FLUX.1 and FLUX.2 models), a '
+    "local diffusers folder, or a Hugging Face repo id already in your local cache "
+    "(black-forest-labs/FLUX.1-dev)"
 )
 
 

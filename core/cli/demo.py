@@ -12,8 +12,8 @@ from lorabooth.sample_photos import SAMPLE_PHOTOS_DIR, TRIGGER
 
 from ..config import set_config_value
 from ..errors import EXIT_OK
-from ..models.demo import ensure_demo_model
-from ..models.registry import DEMO
+from ..models.registry import DEMO, DEMO_KLEIN
+from ..models.resolve import resolve_model
 from ..safetext import plain
 from ..workspace import Workspace, init_workspace
 from .console import console
@@ -45,8 +45,22 @@ DEMO_SETTINGS = {
 }
 
 
-def make_demo_workspace(root: Path) -> Workspace:
-    """Create (or re-use) the demo workspace at `root`, with its own copy of the photos."""
+# The klein demo is FLUX.2 [klein]'s real classes with tiny *random* weights: it runs every
+# klein path (Qwen3 text, the FLUX.2 VAE, true CFG) in seconds, but draws noise, not the
+# subject; the FLUX.1 demo, pre-trained, is the one that shows a subject being learned.
+KLEIN_DEMO_SETTINGS = {
+    "train.learning_rate": 1e-3,
+    "train.steps": 300,
+    "train.checkpoint_every": 100,
+    "sample.every": 100,
+    "generate.guidance": 4.0,
+}
+DEMO_MODELS = {"flux1": DEMO, "flux2": DEMO_KLEIN}
+
+
+def make_demo_workspace(root: Path, family: str = "flux1") -> Workspace:
+    """Create (or re-use) the demo workspace at `root`, with its own copy of the photos, on
+    the tiny model of `family`."""
     ws = Workspace.at(root)
     if not ws.exists():
         photos = ws.root / "photos"
@@ -55,20 +69,24 @@ def make_demo_workspace(root: Path) -> Workspace:
             # Never over a file already there: a folder the user had keeps their captions.
             if source.suffix in (".jpg", ".txt") and not (photos / source.name).exists():
                 shutil.copy2(source, photos / source.name)
-        init_workspace(ws.root, photos, model=DEMO, trigger=TRIGGER)
-        for key, value in DEMO_SETTINGS.items():
+        init_workspace(ws.root, photos, model=DEMO_MODELS[family], trigger=TRIGGER)
+        extra = KLEIN_DEMO_SETTINGS if family == "flux2" else {}
+        for key, value in {**DEMO_SETTINGS, **extra}.items():
             set_config_value(ws.root, key, value)
-    ensure_demo_model()
+    resolve_model(DEMO_MODELS[family])  # built on first use
     return ws
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", nargs="?", default="lorabooth-demo", metavar="DIR")
     p.add_argument("--no-ui", action="store_true", help="create the workspace and exit")
+    p.add_argument("--family", choices=sorted(DEMO_MODELS), default="flux1",
+                   help="flux1: the pre-trained tiny FLUX.1 that learns the subject (default); "
+                        "flux2: a tiny random FLUX.2 [klein] that runs every klein path")
 
 
 def run(args: argparse.Namespace) -> int:
-    ws = make_demo_workspace(Path(args.dir))
+    ws = make_demo_workspace(Path(args.dir), args.family)
     out = console()
     out.print(plain(f"demo workspace ready: {ws.root}"))
     if args.no_ui or not (sys.stdin.isatty() and sys.stdout.isatty()):

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from .. import __version__
 from ..errors import EXIT_FAILURE, EXIT_OK
-from ..models.registry import DEMO, MODELS
+from ..models.registry import DEMOS, MODELS
 from ..models.resolve import ModelNotFound, demo_model_path, resolve_model
 from ..safetext import plain
 from .console import console
@@ -96,9 +96,12 @@ def check_packages() -> list[Check]:
 
 
 def check_models() -> list[Check]:
-    demo = demo_model_path()
-    rows = [Check("models", DEMO, OK, f"built at {demo}" if (demo / "model_index.json").is_file()
-                  else f"built on first use at {demo}")]
+    rows = []
+    for name in DEMOS:
+        demo = demo_model_path(name)
+        rows.append(Check("models", name, OK, f"built at {demo}"
+                          if (demo / "model_index.json").is_file()
+                          else f"built on first use at {demo}"))
     for model in MODELS:
         if model.repo is None:
             continue

@@ -18,6 +18,7 @@ from lorabooth.core.models.registry import (
     known,
     model_of_folder,
     require_supported,
+    require_trainable,
     suggest,
 )
 from lorabooth.core.models.shipped import CONFIGS
@@ -71,8 +72,14 @@ def test_a_folder_is_known_by_its_configs_not_its_name(tmp_path: Path):
     assert model_of_folder(dev, "flux-krea").name == "flux-krea"  # same architecture
 
 
-def test_klein_is_refused_in_words_before_any_weights_are_read():
+def test_distilled_klein_is_refused_for_training_with_its_base_named():
+    """A LoRA trained on a step-distilled model undoes the distillation: the refusal names the
+    base to train on, before any weights are read."""
     with pytest.raises(ModelNotSupported) as caught:
-        require_supported(known("klein-4b"))
-    assert "FLUX.2 [klein] 4B" in str(caught.value) and "lorabooth plan" in str(caught.value)
-    require_supported(known("flux-krea"))  # FLUX.1 models pass
+        require_trainable(known("klein-4b"))
+    assert "klein-4b-base" in str(caught.value) and "FLUX.2 [klein] 4B" in str(caught.value)
+    with pytest.raises(ModelNotSupported, match="no CLIP"):
+        require_trainable(known("klein-4b-base"), text_encoder_lora=True)
+    for name in ("klein-4b-base", "klein-9b-base", "flux-dev", "flux-krea", "demo-klein"):
+        require_supported(known(name))
+        require_trainable(known(name))
