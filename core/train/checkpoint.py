@@ -223,15 +223,18 @@ def forget_promotion(ws: Workspace) -> None:
 
 
 def comfyui_copy(lora: Path) -> Path:
-    """Beside a LoRA file, the same weights for ComfyUI: ComfyUI reads the diffusers keys but
-    not the header, so the strength needs a `<module>.alpha` tensor per module. diffusers reads
-    this copy too, at the same strength (it refuses alpha tensors *and* the header's adapter
-    config together, so the copy drops the latter).
+    """Beside a LoRA file, the same weights for ComfyUI. FLUX.1: ComfyUI reads the diffusers
+    keys but not the header, so the strength needs a `<module>.alpha` tensor per module.
+    diffusers reads this copy too, at the same strength (it refuses alpha tensors *and* the
+    header's adapter config together, so the copy drops the latter). FLUX.2: ComfyUI has no
+    diffusers mapping for klein's fused single blocks, so the copy is in BFL's own names
+    (core/train/comfy_flux2.py).
 
     The file is edited at the byte level (safetensors is a JSON header and a flat buffer), so
     it works for bf16 weights and without torch, as the UI needs when it promotes."""
-    import json
     import struct
+
+    from .comfy_flux2 import is_flux2_layout, to_bfl
 
     data = lora.read_bytes()
     size = int.from_bytes(data[:8], "little")
@@ -240,15 +243,51 @@ def comfyui_copy(lora: Path) -> Path:
     metadata = dict(header.pop("__metadata__", {}))
     config = json.loads(metadata.pop("lora_adapter_metadata", "{}"))
     alpha = config.get("transformer.lora_alpha", config.get("lora_alpha"))
+    target = lora.with_name(lora.name.replace(".safetensors", ".comfyui.safetensors"))
+    modules = [key.rsplit(".lora_", 1)[0] for key in header if ".lora_" in key]
+    if is_flux2_layout(modules):
+        # FLUX.2: BFL's names, the strength baked in (ComfyUI and ai-toolkit's layout).
+        tensors = {key: _as_float32(info, body) for key, info in header.items()
+                   if ".lora_" in key}
+        atomic_write_bytes(target, _safetensors_bytes(to_bfl(tensors, alpha), metadata))
+        return target
     if alpha is not None:
-        modules = sorted({key.rsplit(".lora_", 1)[0] for key in header if ".lora_" in key})
-        for module in modules:
+        for module in sorted(set(modules)):
             header[f"{module}.alpha"] = {"dtype": "F32", "shape": [],
                                          "data_offsets": [len(body), len(body) + 4]}
             body += struct.pack("<f", float(alpha))
     header["__metadata__"] = metadata
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the buffer starts 8-byte aligned
-    target = lora.with_name(lora.name.replace(".safetensors", ".comfyui.safetensors"))
     atomic_write_bytes(target, len(encoded).to_bytes(8, "little") + encoded + bytes(body))
     return target
+
+
+def _as_float32(info: dict, body: bytes | bytearray):
+    """One tensor of a safetensors buffer as float32 numpy (bf16 widened bit-exactly)."""
+    import numpy as np
+
+    start, end = info["data_offsets"]
+    raw = bytes(body[start:end])
+    kinds = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+    if info["dtype"] not in kinds:
+        raise ValueError(f"unexpected LoRA tensor type {info['dtype']}")
+    values = np.frombuffer(raw, dtype=kinds[info["dtype"]]).reshape(info["shape"])
+    if info["dtype"] == "BF16":
+        return (values.astype(np.uint32) << 16).view(np.float32)
+    return values.astype(np.float32)
+
+
+def _safetensors_bytes(tensors: dict, metadata: dict[str, str]) -> bytes:
+    """float32 numpy arrays and string metadata as a safetensors file."""
+    header: dict = {"__metadata__": metadata}
+    chunks, offset = [], 0
+    for key in sorted(tensors):
+        data = tensors[key].astype("<f4").tobytes()
+        header[key] = {"dtype": "F32", "shape": list(tensors[key].shape),
+                       "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return len(encoded).to_bytes(8, "little") + encoded + b"".join(chunks)

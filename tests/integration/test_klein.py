@@ -149,3 +149,34 @@ def test_the_klein_demo_trains_and_generates_from_the_command_line(tmp_path):
     assert len(paths) == 2
     a, b = (np.asarray(Image.open(p)) for p in paths)
     assert a.shape == (128, 128, 3) and not np.array_equal(a, b)  # scale 1 is not scale 0
+
+
+def test_the_klein_comfyui_copy_is_in_bfl_names_and_makes_the_same_image(klein_workspace):
+    """ComfyUI's FLUX.2 model has BFL's module names (fused q/k/v, `single_blocks.N.linear1`):
+    the copy uses them, with the strength baked in, and diffusers reads it to the same image."""
+    from diffusers import Flux2KleinPipeline
+
+    ws = klein_workspace(train_rank=4, train_alpha=8.0, train_checkpoint_every=1000)
+    original = Trainer(ws, device="cpu").run(steps=20).lora_path
+    copy = ws.loras / "pytorch_lora_weights.comfyui.safetensors"
+    tensors = load_file(copy)
+    assert all(k.startswith("diffusion_model.") for k in tensors)
+    assert not any(k.endswith(".alpha") for k in tensors)
+    pipe = Flux2KleinPipeline.from_pretrained(resolve_model("demo-klein").path)
+    pipe.set_progress_bar_config(disable=True)
+    inner = pipe.transformer.inner_dim
+    qkv_up = tensors["diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight"]
+    assert qkv_up.shape == (3 * inner, 3 * 4)  # q, k and v fused: three times the rank
+    linear1 = pipe.transformer.single_transformer_blocks[0].attn.to_qkv_mlp_proj
+    assert tensors["diffusion_model.single_blocks.0.linear1.lora_B.weight"].shape == (
+        linear1.out_features, 4)
+
+    pipe.load_lora_weights(original, adapter_name="diffusers")
+    from_original = render(pipe)
+    pipe.delete_adapters(["diffusers"])
+    pipe.load_lora_weights(copy, adapter_name="comfy")
+    from_copy = render(pipe)
+    pipe.delete_adapters(["comfy"])
+    base = render(pipe)
+    assert np.abs(from_original - base).mean() > 0.05  # the LoRA shows at all
+    assert np.abs(from_copy - from_original).max() <= 1  # and the copy shows it the same
