@@ -64,6 +64,9 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-image", default="", metavar="FILE", help="image-to-image source")
     p.add_argument("--strength", type=number(0.01, 1), default=0.8)
     p.add_argument("--mask", default="", metavar="FILE", help="inpaint where the mask is white")
+    p.add_argument("--ref", action="append", default=[], metavar="IMG",
+                   help="a reference image to edit with (FLUX.2 [klein]: 'this person in this "
+                        "jacket'); repeatable")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -96,7 +99,8 @@ def asked_from_args(prompt: str, args: argparse.Namespace) -> Asked:
     return Asked(prompt, preset=args.preset, loras=loras, seed=args.seed, count=args.count,
                  scales=_scales(args.scales), width=args.width, height=args.height,
                  steps=args.steps, guidance=args.guidance, init_image=_abs(args.init_image),
-                 strength=args.strength, mask=_abs(args.mask))
+                 strength=args.strength, mask=_abs(args.mask),
+                 refs=tuple(_abs(path) for path in args.ref))
 
 
 def request_for(ws: Workspace, prompt: str | None, args: argparse.Namespace) -> Request:

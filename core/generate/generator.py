@@ -88,6 +88,11 @@ class Generator:
         if on_denoise_step is not None:
             kwargs["callback_on_step_end"] = _step_callback(on_denoise_step, recipe.steps)
         pipe = self.pipe
+        if recipe.refs:
+            if self.source.model.family != "flux2":
+                raise RecipeError(f"reference images need FLUX.2 [klein]; "
+                                  f"{self.source.model.title} cannot edit with them")
+            kwargs["image"] = [_load_rgb(path) for path in recipe.refs]
         if recipe.init_image and self.source.model.family != "flux1":
             raise RecipeError(f"img2img and inpainting run on FLUX.1; {self.source.model.title} "
                               "is not supported there yet")
@@ -143,9 +148,13 @@ def _step_callback(report: Callable[[int, int], bool], total: int):
 
 
 def _load_rgb(path: str) -> Image.Image:
+    """An init image, mask or reference, upright and RGB; a FIFO, a device, a bomb or a broken
+    file is a RecipeError that names it (never a hang)."""
+    from ..dataset.files import MAX_FILE_BYTES, open_image, read_regular_file
+
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        data, _ = read_regular_file(Path(path), MAX_FILE_BYTES)
+        return open_image(data)
     except (OSError, ValueError) as exc:
         raise RecipeError(f"cannot read image {path}: {exc}") from None
 

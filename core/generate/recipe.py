@@ -21,6 +21,7 @@ RECIPE_KEY = "lorabooth"  # the PNG text chunk that holds the recipe as JSON
 MAX_IMAGES = 1000  # the most images one request may make (matrix x scales x count)
 MAX_RENDER_STEPS = 200
 MAX_SEED = 2**63 - 1
+MAX_REFS = 4  # reference images one FLUX.2 [klein] edit may take
 ALTERNATIVES = re.compile(r"\{([^{}]*\|[^{}]*)\}")
 
 
@@ -49,6 +50,7 @@ class Recipe:
     init_image: str = ""
     strength: float = 0.8
     mask: str = ""
+    refs: tuple[str, ...] = ()  # FLUX.2 [klein] reference images ("this person in this jacket")
     version: str = ""
     training_step: int | None = None  # set when made between two training steps
 
@@ -70,6 +72,11 @@ class Recipe:
             problems.append("a mask needs an init image to paint into")
         if not (math.isfinite(self.strength) and 0 < self.strength <= 1):
             problems.append(f"strength {self.strength} must be above 0 and at most 1")
+        if len(self.refs) > MAX_REFS:
+            problems.append(f"{len(self.refs)} reference images: at most {MAX_REFS}")
+        if self.refs and self.init_image:
+            problems.append("reference images and an init image do not combine: edit with "
+                            "references, or start from an init image")
         if problems:
             raise RecipeError("; ".join(problems))
 
@@ -84,7 +91,7 @@ class Recipe:
             raise RecipeError("a recipe must be a JSON object")
         values = {}
         for name, kinds in FIELD_TYPES.items():
-            if name not in data or name == "loras":
+            if name not in data or name in ("loras", "refs"):
                 continue
             value = data[name]
             if name == "training_step" and value is None:
@@ -94,6 +101,10 @@ class Recipe:
             else:
                 values[name] = float(value) if kinds == (int, float) else value
         values["loras"] = tuple(_lora_from(item) for item in _list(data.get("loras", [])))
+        refs = data.get("refs", [])
+        if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+            raise RecipeError(f"recipe refs: {refs!r} is not a list of file paths")
+        values["refs"] = tuple(refs)
         recipe = cls(**values)
         recipe.check()
         return recipe
@@ -102,7 +113,8 @@ class Recipe:
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "prompt": (str,), "seed": (int,), "width": (int,), "height": (int,), "steps": (int,),
     "guidance": (int, float), "model": (str,), "loras": (list,), "init_image": (str,),
-    "strength": (int, float), "mask": (str,), "version": (str,), "training_step": (int,),
+    "strength": (int, float), "mask": (str,), "refs": (list,), "version": (str,),
+    "training_step": (int,),
 }
 _KIND_WORDS = {(str,): "text", (int,): "a whole number", (int, float): "a number",
                (list,): "a list"}

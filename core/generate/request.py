@@ -25,7 +25,7 @@ from typing import Any
 from .. import __version__
 from ..config import Config, GenerateSettings
 from ..dataset.captions import substitute_trigger
-from ..models.registry import generation_defaults
+from ..models.registry import generation_defaults, model_of
 from ..store import ACTIVE, Job
 from ..workspace import LORA_FILE, Workspace
 from .recipe import MAX_IMAGES, LoraRef, Recipe, RecipeError, expand_matrix, matrix_size
@@ -130,6 +130,7 @@ class Asked:
     init_image: str = ""
     strength: float = 0.8
     mask: str = ""
+    refs: tuple[str, ...] = ()  # reference images (FLUX.2 [klein] editing)
 
 
 def split_preset(text: str, presets: dict[str, str]) -> tuple[str | None, str]:
@@ -161,10 +162,20 @@ def build_request(ws: Workspace, config: Config, asked: Asked, *, training: bool
         loras = (LoraRef("workspace", scale),)
     else:
         loras = ()
+    if asked.refs and model_of(config.model).family != "flux2":
+        raise RecipeError(f"reference images need FLUX.2 [klein]; this workspace's model is "
+                          f"{model_of(config.model).title}")
+    for ref in asked.refs:
+        if not Path(ref).exists():
+            raise RecipeError(f"reference image {ref}: no such file")
+        if not Path(ref).is_file():  # a FIFO would hang whoever opens it
+            raise RecipeError(f"reference image {ref}: not a regular file (a FIFO, a device "
+                              "or a folder)")
     recipe = recipe_from_settings(
         g, config.model, text, asked.seed if asked.seed is not None else 0, loras,
         width=asked.width, height=asked.height, steps=asked.steps, guidance=asked.guidance,
-        init_image=asked.init_image or None, strength=asked.strength, mask=asked.mask or None)
+        init_image=asked.init_image or None, strength=asked.strength, mask=asked.mask or None,
+        refs=asked.refs or None)
     request = Request(recipe, asked.count, asked.scales)
     request.check_size()
     return request

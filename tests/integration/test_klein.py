@@ -6,6 +6,7 @@ a prompt rendered between two steps, and a stopped run that resumes to the same 
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -180,3 +181,32 @@ def test_the_klein_comfyui_copy_is_in_bfl_names_and_makes_the_same_image(klein_w
     base = render(pipe)
     assert np.abs(from_original - base).mean() > 0.05  # the LoRA shows at all
     assert np.abs(from_copy - from_original).max() <= 1  # and the copy shows it the same
+
+
+def test_klein_edits_with_reference_images_and_records_them(klein_workspace, photos, tmp_path):
+    """`--ref IMG`: the references condition the image (klein's multi-reference editing), the
+    recipe in the PNG names them, and a FLUX.1 workspace or a FIFO is refused in words."""
+    from lorabooth.core.generate.recipe import read_recipe
+    from tests.support import run_cli
+
+    ws = klein_workspace()
+    jpgs = sorted(photos.glob("*.jpg"))
+    plain_run = run_cli("generate", str(ws.root), "zorb in a jacket", "--no-lora", timeout=300)
+    edited = run_cli("generate", str(ws.root), "zorb in a jacket", "--no-lora",
+                     "--ref", str(jpgs[0]), "--ref", str(jpgs[1]), timeout=300)
+    assert plain_run.returncode == 0 and edited.returncode == 0, edited.stderr
+    plain_png, edited_png = (next(line for line in run.stdout.splitlines()
+                                  if line.endswith(".png"))
+                             for run in (plain_run, edited))
+    a, b = (np.asarray(Image.open(p)).astype(int) for p in (plain_png, edited_png))
+    assert np.abs(a - b).mean() > 0.5  # the references changed the picture
+    assert read_recipe(edited_png).refs == (str(jpgs[0]), str(jpgs[1]))
+    assert read_recipe(plain_png).refs == ()
+
+    fifo = tmp_path / "ref.jpg"
+    os.mkfifo(fifo)
+    refused = run_cli("generate", str(ws.root), "zorb", "--ref", str(fifo), timeout=120)
+    assert refused.returncode != 0 and "not a regular file" in refused.stderr
+    flux1 = run_cli("generate", str(klein_workspace("dev", model="demo").root), "zorb",
+                    "--ref", str(jpgs[0]), timeout=120)
+    assert flux1.returncode != 0 and "need FLUX.2 [klein]" in flux1.stderr

@@ -1,0 +1,32 @@
+"""A recipe read back from a PNG or a queued job: every field checked, forged ones refused in
+words, reference images (FLUX.2 [klein] editing) included."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lorabooth.core.generate.recipe import MAX_REFS, Recipe, RecipeError
+
+
+def test_references_round_trip_through_json():
+    recipe = Recipe("zorb in a jacket", width=64, height=64, refs=("/a/me.jpg", "/b/jacket.png"))
+    again = Recipe.from_dict(json.loads(recipe.to_json()))
+    assert again == recipe and again.refs == ("/a/me.jpg", "/b/jacket.png")
+    assert Recipe.from_dict({"prompt": "old recipe, no refs key"}).refs == ()
+
+
+@pytest.mark.parametrize("refs, words", [
+    ("/a/me.jpg", "not a list of file paths"),
+    ([1, 2], "not a list of file paths"),
+    (["/x.jpg"] * (MAX_REFS + 1), f"at most {MAX_REFS}"),
+])
+def test_forged_references_are_refused_in_words(refs, words):
+    with pytest.raises(RecipeError, match=words):
+        Recipe.from_dict({"prompt": "zorb", "refs": refs})
+
+
+def test_references_and_an_init_image_do_not_combine():
+    with pytest.raises(RecipeError, match="do not combine"):
+        Recipe("zorb", refs=("/a.jpg",), init_image="/b.jpg").check()
