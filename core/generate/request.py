@@ -141,6 +141,22 @@ def split_preset(text: str, presets: dict[str, str]) -> tuple[str | None, str]:
     return None, text
 
 
+def typed_refs(ws: Workspace, config: Config, text: str) -> tuple[str, ...]:
+    """Reference images as typed in the Queue pane: paths separated by commas; a relative name
+    is looked for in the workspace, then among the photos (`01_studio.jpg`)."""
+    refs = []
+    for name in (part.strip() for part in text.split(",")):
+        if not name:
+            continue
+        path = Path(name).expanduser()
+        if not path.is_absolute():
+            in_photos = config.photos_dir(ws.root) / path
+            path = ws.root / path if (ws.root / path).exists() or not in_photos.exists() \
+                else in_photos
+        refs.append(str(path.resolve()))
+    return tuple(refs)
+
+
 def training_underway(jobs: Iterable[Job]) -> bool:
     """`build_request`'s `training`: a training run is queued or under way."""
     return any(j.kind == "train" and j.state in ACTIVE for j in jobs)

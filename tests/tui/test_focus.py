@@ -121,3 +121,29 @@ async def test_g_and_G_jump_to_the_first_and_last_job(demo_workspace):
         await pilot.press("g")
         assert table.cursor_row == 0
 
+
+
+async def test_a_klein_workspace_queues_an_edit_with_reference_images(demo_workspace):
+    """The Queue pane of a FLUX.2 [klein] workspace shows a references box (hidden on FLUX.1);
+    a photo's bare name there is found among the photos and recorded in the queued recipe."""
+    flux1 = app_for(demo_workspace("one"))
+    async with flux1.run_test(size=(100, 30)) as pilot:
+        queue = await open_pane(pilot, "3", QueuePane)
+        assert not queue.query_one("#refs").display
+    ws = demo_workspace("klein", model="demo-klein")
+    app = app_for(ws)
+    async with app.run_test(size=(100, 30)) as pilot:
+        queue = await open_pane(pilot, "3", QueuePane)
+        refs = queue.query_one("#refs", Input)
+        assert refs.display and refs.border_title == "references"
+        refs.focus()
+        await pilot.press(*"01_studio.jpg")
+        await pilot.press("escape")  # leaves for the list, as every input does
+        assert app.focused is queue.query_one("#jobs")
+        await pilot.press("i", *"zorb in a jacket", "enter")
+        store = Store(ws.db_path)
+        await wait_for(pilot, lambda: store.jobs())
+        recipe = store.jobs()[0].params["recipe"]
+        photos = ws.config(check_photos=False).photos_dir(ws.root)
+        assert recipe["prompt"] == "zorb in a jacket"
+        assert recipe["refs"] == [str(photos / "01_studio.jpg")]

@@ -16,6 +16,7 @@ from lorabooth.core.store import Output
 from lorabooth.core.workspace import Workspace
 
 from ..messages import OpenViewer, PaneReady, PaneUpdate, UsePrompt
+from ..viewer import Shown, recipe_lines
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
 
@@ -84,11 +85,7 @@ class GalleryPane(Vertical):
             recipe.update("")
             return
         preview.show(Path(item.path))
-        data = item.recipe
-        lines = [f"{k}: {v}" for k, v in data.items() if k not in ("loras",) and v not in
-                 ("", None, ())]
-        for lora in data.get("loras", []):
-            lines.append(f"lora: {lora.get('name')} x{lora.get('scale')}")
+        lines = recipe_lines(Shown.of(item))  # as the viewer lists it
         recipe.update(plain("\n".join(lines), keep_newlines=True))
 
     def action_cursor(self, direction: str) -> None:
@@ -97,8 +94,6 @@ class GalleryPane(Vertical):
 
     @on(DataTable.RowSelected, "#outputs")
     def action_open(self) -> None:
-        from ..viewer import Shown
-
         table = self.query_one("#outputs", DataTable)
         items = [Shown.of(o) for o in self.items]
         self.post_message(OpenViewer(items, table.cursor_row or 0))

@@ -23,7 +23,9 @@ from lorabooth.core.generate.request import (
     request_to_params,
     split_preset,
     training_underway,
+    typed_refs,
 )
+from lorabooth.core.models.registry import model_of
 from lorabooth.core.safetext import plain, printable
 from lorabooth.core.store import ACTIVE, CANCELLED, DONE, FAILED, PAUSED, QUEUED, RUNNING, Job
 from lorabooth.core.workspace import Workspace
@@ -112,6 +114,10 @@ class QueuePane(Vertical):
             scale = PaneInput(value="1.0", id="lora-scale", placeholder="1.0")
             scale.border_title = "LoRA scale"
             yield scale
+            refs = PaneInput(id="refs", placeholder="me.jpg, jacket.png")
+            refs.border_title = "references"
+            refs.display = False  # FLUX.2 [klein] edits with them; shown on klein workspaces
+            yield refs
         yield Label("", id="queue-state")
         with Horizontal(id="queue-main"):
             yield DataTable(id="jobs", cursor_type="row", zebra_stripes=True)
@@ -128,6 +134,7 @@ class QueuePane(Vertical):
             self.query_one("#prompt", Input).suggester = SuggestFromList(words,
                                                                          case_sensitive=False)
             self.query_one("#lora-scale", Input).value = f"{config.generate.lora_scale:g}"
+            self.query_one("#refs", Input).display = model_of(config.model).family == "flux2"
         except LoraboothError:
             pass
         self.post_message(PaneReady(self))
@@ -240,7 +247,9 @@ class QueuePane(Vertical):
         preset, prompt = split_preset(text, config.generate.presets)
         scale_text = self.query_one("#lora-scale", Input).value.strip()
         scale = float(scale_text) if scale_text else None
-        return build_request(self.ws, config, Asked(prompt, preset=preset, lora_scale=scale),
+        refs = typed_refs(self.ws, config, self.query_one("#refs", Input).value)
+        return build_request(self.ws, config,
+                             Asked(prompt, preset=preset, lora_scale=scale, refs=refs),
                              training=self.training())
 
     def training(self) -> bool:
