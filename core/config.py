@@ -152,6 +152,9 @@ class GenerateSettings:
     guidance: float = _opt("Guidance (Flux-dev: 3.5; schnell ignores it).", default=3.5, min=0,
                            max=30)
     lora_scale: float = _opt("Strength of the workspace's LoRA.", default=1.0, min=-4, max=4)
+    model: str = _opt("The model images are made with, when not the one trained on (empty: "
+                      "the workspace's model). klein: train on klein-4b-base, make images "
+                      "with klein-4b in 4 steps.", default="")
     memory: str = _opt("Precision for generation: auto (bf16 with every model on the GPU if it "
                        "fits, else model offload, then fp8, then nf4) | bf16 | fp8 | nf4 | "
                        "fp32.", default="auto", choices=MEMORY_MODES)
@@ -180,6 +183,11 @@ class Config:
 
     def photos_dir(self, workspace: Path) -> Path:
         return (workspace / self.photos).expanduser().resolve()
+
+    @property
+    def image_model(self) -> str:
+        """The model images are made with: `generate.model`, else the one trained on."""
+        return self.generate.model or self.model
 
 
 @dataclass(frozen=True)
@@ -311,6 +319,9 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     config = _build(Config, data, "", problems)
     if not problems:
         problems += _check_model(config.model, path)
+        if config.generate.model:
+            problems += [ConfigProblem("generate.model", p.message)
+                         for p in _check_model(config.generate.model, path)]
     if problems:
         raise ConfigError(problems, path)
     return config

@@ -43,6 +43,7 @@ class Generator:
     def use_loras(self, loras: tuple[LoraRef, ...]) -> None:
         for lora in loras:
             if lora.sha256 not in self.adapters:
+                self._check_family(lora)
                 name = f"lora_{lora.sha256[:12]}"
                 self.pipe.load_lora_weights(lora.path, adapter_name=name)
                 self._full_precision_lora(name, lora.path)
@@ -54,6 +55,24 @@ class Generator:
         self.pipe.enable_lora()
         self.pipe.set_adapters([self.adapters[lora.sha256] for lora in loras],
                                [lora.scale for lora in loras])
+
+    def _check_family(self, lora: LoraRef) -> None:
+        """A FLUX.2 LoRA on a FLUX.1 model (or the reverse) names no layer there: say so,
+        rather than render the base and call it the LoRA's image."""
+        from safetensors import safe_open
+
+        from ..train.comfy_flux2 import is_flux2_layout
+
+        try:
+            with safe_open(lora.path, framework="pt") as handle:
+                modules = [key.rsplit(".lora_", 1)[0] for key in handle.keys()]
+        except Exception as exc:  # any damage: refuse in words
+            raise RecipeError(f"LoRA {lora.name}: cannot read {lora.path} ({exc})") from None
+        family = "flux2" if is_flux2_layout(modules) else "flux1"
+        if family != self.source.model.family:
+            words = {"flux1": "FLUX.1", "flux2": "FLUX.2 [klein]"}
+            raise RecipeError(f"LoRA {lora.name} was trained on {words[family]}; "
+                              f"{self.source.model.title} cannot use it")
 
     def _full_precision_lora(self, name: str, path: str) -> None:
         """Over a transformer stored in fp8 the loaded LoRA came in fp8 too: put it back in the

@@ -178,9 +178,9 @@ def build_request(ws: Workspace, config: Config, asked: Asked, *, training: bool
         loras = (LoraRef("workspace", scale),)
     else:
         loras = ()
-    if asked.refs and model_of(config.model).family != "flux2":
-        raise RecipeError(f"reference images need FLUX.2 [klein]; this workspace's model is "
-                          f"{model_of(config.model).title}")
+    if asked.refs and model_of(config.image_model).family != "flux2":
+        raise RecipeError(f"reference images need FLUX.2 [klein]; this workspace makes images "
+                          f"with {model_of(config.image_model).title}")
     for ref in asked.refs:
         if not Path(ref).exists():
             raise RecipeError(f"reference image {ref}: no such file")
@@ -188,7 +188,7 @@ def build_request(ws: Workspace, config: Config, asked: Asked, *, training: bool
             raise RecipeError(f"reference image {ref}: not a regular file (a FIFO, a device "
                               "or a folder)")
     recipe = recipe_from_settings(
-        g, config.model, text, asked.seed if asked.seed is not None else 0, loras,
+        g, config.image_model, text, asked.seed if asked.seed is not None else 0, loras,
         width=asked.width, height=asked.height, steps=asked.steps, guidance=asked.guidance,
         init_image=asked.init_image or None, strength=asked.strength, mask=asked.mask or None,
         refs=asked.refs or None)
@@ -235,7 +235,7 @@ def complete_recipe(ws: Workspace, recipe: Recipe) -> Recipe:
     """Fill in what the workspace knows: the model and the LoRA files with their hashes."""
     config = ws.config(check_photos=False)
     loras = tuple(resolve_lora(ws, lora) for lora in recipe.loras)
-    return replace(recipe, model=recipe.model or config.model, loras=loras,
+    return replace(recipe, model=recipe.model or config.image_model, loras=loras,
                    version=__version__)
 
 

@@ -210,3 +210,26 @@ def test_klein_edits_with_reference_images_and_records_them(klein_workspace, pho
     flux1 = run_cli("generate", str(klein_workspace("dev", model="demo").root), "zorb",
                     "--ref", str(jpgs[0]), timeout=120)
     assert flux1.returncode != 0 and "need FLUX.2 [klein]" in flux1.stderr
+
+
+def test_generate_model_makes_images_with_another_model_and_refuses_a_foreign_lora(
+        klein_workspace):
+    """generate.model: train on one model, make images with another (klein: base for
+    training, the distilled one for 4-step renders). A LoRA of the other family is refused in
+    words instead of silently rendering the base."""
+    from lorabooth.core.config import ConfigError, set_config_values
+    from lorabooth.core.generate.recipe import read_recipe
+    from tests.support import run_cli
+
+    ws = klein_workspace(train_checkpoint_every=1000)
+    Trainer(ws, device="cpu").run(steps=5)
+    set_config_values(ws.root, {"generate.model": "demo"})  # a FLUX.1 model
+    refused = run_cli("generate", str(ws.root), "zorb", timeout=300)
+    assert refused.returncode != 0
+    assert "trained on FLUX.2 [klein]" in refused.stderr and "cannot use it" in refused.stderr
+    made = run_cli("generate", str(ws.root), "zorb", "--no-lora", timeout=300)
+    assert made.returncode == 0, made.stderr
+    png = next(line for line in made.stdout.splitlines() if line.endswith(".png"))
+    assert read_recipe(png).model == "demo"
+    with pytest.raises(ConfigError, match=r"generate\.model: unknown model"):
+        set_config_values(ws.root, {"generate.model": "no-such-model"})

@@ -134,7 +134,7 @@ class QueuePane(Vertical):
             self.query_one("#prompt", Input).suggester = SuggestFromList(words,
                                                                          case_sensitive=False)
             self.query_one("#lora-scale", Input).value = f"{config.generate.lora_scale:g}"
-            self.query_one("#refs", Input).display = model_of(config.model).family == "flux2"
+            self.query_one("#refs", Input).display = model_of(config.image_model).family == "flux2"
         except LoraboothError:
             pass
         self.post_message(PaneReady(self))
