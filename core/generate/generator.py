@@ -112,35 +112,50 @@ class Generator:
                 raise RecipeError(f"reference images need FLUX.2 [klein]; "
                                   f"{self.source.model.title} cannot edit with them")
             kwargs["image"] = [_load_rgb(path) for path in recipe.refs]
-        if recipe.init_image and self.source.model.family != "flux1":
-            raise RecipeError(f"img2img and inpainting run on FLUX.1; {self.source.model.title} "
-                              "is not supported there yet")
         if recipe.init_image:
             kwargs["image"] = _load_rgb(recipe.init_image)
             kwargs["strength"] = recipe.strength
             if recipe.mask:
                 kwargs["mask_image"] = _load_rgb(recipe.mask).convert("L")
                 pipe = self._inpaint_pipe()
+            elif self.family.img2img_pipeline is None:
+                # FLUX.2 [klein] has no img2img pipeline: a white mask repaints every pixel,
+                # starting from the start image noised to `strength`, which is img2img.
+                kwargs["mask_image"] = Image.new("L", kwargs["image"].size, 255)
+                pipe = self._inpaint_pipe()
+            if self.family.img2img_pipeline is None:
+                # Its inpainting pipeline keeps the start image's size: make it the recipe's.
+                size = (recipe.width, recipe.height)
+                kwargs["image"] = kwargs["image"].resize(size, Image.Resampling.LANCZOS)
+                kwargs["mask_image"] = kwargs["mask_image"].resize(size, Image.Resampling.NEAREST)
             else:
                 pipe = self._img2img_pipe()
         with torch.no_grad(), self.precision():
             return pipe(**kwargs).images[0]
 
+    @property
+    def family(self):
+        from ..models.family import family_of
+
+        return family_of(self.source.model)
+
     def _img2img_pipe(self):
         if self._img2img is None:
-            from diffusers import FluxImg2ImgPipeline
-
-            self._img2img = FluxImg2ImgPipeline.from_pipe(self.pipe)
-            self._img2img.set_progress_bar_config(disable=True)
+            self._img2img = self._sibling(self.family.img2img_pipeline)
         return self._img2img
 
     def _inpaint_pipe(self):
         if self._inpaint is None:
-            from diffusers import FluxInpaintPipeline
-
-            self._inpaint = FluxInpaintPipeline.from_pipe(self.pipe)
-            self._inpaint.set_progress_bar_config(disable=True)
+            self._inpaint = self._sibling(self.family.inpaint_pipeline)
         return self._inpaint
+
+    def _sibling(self, name: str):
+        """Another diffusers pipeline sharing this one's loaded modules."""
+        import diffusers
+
+        pipe = getattr(diffusers, name).from_pipe(self.pipe)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
 
 def plan_for(ws: Workspace, source: ModelSource, recipes: Sequence[Recipe]):

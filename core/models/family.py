@@ -30,6 +30,8 @@ NO_POOLED = torch.zeros(0)  # FLUX.2 has no pooled text embedding; kept so cache
 class Flux1:
     name = "flux1"
     big_text_encoder = "text_encoder_2"  # T5-XXL; CLIP is the small one
+    img2img_pipeline: str | None = "FluxImg2ImgPipeline"
+    inpaint_pipeline = "FluxInpaintPipeline"
 
     @staticmethod
     def latent(vae, pixels: torch.Tensor) -> torch.Tensor:
@@ -78,6 +80,8 @@ class Flux1:
 class Flux2:
     name = "flux2"
     big_text_encoder = "text_encoder"  # Qwen3, the only one
+    img2img_pipeline: str | None = None  # inpainting with a white mask does it
+    inpaint_pipeline = "Flux2KleinInpaintPipeline"
     TEXT_LAYERS = (9, 18, 27)  # diffusers' Flux2KleinPipeline default
 
     @staticmethod
