@@ -144,7 +144,8 @@ def module_gib(module: torch.nn.Module) -> float:
 
 # -- the model ----------------------------------------------------------------------------------
 
-def random_pipeline(folder: Path, device: torch.device, dtype: torch.dtype):
+def random_pipeline(folder: Path, device: torch.device, dtype: torch.dtype,
+                    distilled: bool = False):
     """The pipeline a shipped config folder describes, with random weights made straight on
     `device` in `dtype` (never a float32 copy: 12B parameters would need 48 GB), and the demos'
     trained-in-code tokenizers at the real lengths (the real ones are not shipped)."""
@@ -174,7 +175,7 @@ def random_pipeline(folder: Path, device: torch.device, dtype: torch.dtype):
         tokenizer = demo_qwen_tokenizer()
         tokenizer.model_max_length = 512
         pipe = diffusers.Flux2KleinPipeline(scheduler=scheduler, tokenizer=tokenizer,
-                                            is_distilled=False, **parts)
+                                            is_distilled=distilled, **parts)
     else:
         from lorabooth.core.models.demo import demo_tokenizer
 
@@ -239,7 +240,7 @@ def build_phase(state: dict, model: str, folder: Path | None, device: torch.devi
         pipe = load_pipeline(source, torch.float32, device)
     else:
         source = ModelSource(model, folder)
-        pipe = random_pipeline(folder, device, torch.bfloat16)
+        pipe = random_pipeline(folder, device, torch.bfloat16, source.model.distilled)
     state.update(pipe=pipe, source=source, owner=owner_holding(pipe, source))
     return {"model": source.model.name, "allocated_gib": allocated(device),
             **{f"{name}_gib": module_gib(getattr(pipe, name))
@@ -571,8 +572,9 @@ def generator_recipe(state: dict, resolution: int, steps: int, scale: float = 1.
     if lora is not None:
         sha = hashlib.sha256(lora.read_bytes()).hexdigest()
         loras = (LoraRef("workspace", scale, str(lora), sha),)
+    model = state["source"].model
     return Recipe(PROMPT, seed=1, width=resolution, height=resolution, steps=steps,
-                  guidance=3.5, model=state["source"].spec, loras=loras)
+                  guidance=model.guidance, model=state["source"].spec, loras=loras)
 
 
 def generate_phase(state: dict, resolution: int, steps: int, device: torch.device) -> dict:
@@ -631,6 +633,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cpu" if args.dry_run else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA GPU here; --dry-run checks the script on the CPU")
+    from lorabooth.core.models.registry import known
     from lorabooth.core.models.shipped import shipped_folder
 
     model = args.model or ("demo" if args.dry_run else "flux-dev")
@@ -640,6 +643,8 @@ def main(argv: list[str] | None = None) -> None:
     resolutions = [64] if args.dry_run else [512, 1024]
     warmup, count = (1, 2) if args.dry_run else (2, 6)
     gen_steps = 2 if args.dry_run else 28
+    if not args.dry_run and known(model) is not None and known(model).distilled:
+        gen_steps = known(model).steps  # klein-4b, schnell: their few steps
     phases = [p for p in args.phases.split(",") if p] or default_phases(resolutions)
     root = Path(tempfile.mkdtemp(prefix="lorabooth-bench-gpu-"))
     if not args.dry_run:
