@@ -55,7 +55,7 @@ KLEIN_DEMO_SETTINGS = {
     "sample.every": 100,
     "generate.guidance": 4.0,
 }
-DEMO_MODELS = {"flux1": DEMO, "flux2": DEMO_KLEIN}
+DEMO_MODELS = {"flux1": DEMO, "flux2": DEMO_KLEIN, "klein": DEMO_KLEIN}
 
 
 def make_demo_workspace(root: Path, family: str = "flux1") -> Workspace:
@@ -70,7 +70,7 @@ def make_demo_workspace(root: Path, family: str = "flux1") -> Workspace:
             if source.suffix in (".jpg", ".txt") and not (photos / source.name).exists():
                 shutil.copy2(source, photos / source.name)
         init_workspace(ws.root, photos, model=DEMO_MODELS[family], trigger=TRIGGER)
-        extra = KLEIN_DEMO_SETTINGS if family == "flux2" else {}
+        extra = KLEIN_DEMO_SETTINGS if DEMO_MODELS[family] == DEMO_KLEIN else {}
         for key, value in {**DEMO_SETTINGS, **extra}.items():
             set_config_value(ws.root, key, value)
     resolve_model(DEMO_MODELS[family])  # built on first use
@@ -82,7 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ui", action="store_true", help="create the workspace and exit")
     p.add_argument("--family", choices=sorted(DEMO_MODELS), default="flux1",
                    help="flux1: the pre-trained tiny FLUX.1 that learns the subject (default); "
-                        "flux2: a tiny random FLUX.2 [klein] that runs every klein path")
+                        "flux2 (or klein): a tiny random FLUX.2 [klein] that runs every klein "
+                        "path")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -250,3 +250,35 @@ def test_generate_model_makes_images_with_another_model_and_refuses_a_foreign_lo
     assert read_recipe(png).model == "demo"
     with pytest.raises(ConfigError, match=r"generate\.model: unknown model"):
         set_config_values(ws.root, {"generate.model": "no-such-model"})
+
+
+def test_the_engine_trains_klein_with_samples_and_renders_a_queued_edit(engines, klein_workspace,
+                                                                        photos):
+    """Through the detached engine, as the UI uses it: a klein training job writes samples
+    and the LoRA, and a queued prompt with a reference image renders on the same loaded model."""
+    from lorabooth.core.generate.recipe import Recipe, read_recipe
+    from lorabooth.core.generate.request import Request, request_to_params
+    from lorabooth.core.store import Store
+    from tests.support import run_cli, wait_until
+
+    ws = klein_workspace(sample_every=10, sample_steps=2)
+    engines.append(ws)
+    store = Store(ws.db_path)
+    store.set_setting("queue_paused", "1")
+    train = store.add_job("train", {"steps": 20})
+    ref = str(sorted(photos.glob("*.jpg"))[0])
+    edit = store.add_job("generate", request_to_params(Request(Recipe(
+        "zorb in a jacket", width=64, height=64, steps=2, guidance=4.0, model="demo-klein",
+        refs=(ref,)))))
+    store.set_setting("queue_paused", "0")
+    assert run_cli("engine", str(ws.root), "start").returncode == 0
+    wait_until(lambda: all(store.job(j).state in ("done", "failed") for j in (train, edit)),
+               timeout=120)
+    assert [store.job(j).state for j in (train, edit)] == ["done", "done"], store.events()
+    assert ws.lora_path.is_file()
+    samples = sorted((ws.outputs / "samples").glob("step-*/prompt-*.png"))
+    assert samples and all(Image.open(p).size == (128, 128) for p in samples)
+    image = next(o for o in store.outputs(edit) if o.kind == "image")
+    assert read_recipe(image.path).refs == (ref,)
+    loads = [e.message for e in store.events() if e.message.startswith("model demo-klein")]
+    assert len(loads) == 1, loads
