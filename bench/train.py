@@ -42,7 +42,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def mid_size_model(folder: Path) -> Path:
-    """The demo pipeline with a bigger transformer: hidden 256, 4 double and 8 single blocks."""
+    """The demo pipeline with a bigger transformer: hidden 256, 4 double and 8 single blocks,
+    and a T5 tokenizer of T5's own kind (a Unigram), which diffusers' reference script loads
+    as T5TokenizerFast."""
     from diffusers import FluxTransformer2DModel
 
     if (folder / "model_index.json").exists():
@@ -53,8 +55,27 @@ def mid_size_model(folder: Path) -> Path:
         patch_size=1, in_channels=64, num_layers=4, num_single_layers=8, attention_head_dim=64,
         num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=64,
         guidance_embeds=True, axes_dims_rope=(16, 24, 24))
+    pipe.tokenizer_2 = t5_tokenizer()
     pipe.save_pretrained(folder)
     return folder
+
+
+def t5_tokenizer():
+    """A Unigram T5 tokenizer over the demo's words and single characters (ids below the demo
+    T5's 600-entry vocabulary)."""
+    import string
+
+    from transformers import T5Tokenizer
+
+    from lorabooth.core.models.demo import _DEMO_WORDS
+
+    pieces = {"<pad>": 0.0, "</s>": 0.0, "<unk>": 0.0}
+    for word in [*_DEMO_WORDS, "zorb"]:
+        pieces.setdefault("\u2581" + word, -1.0)
+    for char in string.ascii_lowercase + string.digits + string.punctuation:
+        pieces.setdefault(char, -5.0)
+        pieces.setdefault("\u2581" + char, -5.0)
+    return T5Tokenizer(vocab=list(pieces.items()), extra_ids=0, model_max_length=512)
 
 
 def workspace(root: Path, resolution: int) -> Path:
@@ -195,12 +216,73 @@ def compile_rows(root: Path, model: Path, resolution: int, steps: int, device: s
     ]
 
 
+def timed_cli(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, text=True, env=os.environ.copy())
+    return time.perf_counter() - start
+
+
+def lorabooth_run(root: Path, model: Path, resolution: int, steps: int, compile_mode: str,
+                  device: str) -> float:
+    """Seconds for `lorabooth train` of `steps` in a fresh workspace on the model's folder."""
+    ws_root = workspace(root / f"ours-{compile_mode}-{steps}", resolution)
+    for key, value in {"model": str(model), "train.compile": compile_mode,
+                       "train.lr_schedule": "constant"}.items():
+        set_config_value(ws_root, key, value)
+    env_device = {} if device == "cuda" else {"CUDA_VISIBLE_DEVICES": ""}
+    os.environ.update(env_device)
+    return timed_cli([sys.executable, "-m", "lorabooth.core.cli", "train", str(ws_root),
+                      "--steps", str(steps)])
+
+
+def reference_run(root: Path, model: Path, script: Path, resolution: int, steps: int) -> float:
+    """Seconds for diffusers' script, unchanged, on the same model and photos: the same LoRA
+    targets and rank, fp32, latents cached, text encoded once, constant learning rate."""
+    photos = root / "reference-photos"
+    if not photos.exists():  # the script opens every file in the folder as an image
+        photos.mkdir(parents=True)
+        for jpg in sorted((REPO / "sample_photos").glob("*.jpg")):
+            shutil.copy2(jpg, photos / jpg.name)
+    out = root / f"reference-{steps}"
+    return timed_cli([
+        sys.executable, "-m", "bench.reference", str(script),
+        "--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(photos),
+        "--instance_prompt", "photo of zorb", "--output_dir", str(out),
+        "--resolution", str(resolution), "--center_crop", "--train_batch_size", "1",
+        "--max_train_steps", str(steps), "--checkpointing_steps", "100000",
+        "--rank", "16", "--learning_rate", "1e-4", "--lr_scheduler", "constant",
+        "--lr_warmup_steps", "0", "--mixed_precision", "no", "--cache_latents",
+        "--guidance_scale", "1", "--max_sequence_length", "512", "--seed", "0",
+        "--report_to", "tensorboard", "--lora_layers",
+        "to_k,to_q,to_v,to_out.0,add_k_proj,add_q_proj,add_v_proj,to_add_out"])
+
+
+def reference_rows(root: Path, model: Path, script: Path, resolution: int,
+                   device: str) -> list[dict]:
+    """s/step as (T(60 steps) - T(10 steps)) / 50, each a whole process, so loading, caching
+    and compiling cancel out: lorabooth eager and compiled against the reference script."""
+    def per_step(run) -> float:
+        return (run(60) - run(10)) / 50
+
+    reference = per_step(lambda n: reference_run(root, model, script, resolution, n))
+    rows = []
+    for mode in ("off", "blocks"):
+        ours = per_step(lambda n, m=mode: lorabooth_run(root, model, resolution, n, m, device))
+        rows.append({"model": "mid-256", "case": f"step, compile {mode}", "lorabooth_s": ours,
+                     "baseline": "diffusers train_dreambooth_lora_flux.py",
+                     "baseline_s": reference, "ratio": ours / reference})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile rows")
+    parser.add_argument("--reference", type=Path, default=None, metavar="SCRIPT",
+                        help="diffusers' examples/dreambooth/train_dreambooth_lora_flux.py "
+                             "(of the installed release): adds rows against it")
     parser.add_argument("--probe", nargs=3, metavar=("WS", "MODEL", "MODE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -216,6 +298,9 @@ def main() -> None:
         rows += bench_model("mid-256", mid, root, args.resolution, args.steps, args.device)
         if not args.no_compile:
             rows += compile_rows(root, mid.path, args.resolution, args.steps, args.device)
+        if args.reference is not None:
+            rows += reference_rows(root, mid.path, args.reference.resolve(), args.resolution,
+                                   args.device)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -123,13 +123,13 @@ class Generator:
                 # starting from the start image noised to `strength`, which is img2img.
                 kwargs["mask_image"] = Image.new("L", kwargs["image"].size, 255)
                 pipe = self._inpaint_pipe()
+            else:
+                pipe = self._img2img_pipe()
             if self.family.img2img_pipeline is None:
                 # Its inpainting pipeline keeps the start image's size: make it the recipe's.
                 size = (recipe.width, recipe.height)
                 kwargs["image"] = kwargs["image"].resize(size, Image.Resampling.LANCZOS)
                 kwargs["mask_image"] = kwargs["mask_image"].resize(size, Image.Resampling.NEAREST)
-            else:
-                pipe = self._img2img_pipe()
         with torch.no_grad(), self.precision():
             return pipe(**kwargs).images[0]
 

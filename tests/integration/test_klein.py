@@ -98,7 +98,7 @@ def test_lorabooth_generates_with_klein_and_its_lora(klein_workspace, photos):
     assert np.array_equal(zero, base)
 
 
-def test_klein_img2img_starts_from_the_image(klein_workspace, photos):
+def test_klein_img2img_starts_from_the_image(klein_workspace, photos, tmp_path):
     """klein has no img2img pipeline; a white-mask inpaint does it. At a low strength the start
     image shapes the picture (two start images give two pictures at the same seed); at full
     strength it is all noise and the start image hardly matters."""
@@ -116,6 +116,11 @@ def test_klein_img2img_starts_from_the_image(klein_workspace, photos):
     low = np.abs(make(0.2, 0) - make(0.2, 5)).mean()
     full = np.abs(make(1.0, 0) - make(1.0, 5)).mean()
     assert low > 2 and low > 10 * full, (low, full)
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.tile(np.arange(256, dtype=np.uint8) >= 128, (256, 1)) * 255).save(mask)
+    painted = generator.render(Recipe("zorb", seed=1, width=64, height=64, steps=4,
+                                      guidance=4.0, init_image=str(jpgs[0]), mask=str(mask)))
+    assert painted.size == (64, 64)
 
 
 def test_a_prompt_between_klein_steps_leaves_training_as_it_was(klein_workspace):
