@@ -8,9 +8,13 @@ For each model (the demo, and a mid-size Flux config with hidden size 256):
 
 - compile (mid-size model): steady s/step with the repeated blocks compiled against eager, the
   compile time of a first process (cold inductor cache) and of a second one (warm cache), each
-  in a fresh process as a new run would be.
+  in a fresh process as a new run would be;
+- with `--reference SCRIPT` (diffusers' examples/dreambooth/train_dreambooth_lora_flux.py):
+  `lorabooth train` eager and compiled against that script run unchanged on the same mid-size
+  model and photos (same LoRA targets and rank, fp32, cached latents), each s/step taken as
+  (T(60 steps) - T(10 steps)) / 50 of whole processes.
 
-    python -m bench.train [--steps 30] [--device cpu|cuda] [--no-compile]
+    python -m bench.train [--steps 30] [--device cpu|cuda] [--no-compile] [--reference SCRIPT]
 """
 
 from __future__ import annotations
