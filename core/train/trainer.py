@@ -276,9 +276,10 @@ class Trainer:
 
     def precision(self) -> contextlib.AbstractContextManager:
         """The precision the transformer runs in, for training steps and for every render
-        between them (samples, queued prompts): the LoRA is float32 over a half-precision
-        base, and over fp8 storage diffusers turns peft's own input cast off, so a render
-        outside autocast would multiply bf16 by float32."""
+        between them (samples, queued prompts), so a sample shows the float32 LoRA over the
+        half-precision base as the step computes it. Outside autocast a LoRA layer whose peft
+        input cast is off (diffusers' layerwise casting turns it off for layers it finds
+        adapted) would multiply bf16 by float32."""
         dt = self.dtype
         return torch.autocast(self.device.type, dtype=dt, enabled=dt != torch.float32)
 
