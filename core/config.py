@@ -313,7 +313,7 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     """Parse and validate config text; raise ConfigError listing every problem."""
     try:
         data = tomlkit.parse(text).unwrap()
-    except tomlkit.exceptions.ParseError as exc:
+    except tomlkit.exceptions.TOMLKitError as exc:  # bad syntax, or a key given twice
         raise ConfigError([ConfigProblem("", f"not valid TOML: {exc}")], path) from None
     problems: list[ConfigProblem] = []
     config = _build(Config, data, "", problems)

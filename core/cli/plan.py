@@ -34,9 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     ws = require_workspace(args.workspace)
     config = ws.config(check_photos=False)
-    folder, text_tokens = model_configs(config.model)
+    # Images may be made with another model than the one trained on (generate.model).
+    configs = {"train": model_configs(config.model),
+               "generate": model_configs(config.image_model)}
     cards = cards_to_plan(args.gpu_memory)
-    plans = [plan_row(config, folder, text_tokens, label, available, job, resolution, named)
+    plans = [plan_row(config, *configs[job], label, available, job, resolution, named)
              for label, available, named in cards
              for job, resolution in jobs(config)]
     if args.json:

@@ -71,6 +71,21 @@ def test_plan_answers_for_klein_and_krea_without_their_weights(tmp_path: Path, p
     assert peaks["flux-krea"] == peaks["flux-dev"]
 
 
+def test_generation_is_planned_for_the_model_that_makes_the_images(tmp_path: Path,
+                                                                   photos: Path):
+    """generate.model: trained on klein-4b-base, images made with flux-dev: the generation
+    row is FLUX.1-dev's (fp8 and offload on 24 GB), the training row klein's (bf16)."""
+    from lorabooth.core.config import set_config_values
+
+    ws = workspace(tmp_path, photos, "klein-4b-base")
+    set_config_values(ws, {"generate.model": "flux-dev"})
+    done = run_cli("plan", str(ws), "--gpu-memory", "24", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = {(r["job"], r["resolution"]): r["plan"] for r in json.loads(done.stdout)["plans"]}
+    assert rows["train", 1024]["quantize"] is None
+    assert rows["generate", 1024]["quantize"] == "fp8" and rows["generate", 1024]["offload"]
+
+
 def test_the_shipped_klein_configs_build_the_real_sizes():
     """Counted on the meta device from the shipped configs: the parameter counts the model
     cards give (transformer 3.9B / 9.1B, Qwen3-4B / Qwen3-8B)."""

@@ -68,6 +68,13 @@ def test_invalid_toml_says_where():
     assert "line 1" in message
 
 
+def test_a_key_given_twice_is_a_config_error_not_a_crash():
+    """Hand-edited files repeat keys (a second `model =` under [generate]): tomlkit raises
+    KeyAlreadyPresent, not a ParseError; it is told like any other TOML mistake."""
+    (message,) = problems('[generate]\nmodel = ""\nmodel = "flux-dev"\n')
+    assert message.startswith("not valid TOML") and '"model"' in message
+
+
 def test_missing_photos_folder_reads_well(tmp_path: Path):
     (tmp_path / "lorabooth.toml").write_text('photos = "pics"\n')
     with pytest.raises(ConfigError) as info:
