@@ -419,7 +419,10 @@ def set_config_values(workspace: Path, values: dict[str, Any]) -> Config:
         problems.extend(_check_rules(dotted, value, tp, rules))
     if problems:
         raise ConfigError(problems, path)
-    doc = tomlkit.parse(path.read_text(encoding="utf-8-sig"))
+    try:
+        doc = tomlkit.parse(path.read_text(encoding="utf-8-sig"))
+    except tomlkit.exceptions.TOMLKitError as exc:  # the file is broken now: say so, write nothing
+        raise ConfigError([ConfigProblem("", f"not valid TOML: {exc}")], path) from None
     for dotted, value in values.items():
         table: Any = doc
         *parents, last = dotted.split(".")

@@ -104,3 +104,13 @@ def test_set_value_rejects_bad_values_and_leaves_the_file(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"train\.rank: 999 is out of range"):
         set_config_value(tmp_path, "train.rank", 999)
     assert (tmp_path / "lorabooth.toml").read_text() == "[train]\nrank = 8\n"
+
+
+def test_setting_a_value_in_a_broken_file_says_so_and_writes_nothing(tmp_path: Path):
+    from lorabooth.core.config import ConfigError, set_config_values
+
+    broken = '[generate]\nmodel = ""\nmodel = "flux-dev"\n'
+    (tmp_path / "lorabooth.toml").write_text(broken)
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        set_config_values(tmp_path, {"train.rank": 8})
+    assert (tmp_path / "lorabooth.toml").read_text() == broken
