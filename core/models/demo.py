@@ -17,22 +17,29 @@ from .registry import DEMO_CLIP_LENGTH, DEMO_T5_LENGTH
 from .resolve import demo_model_path
 
 if TYPE_CHECKING:
-    from diffusers import FluxPipeline
+    from collections.abc import Callable
+
+    from diffusers import DiffusionPipeline, FluxPipeline
     from transformers import PreTrainedTokenizerFast
 
 DEMO_SEED = 20240801
 
 
 def ensure_demo_model() -> Path:
-    """The demo model's folder, built on first use. Concurrent first uses are safe: each
-    builds into its own temp folder and the first rename wins."""
-    target = demo_model_path()
+    """The demo model's folder, built on first use."""
+    return build_once(demo_model_path(), build_demo_pipeline)
+
+
+def build_once(target: Path, build: Callable[[], DiffusionPipeline]) -> Path:
+    """`target`, a diffusers folder saved from `build()` unless it is there already.
+    Concurrent first uses are safe: each builds into its own temp folder and the first rename
+    wins."""
     if (target / "model_index.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
-        build_demo_pipeline().save_pretrained(tmp, safe_serialization=True)
+        build().save_pretrained(tmp, safe_serialization=True)
         try:
             os.rename(tmp, target)
         except OSError:

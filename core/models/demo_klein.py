@@ -10,13 +10,10 @@ of layers 9, 18 and 27 side by side, runs unchanged.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .demo import _DEMO_WORDS, build_once
 from .load import quiet_libraries
 from .registry import DEMO_T5_LENGTH
 
@@ -37,23 +34,8 @@ CHAT_TEMPLATE = (
 
 
 def ensure_demo_klein_model(target: Path) -> Path:
-    """The demo's folder, built on first use; concurrent first uses are safe (each builds into
-    its own temp folder and the first rename wins)."""
-    if (target / "model_index.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
-    try:
-        build_demo_klein_pipeline().save_pretrained(tmp, safe_serialization=True)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
-    return target
+    """The demo's folder, built on first use."""
+    return build_once(target, build_demo_klein_pipeline)
 
 
 def build_demo_klein_pipeline() -> Flux2KleinPipeline:
@@ -103,8 +85,6 @@ def demo_qwen_tokenizer() -> Qwen2TokenizerFast:
     """A byte-level BPE trained in code on the demo's words, with Qwen's chat tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
-
-    from .demo import _DEMO_WORDS
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
