@@ -234,6 +234,8 @@ def comfyui_copy(lora: Path) -> Path:
     it works for bf16 weights and without torch, as the UI needs when it promotes."""
     import struct
 
+    from safetensors.numpy import save  # numpy, not torch: the UI writes this copy too
+
     from .comfy_flux2 import is_flux2_layout, to_bfl
 
     data = lora.read_bytes()
@@ -249,7 +251,7 @@ def comfyui_copy(lora: Path) -> Path:
         # FLUX.2: BFL's names, the strength baked in (ComfyUI and ai-toolkit's layout).
         tensors = {key: _as_float32(info, body) for key, info in header.items()
                    if ".lora_" in key}
-        atomic_write_bytes(target, _safetensors_bytes(to_bfl(tensors, alpha), metadata))
+        atomic_write_bytes(target, save(to_bfl(tensors, alpha), metadata=metadata))
         return target
     if alpha is not None:
         for module in sorted(set(modules)):
@@ -278,16 +280,3 @@ def _as_float32(info: dict, body: bytes | bytearray):
     return values.astype(np.float32)
 
 
-def _safetensors_bytes(tensors: dict, metadata: dict[str, str]) -> bytes:
-    """float32 numpy arrays and string metadata as a safetensors file."""
-    header: dict = {"__metadata__": metadata}
-    chunks, offset = [], 0
-    for key in sorted(tensors):
-        data = tensors[key].astype("<f4").tobytes()
-        header[key] = {"dtype": "F32", "shape": list(tensors[key].shape),
-                       "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    return len(encoded).to_bytes(8, "little") + encoded + b"".join(chunks)
