@@ -328,10 +328,12 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
             "loss_last": round(losses[-1], 4), "dtype": str(trainer.dtype), "log": logs[:3]}
 
 
-# The FLOP model: a LoRA step on a frozen base costs 6 N T: 2 N T forward, 2 N T recomputed by
-# gradient checkpointing, 2 N T backward to the activations (no weight gradients for the base);
-# N the transformer's parameters, T the tokens (image + text). Attention's T^2 term is left out
-# (under 10% at 1024 px), so the figure is a floor. Peak: H100/H200 SXM dense bf16, 989 TFLOP/s.
+# The FLOP model: a LoRA step on a frozen base costs 2 N T forward, 2 N T backward to the
+# activations (no weight gradients for the base) and, with gradient checkpointing, 2 N T more
+# for the recomputed forward: 6 N T checkpointed, 4 N T without (runs 1-8 counted 6 N T for
+# both, overstating the MFU of steps without checkpointing by 1.5x); N the transformer's
+# parameters, T the tokens (image + text). Attention's T^2 term is left out (under 10% at
+# 1024 px), so the figure is a floor. Peak: H100/H200 SXM dense bf16, 989 TFLOP/s.
 PEAK_BF16_TFLOPS = 989.0
 
 
@@ -342,8 +344,10 @@ def flops(trainer, resolution: int, step_s: float) -> dict:
         return {}
     params = sum(p.numel() for p in trainer.owner.pipe.transformer.parameters())
     tokens = image_tokens(resolution) + trainer.source.max_sequence_length
-    tflops = 6 * params * tokens / step_s / 1e12
-    return {"tflops_per_s": round(tflops, 1), "mfu": round(tflops / PEAK_BF16_TFLOPS, 3)}
+    passes = 6 if trainer.plan.gradient_checkpointing else 4
+    tflops = passes * params * tokens / step_s / 1e12
+    return {"tflops_per_s": round(tflops, 1), "mfu": round(tflops / PEAK_BF16_TFLOPS, 3),
+            "flop_model": f"{passes} N T"}
 
 
 def render_between_steps(trainer, resolution: int, device: torch.device,
@@ -598,13 +602,16 @@ def compile_phase(state: dict, resolution: int, steps: int, eager_step_s: float,
     transformer = gen.pipe.transformer
     from torch._dynamo.utils import counters
 
-    transformer.compile_repeated_blocks(fullgraph=False)
+    from lorabooth.core.models.compile import compile_in_place
+
+    compiled_here = compile_in_place(transformer, "blocks")  # False: a training phase did
     first = timed(device, lambda: gen.render(generator_recipe(state, resolution, 2)))
     graphs = dict(counters["stats"])
     seconds = timed(device, lambda: gen.render(generator_recipe(state, resolution, steps)))
     rescale = timed(device, lambda: gen.render(generator_recipe(state, resolution, 2, 0.5)))
     step_s = seconds / steps
-    return {"first_render_s": round(first, 2), "step_s": round(step_s, 4),
+    return {"compiled_here": compiled_here, "first_render_s": round(first, 2),
+            "step_s": round(step_s, 4),
             "eager_step_s": eager_step_s, "ratio_vs_eager": round(step_s / eager_step_s, 3),
             "scale_change_2_steps_s": round(rescale, 2), "dynamo_after_first": graphs,
             "dynamo_after_scale_change": dict(counters["stats"]),
