@@ -281,7 +281,8 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
     """`variant`: "" (eager, checkpointed, against the bare step), "between" (a prompt rendered
     between two steps, as the engine does with a queued prompt), or words joined by "-":
     "compile" (regional compilation of the blocks, as train.compile = "blocks"), "nockpt" (no
-    gradient checkpointing), "auto" (lorabooth's defaults: what a user gets)."""
+    gradient checkpointing), "auto" (lorabooth's defaults: what a user gets), "fp8" (the
+    defaults with compile = "blocks-fp8")."""
     from lorabooth.core.train.trainer import Trainer
 
     source, owner = state["source"], state["owner"]
@@ -289,6 +290,8 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
     words = set(variant.split("-"))
     if "auto" in words:
         compile_mode, ckpt = "auto", "auto"
+    elif "fp8" in words:  # the defaults, with the large matmuls in fp8
+        compile_mode, ckpt = "blocks-fp8", "auto"
     else:
         compile_mode = "blocks" if "compile" in words else "off"
         ckpt = "off" if "nockpt" in words else "on"

@@ -56,7 +56,8 @@ def use_disk_cache() -> str:
     return folder
 
 
-WHAT = {"blocks": "repeated blocks", "full": "the whole transformer"}
+WHAT = {"blocks": "repeated blocks", "full": "the whole transformer",
+        "blocks-fp8": "repeated blocks with fp8 matmuls"}
 
 # Graphs kept per compiled function: a few buckets x (training, rendering) x (a LoRA scale
 # fixed or dynamic); past dynamo's default of 8 it would run the rest eager.
@@ -157,7 +158,16 @@ def apply(transformer: torch.nn.Module, mode: str, device: torch.device) -> str:
     if chosen == "off":
         why = "" if mode == "off" else f" (auto: no gain worth the compile time on {device.type})"
         return f"compile: off{why}"
+    note = ""
+    if chosen == "blocks-fp8" and not getattr(transformer, "_lorabooth_compiled", False):
+        from . import fp8
+
+        problem = fp8.unavailable(device)
+        if problem:
+            chosen, note = "blocks", f"; {problem}, so bf16 matmuls"
+        else:
+            note = f"; {fp8.use_fp8_matmuls(transformer)} linear layers in fp8"
     if compile_in_place(transformer, chosen):
-        return (f"compile: {WHAT[chosen]} (the first steps compile; cached in "
+        return (f"compile: {WHAT[chosen]}{note} (the first steps compile; cached in "
                 f"{os.environ['TORCHINDUCTOR_CACHE_DIR']})")
     return f"compile: {WHAT[chosen]} (compiled already)"

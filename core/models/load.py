@@ -3,6 +3,7 @@ and the facts the header and the memory plan need (parameter count, device name)
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import TYPE_CHECKING
@@ -167,6 +168,10 @@ def quiet_libraries() -> None:
     # environment variables reach messages printed while the libraries are first imported.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    # torchao (the fp8 extra), imported by diffusers when installed, warns of its compiled
+    # kernels built for another torch (unused here) and of a torch deprecation.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     from diffusers.utils import logging as dlogging
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as tlogging
