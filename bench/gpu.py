@@ -281,8 +281,8 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
     """`variant`: "" (eager, checkpointed, against the bare step), "between" (a prompt rendered
     between two steps, as the engine does with a queued prompt), or words joined by "-":
     "compile" (regional compilation of the blocks, as train.compile = "blocks"), "nockpt" (no
-    gradient checkpointing), "auto" (lorabooth's defaults: what a user gets), "fp8" (the
-    defaults with compile = "blocks-fp8")."""
+    gradient checkpointing), "auto" (lorabooth's defaults: what a user gets). Run 9's "fp8"
+    (train.compile = "blocks-fp8") is gone with the mode: it gained training nothing."""
     from lorabooth.core.train.trainer import Trainer
 
     source, owner = state["source"], state["owner"]
@@ -290,8 +290,6 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
     words = set(variant.split("-"))
     if "auto" in words:
         compile_mode, ckpt = "auto", "auto"
-    elif "fp8" in words:  # the defaults, with the large matmuls in fp8
-        compile_mode, ckpt = "blocks-fp8", "auto"
     else:
         compile_mode = "blocks" if "compile" in words else "off"
         ckpt = "off" if "nockpt" in words else "on"
@@ -600,20 +598,22 @@ def generate_phase(state: dict, resolution: int, steps: int, device: torch.devic
 
 
 def compile_phase(state: dict, resolution: int, steps: int, eager_step_s: float,
-                  device: torch.device) -> dict:
+                  device: torch.device, mode: str = "blocks") -> dict:
+    """`mode`: generate.compile's "blocks" or "blocks-fp8"; a transformer a training phase
+    compiled already stays as it was (the row says so)."""
     gen = state["owner"].generator(state["source"])
     transformer = gen.pipe.transformer
     from torch._dynamo.utils import counters
 
-    from lorabooth.core.models.compile import compile_in_place
+    from lorabooth.core.models.compile import apply
 
-    compiled_here = compile_in_place(transformer, "blocks")  # False: a training phase did
+    said = apply(transformer, mode, device)
     first = timed(device, lambda: gen.render(generator_recipe(state, resolution, 2)))
     graphs = dict(counters["stats"])
     seconds = timed(device, lambda: gen.render(generator_recipe(state, resolution, steps)))
     rescale = timed(device, lambda: gen.render(generator_recipe(state, resolution, 2, 0.5)))
     step_s = seconds / steps
-    return {"compiled_here": compiled_here, "first_render_s": round(first, 2),
+    return {"compile": said, "first_render_s": round(first, 2),
             "step_s": round(step_s, 4),
             "eager_step_s": eager_step_s, "ratio_vs_eager": round(step_s / eager_step_s, 3),
             "scale_change_2_steps_s": round(rescale, 2), "dynamo_after_first": graphs,
@@ -710,7 +710,9 @@ def run_phase(bench: Bench, name: str, state: dict, root: Path, resolutions: lis
         if eager is None:
             bench.record({"phase": name, "skipped": f"no eager generate-{r} to compare with"})
         elif device.type == "cuda":
-            bench.phase(name, lambda: compile_phase(state, r, gen_steps, eager, device), 150)
+            mode = "blocks-fp8" if rest.endswith("-fp8") else "blocks"  # compile-1024-fp8
+            bench.phase(name, lambda: compile_phase(state, r, gen_steps, eager, device, mode),
+                        150)
     else:
         bench.record({"phase": name, "skipped": "unknown phase"})
 

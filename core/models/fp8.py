@@ -1,11 +1,14 @@
 """fp8 matmuls for the transformer's large linear layers, through torchao's float8 training
 (`convert_to_float8_training`, rowwise scales): activations and weights are cast to float8 as
 each layer runs and multiplied on the card's fp8 tensor cores, twice the bf16 rate on Hopper
-and Ada. The weights stay bf16 parameters, so the same model trains (LoRA on a frozen base:
-the backward to the activations is fp8 too), renders samples between steps and generates.
+and Ada. The weights stay bf16 parameters.
 
 Only worth it compiled (the casts fuse into the neighbouring kernels), so it is a compile mode,
-`blocks-fp8`. Left in bf16: the LoRA's own layers, the AdaLN modulation (one row per image,
+`generate.compile = "blocks-fp8"`: a 28-step 1024 px FLUX.1-dev image in 0.89x the bf16 time on
+an H200. LoRA training gains nothing from it (1024 px 0.98x, 512 px 1.40x slower: the casts of
+activations, gradients and weights each step cost what the tensor cores save; bench/results/
+gpu.json, run 9), so training never uses it and a model swapped for generation is reloaded
+before a run. Left in bf16: the LoRA's own layers, the AdaLN modulation (one row per image,
 nothing to gain), the embedders and the output layer, and any layer whose sides are not
 multiples of 16 (the fp8 matmul's rule).
 """

@@ -67,8 +67,13 @@ class ModelOwner:
     def borrow_for_training(self, source: ModelSource, dtype: torch.dtype, device: Any,
                             quantize: str | None, placement: str = "all") -> tuple[Any, bool]:
         """The pipeline for a training run: the resident one when it fits, with any adapters a
-        generation job loaded taken out. Returns (pipeline, loaded from disk now)."""
-        loaded = not self.resident(source, dtype, quantize)
+        generation job loaded taken out; not one whose layers generation swapped for fp8 ones
+        (they slow a LoRA step: bench/results/gpu.json, run 9). Returns (pipeline, loaded from
+        disk now)."""
+        from .fp8 import uses_fp8_matmuls
+
+        loaded = (not self.resident(source, dtype, quantize)
+                  or uses_fp8_matmuls(self.pipe.transformer))
         if loaded:
             self._load(source, dtype, device, quantize, placement)
         else:

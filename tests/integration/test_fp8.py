@@ -1,7 +1,8 @@
-"""fp8 matmuls (`compile = "blocks-fp8"`): torchao's float8 layers swapped into the blocks keep
-the transformer the same function within fp8's rounding, and a LoRA still learns through them.
-The fp8 arithmetic is emulated on the CPU (the same layers and casts, multiplied in high
-precision); the speed is the GPU bench's to measure."""
+"""fp8 matmuls for generation (`generate.compile = "blocks-fp8"`): torchao's float8 layers swapped
+into the blocks keep the transformer the same function within fp8's rounding with the LoRA still
+acting; a CPU says why it stays bf16; a model swapped for generation is not trained on. The fp8
+arithmetic is emulated on the CPU (the same layers and casts, multiplied in high precision); the
+speed is the GPU bench's to measure."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import torch
 
 from lorabooth.core.models.compile import apply
 from lorabooth.core.models.fp8 import use_fp8_matmuls, uses_fp8_matmuls
-from lorabooth.core.train.trainer import Trainer
+from lorabooth.core.models.owner import ModelOwner
+from lorabooth.core.models.resolve import resolve_model
+from lorabooth.core.train.lora import ADAPTER, add_lora, target_modules
 
 
 def demo_inputs(transformer, seed: int = 0) -> dict:
@@ -23,36 +26,52 @@ def demo_inputs(transformer, seed: int = 0) -> dict:
                 guidance=torch.tensor([3.5]) if dims.guidance_embeds else None)
 
 
-def test_fp8_layers_keep_the_function_and_the_lora_learns(demo_workspace):
-    ws = demo_workspace(train_compile="off", train_checkpoint_every=1000,
-                        train_resolution=[64], train_targets="all-linear")
-    trainer = Trainer(ws, device="cpu", log=lambda line: None)
-    trainer.prepare()
-    transformer = trainer.pipe.transformer
-    with torch.no_grad():
-        before = transformer(**demo_inputs(transformer)).sample
+def test_fp8_layers_keep_the_function_and_the_lora_acts(demo_model):
+    from diffusers import FluxTransformer2DModel
+
+    transformer = FluxTransformer2DModel.from_pretrained(demo_model, subfolder="transformer")
+    add_lora(transformer, 4, 4, target_modules(transformer, "attention"))
+    for name, param in transformer.named_parameters():  # a LoRA that does something
+        if "lora_B" in name:
+            param.data.normal_(0, 0.2, generator=torch.Generator().manual_seed(len(name)))
+
+    def out(scale: float) -> torch.Tensor:
+        transformer.set_adapters([ADAPTER], [scale])
+        with torch.no_grad():
+            return transformer(**demo_inputs(transformer)).sample
+
+    bf16_on = out(1.0)
     swapped = use_fp8_matmuls(transformer, emulate=True)
+    assert swapped > 20 and uses_fp8_matmuls(transformer)
     kinds = {type(m).__name__ for n, m in transformer.named_modules()
-             if n.endswith("base_layer") and ".norm" not in n}
-    assert swapped > 20 and kinds == {"Float8Linear"}, (swapped, kinds)
-    assert uses_fp8_matmuls(transformer)
+             if n.endswith(".base_layer") or n.endswith(".ff.net.2")}
+    assert kinds == {"Float8Linear"}, kinds
     # The LoRA's own layers and the AdaLN modulation stay as they were.
     assert not any(type(m).__name__ == "Float8Linear" for n, m in transformer.named_modules()
                    if "lora_" in n or ".norm" in n)
-    with torch.no_grad():
-        after = transformer(**demo_inputs(transformer)).sample
-    error = ((after - before).norm() / before.norm()).item()
-    assert 0 < error < 0.1, error  # fp8 rounding: changed, but the same function
+    fp8_on, fp8_off = out(1.0), out(0.0)
 
-    losses = trainer.run(steps=60).losses
-    assert all(torch.isfinite(torch.tensor(losses)))
-    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    assert last < 0.9 * first, (first, last)
-    trained = [p for n, p in transformer.named_parameters() if "lora_B" in n]
-    assert trained and all(p.abs().sum() > 0 for p in trained)
+    def gap(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a - b).norm() / b.norm()).item()
+
+    assert 0 < gap(fp8_on, bf16_on) < 0.1  # fp8 rounding: changed, but the same function
+    assert gap(fp8_on, fp8_off) > 5 * gap(fp8_on, bf16_on)  # the LoRA still acts, at its scale
 
 
 def test_fp8_on_a_cpu_says_why_it_stays_bf16(demo_pipe):
     line = apply(demo_pipe.transformer, "blocks-fp8", torch.device("cpu"))
     assert "fp8 matmuls need a CUDA card" in line and "bf16 matmuls" in line
     assert not uses_fp8_matmuls(demo_pipe.transformer)
+
+
+def test_a_model_swapped_for_fp8_generation_is_reloaded_for_training(demo_model):
+    source = resolve_model("demo")
+    owner = ModelOwner()
+    owner.generator(source)
+    pipe, loaded = owner.borrow_for_training(source, torch.float32, "cpu", None)
+    assert not loaded  # the resident model is reused as it is
+    owner.give_back(lambda pipe: None)
+    use_fp8_matmuls(owner.pipe.transformer, emulate=True)
+    pipe, loaded = owner.borrow_for_training(source, torch.float32, "cpu", None)
+    assert loaded and not uses_fp8_matmuls(pipe.transformer)
+    assert not any(type(m).__name__ == "Float8Linear" for m in pipe.transformer.modules())
