@@ -375,11 +375,13 @@ def render_between_steps(trainer, resolution: int, device: torch.device,
 
 def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmup: int,
                  count: int, gen_steps: int, device: torch.device, bench=None,
-                 auto: bool = False) -> dict:
+                 auto: bool = False, memory: str = "auto") -> dict:
     """A smaller card, simulated: the process capped to `card_gb` GB, lorabooth's own plans
     (training, then generation) choosing with that much available, a prompt never seen before
     rendered between two steps, then a render with the LoRA as the generation plan says. The
-    "loading" hands over the random pipeline (moved to the CPU first) as the plan places it."""
+    "loading" hands over the random pipeline (moved to the CPU first) as the plan places it;
+    for NF4 (`memory`, for training and generation) its transformer goes through a folder on
+    disk and lorabooth's own NF4 loader (bitsandbytes quantises as diffusers loads)."""
     import lorabooth.core.models.owner as owner_module
     import lorabooth.core.models.sizes as sizes
     from lorabooth.core.config import set_config_values
@@ -410,6 +412,8 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
         loads.append(f"{dtype} {quantize} {placement}")
         if quantize == "fp8" and not stored_in_fp8(pipe.transformer):
             store_in_fp8(pipe.transformer, dtype)
+        if quantize == "nf4" and not getattr(pipe.transformer, "is_quantized", False):
+            extra["nf4_load_s"] = nf4_transformer(pipe, root / "nf4", dtype, source)
         pipe.lorabooth_offload = place(pipe, torch.device(dev or device), placement, quantize)
         return pipe
 
@@ -421,7 +425,7 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
     extra: dict = {}
     try:
         ws = workspace(root, source.spec, resolution, warmup + count)
-        defaults = {"train.memory": "auto"}
+        defaults = {"train.memory": memory, "generate.memory": memory}
         if auto:  # what a user gets: compile and checkpointing as lorabooth chooses too
             defaults.update({"train.compile": "auto", "train.checkpointing": "auto"})
         set_config_values(ws.root, defaults)
@@ -463,6 +467,24 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
         sizes.available_gib, owner_module.load_pipeline = real_available, real_load
         if device.type == "cuda":
             torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
+
+
+def nf4_transformer(pipe, folder: Path, dtype, source) -> float:
+    """Replace the pipeline's transformer by the same weights loaded as NF4, the way
+    `load_pipeline` loads them; the seconds the load took (the save not counted)."""
+    from types import SimpleNamespace
+
+    from lorabooth.core.models.load import _load_nf4_transformer
+
+    pipe.transformer.save_pretrained(folder / "transformer")
+    start = time.perf_counter()
+    quantized = _load_nf4_transformer(SimpleNamespace(path=folder), dtype, type(pipe))
+    seconds = time.perf_counter() - start
+    shutil.rmtree(folder, ignore_errors=True)
+    pipe.transformer = quantized
+    pipe.register_modules(transformer=quantized)
+    gc.collect()
+    return round(seconds, 1)
 
 
 def uncompile(transformer: torch.nn.Module) -> None:
@@ -692,10 +714,12 @@ def run_phase(bench: Bench, name: str, state: dict, root: Path, resolutions: lis
         variant = rest.partition("-")[2]  # train-512, train-512-between, train-512-compile
         bench.phase(name, lambda: train_phase(state, root, r, warmup, count, device, variant),
                     30)
-    elif kind == "capped":  # capped-1024-24: 1024 px on a simulated 24 GB card
+    elif kind == "capped":  # capped-1024-24[-auto|-nf4]: 1024 px on a simulated 24 GB card
         card = float(rest.split("-")[1]) if "-" in rest else 24.0
+        memory = "nf4" if rest.endswith("-nf4") else "auto"
         bench.phase(name, lambda: capped_phase(state, root, r, card, warmup, count, gen_steps,
-                                               device, bench, rest.endswith("-auto")), 60)
+                                               device, bench, rest.endswith("-auto"), memory),
+                    60)
     elif kind == "offload":
         bench.phase(name, lambda: offload_phase(state, r, gen_steps, device), 30)
     elif kind == "bare":
