@@ -1,7 +1,8 @@
 """Planning GPU memory for the whole pipeline, for training and for generation.
 
 Every module resident in each phase is counted, in GiB, against the GiB this process may use:
-- caching: T5-XXL, CLIP and the VAE encode the photos and captions; the transformer waits;
+- caching: T5-XXL, CLIP and the VAE encode the photos and captions; the transformer waits on
+  the CPU (not an NF4 one: bitsandbytes places it on the GPU as it loads);
 - training: the transformer (bf16, fp8 storage or NF4), the VAE, the LoRA with its gradients
   and AdamW state, the activations of the batch (every one of them where they fit, which
   spares the checkpointing recompute; else under gradient checkpointing), and the text
@@ -143,13 +144,16 @@ def train_phases(size: ModelSize, quantize: str | None, half: str, resolution: i
     else:  # T5 encodes the captions on the CPU (once: they are cached)
         caching = clip + vae + vae_encode
         cached_by = "CLIP, VAE (T5 on the CPU)"
-    if encoders_on_gpu:
+    # bitsandbytes puts an NF4 transformer on the GPU as it loads, so it cannot wait on the CPU
+    # while the encoders run (a 16 GB card ran out of memory at caching with T5 beside it).
+    transformer_waits = not encoders_on_gpu and quantize != "nf4"
+    if not transformer_waits:
         caching += transformer
     weights = transformer + vae + lora + (encoders if encoders_on_gpu else clip)
     where = "transformer, VAE, LoRA" + (", text encoders" if encoders_on_gpu else ", CLIP")
     return [
         Phase("caching", caching + MARGIN_GIB,
-              cached_by + (", transformer" if encoders_on_gpu else "")),
+              cached_by + ("" if transformer_waits else ", transformer")),
         Phase("training", weights + train_activations(size, resolution, batch, text_tokens,
                                                       checkpointing)
               + MARGIN_GIB, where + (", activations" if checkpointing else

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import EXIT_FAILURE, LoraboothError, describe_os_error
+from ..models.load import quiet_library_logs
 from . import check, demo, doctor, engine, generate, init, plan, train
 from .console import error
 
@@ -64,6 +65,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_library_logs()
     parser, handlers = build_parser()
     try:
         if argv and not argv[0].startswith("-") and argv[0] not in handlers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..models.load import quiet_library_logs
 from ..store import StoreError
 from ..workspace import Workspace
 from .lock import EngineRunning
@@ -15,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m lorabooth.core.engine WORKSPACE", file=sys.stderr)
         return 2
+    quiet_library_logs()
     ws = Workspace.at(args[0])
     try:
         return Engine(ws).run()

@@ -163,15 +163,20 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def quiet_libraries() -> None:
-    # The libraries' own progress bars and advice would garble our progress display. The
-    # environment variables reach messages printed while the libraries are first imported.
+def quiet_library_logs() -> None:
+    """Before the libraries are imported (the CLI does it first): the environment variables
+    reach messages printed while they load. torchao (the fp8 extra) and bitsandbytes (lowvram),
+    imported by diffusers when installed, warn of kernels built for another torch or missing
+    optional packages (none used here), and torch of a deprecation torchao triggers."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    # torchao (the fp8 extra), imported by diffusers when installed, warns of its compiled
-    # kernels built for another torch (unused here) and of a torch deprecation.
-    for name in ("torchao", "torch.utils._pytree"):
+    for name in ("torchao", "bitsandbytes", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quiet_libraries() -> None:
+    # The libraries' own progress bars and advice would garble our progress display.
+    quiet_library_logs()
     from diffusers.utils import logging as dlogging
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as tlogging
