@@ -387,6 +387,7 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
     from lorabooth.core.config import set_config_values
     from lorabooth.core.generate.generator import plan_for
     from lorabooth.core.memory import card_gib
+    from lorabooth.core.models.compile import uncompile
     from lorabooth.core.models.load import place, store_in_fp8, stored_in_fp8
     from lorabooth.core.models.owner import ModelOwner
     from lorabooth.core.train.trainer import Trainer
@@ -485,13 +486,6 @@ def nf4_transformer(pipe, folder: Path, dtype, source) -> float:
     pipe.register_modules(transformer=quantized)
     gc.collect()
     return round(seconds, 1)
-
-
-def uncompile(transformer: torch.nn.Module) -> None:
-    for module in transformer.modules():
-        if getattr(module, "_compiled_call_impl", None) is not None:
-            module._compiled_call_impl = None
-    transformer._lorabooth_compiled = False
 
 
 def where_things_are(trainer, device: torch.device) -> dict:

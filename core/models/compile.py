@@ -136,6 +136,14 @@ def compile_in_place(transformer: torch.nn.Module, mode: str) -> bool:
     return True
 
 
+def uncompile(transformer: torch.nn.Module) -> None:
+    """Back to eager: every compiled region (or the whole model) runs its plain forward."""
+    for module in transformer.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+    transformer._lorabooth_compiled = False
+
+
 def not_compilable(transformer: torch.nn.Module) -> str | None:
     """Why the transformer must run eager, or None. fp8 storage is diffusers' layerwise
     casting: hooks swap each weight to the compute dtype around its forward, which compiled

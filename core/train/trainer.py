@@ -30,6 +30,7 @@ from ..models.resolve import ModelSource, resolve_model
 from ..models.sizes import training_plan
 from ..workspace import LORA_FILE, Workspace
 from . import TrainingError, flow
+from .autocompile import AutoCompile, record_key
 from .checkpoint import (
     CheckpointInfo,
     CheckpointUnreadable,
@@ -119,6 +120,7 @@ class Trainer:
         self.owner = owner or ModelOwner()
         self.loaded_model = False  # whether prepare() loaded weights from disk
         self.pipe = None
+        self.autocompile = None
         self.examples: list[Example] = []
         self.encoder: Encoder | None = None
 
@@ -176,7 +178,13 @@ class Trainer:
         if plan.gradient_checkpointing:
             transformer.enable_gradient_checkpointing(checkpointing(t.dropout > 0))
         transformer.train()
-        self.log(compile_transformer(transformer, t.compile, self.device))
+        self.autocompile = None
+        if t.compile == "auto":  # decided in run(), by measurement (see autocompile.py)
+            key = record_key(self.device, self.source.spec, max(t.resolution), t.batch_size)
+            self.autocompile = AutoCompile(transformer, self.device, key, t.steps, self.log,
+                                           shared=self.team.world > 1)
+        else:
+            self.log(compile_transformer(transformer, t.compile, self.device))
         self.model = self.team.wrap(transformer)  # DDP under `accelerate launch`
         # The CLIP LoRA trains too: wrapped as well, so its gradients are averaged across
         # processes like the transformer's (rank 0's alone were saved before).
@@ -415,12 +423,17 @@ class Trainer:
         self.run_dir = choose_run(self.ws.checkpoints, self.team, resume, run)
         if resume:
             self.resume_latest_good()
+        if self.autocompile is not None:
+            self.autocompile.total = total
+            self.autocompile.start(self.step)
         result = TrainResult(self.step, self.ws.lora_path, encode=self.encoder.stats,
                              run=self.run_dir.name)
         every = self.config.train.checkpoint_every
         loss = None
         while self.step < total:
             metrics = self.train_step()
+            if self.autocompile is not None:
+                self.autocompile.after_step(self.step, metrics.seconds)
             loss = metrics.loss
             result.losses.append(metrics.loss)
             if self.team.main:

@@ -93,3 +93,40 @@ def test_each_size_compiles_a_static_graph_of_its_own(demo_model):
         run(64)
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[5] - graphs[4] <= 2 and graphs[5] == graphs[-1]  # the scale: once
+
+
+def test_auto_measures_this_device_then_decides_from_the_measurement(demo_workspace,
+                                                                      monkeypatch):
+    """A device never measured: the first steps run eager and are timed, the blocks are
+    compiled and timed, and the run keeps whichever was faster; the measurement is kept, and
+    the next run decides from it before its first step. (The priors are set so that a short
+    CPU run tries; by default a CPU run this short would not.)"""
+    from lorabooth.core.train import autocompile
+
+    monkeypatch.setattr(autocompile, "RECORD", "compile-measured-this-test.json")
+    monkeypatch.setattr(autocompile, "PRIORS", {"cpu": (0.9, 0.0), "cuda": (0.9, 0.0)})
+    monkeypatch.setattr(autocompile, "SAMPLES", 3)
+    settings = dict(train_compile="auto", train_resolution=[128], sample_every=0,
+                    train_checkpoint_every=1000)
+    said: list[str] = []
+    trainer = Trainer(demo_workspace("first", **settings), device="cpu", log=said.append)
+    trainer.run(steps=12)
+    assert any("times the first steps eager" in line for line in said), said
+    assert any(line.startswith("compile: repeated blocks") and "trying it" in line
+               for line in said), said
+    decided = [line for line in said if "kept for later runs" in line]
+    assert len(decided) == 1, said
+    kept = decided[0].startswith("compile: auto keeps")
+    assert kept == trainer.pipe.transformer._lorabooth_compiled
+    (record,) = autocompile.read_records().values()
+    assert record.eager_s > 0 and record.compiled_s > 0 and record.compile_s > 0
+
+    again: list[str] = []
+    second = Trainer(demo_workspace("second", **settings), device="cpu", log=again.append)
+    second.run(steps=4)
+    assert not any("times the first steps" in line for line in again), again
+    (line,) = [line for line in again if line.startswith("compile:")]
+    assert "measured on this device" in line
+    pays = record.gain_s() is not None and autocompile.pays(4, record.eager_s, record.gain_s(),
+                                                             record.compile_s)
+    assert line.startswith("compile: repeated blocks") == pays
