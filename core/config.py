@@ -104,11 +104,12 @@ class TrainSettings:
                        "| fp8 (weights stored in 8 bits) | nf4 (needs the lowvram extra) | "
                        "fp32. `lorabooth plan` shows what auto picks.", default="auto",
                        choices=MEMORY_MODES)
-    compile: str = _opt("torch.compile for the transformer: auto (its repeated blocks on a "
-                        "CUDA GPU, where a step takes 0.6-0.75 of its eager time; off on a "
-                        "CPU, where it gains little for its compile time, and over fp8 or NF4 "
-                        "weights) | blocks | full | off. Compiled code is "
-                        "cached on disk, so later runs pay a fraction of the first's compile.",
+    compile: str = _opt("torch.compile for the transformer: auto (measured on this device: "
+                        "the first run times its first steps eager, then the repeated blocks "
+                        "compiled if the run is long enough to pay, and keeps the faster; "
+                        "later runs decide from that; off over fp8 or NF4 weights) | blocks | "
+                        "full | off. Compiled code is cached on disk, so later runs pay a "
+                        "fraction of the first's compile.",
                         default="auto", choices=TRAIN_COMPILE_MODES)
     checkpointing: str = _opt("Gradient checkpointing (recompute activations in the backward "
                               "pass): auto (off where every activation fits beside bf16 "
