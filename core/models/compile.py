@@ -11,12 +11,13 @@ blocks on CUDA and nothing on a CPU.
 Inductor's caches (FX graphs, autograd graphs, kernels) live under lorabooth's user cache, so
 a second run or a restarted engine compiles from disk.
 
-Shapes are kept static: each bucket (and each render size) compiles its own graph once. Left to
-dynamo's automatic dynamic shapes, the second size seen recompiles the blocks with a symbolic
-sequence length, and those kernels are slower: on an H200 a 512 px step took 0.241 s after the
-blocks had met 1024 px first, 0.131 s compiled for 512 px alone (bench/results/gpu.json, runs 4
-and 8). Scalars (a LoRA scale) still become dynamic after their first change, so moving a
-scale compiles once, not once per value.
+Shapes are kept static: each bucket (and each render size) compiles its own graph once, up to
+STATIC_SHAPES sizes; the sizes after share one graph with a symbolic size. Left to dynamo's
+automatic dynamic shapes, the second size seen recompiles the blocks with a symbolic sequence
+length, and those kernels are slower: on an H200 a 512 px step took 0.241 s after the blocks
+had met 1024 px first, 0.143 s with a static graph for each (bench/results/gpu.json, runs 4 and
+9). Scalars (a LoRA scale) still become dynamic after their first change, so moving a scale
+compiles once, not once per value.
 """
 
 from __future__ import annotations
@@ -62,24 +63,28 @@ WHAT = {"blocks": "repeated blocks", "full": "the whole transformer",
 # Graphs kept per compiled function: a few buckets x (training, rendering) x (a LoRA scale
 # fixed or dynamic); past dynamo's default of 8 it would run the rest eager.
 RECOMPILE_LIMIT = 64
+# Input sizes compiled as static graphs of their own, per kind of block; later ones share one
+# graph with a symbolic size. Typical runs have a few buckets and a render size.
+STATIC_SHAPES = 6
 
 
-def _static(value):
-    """`value` with every tensor's sizes marked static and its strides the usual ones: FLUX.1's
-    single blocks hand each other views into the joint text+image tensor (the batch dimension's
-    stride is the joint length) while the first receives a fresh tensor, and dynamo guards a
-    view's base too, so each size would compile twice. A view is copied (about 1% of a 1024 px
-    step)."""
+def _static(value, mark: bool):
+    """`value` with every tensor's strides the usual ones and, if `mark`, its sizes marked
+    static: FLUX.1's single blocks hand each other views into the joint text+image tensor (the
+    batch dimension's stride is the joint length) while the first receives a fresh tensor, and
+    dynamo guards a view's base too, so each size would compile twice. A view is copied (about
+    1% of a 1024 px step)."""
     import torch
 
     if isinstance(value, torch.Tensor):
         if value._base is not None or value.stride() != _packed_strides(value.shape):
             value = value.clone(memory_format=torch.contiguous_format)
-        for dim in range(value.dim()):
-            torch._dynamo.mark_static(value, dim)
+        if mark:
+            for dim in range(value.dim()):
+                torch._dynamo.mark_static(value, dim)
         return value
     if isinstance(value, (tuple, list)):
-        return type(value)(_static(item) for item in value)
+        return type(value)(_static(item, mark) for item in value)
     return value
 
 
@@ -91,17 +96,34 @@ def _packed_strides(shape) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _call_static(compiled, *args, **kwargs):
+def _shapes(value) -> tuple:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, (tuple, list)):
+        return tuple(_shapes(item) for item in value)
+    return ()
+
+
+def _call_static(compiled, seen: set, *args, **kwargs):
     # Runs outside the compiled region, so the marks reach dynamo as it guards the inputs.
-    return compiled(*_static(args), **{key: _static(v) for key, v in kwargs.items()})
+    # Past STATIC_SHAPES sizes the marks stop: dynamo then compiles one graph with a symbolic
+    # size for every size after (a compile per bucket would cost more than it saves).
+    shapes = _shapes((args, tuple(kwargs.values())))
+    mark = shapes in seen or len(seen) < STATIC_SHAPES
+    if mark:
+        seen.add(shapes)
+    return compiled(*_static(args, mark), **{key: _static(v, mark) for key, v in kwargs.items()})
 
 
-def _compile_static(module: torch.nn.Module, **options) -> None:
-    """`module.compile(**options)`, with every tensor input's shape kept static."""
+def _compile_static(module: torch.nn.Module, seen: set, **options) -> None:
+    """`module.compile(**options)`, with the tensor inputs' shapes kept static for the first
+    STATIC_SHAPES sizes `seen` by modules of its kind."""
     import torch
 
     compiled = torch.compile(module._call_impl, **options)
-    module._compiled_call_impl = functools.partial(_call_static, compiled)
+    module._compiled_call_impl = functools.partial(_call_static, compiled, seen)
 
 
 def compiled_regions(transformer: torch.nn.Module) -> list[torch.nn.Module]:
@@ -127,11 +149,12 @@ def compile_in_place(transformer: torch.nn.Module, mode: str) -> bool:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
                                                RECOMPILE_LIMIT)
     if mode == "full":
-        _compile_static(transformer)
+        _compile_static(transformer, set())
     else:
         # fullgraph=False: peft's LoRA layers and gradient checkpointing stay graph-breakable.
+        seen: dict[str, set] = {}
         for block in compiled_regions(transformer):
-            _compile_static(block, fullgraph=False)
+            _compile_static(block, seen.setdefault(type(block).__name__, set()), fullgraph=False)
     transformer._lorabooth_compiled = True
     return True
 

@@ -52,7 +52,7 @@ def test_compiled_training_compiles_once_for_every_bucket_and_a_render(demo_work
     assert counters["stats"]["unique_graphs"] == after_one_scale
 
 
-def test_each_size_compiles_a_static_graph_of_its_own(demo_model):
+def test_each_size_compiles_a_static_graph_of_its_own(demo_model, monkeypatch):
     """A second bucket or render size gets its own graph with fixed sizes, not a recompile with
     a symbolic sequence length that then serves every size (slower kernels: 0.241 against
     0.131 s a 512 px step on an H200). Counted: a new size is a new graph; a size seen
@@ -62,6 +62,7 @@ def test_each_size_compiles_a_static_graph_of_its_own(demo_model):
     from diffusers import FluxTransformer2DModel
     from torch._dynamo.utils import counters
 
+    from lorabooth.core.models import compile as compile_module
     from lorabooth.core.models.compile import compile_in_place
     from lorabooth.core.train.lora import ADAPTER, add_lora, target_modules
 
@@ -93,6 +94,13 @@ def test_each_size_compiles_a_static_graph_of_its_own(demo_model):
         run(64)
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[5] - graphs[4] <= 2 and graphs[5] == graphs[-1]  # the scale: once
+
+    # Past STATIC_SHAPES sizes, one graph with a symbolic size serves every size after.
+    monkeypatch.setattr(compile_module, "STATIC_SHAPES", 3)
+    for side in (160, 192, 224):
+        run(side)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[-3] > graphs[-4] and graphs[-1] == graphs[-2] == graphs[-3], graphs
 
 
 def test_auto_measures_this_device_then_decides_from_the_measurement(demo_workspace,
