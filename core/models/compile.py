@@ -5,8 +5,9 @@ Regional compilation (diffusers' `compile_repeated_blocks`: each of the 57 block
 once, as one graph reused by all) rather than the whole model: on an H200 it took a 512 px
 LoRA step from 0.55 s to 0.256 s after a 27.6 s first step (1024 px without checkpointing:
 0.58 s to 0.43 s after 36 s), and on a 2-core CPU the whole
-model compiled in 72 s for 0.57x, the blocks in 32 s for 0.92x. `auto` is therefore the
-blocks on CUDA and nothing on a CPU.
+model compiled in 72 s for 0.57x, the blocks in 32 s for 0.92x. Generation's `auto` is the
+blocks on CUDA and nothing on a CPU; training's is measured on the device
+(core/train/autocompile.py).
 
 Inductor's caches (FX graphs, autograd graphs, kernels) live under lorabooth's user cache, so
 a second run or a restarted engine compiles from disk.
@@ -64,8 +65,12 @@ WHAT = {"blocks": "repeated blocks", "full": "the whole transformer",
 # fixed or dynamic); past dynamo's default of 8 it would run the rest eager.
 RECOMPILE_LIMIT = 64
 # Input sizes compiled as static graphs of their own, per kind of block; later ones share one
-# graph with a symbolic size. Typical runs have a few buckets and a render size.
+# graph with a symbolic size. Typical runs have a few buckets and a render size. On a CPU the
+# static graphs were the slower ones (the mid-size bench at 256 px, caches warm: 0.321 s a step
+# with a static graph per bucket, 0.293 s with one symbolic graph after the first size), so
+# there only the first size is static.
 STATIC_SHAPES = 6
+STATIC_SHAPES_CPU = 1
 
 
 def _static(value, mark: bool):
@@ -111,7 +116,8 @@ def _call_static(compiled, seen: set, *args, **kwargs):
     # Past STATIC_SHAPES sizes the marks stop: dynamo then compiles one graph with a symbolic
     # size for every size after (a compile per bucket would cost more than it saves).
     shapes = _shapes((args, tuple(kwargs.values())))
-    mark = shapes in seen or len(seen) < STATIC_SHAPES
+    on_cpu = all(arg.device.type == "cpu" for arg in args if hasattr(arg, "device"))
+    mark = shapes in seen or len(seen) < (STATIC_SHAPES_CPU if on_cpu else STATIC_SHAPES)
     if mark:
         seen.add(shapes)
     return compiled(*_static(args, mark), **{key: _static(v, mark) for key, v in kwargs.items()})
