@@ -140,6 +140,9 @@ class SampleSettings:
     )
     every: int = _opt("Render samples every N steps (0 turns samples off).",
                       default=250, min=0, max=1_000_000)
+    before_training: bool = _opt("Also render them before the first step (step 0), so the "
+                                 "contact sheet starts from what the base model draws.",
+                                 default=True)
     steps: int = _opt("Denoising steps for each sample image.", default=20, min=1, max=200)
     seed: int = _opt("Seed of the sample images, the same at every step so they compare.",
                      default=1234, min=0, max=2**32 - 1)

@@ -430,6 +430,10 @@ class Trainer:
                              run=self.run_dir.name)
         every = self.config.train.checkpoint_every
         loss = None
+        s = self.config.sample
+        if s.every and s.before_training and self.step == 0 and self.team.main:
+            # As ai-toolkit does: the sheet's first row is the base, before any learning.
+            self.on_sample(0, render_samples(self))
         while self.step < total:
             metrics = self.train_step()
             if self.autocompile is not None:

@@ -113,15 +113,25 @@ def test_samples_and_contact_sheet_leave_training_untouched(demo_workspace):
     seen = []
     result = Trainer(ws, device="cpu", on_sample=lambda step, paths: seen.append(step)).run(
         steps=20)
-    assert seen == [10, 20]
+    assert seen == [0, 10, 20]  # the base before any step, then every 10
     assert np.allclose(plain_run.losses, result.losses, rtol=1e-5)  # samples cost no learning
     sheet = ws.outputs / "samples" / "contact_sheet.png"
     with Image.open(sheet) as img:
-        assert img.size == (96 + 3 * 192, 2 * 192)
+        assert img.size == (96 + 3 * 192, 3 * 192)
     assert len(list((ws.outputs / "samples" / "step-000010").glob("*.png"))) == 3
     promoted = promote(ws, 10)
     assert promoted.read_bytes() == \
         (ws.checkpoints / "run-001" / "step-000010" / LORA_FILE).read_bytes()
+    # Base samples off: only the steps; a resumed run never renders its "before" again.
+    off = demo_workspace("off", sample_every=10, sample_steps=2, train_checkpoint_every=10,
+                         sample_before_training=False)
+    seen.clear()
+    Trainer(off, device="cpu", on_sample=lambda step, paths: seen.append(step)).run(steps=10)
+    assert seen == [10]
+    seen.clear()
+    Trainer(ws, device="cpu", on_sample=lambda step, paths: seen.append(step)).run(
+        steps=30, resume=True)
+    assert seen == [30]
 
 
 def test_comfyui_copy_carries_alpha_and_loads_at_the_same_strength(demo_model, demo_workspace):

@@ -107,7 +107,8 @@ def test_demo_in_a_real_terminal(tmux: Tmux, tmp_path: Path, demo_model):
         tmux.wait_for(r"engine (idle|running)", timeout=30)
         tmux.keys("2")
         tmux.wait_for(r"job 1 (running|done)", timeout=30)
-        # The first samples (every 500 steps) open full-screen with their recipe.
+        # The samples (the base's before step 1, then every 500 steps) open full-screen with
+        # their recipe.
         deadline = time.monotonic() + 120
         while "· sample ·" not in tmux.screen() and time.monotonic() < deadline:
             tmux.keys("o")
@@ -115,7 +116,7 @@ def test_demo_in_a_real_terminal(tmux: Tmux, tmp_path: Path, demo_model):
         tmux.wait_for(r"(\d+)/\1 · sample · step-\d+/prompt-02.png", timeout=5)  # newest
         tmux.wait_for(r"prompt: .*zorb")
         tmux.keys("n")
-        tmux.wait_for(r" 1/\d+ · sample · step-000500/prompt-00.png")  # wraps to the first
+        tmux.wait_for(r" 1/\d+ · sample · step-000000/prompt-00.png")  # wraps to the first
         tmux.keys("Escape")
         tmux.wait_for(r"Start")
         tmux.keys("q")
