@@ -144,7 +144,8 @@ def compiled_regions(transformer: torch.nn.Module) -> list[torch.nn.Module]:
 
 def compile_in_place(transformer: torch.nn.Module, mode: str) -> bool:
     """Compile the transformer in place as `mode` says: each repeated block (one graph reused
-    by all) or the whole model as one graph (the fastest steady step, the longest compile).
+    by all) or the whole model as one graph (the longest compile; on the 2-core CPU a step no
+    faster than the blocks').
     False when it is compiled already (a resident model keeps its compiled code between
     jobs)."""
     if getattr(transformer, "_lorabooth_compiled", False):
