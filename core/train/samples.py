@@ -1,6 +1,6 @@
 """Sample images while training: the sample prompts rendered from fixed seeds at a step, and
-the contact sheet of every step so far (faces peak early and then overfit; the sheet shows
-where). Rendering never touches the training state: eval mode, no grad, the RNGs as they were.
+the contact sheet of every step of the run so far (faces peak early and then overfit; the sheet
+shows where). Rendering never touches the training state: eval mode, no grad, the RNGs as they were.
 """
 
 from __future__ import annotations
@@ -28,6 +28,12 @@ def step_folder(samples: Path, step: int) -> Path:
     return samples / f"step-{step:06d}"
 
 
+def run_samples(trainer: Trainer) -> Path:
+    """This run's samples folder, beside its checkpoints' name (outputs/samples/run-002): a
+    second run's sheet never mixes in rows of the first, and the first's stay."""
+    return trainer.ws.outputs / "samples" / trainer.run_dir.name
+
+
 def render_samples(trainer: Trainer) -> list[Path]:
     """The sample prompts at the trainer's current step; the sheet is rewritten after."""
     s = trainer.config.sample
@@ -35,7 +41,7 @@ def render_samples(trainer: Trainer) -> list[Path]:
         return []
     pipe, device = trainer.pipe, trainer.device
     size = min(trainer.config.train.resolution)
-    folder = step_folder(trainer.ws.outputs / "samples", trainer.step)
+    folder = step_folder(run_samples(trainer), trainer.step)
     clip_trains = trainer.config.train.text_encoder_lora
     pipe.transformer.eval()
     pipe.text_encoder.eval()
@@ -54,7 +60,7 @@ def render_samples(trainer: Trainer) -> list[Path]:
         pipe.transformer.train()
         if clip_trains:
             pipe.text_encoder.train()
-    write_sample_sheet(trainer.ws.outputs / "samples")
+    write_sample_sheet(run_samples(trainer))
     return paths
 
 

@@ -282,7 +282,7 @@ def test_the_engine_trains_klein_with_samples_and_renders_a_queued_edit(engines,
                timeout=120)
     assert [store.job(j).state for j in (train, edit)] == ["done", "done"], store.events()
     assert ws.lora_path.is_file()
-    samples = sorted((ws.outputs / "samples").glob("step-*/prompt-*.png"))
+    samples = sorted((ws.outputs / "samples").glob("run-*/step-*/prompt-*.png"))
     assert samples and all(Image.open(p).size == (128, 128) for p in samples)
     image = next(o for o in store.outputs(edit) if o.kind == "image")
     assert read_recipe(image.path).refs == (ref,)

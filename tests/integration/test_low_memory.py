@@ -114,7 +114,7 @@ def test_renders_between_steps_over_fp8_storage_run_in_the_trainers_precision(
     assert {p.dtype for p in trainer.params} == {torch.float32}
     assert seen == {torch.bfloat16}  # the LoRA ran in autocast, as in the training step
     assert renders[0].size == (64, 64) and np.asarray(renders[0]).std() > 0
-    samples = sorted((ws.outputs / "samples" / "step-000002").glob("prompt-*.png"))
+    samples = sorted((ws.outputs / "samples" / "run-001" / "step-000002").glob("prompt-*.png"))
     assert samples and all(Image.open(p).size == (256, 256) for p in samples)
     assert all(np.isfinite(result.losses))
     trainer.release()

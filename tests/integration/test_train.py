@@ -115,10 +115,10 @@ def test_samples_and_contact_sheet_leave_training_untouched(demo_workspace):
         steps=20)
     assert seen == [0, 10, 20]  # the base before any step, then every 10
     assert np.allclose(plain_run.losses, result.losses, rtol=1e-5)  # samples cost no learning
-    sheet = ws.outputs / "samples" / "contact_sheet.png"
+    sheet = ws.outputs / "samples" / "run-001" / "contact_sheet.png"
     with Image.open(sheet) as img:
         assert img.size == (96 + 3 * 192, 3 * 192)
-    assert len(list((ws.outputs / "samples" / "step-000010").glob("*.png"))) == 3
+    assert len(list((ws.outputs / "samples" / "run-001" / "step-000010").glob("*.png"))) == 3
     promoted = promote(ws, 10)
     assert promoted.read_bytes() == \
         (ws.checkpoints / "run-001" / "step-000010" / LORA_FILE).read_bytes()
@@ -132,6 +132,12 @@ def test_samples_and_contact_sheet_leave_training_untouched(demo_workspace):
     Trainer(ws, device="cpu", on_sample=lambda step, paths: seen.append(step)).run(
         steps=30, resume=True)
     assert seen == [30]
+    # A new run has a folder and a sheet of its own; the first run's stay as they were.
+    Trainer(ws, device="cpu").run(steps=10)
+    with Image.open(ws.outputs / "samples" / "run-002" / "contact_sheet.png") as img:
+        assert img.size[1] == 2 * 192  # steps 0 and 10 of this run only
+    with Image.open(sheet) as img:
+        assert img.size[1] == 4 * 192  # run-001: 0, 10, 20 and the resumed 30
 
 
 def test_comfyui_copy_carries_alpha_and_loads_at_the_same_strength(demo_model, demo_workspace):
