@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..dataset.files import read_regular_file
 from ..fsutil import atomic_write_text
 from ..models.compile import WHAT, apply, not_compilable, uncompile
 from ..models.resolve import cache_root
@@ -67,8 +68,8 @@ def _positive(value) -> float | None:
 def read_records(path: Path | None = None) -> dict[str, Measured]:
     """The measurements kept so far; a file that is not ours (or broken) counts as none."""
     path = path or cache_root() / RECORD
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+    try:  # never a FIFO (it would wait for a writer) nor a huge file
+        raw = json.loads(read_regular_file(path, 2**20)[0].decode("utf-8"))
     except (OSError, ValueError):
         return {}
     records = {}
@@ -157,7 +158,7 @@ class AutoCompile:
         prior_gain, prior_compile = PRIORS.get(self.device.type, PRIORS["cpu"])
         steps_left = self.total - step
         if steps_left * eager_s * prior_gain <= prior_compile:
-            write_record(self.key, Measured(eager_s), self.path)
+            self._keep(Measured(eager_s))
             self.log(f"compile: off (auto: {steps_left} steps left at {eager_s:.3g} s could "
                      "not pay for a compile)")
             self.state = "done"
@@ -166,6 +167,13 @@ class AutoCompile:
         self.log(f"{line} (auto: trying it, {eager_s:.3g} s a step eager)")
         self.eager = [eager_s]
         self.state = "timing-compiled"
+
+    def _keep(self, measured: Measured) -> None:
+        try:
+            write_record(self.key, measured, self.path)
+        except OSError as exc:  # a full disk or a read-only cache: the run goes on
+            self.log(f"compile: the measurement could not be kept ({exc.strerror or exc}); "
+                     "the next run measures again")
 
     def _compiled_step(self, seconds: float) -> None:
         if self.compile_step is None:
@@ -176,7 +184,7 @@ class AutoCompile:
             return
         eager_s, compiled_s = self.eager[0], statistics.median(self.compiled)
         measured = Measured(eager_s, compiled_s, max(self.compile_step - compiled_s, 0.001))
-        write_record(self.key, measured, self.path)
+        self._keep(measured)
         said = (f"{compiled_s:.3g} s a step compiled against {eager_s:.3g} s eager, "
                 f"{measured.compile_s:.0f} s to compile; kept for later runs")
         if compiled_s < FASTER * eager_s:

@@ -5,6 +5,8 @@ forged file is read as no measurement, never as a crash)."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 from lorabooth.core.train.autocompile import Measured, pays, read_records, write_record
 
@@ -46,3 +48,22 @@ def test_measurements_are_kept_and_forged_ones_ignored(tmp_path):
         assert read_records(path) == {}
     write_record("cpu | demo | 128px x1", Measured(0.03), path)  # over a broken file
     assert read_records(path)["cpu | demo | 128px x1"].compiled_s is None
+
+    path.unlink()
+    os.mkfifo(path)  # opening a FIFO would wait for a writer forever
+    assert read_records(path) == {}
+    write_record("cpu | demo | 128px x1", Measured(0.03), path)  # replaces it
+    assert path.is_file() and read_records(path)
+
+
+def test_a_record_that_cannot_be_written_leaves_the_run_going():
+    import torch
+
+    from lorabooth.core.train.autocompile import AutoCompile
+
+    said: list[str] = []
+    unwritable = Path("/proc/lorabooth-nowhere/compile-measured.json")
+    auto = AutoCompile(torch.nn.Linear(2, 2), torch.device("cpu"), "cpu | demo | 128px x1",
+                       100, said.append, record=unwritable)
+    auto._keep(Measured(0.03))
+    assert said and "could not be kept" in said[0] and "measures again" in said[0]
