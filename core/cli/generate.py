@@ -150,7 +150,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def _generate_here(ws: Workspace, request: Request) -> list[Path]:
     from ..generate.generator import plan_for, run_request
-    from ..models.compile import apply as compile_transformer
+    from ..models.autocompile import for_generation
     from ..models.owner import ModelOwner
 
     base = complete_recipe(ws, request.recipe)
@@ -161,8 +161,8 @@ def _generate_here(ws: Workspace, request: Request) -> list[Path]:
     if err.is_terminal:
         err.print(plain(f"generation: {plan.reason}", "dim"))
     generator = ModelOwner().generator(source, plan)
-    compiled = compile_transformer(generator.pipe.transformer, ws.config().generate.compile,
-                                   generator.device)
+    compiled = for_generation(generator.pipe.transformer, ws.config().generate.compile,
+                              generator.device, source.spec)
     if err.is_terminal:
         err.print(plain(compiled, "dim"))
 

@@ -36,7 +36,7 @@ def denoise_hook(engine: Engine, job_id: int) -> Callable[[int, int], bool]:
 def run(engine: Engine, job: Job) -> str:
     from ..generate.generator import Cancelled, plan_for, run_request
     from ..generate.request import complete_recipe, request_from_params
-    from ..models.compile import apply as compile_transformer
+    from ..models.autocompile import for_generation
     from ..models.resolve import resolve_model
 
     request = request_from_params(job.params)
@@ -51,9 +51,9 @@ def run(engine: Engine, job: Job) -> str:
     plan = plan_for(engine.ws, source, recipes)
     fresh = not engine.model.resident(source, None, plan.quantize)
     generator = engine.model.generator(source, plan)
-    compiled = compile_transformer(generator.pipe.transformer,
-                                   engine.ws.config(check_photos=False).generate.compile,
-                                   generator.device)
+    compiled = for_generation(generator.pipe.transformer,
+                              engine.ws.config(check_photos=False).generate.compile,
+                              generator.device, source.spec)
     if fresh:
         engine.model_loaded(base.model, generator.device)
         engine.event(f"generation: {plan.reason}; {compiled}")

@@ -21,6 +21,7 @@ from .. import __version__
 from ..config import Config
 from ..fsutil import atomic_write_bytes
 from ..memory import Plan
+from ..models.autocompile import AutoCompile, record_key
 from ..models.compile import apply as compile_transformer
 from ..models.family import family_of
 from ..models.load import big_text_encoder, default_device, default_dtype, use_safe_attention
@@ -30,7 +31,6 @@ from ..models.resolve import ModelSource, resolve_model
 from ..models.sizes import training_plan
 from ..workspace import LORA_FILE, Workspace
 from . import TrainingError, flow
-from .autocompile import AutoCompile, record_key
 from .checkpoint import (
     CheckpointInfo,
     CheckpointUnreadable,

@@ -111,7 +111,7 @@ def test_auto_measures_this_device_then_decides_from_the_measurement(demo_worksp
     compiled and timed, and the run keeps whichever was faster; the measurement is kept, and
     the next run decides from it before its first step. (The priors are set so that a short
     CPU run tries; by default a CPU run this short would not.)"""
-    from lorabooth.core.train import autocompile
+    from lorabooth.core.models import autocompile
 
     monkeypatch.setattr(autocompile, "RECORD", "compile-measured-this-test.json")
     monkeypatch.setattr(autocompile, "PRIORS", {"cpu": (0.9, 0.0), "cuda": (0.9, 0.0)})
@@ -140,3 +140,33 @@ def test_auto_measures_this_device_then_decides_from_the_measurement(demo_worksp
     pays = record.gain_s() is not None and autocompile.pays(4, record.eager_s, record.gain_s(),
                                                              record.compile_s)
     assert line.startswith("compile: repeated blocks") == pays
+
+
+def test_generation_auto_follows_what_training_measured_here(demo_model, monkeypatch):
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from lorabooth.core.models import autocompile
+
+    monkeypatch.setattr(autocompile, "RECORD", "compile-measured-generation-test.json")
+    cpu = torch.device("cpu")
+
+    def fresh():
+        return FluxTransformer2DModel.from_pretrained(demo_model, subfolder="transformer")
+
+    assert autocompile.for_generation(fresh(), "auto", cpu, "demo").startswith(
+        "compile: off (auto: no gain")  # nothing measured: the CPU's default
+    key = autocompile.record_key(cpu, "demo", 128, 1)
+    autocompile.write_record(key, autocompile.Measured(0.030, 0.033, 12.0))
+    slower = fresh()
+    line = autocompile.for_generation(slower, "auto", cpu, "demo")
+    assert line == "compile: off (auto: a training step compiled took 1.10x its eager time " \
+                   "on this device)"
+    assert not getattr(slower, "_lorabooth_compiled", False)
+    autocompile.write_record(key, autocompile.Measured(0.030, 0.024, 12.0))
+    faster = fresh()
+    line = autocompile.for_generation(faster, "auto", cpu, "demo")
+    assert line.startswith("compile: repeated blocks") and "0.80x" in line
+    assert faster._lorabooth_compiled
+    other = autocompile.for_generation(fresh(), "auto", cpu, "flux-dev")  # not measured
+    assert other.startswith("compile: off (auto: no gain")

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from lorabooth.core.train.autocompile import Measured, pays, read_records, write_record
+from lorabooth.core.models.autocompile import Measured, pays, read_records, write_record
 
 
 def test_a_compile_pays_only_when_the_rest_of_the_run_earns_it_back():
@@ -59,7 +59,7 @@ def test_measurements_are_kept_and_forged_ones_ignored(tmp_path):
 def test_a_record_that_cannot_be_written_leaves_the_run_going():
     import torch
 
-    from lorabooth.core.train.autocompile import AutoCompile
+    from lorabooth.core.models.autocompile import AutoCompile
 
     said: list[str] = []
     unwritable = Path("/proc/lorabooth-nowhere/compile-measured.json")

@@ -10,6 +10,8 @@ cache (the eager and compiled step, the compile time), and later runs decide fro
 before their first step, no eager probe needed.
 
 Several processes (`accelerate launch`) must agree, so they use the device's prior instead.
+Generation's `auto` follows what training measured for the model on this kind of device (the
+same blocks, forward only), else the device's default (`for_generation`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from pathlib import Path
 
 from ..dataset.files import read_regular_file
 from ..fsutil import atomic_write_text
-from ..models.compile import WHAT, apply, not_compilable, uncompile
-from ..models.resolve import cache_root
+from .compile import WHAT, apply, not_compilable, uncompile
+from .resolve import cache_root
 
 # What compiling the repeated blocks gains and costs before this device has been measured:
 # (fraction of an eager step saved, seconds to compile cold), from bench/results.
@@ -193,3 +195,23 @@ class AutoCompile:
             uncompile(self.transformer)
             self.log(f"compile: off (auto: {said})")
         self.state = "done"
+
+
+def for_generation(transformer, mode: str, device, model: str) -> str:
+    """Compile for generation as `mode` says; `auto` follows what training measured for this
+    model on this kind of device (the same blocks, forward only), else the device's default.
+    The one line that says what was done."""
+    if mode != "auto" or not_compilable(transformer):
+        return apply(transformer, mode, device)
+    prefix = f"{device_kind(device)} | {model} |"
+    known = [m for key, m in read_records().items()
+             if key.startswith(prefix) and m.compiled_s is not None]
+    if not known:
+        return apply(transformer, mode, device)
+    ratio = statistics.median(m.compiled_s / m.eager_s for m in known)
+    measured = f"a training step compiled took {ratio:.2f}x its eager time on this device"
+    if ratio < FASTER:
+        return f"{apply(transformer, 'blocks', device)} (auto: {measured})"
+    if getattr(transformer, "_lorabooth_compiled", False):
+        return apply(transformer, "blocks", device)  # compiled already by a training job
+    return f"compile: off (auto: {measured})"
