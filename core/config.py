@@ -165,8 +165,9 @@ class GenerateSettings:
     memory: str = _opt("Precision for generation: auto (bf16 with every model on the GPU if it "
                        "fits, else model offload, then fp8, then nf4) | bf16 | fp8 | nf4 | "
                        "fp32.", default="auto", choices=MEMORY_MODES)
-    compile: str = _opt("torch.compile for generation: auto (the repeated blocks on a CUDA "
-                        "GPU) | blocks | blocks-fp8 (the large matmuls in fp8 on Ada/Hopper "
+    compile: str = _opt("torch.compile for generation: auto (as training measured it for "
+                        "the model on this device; else the repeated blocks on a CUDA GPU) "
+                        "| blocks | blocks-fp8 (the large matmuls in fp8 on Ada/Hopper "
                         "cards: a 1024 px image in 0.89x the time; needs the fp8 extra) | off.",
                         default="auto", choices=GENERATE_COMPILE_MODES)
     presets: dict[str, str] = _opt(
