@@ -4,9 +4,10 @@ For the demo model and a mid-size Flux transformer (hidden 256), in one run:
 - `bare`: `pipe(prompt, ...)` on a pipeline loaded once with the same LoRA, images per second;
 - `lorabooth`: the engine's path for a queued job (recipe check, LoRA selection, render, PNG
   with recipe and sidecar, store rows), images per second;
-- switching the LoRA's scale between images (set_adapters) against loading the LoRA file.
+- switching the LoRA's scale between images (set_adapters) against loading the LoRA file;
+- lorabooth's path with the repeated blocks compiled against eager, and the compile's cost.
 
-    python -m bench.generate [--images 12] [--size 256] [--steps 8]
+    python -m bench.generate [--images 12] [--size 256] [--steps 8] [--no-compile]
 """
 
 from __future__ import annotations
@@ -77,11 +78,41 @@ def rates(ws: Workspace, source: ModelSource, args) -> dict[str, float]:
             "load": load, "switch": (time.perf_counter() - switch_start) / 5}
 
 
+def compile_rows(name: str, ws: Workspace, source: ModelSource, args) -> list[dict]:
+    """lorabooth's path with the repeated blocks compiled against the same path eager, on one
+    generator; the compile's cost (the first compiled round less a steady one) on its own row."""
+    from lorabooth.core.models.compile import compile_in_place
+
+    generator = ModelOwner().generator(source)
+    base = complete_recipe(ws, Recipe("photo of zorb", width=args.size, height=args.size,
+                                      steps=args.steps, loras=(LoraRef("workspace", 1.0),)))
+    recipes = [replace(base, seed=i) for i in range(args.images)]
+
+    def best_of(rounds: int) -> tuple[float, float]:
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            run_request(generator, ws, recipes, None, lambda index, path, recipe: None)
+            times.append(time.perf_counter() - start)
+        return times[0], min(times[1:])
+
+    eager = best_of(args.rounds + 1)[1]
+    compile_in_place(generator.pipe.transformer, "blocks")
+    first, compiled = best_of(args.rounds + 1)
+    return [
+        {"model": name, "case": "images/s, blocks compiled", "lorabooth": args.images / compiled,
+         "baseline": "eager", "baseline_value": args.images / eager, "ratio": eager / compiled},
+        {"model": name, "case": "compile time, s", "lorabooth": first - compiled,
+         "baseline": "a steady round", "baseline_value": compiled,
+         "ratio": (first - compiled) / compiled},
+    ]
+
+
 def bench(name: str, source: ModelSource, root: Path, args) -> list[dict]:
     ws = Workspace.at(workspace(root / name, 256))
     Trainer(ws, source=source, device="cpu").run(steps=5)  # a LoRA to generate with
     r = rates(ws, source, args)
-    return [
+    rows = [
         {"model": name, "case": "images/s", "lorabooth": r["lorabooth"],
          "baseline": "bare pipe()", "baseline_value": r["bare"],
          "ratio": r["lorabooth"] / r["bare"]},
@@ -89,6 +120,7 @@ def bench(name: str, source: ModelSource, root: Path, args) -> list[dict]:
          "baseline": "load LoRA file", "baseline_value": r["load"],
          "ratio": r["switch"] / r["load"]},
     ]
+    return rows + (compile_rows(name, ws, source, args) if args.compile else [])
 
 
 def main() -> None:
@@ -97,6 +129,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="skip the compiled rows")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="lorabooth-bench-generate-"))
     try:
