@@ -57,8 +57,15 @@ def device_kind(device) -> str:
     return f"{device.type} {platform.machine()} x{torch.get_num_threads()}"
 
 
+def _model_on_device(device, model: str) -> str:
+    import torch
+
+    # A torch release compiles differently: its runs measure afresh.
+    return f"{device_kind(device)} | torch {torch.__version__} | {model} |"
+
+
 def record_key(device, model: str, resolution: int, batch: int) -> str:
-    return f"{device_kind(device)} | {model} | {resolution}px x{batch}"
+    return f"{_model_on_device(device, model)} {resolution}px x{batch}"
 
 
 def _positive(value) -> float | None:
@@ -203,7 +210,7 @@ def for_generation(transformer, mode: str, device, model: str) -> str:
     The one line that says what was done."""
     if mode != "auto" or not_compilable(transformer):
         return apply(transformer, mode, device)
-    prefix = f"{device_kind(device)} | {model} |"
+    prefix = _model_on_device(device, model)
     known = [m for key, m in read_records().items()
              if key.startswith(prefix) and m.compiled_s is not None]
     if not known:
