@@ -123,7 +123,7 @@ async def test_g_and_G_jump_to_the_first_and_last_job(demo_workspace):
 
 
 
-async def test_a_klein_workspace_queues_an_edit_with_reference_images(demo_workspace):
+async def test_a_klein_workspace_queues_an_edit_with_reference_images(demo_workspace, engines):
     """The Queue pane of a FLUX.2 [klein] workspace shows a references box (hidden on FLUX.1);
     a photo's bare name there is found among the photos and recorded in the queued recipe."""
     flux1 = app_for(demo_workspace("one"))
@@ -131,6 +131,7 @@ async def test_a_klein_workspace_queues_an_edit_with_reference_images(demo_works
         queue = await open_pane(pilot, "3", QueuePane)
         assert not queue.query_one("#refs").display
     ws = demo_workspace("klein", model="demo-klein")
+    engines.append(ws)  # the queued job starts the engine; it must not outlive the test
     app = app_for(ws)
     async with app.run_test(size=(100, 30)) as pilot:
         queue = await open_pane(pilot, "3", QueuePane)

@@ -25,8 +25,9 @@ async def palette_run(pilot, words: str, expect: str) -> None:
     await wait_for(pilot, lambda: not isinstance(app.screen, CommandPalette))
 
 
-async def test_the_palette_finds_and_runs_lorabooth_actions(demo_workspace):
+async def test_the_palette_finds_and_runs_lorabooth_actions(demo_workspace, engines):
     ws = demo_workspace()
+    engines.append(ws)  # a queued job starts the engine; it must not outlive the test
     app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
     async with app.run_test(size=(100, 30)) as pilot:
         await palette_run(pilot, "log scale", "Loss plot: toggle log scale")

@@ -78,8 +78,10 @@ async def test_enter_opens_the_image_large_with_its_recipe_and_keys_step_through
         assert not isinstance(app.screen, ViewerScreen)
 
 
-async def test_remake_and_variations_queue_jobs_from_the_recorded_recipe(demo_workspace):
+async def test_remake_and_variations_queue_jobs_from_the_recorded_recipe(demo_workspace,
+                                                                         engines):
     ws = demo_workspace()
+    engines.append(ws)  # a queued job starts the engine; it must not outlive the test
     recipes = seed_outputs(ws)
     store = Store(ws.db_path)
     app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
