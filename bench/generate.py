@@ -35,6 +35,11 @@ from lorabooth.core.train.trainer import Trainer
 from lorabooth.core.workspace import Workspace
 
 
+def base_recipe(ws: Workspace, args) -> Recipe:
+    return complete_recipe(ws, Recipe("photo of zorb", width=args.size, height=args.size,
+                                      steps=args.steps, loras=(LoraRef("workspace", 1.0),)))
+
+
 def rates(ws: Workspace, source: ModelSource, args) -> dict[str, float]:
     """Both paths on their own warm pipeline (the same model and LoRA), measured in
     alternating rounds so that drift in the machine's speed hits both alike."""
@@ -43,8 +48,7 @@ def rates(ws: Workspace, source: ModelSource, args) -> dict[str, float]:
     bare.load_lora_weights(lora, adapter_name="bench")
     store = Store(ws.db_path)
     generator = ModelOwner().generator(source)
-    base = complete_recipe(ws, Recipe("photo of zorb", width=args.size, height=args.size,
-                                      steps=args.steps, loras=(LoraRef("workspace", 1.0),)))
+    base = base_recipe(ws, args)
     load_start = time.perf_counter()
     generator.use_loras(base.loras)
     load = time.perf_counter() - load_start
@@ -84,8 +88,7 @@ def compile_rows(name: str, ws: Workspace, source: ModelSource, args) -> list[di
     from lorabooth.core.models.compile import compile_in_place
 
     generator = ModelOwner().generator(source)
-    base = complete_recipe(ws, Recipe("photo of zorb", width=args.size, height=args.size,
-                                      steps=args.steps, loras=(LoraRef("workspace", 1.0),)))
+    base = base_recipe(ws, args)
     recipes = [replace(base, seed=i) for i in range(args.images)]
 
     def best_of(rounds: int) -> tuple[float, float]:

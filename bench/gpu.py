@@ -281,8 +281,7 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
     """`variant`: "" (eager, checkpointed, against the bare step), "between" (a prompt rendered
     between two steps, as the engine does with a queued prompt), or words joined by "-":
     "compile" (regional compilation of the blocks, as train.compile = "blocks"), "nockpt" (no
-    gradient checkpointing), "auto" (lorabooth's defaults: what a user gets). Run 9's "fp8"
-    (train.compile = "blocks-fp8") is gone with the mode: it gained training nothing."""
+    gradient checkpointing), "auto" (lorabooth's defaults: what a user gets)."""
     from lorabooth.core.train.trainer import Trainer
 
     source, owner = state["source"], state["owner"]

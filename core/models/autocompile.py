@@ -110,22 +110,28 @@ class AutoCompile:
     """The state of one run's decision; `start` before the first step, `after_step` after
     each. `log` receives the one line that says what was chosen, and why."""
 
-    def __init__(self, transformer, device, key: str, total_steps: int,
-                 log: Callable[[str], None], shared: bool = False,
-                 record: Path | None = None) -> None:
+    def __init__(self, transformer, device, key: str, log: Callable[[str], None],
+                 shared: bool = False, record: Path | None = None) -> None:
         self.transformer, self.device, self.key = transformer, device, key
-        self.total, self.log, self.shared, self.path = total_steps, log, shared, record
+        self.log, self.shared, self.path = log, shared, record
+        self.prior_gain, self.prior_compile = PRIORS.get(device.type, PRIORS["cpu"])
+        self.total = 0
         self.eager: list[float] = []
         self.compiled: list[float] = []
         self.compile_step: float | None = None
         self.state = "done"
 
-    def start(self, step: int) -> None:
+    def _prior_pays(self, steps_left: int, eager_s: float) -> bool:
+        """Whether a compile would pay by the device's priors (it has not been measured)."""
+        return pays(steps_left, eager_s, self.prior_gain * eager_s, self.prior_compile)
+
+    def start(self, step: int, total: int) -> None:
+        """Before step `step` + 1 of a run of `total` steps."""
+        self.total = total
         if getattr(self.transformer, "_lorabooth_compiled", False) or \
                 not_compilable(self.transformer):  # compiled by an earlier job, or fp8 / NF4
             self.log(apply(self.transformer, "blocks", self.device))
             return
-        prior_gain, prior_compile = PRIORS.get(self.device.type, PRIORS["cpu"])
         known = None if self.shared else read_records(self.path).get(self.key)
         steps_left = self.total - step
         if self.shared:
@@ -133,7 +139,7 @@ class AutoCompile:
             line = apply(self.transformer, mode, self.device)
             self.log(f"{line} (auto, several processes: the {self.device.type} default)")
         elif known is not None and known.compiled_s is not None:
-            compile_s = known.compile_s or prior_compile
+            compile_s = known.compile_s or self.prior_compile
             measured = (f"measured on this device: {known.compiled_s:.3g} s a step compiled, "
                         f"{known.eager_s:.3g} s eager, {compile_s:.0f} s to compile")
             if pays(steps_left, known.eager_s, known.gain_s(), compile_s):
@@ -142,7 +148,7 @@ class AutoCompile:
                 self.eager = [known.eager_s]
             else:
                 self.log(f"compile: off (auto, {measured}: no gain over {steps_left} steps)")
-        elif known is not None and steps_left * known.eager_s * prior_gain <= prior_compile:
+        elif known is not None and not self._prior_pays(steps_left, known.eager_s):
             self.log(f"compile: off (auto: {steps_left} steps of ~{known.eager_s:.3g} s could "
                      "not pay for a compile)")
         else:
@@ -164,9 +170,8 @@ class AutoCompile:
         if len(self.eager) < SAMPLES:
             return
         eager_s = statistics.median(self.eager)
-        prior_gain, prior_compile = PRIORS.get(self.device.type, PRIORS["cpu"])
         steps_left = self.total - step
-        if steps_left * eager_s * prior_gain <= prior_compile:
+        if not self._prior_pays(steps_left, eager_s):
             self._keep(Measured(eager_s))
             self.log(f"compile: off (auto: {steps_left} steps left at {eager_s:.3g} s could "
                      "not pay for a compile)")

@@ -181,7 +181,7 @@ class Trainer:
         self.autocompile = None
         if t.compile == "auto":  # decided in run(), by measurement (see autocompile.py)
             key = record_key(self.device, self.source.spec, max(t.resolution), t.batch_size)
-            self.autocompile = AutoCompile(transformer, self.device, key, t.steps, self.log,
+            self.autocompile = AutoCompile(transformer, self.device, key, self.log,
                                            shared=self.team.world > 1)
         else:
             self.log(compile_transformer(transformer, t.compile, self.device))
@@ -424,8 +424,7 @@ class Trainer:
         if resume:
             self.resume_latest_good()
         if self.autocompile is not None:
-            self.autocompile.total = total
-            self.autocompile.start(self.step)
+            self.autocompile.start(self.step, total)
         result = TrainResult(self.step, self.ws.lora_path, encode=self.encoder.stats,
                              run=self.run_dir.name)
         every = self.config.train.checkpoint_every

@@ -64,6 +64,6 @@ def test_a_record_that_cannot_be_written_leaves_the_run_going():
     said: list[str] = []
     unwritable = Path("/proc/lorabooth-nowhere/compile-measured.json")
     auto = AutoCompile(torch.nn.Linear(2, 2), torch.device("cpu"), "cpu | demo | 128px x1",
-                       100, said.append, record=unwritable)
+                       said.append, record=unwritable)
     auto._keep(Measured(0.03))
     assert said and "could not be kept" in said[0] and "measures again" in said[0]
