@@ -21,7 +21,7 @@ from .registry import (
 )
 
 # Bump when the demo model's configs or weights change, so old caches are rebuilt, not reused.
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 DEMO_KLEIN_VERSION = 1
 REQUIRED_PARTS = ("model_index.json", "transformer", "vae", "text_encoder", "text_encoder_2",
                   "tokenizer", "tokenizer_2", "scheduler")

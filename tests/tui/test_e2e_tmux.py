@@ -91,12 +91,12 @@ def test_demo_in_a_real_terminal(tmux: Tmux, tmp_path: Path, demo_model):
         tmux.keys("2")
         tmux.wait_for(r"Start")
         tmux.keys("s")
-        first = int(tmux.wait_for(r"step (\d+)/2000", timeout=60).group(1))
+        first = int(tmux.wait_for(r"step (\d+)/3000", timeout=60).group(1))
         later = first
         deadline = time.monotonic() + 30
         while later <= first and time.monotonic() < deadline:
             time.sleep(0.5)
-            later = int(tmux.wait_for(r"step (\d+)/2000").group(1))
+            later = int(tmux.wait_for(r"step (\d+)/3000").group(1))
         assert later > first  # the step count moves while we watch
         tmux.keys("q")
         tmux.wait_for(r"EXITED 0", timeout=15)
