@@ -11,8 +11,10 @@ For each model (the demo, and a mid-size Flux config with hidden size 256):
   in a fresh process as a new run would be;
 - with `--reference SCRIPT` (diffusers' examples/dreambooth/train_dreambooth_lora_flux.py):
   `lorabooth train` eager and compiled against that script run unchanged on the same mid-size
-  model and photos (same LoRA targets and rank, fp32, cached latents), each s/step taken as
-  (T(60 steps) - T(10 steps)) / 50 of whole processes.
+  model and photos (same LoRA targets and rank, cached latents), each s/step taken as
+  (T(60 steps) - T(10 steps)) / 50 of whole processes; the script runs in fp32 and in its bf16
+  mixed precision, lorabooth with `train.memory` auto (fp32 on a CPU) and, where the device
+  multiplies bf16 natively, "bf16", and every lorabooth row is set against both.
 
     python -m bench.train [--steps 30] [--device cpu|cuda] [--no-compile] [--reference SCRIPT]
 """
@@ -38,6 +40,7 @@ from bench._common import report
 from lorabooth.core.config import set_config_value
 from lorabooth.core.models.demo import build_demo_pipeline, ensure_demo_model
 from lorabooth.core.models.resolve import ModelSource
+from lorabooth.core.models.sizes import cpu_has_bf16
 from lorabooth.core.train import flow
 from lorabooth.core.train.trainer import Trainer
 from lorabooth.core.workspace import init_workspace
@@ -227,11 +230,11 @@ def timed_cli(argv: list[str]) -> float:
 
 
 def lorabooth_run(root: Path, model: Path, resolution: int, steps: int, compile_mode: str,
-                  device: str) -> float:
+                  device: str, memory: str = "auto") -> float:
     """Seconds for `lorabooth train` of `steps` in a fresh workspace on the model's folder."""
-    ws_root = workspace(root / f"ours-{compile_mode}-{steps}", resolution)
+    ws_root = workspace(root / f"ours-{compile_mode}-{memory}-{steps}", resolution)
     for key, value in {"model": str(model), "train.compile": compile_mode,
-                       "train.lr_schedule": "constant"}.items():
+                       "train.memory": memory, "train.lr_schedule": "constant"}.items():
         set_config_value(ws_root, key, value)
     env_device = {} if device == "cuda" else {"CUDA_VISIBLE_DEVICES": ""}
     os.environ.update(env_device)
@@ -239,15 +242,17 @@ def lorabooth_run(root: Path, model: Path, resolution: int, steps: int, compile_
                       "--steps", str(steps)])
 
 
-def reference_run(root: Path, model: Path, script: Path, resolution: int, steps: int) -> float:
+def reference_run(root: Path, model: Path, script: Path, resolution: int, steps: int,
+                  precision: str = "no") -> float:
     """Seconds for diffusers' script, unchanged, on the same model and photos: the same LoRA
-    targets and rank, fp32, latents cached, text encoded once, constant learning rate."""
+    targets and rank, latents cached, text encoded once, constant learning rate; fp32, or
+    with `precision` "bf16" its mixed precision (frozen weights cast to bf16, LoRA fp32)."""
     photos = root / "reference-photos"
     if not photos.exists():  # the script opens every file in the folder as an image
         photos.mkdir(parents=True)
         for jpg in sorted((REPO / "sample_photos").glob("*.jpg")):
             shutil.copy2(jpg, photos / jpg.name)
-    out = root / f"reference-{steps}"
+    out = root / f"reference-{precision}-{steps}"
     return timed_cli([
         sys.executable, "-m", "bench.reference", str(script),
         "--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(photos),
@@ -255,7 +260,7 @@ def reference_run(root: Path, model: Path, script: Path, resolution: int, steps:
         "--resolution", str(resolution), "--center_crop", "--train_batch_size", "1",
         "--max_train_steps", str(steps), "--checkpointing_steps", "100000",
         "--rank", "16", "--learning_rate", "1e-4", "--lr_scheduler", "constant",
-        "--lr_warmup_steps", "0", "--mixed_precision", "no", "--cache_latents",
+        "--lr_warmup_steps", "0", "--mixed_precision", precision, "--cache_latents",
         "--guidance_scale", "1", "--max_sequence_length", "512", "--seed", "0",
         "--report_to", "tensorboard", "--lora_layers",
         "to_k,to_q,to_v,to_out.0,add_k_proj,add_q_proj,add_v_proj,to_add_out"])
@@ -268,17 +273,26 @@ def reference_rows(root: Path, model: Path, script: Path, resolution: int,
     def per_step(run) -> float:
         return (run(60) - run(10)) / 50
 
-    reference = per_step(lambda n: reference_run(root, model, script, resolution, n))
+    reference = {precision: per_step(
+        lambda n, p=precision: reference_run(root, model, script, resolution, n, p))
+        for precision in ("no", "bf16")}
     rows = []
-    for mode in ("off", "blocks", "full"):
-        # A first run fills the compile cache, so that both measured runs read it alike (else
-        # the cold compile lands in whichever runs first); its time is reported beside.
-        first = lorabooth_run(root / "warm", model, resolution, 10, mode, device)
-        ours = per_step(lambda n, m=mode: lorabooth_run(root, model, resolution, n, m, device))
-        rows.append({"model": "mid-256", "case": f"step, compile {mode}", "lorabooth_s": ours,
-                     "baseline": "diffusers train_dreambooth_lora_flux.py",
-                     "baseline_s": reference, "ratio": ours / reference,
-                     "first_10_step_run_s": first})
+    # memory = "bf16" on a CPU only where it multiplies bf16 natively (else it is emulated).
+    memories = ("auto", "bf16") if device == "cuda" or cpu_has_bf16() else ("auto",)
+    for memory in memories:
+        for mode in ("off", "blocks", "full"):
+            # A first run fills the compile cache, so that both measured runs read it alike
+            # (else the cold compile lands in whichever runs first); its time is reported.
+            first = lorabooth_run(root / "warm", model, resolution, 10, mode, device, memory)
+            ours = per_step(lambda n, m=mode, mem=memory: lorabooth_run(
+                root, model, resolution, n, m, device, mem))
+            case = f"step, compile {mode}" + (", memory bf16" if memory == "bf16" else "")
+            for precision, name in (("no", "fp32"), ("bf16", "bf16 mixed precision")):
+                rows.append({"model": "mid-256", "case": case, "lorabooth_s": ours,
+                             "baseline": f"diffusers train_dreambooth_lora_flux.py, {name}",
+                             "baseline_s": reference[precision],
+                             "ratio": ours / reference[precision],
+                             "first_10_step_run_s": first})
     return rows
 
 

@@ -100,9 +100,11 @@ class TrainSettings:
                                    default=False)
     guidance: float = _opt("Guidance value fed to Flux-dev while training (1.0 recommended).",
                            default=1.0, min=0, max=20)
-    memory: str = _opt("Precision and quantisation: auto (from the GPU's free memory) | bf16 "
-                       "| fp8 (weights stored in 8 bits) | nf4 (needs the lowvram extra) | "
-                       "fp32. `lorabooth plan` shows what auto picks.", default="auto",
+    memory: str = _opt("Precision and quantisation: auto (from the GPU's free memory; "
+                       "float32 on a CPU) | bf16 (on a CPU too: faster where it has AMX or "
+                       "AVX512-BF16, for models bigger than the demo) | fp8 (weights stored "
+                       "in 8 bits) | nf4 (needs the lowvram extra) | fp32. `lorabooth plan` "
+                       "shows what auto picks.", default="auto",
                        choices=MEMORY_MODES)
     compile: str = _opt("torch.compile for the transformer: auto (measured on this device: "
                         "the first run times its first steps eager, then the repeated blocks "
@@ -163,8 +165,8 @@ class GenerateSettings:
                       "the workspace's model). klein: train on klein-4b-base, make images "
                       "with klein-4b in 4 steps.", default="")
     memory: str = _opt("Precision for generation: auto (bf16 with every model on the GPU if it "
-                       "fits, else model offload, then fp8, then nf4) | bf16 | fp8 | nf4 | "
-                       "fp32.", default="auto", choices=MEMORY_MODES)
+                       "fits, else model offload, then fp8, then nf4; float32 on a CPU) | bf16 "
+                       "| fp8 | nf4 | fp32.", default="auto", choices=MEMORY_MODES)
     compile: str = _opt("torch.compile for generation: auto (as training measured it for "
                         "the model on this device; else the repeated blocks on a CUDA GPU) "
                         "| blocks | blocks-fp8 (the large matmuls in fp8 on Ada/Hopper "

@@ -57,15 +57,17 @@ def device_kind(device) -> str:
     return f"{device.type} {platform.machine()} x{torch.get_num_threads()}"
 
 
-def _model_on_device(device, model: str) -> str:
+def _model_on_device(device, model: str, dtype) -> str:
     import torch
 
-    # A torch release compiles differently: its runs measure afresh.
-    return f"{device_kind(device)} | torch {torch.__version__} | {model} |"
+    # A torch release compiles differently, and bf16 weights time unlike float32 ones: each
+    # measures afresh.
+    precision = str(dtype).removeprefix("torch.")
+    return f"{device_kind(device)} | torch {torch.__version__} | {model} | {precision} |"
 
 
-def record_key(device, model: str, resolution: int, batch: int) -> str:
-    return f"{_model_on_device(device, model)} {resolution}px x{batch}"
+def record_key(device, model: str, resolution: int, batch: int, dtype) -> str:
+    return f"{_model_on_device(device, model, dtype)} {resolution}px x{batch}"
 
 
 def _positive(value) -> float | None:
@@ -215,7 +217,7 @@ def for_generation(transformer, mode: str, device, model: str) -> str:
     The one line that says what was done."""
     if mode != "auto" or not_compilable(transformer):
         return apply(transformer, mode, device)
-    prefix = _model_on_device(device, model)
+    prefix = _model_on_device(device, model, transformer.dtype)
     known = [m for key, m in read_records().items()
              if key.startswith(prefix) and m.compiled_s is not None]
     if not known:

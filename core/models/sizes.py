@@ -61,9 +61,25 @@ def have_bitsandbytes() -> bool:
 
 
 def bf16_supported(device: torch.device) -> bool:
+    """Whether the device multiplies bf16 natively (not emulated)."""
     import torch
 
-    return device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return cpu_has_bf16()
+
+
+def cpu_has_bf16() -> bool:
+    """AMX or AVX512-BF16 among the CPU's flags (Linux; elsewhere: not known, so no)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[-1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def training_plan(config: Config, folder: Path, text_tokens: int, device: torch.device,

@@ -180,7 +180,8 @@ class Trainer:
         transformer.train()
         self.autocompile = None
         if t.compile == "auto":  # decided in run(), by measurement (see autocompile.py)
-            key = record_key(self.device, self.source.spec, max(t.resolution), t.batch_size)
+            key = record_key(self.device, self.source.spec, max(t.resolution), t.batch_size,
+                             self.dtype)
             self.autocompile = AutoCompile(transformer, self.device, key, self.log,
                                            shared=self.team.world > 1)
         else:

@@ -156,7 +156,12 @@ def test_generation_auto_follows_what_training_measured_here(demo_model, monkeyp
 
     assert autocompile.for_generation(fresh(), "auto", cpu, "demo").startswith(
         "compile: off (auto: no gain")  # nothing measured: the CPU's default
-    key = autocompile.record_key(cpu, "demo", 128, 1)
+    # What bf16 weights measured says nothing of float32 ones (and the reverse).
+    bf16 = autocompile.record_key(cpu, "demo", 128, 1, torch.bfloat16)
+    autocompile.write_record(bf16, autocompile.Measured(0.030, 0.020, 12.0))
+    assert autocompile.for_generation(fresh(), "auto", cpu, "demo").startswith(
+        "compile: off (auto: no gain")
+    key = autocompile.record_key(cpu, "demo", 128, 1, torch.float32)
     autocompile.write_record(key, autocompile.Measured(0.030, 0.033, 12.0))
     slower = fresh()
     line = autocompile.for_generation(slower, "auto", cpu, "demo")

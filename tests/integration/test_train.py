@@ -305,3 +305,26 @@ def test_pruning_spares_the_promoted_checkpoint(demo_workspace):
     Trainer(ws, device="cpu").run(steps=15, resume=True, run="run-001")
     steps = [c.step for c in list_checkpoints(ws.checkpoints / "run-001")]
     assert steps == [5, 15]  # keep 1, and the promoted step 5
+
+
+def test_bf16_on_a_cpu_trains_a_float32_lora_over_bf16_weights(demo_model, demo_workspace):
+    """`memory = "bf16"` on a CPU trains as on a GPU: frozen weights bf16, the LoRA float32;
+    the loss falls and the file (bf16, as a GPU writes it) loads in a fresh pipeline."""
+    from diffusers import FluxPipeline
+
+    ws = demo_workspace(train_memory="bf16", train_checkpoint_every=1000)
+    logs: list[str] = []
+    trainer = Trainer(ws, device="cpu", log=logs.append)
+    trainer.prepare()
+    transformer = trainer.pipe.transformer
+    frozen = [p for p in transformer.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert trainer.params and all(p.dtype == torch.float32 for p in trainer.params)
+    assert any("CPU: bf16 weights as configured" in line for line in logs)
+    result = trainer.run(steps=300)
+    losses = np.array(result.losses)
+    assert losses[-20:].mean() < 0.85 * losses[:20].mean()
+    assert {t.dtype for t in load_file(result.lora_path).values()} == {torch.bfloat16}
+    pipe = FluxPipeline.from_pretrained(demo_model)
+    pipe.load_lora_weights(result.lora_path, adapter_name="mine")
+    assert "mine" in pipe.transformer.peft_config

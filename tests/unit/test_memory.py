@@ -161,6 +161,22 @@ def test_cpu_runs_float32_and_refuses_gpu_only_modes(dev):
             plan_training(mode, dev, 256, device="cpu", available_gib=None)
 
 
+def test_cpu_trains_and_generates_in_bf16_when_asked(dev):
+    """bf16 on a CPU is the user's choice (slower than float32 for the tiny demo): no
+    checkpointing there, and a CPU without bf16 dot products is told it will be emulated."""
+    for job in (plan_training, plan_generation):
+        native = job("bf16", dev, 256, device="cpu", available_gib=None, bf16_supported=True)
+        assert native.dtype == "bfloat16" and native.quantize is None
+        assert "natively" in native.reason
+        emulated = job("bf16", dev, 256, device="cpu", available_gib=None,
+                       bf16_supported=False)
+        assert emulated.dtype == "bfloat16" and "emulated" in emulated.reason
+        assert job("auto", dev, 256, device="cpu", available_gib=None,
+                   bf16_supported=True).dtype == "float32"
+    plan = plan_training("bf16", dev, 256, device="cpu", available_gib=None)
+    assert not plan.gradient_checkpointing
+
+
 def test_old_gpus_without_bf16_use_float16(dev):
     plan = plan_training("auto", dev, 512, device="cuda", available_gib=79.0,
                          bf16_supported=False)
