@@ -152,7 +152,8 @@ def default_device() -> torch.device:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it, fp32 elsewhere (CPU bf16 matmuls are slow and lossy)."""
+    """bf16 on GPUs that support it, fp32 elsewhere (a CPU trains in bf16 only when asked:
+    see memory.cpu_plan)."""
     import torch
 
     # Emulated bf16 (T4, V100, Turing) is slow: those cards get float16 with loss scaling.
