@@ -41,14 +41,21 @@ def run(args: argparse.Namespace) -> int:
     plans = [plan_row(config, *configs[job], label, available, job, resolution, named)
              for label, available, named in cards
              for job, resolution in jobs(config)]
+    # Without a GPU, what this machine itself would do (float32, or bf16 when asked) too.
+    here = [] if args.gpu_memory or has_gpu() else [
+        plan_row(config, *configs[job], "this CPU", None, job, resolution, False, "cpu")
+        for job, resolution in jobs(config)]
     if args.json:
-        print(json.dumps({"model": config.model, "plans": plans}, indent=2))
+        print(json.dumps({"model": config.model, "plans": plans, "this_cpu": here}, indent=2))
         return EXIT_OK
     out = console()
     out.print(plain(f"memory plan for {config.model}"
                     f" (train.memory = {config.train.memory}, "
                     f"generate.memory = {config.generate.memory})", "bold"))
     out.print(table(plans))
+    for row in here:
+        out.print(plain(f"on this machine (no GPU), {row['job']} {row['resolution']} px: "
+                        f"{row['reason']}", "" if row["plan"] else "red"))
     if len(cards) > 1:
         out.print(plain("why, phase by phase: lorabooth plan --gpu-memory GB (or --json)", "dim"))
         return EXIT_OK
@@ -102,16 +109,23 @@ def jobs(config: Config) -> list[tuple[str, int]]:
         ("generate", generate)]
 
 
+def has_gpu() -> bool:
+    from ..models.load import default_device
+
+    return default_device().type == "cuda"
+
+
 def plan_row(config: Config, folder: Path, text_tokens: int, card: str, available: float,
-             job: str, resolution: int, named: bool = True) -> dict:
-    """One job's plan on one card; a named card is taken to have native bf16."""
+             job: str, resolution: int, named: bool = True, kind: str = "cuda") -> dict:
+    """One job's plan on one card (or on this CPU); a named card is taken to have native
+    bf16."""
     import dataclasses
 
     import torch
 
     from ..models.sizes import generation_plan, training_plan
 
-    device = torch.device("cuda")
+    device = torch.device(kind)
     row = {"card": card, "available_gib": None if available is None else round(available, 1),
            "job": job, "resolution": resolution}
     try:

@@ -39,6 +39,22 @@ def test_plan_table_over_the_usual_cards_and_its_reasons(tmp_path: Path, photos:
     assert "every model on the GPU" in one.stdout and "training: ~" in one.stdout
 
 
+def test_without_a_gpu_plan_also_says_what_this_cpu_would_do(tmp_path: Path, photos: Path):
+    ws = workspace(tmp_path, photos, "black-forest-labs/FLUX.1-dev")
+    done = run_cli("plan", str(ws))
+    assert done.returncode == 0, done.stderr
+    assert "on this machine (no GPU), train 512 px: CPU: float32" in done.stdout
+    (ws / "lorabooth.toml").write_text((ws / "lorabooth.toml").read_text().replace(
+        'memory = "auto"', 'memory = "bf16"'))
+    data = json.loads(run_cli("plan", str(ws), "--json").stdout)
+    assert {row["job"] for row in data["this_cpu"]} == {"train", "generate"}
+    for row in data["this_cpu"]:
+        assert row["plan"]["dtype"] == "bfloat16"
+        assert row["reason"].startswith("CPU: bf16 weights as configured")
+    named = json.loads(run_cli("plan", str(ws), "--gpu-memory", "24", "--json").stdout)
+    assert named["this_cpu"] == []  # a card was named: only it is planned
+
+
 def test_plan_for_weights_it_cannot_find_says_so(tmp_path: Path, photos: Path):
     ws = workspace(tmp_path, photos, "someone/unknown-flux")
     done = run_cli("plan", str(ws), "--gpu-memory", "24")
