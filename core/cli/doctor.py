@@ -65,7 +65,12 @@ def check_torch() -> list[Check]:
                                 "CUDA build of torch")
         rows.append(Check("gpu", "CUDA", WARN, f"not available (torch built for CUDA "
                                                f"{built or 'none'})", advice))
-        rows.append(Check("gpu", "training device", INFO, "cpu, float32 (demo model only)"))
+        from ..models.sizes import cpu_has_bf16
+
+        bf16 = ("native here: AMX or AVX512-BF16" if cpu_has_bf16() else
+                "emulated here: slower")
+        rows.append(Check("gpu", "training device", INFO,
+                          f'cpu, float32; bf16 with memory = "bf16" ({bf16})'))
         return rows
     rows.append(Check("gpu", "CUDA", OK, f"{torch.version.cuda}, "
                                          f"{torch.cuda.device_count()} device(s)"))
