@@ -67,3 +67,18 @@ def test_ema_warms_up_and_stays_on_the_parameters_device():
     with ema.swapped_in([param]):
         assert float(param.detach().mean()) == 0.5
     assert float(param.detach().mean()) == 1.0
+
+
+@pytest.mark.parametrize("tokens", [64, 256, 1024, 4096])
+def test_flux_shift_is_flux1s_mu_and_flux2s_many_step_line(tokens: int):
+    """flux_shift trains klein with FLUX.1's resolution shift: that is the line FLUX.2's own
+    sampler uses at 200 steps (and above 4300 tokens), its step-count correction being a
+    sampling matter, so both families draw training noise as their samplers expect."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+    from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
+
+    from lorabooth.core.train.flow import resolution_shift
+
+    assert resolution_shift(tokens) == pytest.approx(calculate_shift(tokens), abs=1e-6)
+    assert resolution_shift(tokens) == pytest.approx(compute_empirical_mu(tokens, 200),
+                                                     abs=1e-4)
