@@ -13,7 +13,7 @@ For each model (the demo, and a mid-size Flux config with hidden size 256):
   `lorabooth train` eager and compiled against that script run unchanged on the same mid-size
   model and photos (same LoRA targets and rank, cached latents), each s/step taken as
   (T(60 steps) - T(10 steps)) / 50 of whole processes; the script runs in fp32 and in its bf16
-  mixed precision, lorabooth with `train.memory` auto (fp32 on a CPU) and, where the device
+  mixed precision, lorabooth with `train.memory` auto (fp32 on a CPU) and, on a CPU that
   multiplies bf16 natively, "bf16", and every lorabooth row is set against both.
 
     python -m bench.train [--steps 30] [--device cpu|cuda] [--no-compile] [--reference SCRIPT]
@@ -277,8 +277,9 @@ def reference_rows(root: Path, model: Path, script: Path, resolution: int,
         lambda n, p=precision: reference_run(root, model, script, resolution, n, p))
         for precision in ("no", "bf16")}
     rows = []
-    # memory = "bf16" on a CPU only where it multiplies bf16 natively (else it is emulated).
-    memories = ("auto", "bf16") if device == "cuda" or cpu_has_bf16() else ("auto",)
+    # memory = "bf16" on a CPU only where it multiplies bf16 natively (else it is emulated);
+    # on a GPU auto is bf16 already, and a second set of rows would time the same runs.
+    memories = ("auto", "bf16") if device == "cpu" and cpu_has_bf16() else ("auto",)
     for memory in memories:
         for mode in ("off", "blocks", "full"):
             # A first run fills the compile cache, so that both measured runs read it alike

@@ -4,10 +4,10 @@ plan, with its compiled code cached on disk.
 Regional compilation (diffusers' `compile_repeated_blocks`: each of the 57 blocks compiled
 once, as one graph reused by all) rather than the whole model: on an H200 it took a 512 px
 LoRA step from 0.55 s to 0.256 s after a 27.6 s first step (1024 px without checkpointing:
-0.58 s to 0.43 s after 36 s). On a 2-core CPU the mid-size bench's step compiled is 0.83x of
-diffusers' reference script whether the blocks (~50 s to compile cold) or the whole model
-(~85 s) are compiled. `apply`'s `auto` is the blocks on CUDA and nothing on a CPU; training's
-and generation's `auto` are decided by measurement (autocompile.py).
+0.58 s to 0.43 s after 36 s). On a 2-core CPU the mid-size bench's step compiled is 0.81x (the
+blocks, ~50 s to compile cold) or 0.86x (the whole model, ~85 s) of diffusers' reference script
+in fp32 (bench/results/train.json). `apply`'s `auto` is the blocks on CUDA and nothing on a
+CPU; training's and generation's `auto` are decided by measurement (autocompile.py).
 
 Inductor's caches (FX graphs, autograd graphs, kernels) live under lorabooth's user cache, so
 a second run or a restarted engine compiles from disk.
