@@ -56,6 +56,9 @@ def measure(path: Path, thumbs: Path | None = None) -> Measurement:
     except NotRegular as exc:
         return Measurement(0, 0, error=str(exc))
     except OSError as exc:
+        if os.path.islink(path):
+            return Measurement(0, 0, error="a link to nothing (its target is missing, or the "
+                               f"link loops: {exc.strerror or exc}): skipped")
         return Measurement(0, 0, error=f"cannot read the file: {exc.strerror or exc}")
     m = Measurement(size=len(data), mtime_ns=stat.st_mtime_ns)
     if not data:
@@ -176,7 +179,9 @@ def measure_all(folder: Path, files: Sequence[Path], cache: ScanCache, thumbs: P
         try:
             cached = cache.get(rel, path.stat())
         except OSError:
-            continue  # deleted since it was listed
+            if os.path.islink(path):  # a dangling or looping link: say so, never drop it
+                todo.append((rel, path))
+            continue  # else deleted since it was listed
         if cached is not None and (thumbs is None or cached.error or
                                    (thumbs / f"{cached.sha256[:32]}.jpg").exists()):
             result[rel] = cached

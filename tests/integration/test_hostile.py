@@ -117,6 +117,17 @@ def test_fifo_and_device_named_like_photos_are_skipped(photos: Path):
     assert records["04_city_glasses.jpg"]["caption_source"] == "template"
 
 
+def test_dangling_and_looping_links_are_listed_not_dropped(photos: Path):
+    (photos / "gone.jpg").symlink_to(photos / "moved-away.jpg")
+    (photos / "loop.jpg").symlink_to("loop.jpg")
+    result = run_cli("check", str(photos), "--json", timeout=60)
+    assert result.returncode == 0, result.stderr
+    records = {r["path"]: r for r in json.loads(result.stdout)}
+    for name in ("gone.jpg", "loop.jpg"):
+        assert records[name]["status"] == "skipped"
+        assert "a link to nothing" in records[name]["reasons"][0]
+
+
 # 5. A frozen engine is reported as such, stop tells the truth, generate stops waiting.
 def test_a_frozen_engine_is_seen_and_stopped(demo_workspace, engines, monkeypatch):
     ws = demo_workspace()
