@@ -43,6 +43,7 @@ from .checkpoint import (
     step_dir_name,
     write_checkpoint,
 )
+from .claim import TrainingClaim
 from .data import BatchOrder, Example, collect_examples, dataset_fingerprint
 from .distributed import Team
 from .ema import Ema
@@ -416,7 +417,12 @@ class Trainer:
             run: str | None = None) -> TrainResult:
         """Train up to `steps` (default: the config's) steps in all, checkpointing as it goes.
         `resume` continues `run` (default: the latest run); otherwise a new run starts (in
-        the folder `run` names, when the engine chose it beforehand)."""
+        the folder `run` names, when the engine chose it beforehand). Refused at once, before
+        any loading, while another training holds the workspace."""
+        with TrainingClaim(self.ws) if self.team.main else contextlib.nullcontext():
+            return self._train(steps, resume, run)
+
+    def _train(self, steps: int | None, resume: bool, run: str | None) -> TrainResult:
         if self.pipe is None:
             self.prepare()
         total = self.total = steps or self.config.train.steps

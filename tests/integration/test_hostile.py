@@ -357,3 +357,50 @@ def test_queue_add_refuses_a_model_that_is_not_here(demo_workspace):
     result = run_cli("queue", str(ws.root), "add", "zorb")
     assert result.returncode == 2 and "does not exist" in result.stderr
     assert Store(ws.db_path).jobs() == []
+
+
+# One training at a time in a workspace, whoever started it; a killed one frees it.
+HOLD_CLAIM = """
+import sys, time
+from pathlib import Path
+from lorabooth.core.train.claim import TrainingClaim
+from lorabooth.core.workspace import Workspace
+with TrainingClaim(Workspace.at(Path(sys.argv[1]))):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_training_in_a_workspace_is_refused_before_loading(demo_workspace):
+    ws = demo_workspace()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(ws.root)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = run_cli("train", str(ws.root), "--steps", "2")
+        assert refused.returncode != 0
+        assert "a training already runs in this workspace" in refused.stderr
+        assert f"pid {holder.pid}" in refused.stderr
+        assert not list(ws.checkpoints.glob("run-*")) and not ws.lora_path.exists()
+        trainer = Trainer(ws, device="cpu")
+        with pytest.raises(TrainingError, match="already runs"):
+            trainer.run(steps=2)
+        assert trainer.pipe is None  # refused before loading anything
+    finally:
+        holder.kill()
+        holder.wait()
+    # SIGKILL left no stale lock: the next training runs.
+    assert run_cli("train", str(ws.root), "--steps", "2").returncode == 0
+    assert ws.lora_path.exists()
+
+
+def test_a_refused_training_says_when_the_engine_holds_it(demo_workspace, monkeypatch):
+    from lorabooth.core.engine import lock
+    from lorabooth.core.train.claim import TrainingClaim
+
+    ws = demo_workspace()
+    monkeypatch.setattr(lock, "running_pid", lambda _ws: os.getpid())
+    with TrainingClaim(ws), pytest.raises(TrainingError) as refused:
+        Trainer(ws, device="cpu").run(steps=2)
+    assert "the engine is training it" in str(refused.value)
+    assert f"lorabooth queue {ws.root} cancel N" in str(refused.value)
