@@ -51,7 +51,7 @@ from .panes.gallery import GalleryPane
 from .panes.queue import QueuePane
 from .panes.train import TrainPane
 from .settings import UISettings
-from .store_io import AddJob, StorePoller, StoreWorker, describe
+from .store_io import ERRORS_SEEN, AddJob, SetSetting, StorePoller, StoreWorker, describe
 from .widgets.footer import KeyFooter
 from .widgets.inputs import PaneInput
 from .widgets.text import set_text
@@ -59,6 +59,7 @@ from .widgets.text import set_text
 POLL_SECONDS = 0.25  # 4 Hz: live enough for a loss curve, idle enough over SSH
 PANES = ("dataset", "train", "queue", "gallery")
 EVENTS_KEPT = 200
+MAX_ERROR_TOASTS = 2  # more new errors at once are said in one toast
 
 
 class StatusBar(Static):
@@ -180,9 +181,20 @@ class LoraboothApp(App):
         for pane in self.query("DatasetPane, TrainPane, QueuePane, GalleryPane"):
             if getattr(pane, "ready", False):
                 pane.post_message(PaneUpdate(delta))
-        for event in delta.events:
-            if event.level == "error":
+        self.show_errors(delta.new_errors)
+
+    def show_errors(self, errors: list) -> None:
+        """Each new error as a toast, or one toast for many (a burst, or those that happened
+        while no UI was open); the Queue pane and the logs keep them all."""
+        if not errors:
+            return
+        if len(errors) <= MAX_ERROR_TOASTS:
+            for event in errors:
                 self.notify(event.message, severity="error", markup=False, timeout=8)
+        else:
+            self.notify(f"{len(errors)} errors; the latest: {errors[-1].message}",
+                        severity="error", markup=False, timeout=12)
+        self.post_message(Write(SetSetting(ERRORS_SEEN, str(errors[-1].id))))
 
     def on_unmount(self) -> None:
         self.writer.wait_idle(5.0)  # what the user asked for is written before we go

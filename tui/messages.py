@@ -28,6 +28,8 @@ class StoreDelta:
     events: list[Event] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
     error: str = ""
+    # Error events no UI of this workspace has shown yet (earlier ones stay in the logs only).
+    new_errors: list[Event] = field(default_factory=list)
 
 
 class StoreUpdated(Message):

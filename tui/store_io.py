@@ -32,6 +32,7 @@ class StorePoller:
         self.settled: set[int] = set()  # finished train jobs whose metrics were all read
         self.last_event = 0
         self.last_output = 0
+        self.errors_seen: int | None = None  # read from the store at the first read
 
     def read(self) -> StoreDelta:
         try:
@@ -59,11 +60,28 @@ class StorePoller:
         if events:
             self.last_event = events[-1].id
             delta.events = events
+        delta.new_errors = self._new_errors(store, events)
         outputs = store.outputs(after_id=self.last_output)
         if outputs:
             self.last_output = outputs[-1].id
             delta.outputs = outputs
         return delta
+
+    def _new_errors(self, store: Store, events: list) -> list:
+        """Errors after the last one a UI showed: reopening the app does not toast
+        yesterday's failed job again (the app records what it showed, `ERRORS_SEEN`)."""
+        if self.errors_seen is None:
+            try:
+                self.errors_seen = int(store.setting(ERRORS_SEEN) or 0)
+            except ValueError:  # a hand-edited database: show everything once
+                self.errors_seen = 0
+        new = [e for e in events if e.level == "error" and e.id > self.errors_seen]
+        if new:
+            self.errors_seen = new[-1].id
+        return new
+
+
+ERRORS_SEEN = "ui.errors_seen"  # the id of the last error event a UI showed
 
 
 # -- commands ---------------------------------------------------------------------------------

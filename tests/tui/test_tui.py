@@ -200,3 +200,28 @@ async def test_a_filter_with_no_match_says_so_not_that_the_folder_is_empty(studi
         preview = pane.query_one("#photo-preview", Preview)
         await wait_for(pilot, lambda: "no warn photos" in str(
             preview.query_one(Static).render()))
+
+
+async def test_errors_are_toasted_once_not_at_every_opening(studio: Workspace):
+    """Failures from before the app opened are said in one toast, and not again when it is
+    opened again; a new failure is said on its own."""
+    store = Store(studio.db_path)
+    for n in range(3):
+        store.event(f"job {n + 1} failed: the disk is full", level="error")
+    store.event("engine started")
+
+    def errors(app) -> list[str]:
+        return [n.message for n in app._notifications if n.severity == "error"]
+
+    app = studio_app(studio, engine=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: errors(app))
+        assert errors(app) == ["3 errors; the latest: job 3 failed: the disk is full"]
+        store.event("job 4 failed: [red]not markup[/]", level="error")
+        await wait_for(pilot, lambda: len(errors(app)) == 2)
+        assert errors(app)[-1] == "job 4 failed: [red]not markup[/]"
+    again = studio_app(studio, engine=False)
+    async with again.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: again.last_delta is not None)
+        await pilot.pause(0.5)
+        assert errors(again) == []
