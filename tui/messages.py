@@ -30,6 +30,8 @@ class StoreDelta:
     error: str = ""
     # Error events no UI of this workspace has shown yet (earlier ones stay in the logs only).
     new_errors: list[Event] = field(default_factory=list)
+    # A training the engine does not run (`lorabooth train` in a terminal): its pid, -1 unknown.
+    training_elsewhere: int | None = None
 
 
 class StoreUpdated(Message):

@@ -16,6 +16,7 @@ from typing import Any
 from lorabooth.core import engine
 from lorabooth.core.errors import LoraboothError, describe_os_error
 from lorabooth.core.store import ACTIVE, LIVE, PAUSED, Store, StoreError
+from lorabooth.core.train.claim import training_pid
 from lorabooth.core.workspace import Workspace
 
 from .gpu import gpu_line
@@ -47,6 +48,9 @@ class StorePoller:
         status = engine.status(self.ws, store)
         jobs = store.jobs()
         delta = StoreDelta(status.state, status.pid, gpu_line() or status.device, jobs)
+        trainer = training_pid(self.ws)
+        if trainer is not None and trainer != status.pid:
+            delta.training_elsewhere = trainer
         for job in jobs:
             if job.kind != "train" or job.id in self.settled:
                 continue

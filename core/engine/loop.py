@@ -20,6 +20,7 @@ from ..config import ConfigError
 from ..models.owner import ModelOwner
 from ..safetext import printable
 from ..store import ACTIVE, CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, Job, Store, StoreError
+from ..train.claim import TrainingBusy, training_pid
 from ..workspace import Workspace
 from .failures import explain_failure
 from .lock import EngineLock
@@ -43,6 +44,7 @@ class Engine:
         self.model = ModelOwner()  # the one loaded pipeline, lent to each job
         self.new_photos = 0
         self.dataset_primed = False  # the watcher's first report is the folder as it was
+        self.waiting: set[int] = set()  # train jobs told to wait for another training
 
     def log(self, text: str) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}", flush=True)
@@ -68,8 +70,7 @@ class Engine:
         self.watch_photos()
         try:
             while not self.stopping:
-                job = None if self.store.setting("queue_paused") == "1" \
-                    else self.store.next_queued()
+                job = self.next_job()
                 if job is None:  # the heartbeat thread keeps saying we are alive
                     time.sleep(IDLE_POLL)
                     continue
@@ -155,6 +156,27 @@ class Engine:
             self.event(f"job {job.id} ({job.kind}) was interrupted at step {job.step}; "
                        "it will resume from its last checkpoint", "warning", job.id)
 
+    def next_job(self) -> Job | None:
+        """The first queued job that can run now. A training waits, queued, while another
+        process (`lorabooth train` in a terminal) trains this workspace; jobs behind it that
+        are not trainings go ahead."""
+        if self.store.setting("queue_paused") == "1":
+            return None
+        busy = training_pid(self.ws)  # between jobs the engine itself holds no claim
+        for job in self.store.jobs((QUEUED,)):
+            if job.kind != "train" or busy is None:
+                self.waiting.discard(job.id)
+                return job
+            self.say_waiting(job, busy)
+        return None
+
+    def say_waiting(self, job: Job, pid: int) -> None:
+        if job.id not in self.waiting:
+            self.waiting.add(job.id)
+            who = f"pid {pid}" if pid > 0 else "another process"
+            self.event(f"job {job.id} waits for the training outside the engine ({who}) to "
+                       "end: one training at a time in a workspace", "warning", job.id)
+
     def run_job(self, job: Job) -> None:
         from . import generate_job, train_job
 
@@ -171,6 +193,9 @@ class Engine:
             self.store.update_job(job.id, state=QUEUED, control=None,
                                   params={**job.params, "resume": True})
             self.event(f"job {job.id} will resume when the engine starts again", job=job.id)
+        except TrainingBusy as exc:  # a terminal's training began since next_job looked
+            self.store.update_job(job.id, state=QUEUED, control=None)
+            self.say_waiting(job, exc.pid or -1)
         except Exception as exc:
             self.fail(job, exc)
         else:

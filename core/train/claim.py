@@ -76,3 +76,22 @@ def holder(path) -> int | None:
         return int(data.decode("ascii").strip() or 0) or None
     except (OSError, NotRegular, ValueError, UnicodeDecodeError):
         return None
+
+
+def training_pid(ws: Workspace) -> int | None:
+    """The pid of the process training in this workspace (-1 when its pid is unreadable), or
+    None; a probe that takes nothing (for the UI, which shows a training it did not start)."""
+    path = ws.state / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return holder(path) or -1
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

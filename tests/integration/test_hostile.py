@@ -394,6 +394,34 @@ def test_a_second_training_in_a_workspace_is_refused_before_loading(demo_workspa
     assert ws.lora_path.exists()
 
 
+def test_the_engines_training_waits_for_a_terminals_and_generation_goes_ahead(
+        demo_workspace, engines):
+    from lorabooth.core.generate.recipe import Recipe
+    from lorabooth.core.generate.request import Request, request_to_params
+
+    ws = demo_workspace()
+    engines.append(ws)
+    store = Store(ws.db_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(ws.root)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        train = store.add_job("train", {"steps": 3}, total=3)
+        prompt = store.add_job("generate", request_to_params(Request(Recipe(
+            "zorb", width=64, height=64, steps=2, model="demo"))))
+        assert run_cli("engine", str(ws.root), "start").returncode == 0
+        wait_until(lambda: store.job(prompt).state == "done", timeout=60)
+        assert store.job(train).state == "queued"
+        said = [e.message for e in store.events() if e.job == train]
+        assert any(f"waits for the training outside the engine (pid {holder.pid})" in m
+                   for m in said), said
+    finally:
+        holder.kill()
+        holder.wait()
+    wait_until(lambda: store.job(train).state in ("done", "failed"), timeout=90)
+    assert store.job(train).state == "done", store.job(train).error
+
+
 def test_a_refused_training_says_when_the_engine_holds_it(demo_workspace, monkeypatch):
     from lorabooth.core.engine import lock
     from lorabooth.core.train.claim import TrainingClaim

@@ -225,3 +225,31 @@ async def test_errors_are_toasted_once_not_at_every_opening(studio: Workspace):
         await wait_for(pilot, lambda: again.last_delta is not None)
         await pilot.pause(0.5)
         assert errors(again) == []
+
+
+async def test_a_training_in_a_terminal_is_shown_in_the_train_pane(studio: Workspace):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from lorabooth.core.train.claim import TrainingClaim\n"
+        "from lorabooth.core.workspace import Workspace\n"
+        "with TrainingClaim(Workspace.at(Path(sys.argv[1]))):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n"), str(studio.root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        app = studio_app(studio, engine=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("2")
+            stats = app.query_one("#train-stats", Static)
+            await wait_for(pilot, lambda: "outside the engine" in str(stats.render()))
+            assert f"(pid {holder.pid}," in str(stats.render())
+            holder.kill()
+            holder.wait()
+            await wait_for(pilot, lambda: "outside the engine" not in str(stats.render()))
+    finally:
+        holder.kill()
+        holder.wait()

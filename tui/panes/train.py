@@ -102,6 +102,7 @@ class TrainPane(Vertical):
         self.last_sample: Path | None = None
         self.samples: list = []  # every sample output, oldest first
         self.doing: dict[int, str] = {}  # job id -> what its last event said
+        self.elsewhere: int | None = None  # pid of a training the engine does not run
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="train-top"):
@@ -149,6 +150,7 @@ class TrainPane(Vertical):
         job = next((j for j in reversed(trains) if j.state in LIVE),
                    trains[-1] if trains else None)
         self.job = job
+        self.elsewhere = delta.training_elsewhere
         run_jobs = run_of(job, trains)
         if run_jobs != self.run_jobs:
             self.run_jobs, self.by_job = run_jobs, {}
@@ -232,6 +234,9 @@ class TrainPane(Vertical):
                 text += memory
             if job.error:
                 text += f"\n{job.error}"
+        if self.elsewhere is not None and (job is None or job.state not in LIVE):
+            text = (f"{elsewhere_text(self.elsewhere)}: its progress shows in its terminal; "
+                    "s queues a run to start when it ends\n" + text)
         set_text(self.query_one("#train-stats", Static), plain(text, keep_newlines=True))
 
     def refresh_checkpoints(self) -> None:
@@ -337,3 +342,8 @@ class TrainPane(Vertical):
         label = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         run, _, step = label.partition("/step-")
         self.post_message(Write(Promote(int(step), run), self))
+
+
+def elsewhere_text(pid: int) -> str:
+    who = f"pid {pid}" if pid > 0 else "another process"
+    return f"a training runs outside the engine ({who}, `lorabooth train` in a terminal?)"
