@@ -96,6 +96,19 @@ class Encoder:
         self.stats.texts_encoded += 1
         return prompt_embeds, pooled
 
+    def too_long(self, captions: list[str]) -> dict[str, int]:
+        """Captions longer than the text encoder reads (`max_sequence_length` tokens of T5, or
+        of Qwen3 on FLUX.2), with their lengths: training never sees their ends, and nothing
+        says so but diffusers' log line, which a run in the engine does not show."""
+        from ..models.load import big_text_encoder
+
+        name = "tokenizer_2" if big_text_encoder(self.pipe) == "text_encoder_2" else "tokenizer"
+        tokenizer = getattr(self.pipe, name, None)
+        if tokenizer is None:
+            return {}
+        lengths = {c: len(tokenizer(c, add_special_tokens=True).input_ids) for c in captions}
+        return {c: n for c, n in lengths.items() if n > self.max_sequence_length}
+
     def encode(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The same, computed now, in float32 on the CPU."""
         embeds, pooled = self.family.text(self.pipe, caption, self.max_sequence_length)

@@ -208,6 +208,7 @@ class Trainer:
         self.latents = [self.encoder.latent(e.photo, e.sha256, e.bucket) for e in self.examples]
         captions = sorted({e.caption for e in self.examples} | {""})
         self.texts = {c: self.encoder.text(c) for c in captions}
+        self._warn_long_captions(captions)
         self.sample_prompts = sample_prompts(self.config)
         self.sample_texts = [self.encoder.text(p) for p in self.sample_prompts]
 
@@ -237,6 +238,18 @@ class Trainer:
         tok = self.pipe.tokenizer
         return tok(caption, padding="max_length", max_length=tok.model_max_length,
                    truncation=True, return_tensors="pt").input_ids[0]
+
+    def _warn_long_captions(self, captions: list[str]) -> None:
+        if self.source.is_demo:
+            # The demo reads 32 tokens of a tiny tokenizer, by design (speed), and its own
+            # sample captions run past that: a warning there would only puzzle a newcomer.
+            return
+        long = self.encoder.too_long(captions)
+        if long:
+            limit = self.source.max_sequence_length
+            self.log(f"{len(long)} caption(s) are longer than the {limit} tokens the text "
+                     f"encoder reads (the longest: {max(long.values())}): training never sees "
+                     "their ends; shorten them, putting what matters first")
 
     def _park_encoders(self) -> None:
         """Once everything is cached, T5 waits on the CPU if the plan has no room for it beside

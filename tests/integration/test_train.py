@@ -90,6 +90,28 @@ def test_changed_caption_re_encodes_one_entry(photos: Path, demo_workspace):
     assert second.encoder.stats.texts_encoded == 1
 
 
+def test_a_caption_longer_than_the_text_encoder_reads_is_said(photos: Path, demo_workspace):
+    import dataclasses
+
+    for caption in photos.glob("*.txt"):
+        caption.write_text("photo of zorb\n")
+    (photos / "07_park.txt").write_text("photo of zorb " + "on green grass " * 20 + "\n")
+    ws = demo_workspace()
+    said: list[str] = []
+    trainer = Trainer(ws, device="cpu", log=said.append)
+    # The demo model reads 32 tokens and says nothing of it (its own captions run past that);
+    # any other model says so.
+    trainer.source = dataclasses.replace(trainer.source, is_demo=False)
+    trainer.prepare()
+    long = [line for line in said if "longer than the 32 tokens" in line]
+    assert len(long) == 1 and long[0].startswith("1 caption(s)"), said
+    assert list(trainer.encoder.too_long(sorted(trainer.texts))) == [
+        ("photo of zorb " + "on green grass " * 20).strip()]
+    quiet: list[str] = []
+    Trainer(ws, device="cpu", log=quiet.append).prepare()
+    assert not [line for line in quiet if "tokens" in line]
+
+
 def test_train_command_writes_the_lora(demo_workspace):
     from support import run_cli
 
