@@ -9,7 +9,7 @@ import json
 from .. import engine
 from ..errors import EXIT_OK, UsageError
 from ..safetext import plain
-from ..store import Store
+from ..store import QUEUED, Store
 from ..workspace import Workspace, require_workspace
 from .console import console
 
@@ -74,10 +74,13 @@ def run_queue(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([j.public() for j in jobs], indent=2))
             return EXIT_OK
+        outside = training_outside_engine(ws)
         for j in jobs:
             progress = f" {j.step}/{j.total}" if j.total else ""
-            error = f"  {j.error}" if j.error else ""
-            out.print(plain(f"{j.id:>4}  {j.kind:<9} {j.state:<10}{progress}{error}"))
+            note = f"  {j.error}" if j.error else ""
+            if outside and j.kind == "train" and j.state == QUEUED:
+                note = f"  waits for {outside}"
+            out.print(plain(f"{j.id:>4}  {j.kind:<9} {j.state:<10}{progress}{note}"))
         if not jobs:
             out.print("the queue is empty")
         return EXIT_OK
@@ -94,3 +97,14 @@ def run_queue(args: argparse.Namespace) -> int:
         raise UsageError(f"job {job_id} is not waiting in the queue")
     out.print(plain(f"job {job_id} moved to position {position}"))
     return EXIT_OK
+
+
+def training_outside_engine(ws: Workspace) -> str:
+    """"the training outside the engine (pid N)" while one holds the workspace, else ""."""
+    from ..engine import running_pid
+    from ..train.claim import training_pid
+
+    pid = training_pid(ws)
+    if pid is None or pid == running_pid(ws):
+        return ""
+    return f"the training outside the engine ({f'pid {pid}' if pid > 0 else 'pid unknown'})"

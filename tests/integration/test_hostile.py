@@ -415,6 +415,8 @@ def test_the_engines_training_waits_for_a_terminals_and_generation_goes_ahead(
         said = [e.message for e in store.events() if e.job == train]
         assert any(f"waits for the training outside the engine (pid {holder.pid})" in m
                    for m in said), said
+        listed = run_cli("queue", str(ws.root), "list").stdout
+        assert f"waits for the training outside the engine (pid {holder.pid})" in listed
     finally:
         holder.kill()
         holder.wait()
