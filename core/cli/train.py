@@ -39,8 +39,14 @@ def run(args: argparse.Namespace) -> int:
 
     out = console()
     stop = {"asked": False}
+    trainers: list = []  # the trainer, once made: has it taken a step?
 
     def on_interrupt(signum, frame) -> None:
+        if not trainers or getattr(trainers[0], "step", 0) == 0:
+            # Still loading or encoding (minutes for a full-size model): nothing to save yet,
+            # and every cache file is written atomically, so quit now rather than after a step.
+            out.print(plain("interrupted before the first step: nothing to save", "yellow"))
+            raise KeyboardInterrupt
         if stop["asked"]:
             raise KeyboardInterrupt
         stop["asked"] = True
@@ -52,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         view = train_view(out, args.steps or config.train.steps)
         trainer = Trainer(ws, config, on_step=view.step, should_stop=lambda: stop["asked"],
                           log=lambda text: out.print(plain(text, "dim")))
+        trainers.append(trainer)
         with view:
             result = trainer.run(steps=args.steps, resume=args.resume, run=args.run)
     finally:

@@ -350,3 +350,24 @@ def test_bf16_on_a_cpu_trains_a_float32_lora_over_bf16_weights(demo_model, demo_
     pipe = FluxPipeline.from_pretrained(demo_model)
     pipe.load_lora_weights(result.lora_path, adapter_name="mine")
     assert "mine" in pipe.transformer.peft_config
+
+
+def test_ctrl_c_while_loading_quits_at_once(demo_workspace):
+    """Before the first step there is nothing to save: Ctrl-C quits now (loading a full-size
+    model takes minutes), instead of after a step and a checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    ws = demo_workspace(train_steps=3000)
+    proc = subprocess.Popen([sys.executable, "-m", "lorabooth.core.cli", "train", str(ws.root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "120"})
+    first = proc.stdout.readline()  # "16 training examples on cpu; ...": before the loading
+    assert "training examples" in first
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, rest
+    assert "interrupted before the first step: nothing to save" in rest
+    assert not any(ws.checkpoints.glob("run-*/step-*"))
