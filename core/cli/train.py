@@ -1,6 +1,6 @@
 """`lorabooth train`: training in the foreground, with a progress bar on a terminal and plain
-lines when piped. Ctrl-C finishes the step, writes a checkpoint, and exits. `--detach` hands
-the run to the engine instead."""
+lines when piped. Ctrl-C finishes the step, writes a checkpoint, and exits (before the first
+step, while the model loads, it quits at once). `--detach` hands the run to the engine instead."""
 
 from __future__ import annotations
 
