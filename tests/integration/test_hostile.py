@@ -417,6 +417,8 @@ def test_the_engines_training_waits_for_a_terminals_and_generation_goes_ahead(
                    for m in said), said
         listed = run_cli("queue", str(ws.root), "list").stdout
         assert f"waits for the training outside the engine (pid {holder.pid})" in listed
+        status = run_cli("engine", str(ws.root), "status").stdout
+        assert "a queued training waits for the training outside the engine" in status
     finally:
         holder.kill()
         holder.wait()
