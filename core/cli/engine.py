@@ -45,9 +45,8 @@ def run_engine(args: argparse.Namespace) -> int:
         doing = f", job {job.id} ({job.kind}) step {job.step}/{job.total}" if job else ""
         outside = training_outside_engine(ws)
         if outside:
-            doing += f"; a queued training waits for {outside}" if any(
-                j.kind == "train" for j in Store(ws.db_path).jobs((QUEUED,))) \
-                else f"; {outside} runs"
+            waits = any(j.kind == "train" for j in Store(ws.db_path).jobs((QUEUED,)))
+            doing += f"; a queued training waits for {outside}" if waits else f"; {outside} runs"
         out.print(plain(f"engine: {state.state} (pid {state.pid}){doing}"))
     return EXIT_OK
 
