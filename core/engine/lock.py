@@ -86,16 +86,10 @@ class EngineLock:
             raise
 
     def _lock_file(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            _retry(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB),
-                   (errno.EAGAIN, errno.EACCES))
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise EngineRunning(read_lock_pid(self.path)) from None
-            raise
+            fd = take_pid_lock(self.path)
+        except LockHeld as held:
+            raise EngineRunning(held.pid) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         os.fsync(fd)
@@ -128,19 +122,45 @@ class EngineLock:
             self.claim = None
 
 
-def read_lock_pid(path: Path) -> int | None:
+class LockHeld(Exception):
+    def __init__(self, pid: int | None):
+        super().__init__(f"held by pid {pid}")
+        self.pid = pid
+
+
+def take_pid_lock(path: Path) -> int:
+    """An exclusive flock on `path` (made if missing): its fd, for the caller to write its
+    pid into, or LockHeld with the holder's pid. Retried for a moment, since a status probe
+    (`lock_holder`) may hold it shared just then. The engine's lock and the training claim."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        return int(path.read_text().strip() or 0) or None
-    except (OSError, ValueError):
+        _retry(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB),
+               (errno.EAGAIN, errno.EACCES))
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            raise LockHeld(read_lock_pid(path)) from None
+        raise
+    return fd
+
+
+def read_lock_pid(path: Path) -> int | None:
+    """The pid written in a lock file (a few bytes of a regular file, never a FIFO)."""
+    from ..dataset.files import NotRegular, read_regular_file
+
+    try:
+        data, _ = read_regular_file(path, 64)
+        return int(data.decode("ascii").strip() or 0) or None
+    except (OSError, NotRegular, ValueError, UnicodeDecodeError):
         return None
 
 
-def running_pid(ws: Workspace) -> int | None:
-    """The pid of the engine holding the workspace's lock, -1 when one runs whose pid file is
-    gone, or None when none runs."""
-    path = ws.state / LOCK_FILE
+def lock_holder(path: Path) -> int | None:
+    """The pid of the process holding `path`'s flock (-1 when its pid is unreadable), or None
+    when no one holds it or there is no such file; a probe that takes nothing."""
     with contextlib.suppress(FileNotFoundError):
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
@@ -149,6 +169,16 @@ def running_pid(ws: Workspace) -> int | None:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+    return None
+
+
+def running_pid(ws: Workspace) -> int | None:
+    """The pid of the engine holding the workspace's lock, -1 when one runs whose pid file is
+    gone, or None when none runs."""
+    path = ws.state / LOCK_FILE
+    pid = lock_holder(path)
+    if pid is not None:
+        return pid
     try:
         probe = _bind(claim_name(ws))
     except OSError as exc:

@@ -7,10 +7,11 @@ when its process dies: a killed training never leaves the workspace locked."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 
+from ..engine import lock as engine_lock
+from ..engine.lock import LockHeld, lock_holder, take_pid_lock
 from ..workspace import Workspace
 from . import TrainingError
 
@@ -20,10 +21,8 @@ LOCK_FILE = "training.lock"
 class TrainingBusy(TrainingError):
     def __init__(self, ws: Workspace, pid: int | None):
         self.pid = pid
-        from ..engine.lock import running_pid
-
         who = f"pid {pid}" if pid else "another process"
-        if pid is not None and pid == running_pid(ws):
+        if pid is not None and pid == engine_lock.running_pid(ws):
             advice = (f"the engine is training it ({who}): watch it with `lorabooth "
                       f"{ws.root}`; `lorabooth queue {ws.root} list` shows its job and "
                       f"`lorabooth queue {ws.root} cancel N` stops it")
@@ -43,15 +42,10 @@ class TrainingClaim:
         self.fd: int | None = None
 
     def __enter__(self) -> TrainingClaim:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise TrainingBusy(self.ws, holder(self.path)) from None
-            raise
+            fd = take_pid_lock(self.path)
+        except LockHeld as held:
+            raise TrainingBusy(self.ws, held.pid) from None
         # The pid is only for the message a refused training prints; the lock is the flock.
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
@@ -67,31 +61,10 @@ class TrainingClaim:
             self.fd = None
 
 
-def holder(path) -> int | None:
-    """The pid written by the process that holds the claim (a few bytes, never a FIFO)."""
-    from ..dataset.files import NotRegular, read_regular_file
-
-    try:
-        data, _ = read_regular_file(path, 64)
-        return int(data.decode("ascii").strip() or 0) or None
-    except (OSError, NotRegular, ValueError, UnicodeDecodeError):
-        return None
-
-
 def training_pid(ws: Workspace) -> int | None:
     """The pid of the process training in this workspace (-1 when its pid is unreadable), or
     None; a probe that takes nothing (for the UI, which shows a training it did not start)."""
-    path = ws.state / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return lock_holder(ws.state / LOCK_FILE)
     except OSError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return holder(path) or -1
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
