@@ -636,6 +636,37 @@ def compile_phase(state: dict, resolution: int, steps: int, eager_step_s: float,
             "graph_breaks": sum(counters["graph_break"].values())}
 
 
+def cache_phase(state: dict, resolution: int, steps: int, device: torch.device) -> dict:
+    """The first-block cache (generate.step_cache) on whatever the transformer is now (eager,
+    or compiled by an earlier phase). Random weights decide nothing about which steps a real
+    model skips, so the row gives what does not depend on them: the time of a step computed in
+    full and of one reused (threshold 1: nearly all reused), from which any share projects."""
+    from dataclasses import replace
+
+    gen = state["owner"].generator(state["source"])
+    computed = [0]
+    hook = gen.pipe.transformer.single_transformer_blocks[-1].attn.register_forward_hook(
+        lambda *_: computed.__setitem__(0, computed[0] + 1))
+    try:
+        runs = {}
+        for cache in (0.0, 1.0, 0.1):
+            recipe = replace(generator_recipe(state, resolution, steps), step_cache=cache)
+            gen.render(replace(recipe, steps=2))  # warm: a cached render compiles its graphs
+            computed[0] = 0
+            runs[cache] = (timed(device, lambda r=recipe: gen.render(r)), computed[0])
+    finally:
+        hook.remove()
+    (every_s, _), (most_s, most_n) = runs[0.0], runs[1.0]
+    full = every_s / steps
+    reused = (most_s - most_n * full) / max(steps - most_n, 1)
+    return {"every_step_image_s": round(every_s, 2), "full_step_s": round(full, 4),
+            "reused_step_s": round(reused, 4),
+            "threshold_1_image_s": round(most_s, 2), "threshold_1_computed": most_n,
+            "threshold_0.1_image_s": round(runs[0.1][0], 2),
+            "threshold_0.1_computed": runs[0.1][1], "steps": steps,
+            "half_computed_projected_s": round(steps / 2 * (full + reused), 2)}
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:
@@ -693,6 +724,7 @@ def default_phases(resolutions: list[int]) -> list[str]:
     return (["encode"] + [f"train-{r}" for r in resolutions]
             + [f"train-{top}-nockpt", f"train-{top}-nockpt-compile"]
             + [f"generate-{r}" for r in reversed(resolutions)] + [f"compile-{max(resolutions)}"]
+            + [f"cache-{max(resolutions)}"]
             + [f"train-{min(resolutions)}-between", f"train-{min(resolutions)}-compile",
                f"offload-{max(resolutions)}"])
 
@@ -722,6 +754,8 @@ def run_phase(bench: Bench, name: str, state: dict, root: Path, resolutions: lis
         row = bench.phase(name, lambda: generate_phase(state, r, gen_steps, device), 20)
         if row and "step_s" in row:
             state[f"eager-{r}"] = row["step_s"]
+    elif kind == "cache":  # cache-1024: the first-block cache's full and reused steps
+        bench.phase(name, lambda: cache_phase(state, r, gen_steps, device), 20)
     elif kind == "compile":
         eager = state.get(f"eager-{r}")
         if eager is None:

@@ -172,6 +172,12 @@ class GenerateSettings:
                         "| blocks | blocks-fp8 (the large matmuls in fp8 on Ada/Hopper "
                         "cards: a 1024 px image in 0.89x the time; needs the fp8 extra) | off.",
                         default="auto", choices=GENERATE_COMPILE_MODES)
+    step_cache: float = _opt(
+        "First-block cache: each denoising step runs the transformer's first block, and when "
+        "its output changed less than this fraction since the last full step, the other "
+        "blocks reuse that step's work. 0.05-0.12 makes images faster with small changes to "
+        "them; 0 computes every step (training samples always do).",
+        default=0.0, min=0, max=1)
     presets: dict[str, str] = _opt(
         "Named prompt templates: {prompt} is what you type, {trigger} the trigger word.",
         default_factory=lambda: {

@@ -46,6 +46,8 @@ def recipe_lines(item: Shown) -> list[str]:
         if key == "loras":
             lines += [f"lora: {lora.get('name')} x{lora.get('scale')}" for lora in value
                       if isinstance(lora, dict)]
+        elif key == "step_cache" and not value:
+            continue  # every step computed: what every image did before the cache existed
         elif value not in ("", None, [], {}):
             lines.append(f"{key}: {value}")
     return lines

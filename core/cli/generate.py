@@ -58,6 +58,10 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=whole(64, 4096), default=None)
     p.add_argument("--height", type=whole(64, 4096), default=None)
     p.add_argument("--guidance", type=number(0, 30), default=None)
+    p.add_argument("--step-cache", type=number(0, 1), default=None, metavar="T",
+                   help="first-block cache: reuse a step's work when the first block changed "
+                        "less than T (0.05-0.12: faster, small changes; 0: every step; "
+                        "default generate.step_cache)")
     p.add_argument("--preset", default=None, help="a named template from lorabooth.toml")
     p.add_argument("--scales", default="", metavar="S1,S2,...",
                    help="sweep the first LoRA's scale over these values")
@@ -98,7 +102,8 @@ def asked_from_args(prompt: str, args: argparse.Namespace) -> Asked:
         loras = tuple(_lora(text) for text in args.lora) or None
     return Asked(prompt, preset=args.preset, loras=loras, seed=args.seed, count=args.count,
                  scales=_scales(args.scales), width=args.width, height=args.height,
-                 steps=args.steps, guidance=args.guidance, init_image=_abs(args.init_image),
+                 steps=args.steps, guidance=args.guidance, step_cache=args.step_cache,
+                 init_image=_abs(args.init_image),
                  strength=args.strength, mask=_abs(args.mask),
                  refs=tuple(_abs(path) for path in args.ref))
 

@@ -7,8 +7,8 @@ named adapter and `set_adapters` picks the ones a recipe uses.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -130,7 +130,8 @@ class Generator:
                 size = (recipe.width, recipe.height)
                 kwargs["image"] = kwargs["image"].resize(size, Image.Resampling.LANCZOS)
                 kwargs["mask_image"] = kwargs["mask_image"].resize(size, Image.Resampling.NEAREST)
-        with torch.no_grad(), self.precision():
+        with torch.no_grad(), self.precision(), step_cache(self.pipe.transformer,
+                                                            recipe.step_cache):
             return pipe(**kwargs).images[0]
 
     @property
@@ -167,6 +168,25 @@ def plan_for(ws: Workspace, source: ModelSource, recipes: Sequence[Recipe]):
     side = max(max(r.width, r.height) for r in recipes)
     return generation_plan(ws.config(check_photos=False), source.path, side,
                            source.max_sequence_length, default_device())
+
+
+@contextmanager
+def step_cache(transformer: torch.nn.Module, threshold: float) -> Iterator[None]:
+    """diffusers' first-block cache on `transformer` for one render, and gone after it: the
+    same transformer trains between renders, and its next render starts from no cached step."""
+    if threshold <= 0:
+        yield
+        return
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+    try:
+        # FLUX.1's img2img and inpainting pipelines call the transformer outside any cache
+        # context, which the cache's state needs; the others set their own per step.
+        with transformer.cache_context("render"):
+            yield
+    finally:
+        transformer.disable_cache()
 
 
 class Cancelled(Exception):

@@ -22,6 +22,7 @@ MAX_IMAGES = 1000  # the most images one request may make (matrix x scales x cou
 MAX_RENDER_STEPS = 200
 MAX_SEED = 2**63 - 1
 MAX_REFS = 4  # reference images one FLUX.2 [klein] edit may take
+MAX_STEP_CACHE = 1.0  # above this every step after the first would reuse it: noise
 ALTERNATIVES = re.compile(r"\{([^{}]*\|[^{}]*)\}")
 
 
@@ -51,6 +52,9 @@ class Recipe:
     strength: float = 0.8
     mask: str = ""
     refs: tuple[str, ...] = ()  # FLUX.2 [klein] reference images ("this person in this jacket")
+    # First-block cache: a denoising step whose first block changed less than this (relative)
+    # since the last full step reuses that step's other blocks. 0: every step computed.
+    step_cache: float = 0.0
     version: str = ""
     training_step: int | None = None  # set when made between two training steps
 
@@ -72,6 +76,9 @@ class Recipe:
             problems.append("a mask needs an init image to paint into")
         if not (math.isfinite(self.strength) and 0 < self.strength <= 1):
             problems.append(f"strength {self.strength} must be above 0 and at most 1")
+        if not (math.isfinite(self.step_cache) and 0 <= self.step_cache <= MAX_STEP_CACHE):
+            problems.append(f"step cache {self.step_cache} must be a number from 0 (off) to "
+                            f"{MAX_STEP_CACHE:g}")
         if len(self.refs) > MAX_REFS:
             problems.append(f"{len(self.refs)} reference images: at most {MAX_REFS}")
         if self.refs and self.init_image:
@@ -114,7 +121,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "prompt": (str,), "seed": (int,), "width": (int,), "height": (int,), "steps": (int,),
     "guidance": (int, float), "model": (str,), "loras": (list,), "init_image": (str,),
     "strength": (int, float), "mask": (str,), "refs": (list,), "version": (str,),
-    "training_step": (int,),
+    "training_step": (int,), "step_cache": (int, float),
 }
 _KIND_WORDS = {(str,): "text", (int,): "a whole number", (int, float): "a number",
                (list,): "a list"}

@@ -83,7 +83,7 @@ def recipe_from_settings(settings: GenerateSettings, model: str, prompt: str, se
     steps, guidance = generation_defaults(model, settings.steps, settings.guidance)
     given = {k: v for k, v in overrides.items() if v is not None}
     values = {"width": settings.width, "height": settings.height, "steps": steps,
-              "guidance": guidance, **given}
+              "guidance": guidance, "step_cache": settings.step_cache, **given}
     recipe = Recipe(prompt=prompt, seed=seed, model=model, loras=loras, **values)
     recipe.check()
     return recipe
@@ -127,6 +127,7 @@ class Asked:
     height: int | None = None
     steps: int | None = None
     guidance: float | None = None
+    step_cache: float | None = None
     init_image: str = ""
     strength: float = 0.8
     mask: str = ""
@@ -190,7 +191,8 @@ def build_request(ws: Workspace, config: Config, asked: Asked, *, training: bool
     recipe = recipe_from_settings(
         g, config.image_model, text, asked.seed if asked.seed is not None else 0, loras,
         width=asked.width, height=asked.height, steps=asked.steps, guidance=asked.guidance,
-        init_image=asked.init_image or None, strength=asked.strength, mask=asked.mask or None,
+        step_cache=asked.step_cache, init_image=asked.init_image or None,
+        strength=asked.strength, mask=asked.mask or None,
         refs=asked.refs or None)
     request = Request(recipe, asked.count, asked.scales)
     request.check_size()

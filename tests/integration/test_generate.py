@@ -91,6 +91,65 @@ def test_img2img_and_inpaint(trained: Workspace, tmp_path: Path):
     assert pixels(varied).shape == pixels(painted).shape == (64, 64, 3)
 
 
+def test_the_step_cache_skips_work_keeps_the_picture_and_leaves_nothing_behind(
+        trained: Workspace, tmp_path: Path):
+    """First-block cache: a render with it runs the later blocks at fewer steps than it
+    denoises, draws nearly the same picture, and leaves the transformer as it was (the same
+    transformer trains between renders): the next uncached render is the very same pixels."""
+    from lorabooth.core.generate.request import complete_recipe
+    from lorabooth.core.models.owner import ModelOwner
+    from lorabooth.core.models.resolve import resolve_model
+
+    gen = ModelOwner().generator(resolve_model("demo"))
+    transformer = gen.pipe.transformer
+    computed = [0]  # the last block's attention runs only at the steps computed in full
+    transformer.single_transformer_blocks[-1].attn.register_forward_hook(
+        lambda *_: computed.__setitem__(0, computed[0] + 1))
+
+    def render(cache: float, **more) -> tuple[np.ndarray, int]:
+        computed[0] = 0
+        recipe = complete_recipe(trained, Recipe(**{
+            "prompt": "photo of zorb", "seed": 3, "width": 128, "height": 128, "steps": 20,
+            "step_cache": cache, "loras": (LoraRef("workspace", 1.0),), **more}))
+        return np.asarray(gen.render(recipe)).astype(np.float64), computed[0]
+
+    def psnr(a: np.ndarray, b: np.ndarray) -> float:
+        return float(10 * np.log10(255**2 / max(((a - b) ** 2).mean(), 1e-12)))
+
+    every, every_computed = render(0.0)
+    cached, cached_computed = render(0.1)
+    other_seed, _ = render(0.0, seed=4)
+    assert every_computed == 20
+    assert 2 <= cached_computed <= 16, cached_computed
+    # The same picture (far nearer it than another seed's is), not a copy of it.
+    assert psnr(cached, every) > max(25, psnr(other_seed, every) + 10)
+    assert psnr(cached, every) < 60
+    assert not transformer.is_cache_enabled
+    again, _ = render(0.0)
+    assert np.array_equal(again, every)
+    # FLUX.1's img2img pipeline has no cache context of its own: it gets one.
+    source = tmp_path / "source.png"
+    Image.fromarray(every.astype(np.uint8)).save(source)
+    _, img2img_computed = render(0.2, init_image=str(source), strength=0.9)
+    assert 1 <= img2img_computed < 18
+    assert not transformer.is_cache_enabled
+
+
+def test_the_step_cache_is_asked_on_the_command_line_or_in_the_config(trained: Workspace):
+    from lorabooth.core.config import set_config_value
+
+    (asked,) = generate(trained, "zorb at the beach", "--step-cache", "0.1", *SMALL)
+    assert read_recipe(asked).step_cache == 0.1
+    set_config_value(trained.root, "generate.step_cache", 0.08)
+    try:
+        (default,) = generate(trained, "zorb at the beach", *SMALL)
+        assert read_recipe(default).step_cache == 0.08
+    finally:
+        set_config_value(trained.root, "generate.step_cache", 0.0)
+    result = run_cli("generate", str(trained.root), "zorb", "--step-cache", "3")
+    assert result.returncode == 2 and "--step-cache" in result.stderr
+
+
 def test_bad_requests_read_well(trained: Workspace):
     result = run_cli("generate", str(trained.root), "zorb", "--width", "100")
     assert result.returncode == 2
@@ -159,8 +218,9 @@ def test_prompt_during_training_runs_between_steps_and_leaves_the_loss_curve(
     store = Store(ws.db_path)
     assert run_cli("train", str(ws.root), "--detach", "--steps", "150").returncode == 0
     wait_until(lambda: (store.job(1).step if store.job(1) else 0) >= 10)
-    request = Request(Recipe("zorb mid-training", seed=3, width=64, height=64, steps=3,
-                             loras=(LoraRef("workspace", 1.0),)))
+    # With the step cache: its hooks on the training transformer are gone before the next step.
+    request = Request(Recipe("zorb mid-training", seed=3, width=64, height=64, steps=6,
+                             loras=(LoraRef("workspace", 1.0),), step_cache=0.5))
     gen = store.add_job("generate", request_to_params(request))
     wait_until(lambda: store.job(gen).state == "done", timeout=90)
     training = store.job(1)
@@ -172,6 +232,7 @@ def test_prompt_during_training_runs_between_steps_and_leaves_the_loss_curve(
     assert np.allclose(losses, expected, rtol=1e-5, atol=1e-7)
     image = Path(result["images"][0])
     assert read_recipe(image).training_step == result["training_step"]
+    assert read_recipe(image).step_cache == 0.5
 
 
 def test_schnell_gets_its_own_defaults():

@@ -27,8 +27,8 @@ def seed_outputs(ws: Workspace) -> list[dict]:
     folder.mkdir(parents=True, exist_ok=True)
     recipes = []
     for n, colour in enumerate(((200, 30, 30), (30, 30, 200))):
-        recipe = build_request(ws, config, Asked(f"zorb number {n}", seed=40 + n),
-                               training=False).recipe
+        asked = Asked(f"zorb number {n}", seed=40 + n, step_cache=0.1 if n else None)
+        recipe = build_request(ws, config, asked, training=False).recipe
         data = json.loads(recipe.to_json())
         path = folder / f"image-{n}.png"
         Image.new("RGB", (64, 64), colour).save(path)
@@ -70,6 +70,11 @@ async def test_enter_opens_the_image_large_with_its_recipe_and_keys_step_through
         assert str(viewer.query_one("#viewer-title").render()).startswith("2/3 · image")
         recipe = str(viewer.query_one("#viewer-recipe").render())
         assert "prompt: zorb number 1" in recipe and "seed: 41" in recipe
+        assert "step_cache: 0.1" in recipe
+        await pilot.press("n")  # image 0 computed every step: nothing to say about a cache
+        recipe = str(viewer.query_one("#viewer-recipe").render())
+        assert "prompt: zorb number 0" in recipe and "step_cache" not in recipe
+        await pilot.press("p")
         await pilot.press("o")
         assert any("image-1.png" in n.message for n in app._notifications)
         await pilot.press("p", "p")  # wraps around

@@ -30,3 +30,16 @@ def test_forged_references_are_refused_in_words(refs, words):
 def test_references_and_an_init_image_do_not_combine():
     with pytest.raises(RecipeError, match="do not combine"):
         Recipe("zorb", refs=("/a.jpg",), init_image="/b.jpg").check()
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan"), float("inf"), True, "0.1"])
+def test_a_forged_step_cache_is_refused_in_words(value):
+    data = json.loads(Recipe("zorb").to_json()) | {"step_cache": value}
+    with pytest.raises(RecipeError, match=r"step.cache"):
+        Recipe.from_dict(data)
+
+
+def test_a_recipe_from_before_the_step_cache_computes_every_step():
+    data = json.loads(Recipe("zorb").to_json())
+    del data["step_cache"]
+    assert Recipe.from_dict(data).step_cache == 0.0
