@@ -126,10 +126,11 @@ def bare_step_fn(trainer: Trainer):
         noise = torch.randn_like(x0)
         sigma = torch.rand(1, device=dev)
         noisy = (1 - sigma) * x0 + sigma * noise
-        pred = transformer(hidden_states=flow.pack(noisy).to(dt), timestep=sigma.to(dt),
-                           guidance=guidance, pooled_projections=pooled,
-                           encoder_hidden_states=embeds, txt_ids=txt_ids, img_ids=img_ids,
-                           return_dict=False)[0]
+        with trainer.precision():  # autocast in half precision, as diffusers' example
+            pred = transformer(hidden_states=flow.pack(noisy).to(dt), timestep=sigma.to(dt),
+                               guidance=guidance, pooled_projections=pooled,
+                               encoder_hidden_states=embeds, txt_ids=txt_ids,
+                               img_ids=img_ids, return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(flow.unpack(pred.float(), h, w), noise - x0)
         loss.backward()
         optimizer.step()

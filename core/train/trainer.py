@@ -52,6 +52,7 @@ from .lora import (
     CLIP_TARGETS,
     add_lora,
     lora_file_bytes,
+    skip_input_casts,
     target_modules,
 )
 from .optim import lr_lambda, make_optimizer
@@ -173,6 +174,8 @@ class Trainer:
                     else CLIP_TARGETS
                 self.adapters[name] = add_lora(module, t.rank, t.alpha, targets, t.dropout)
         torch.manual_seed(t.seed + 1)  # LoRA dropout draws from the global generator
+        # Every call of the transformer while it trains runs in `precision()`.
+        self.uncast = skip_input_casts(transformer) if self.dtype != torch.float32 else []
         if t.text_encoder_lora:
             self.pipe.text_encoder.train()
             self.clip_ids = {c: self.clip_ids_of(c) for c in self.texts}
@@ -400,9 +403,10 @@ class Trainer:
     def _restore_for_generation(self, pipe) -> None:
         """The training adapter removed, the base frozen and in eval mode, the text encoders
         back beside it."""
-        from .lora import ADAPTER, remove_lora
+        from .lora import ADAPTER, remove_lora, restore_input_casts
 
         transformer = pipe.transformer
+        restore_input_casts(getattr(self, "uncast", []))
         if ADAPTER in getattr(transformer, "peft_config", {}):
             transformer.delete_adapters(ADAPTER)
         clip = pipe.text_encoder

@@ -352,6 +352,40 @@ def test_bf16_on_a_cpu_trains_a_float32_lora_over_bf16_weights(demo_model, demo_
     assert "mine" in pipe.transformer.peft_config
 
 
+def test_bf16_skips_peft_input_casts_and_trains_the_very_same_lora(demo_workspace,
+                                                                    monkeypatch):
+    """Under autocast the float32 LoRA takes the bf16 activations as they are (peft's cast to
+    float32, which autocast undid at once, copied every activation twice): the same losses and
+    the same weights as with the casts, and the casts back once the model goes to generation,
+    which runs outside autocast."""
+    from peft.tuners.lora import LoraLayer
+
+    from lorabooth.core.train import lora
+
+    def train(ws) -> tuple[list[float], dict, list[bool], list[bool]]:
+        trainer = Trainer(ws, device="cpu")
+        trainer.prepare()
+        layers = [m for m in trainer.pipe.transformer.modules() if isinstance(m, LoraLayer)]
+        during = [m.cast_input_dtype_enabled for m in layers]
+        result = trainer.run(steps=6)
+        trainer.release()  # the pipeline back to its owner, for generation
+        after = [m.cast_input_dtype_enabled for m in layers]
+        return result.losses, load_file(result.lora_path), during, after
+
+    losses, weights, during, after = train(
+        demo_workspace("skipped", train_memory="bf16", train_checkpoint_every=1000))
+    assert during and not any(during)
+    assert all(after)
+    monkeypatch.setattr(lora, "skip_input_casts", lambda model: [])
+    monkeypatch.setattr("lorabooth.core.train.trainer.skip_input_casts", lambda model: [])
+    cast_losses, cast_weights, cast_during, _ = train(
+        demo_workspace("cast", train_memory="bf16", train_checkpoint_every=1000))
+    assert all(cast_during)
+    assert losses == cast_losses
+    assert weights.keys() == cast_weights.keys()
+    assert all(torch.equal(weights[k], cast_weights[k]) for k in weights)
+
+
 def test_ctrl_c_while_loading_quits_at_once(demo_workspace):
     """Before the first step there is nothing to save: Ctrl-C quits now (loading a full-size
     model takes minutes), instead of after a step and a checkpoint."""
