@@ -11,7 +11,8 @@ For each model (the demo, and a mid-size Flux config with hidden size 256):
   in a fresh process as a new run would be;
 - with `--reference SCRIPT` (diffusers' examples/dreambooth/train_dreambooth_lora_flux.py):
   `lorabooth train` eager and compiled against that script run unchanged on the same mid-size
-  model and photos (same LoRA targets and rank, cached latents), each s/step taken as
+  model and photos (same LoRA targets and rank, cached latents, the photos cropped square for
+  both as the script's --center_crop does, so both train the same shapes), each s/step taken as
   (T(60 steps) - T(10 steps)) / 50 of whole processes; the script runs in fp32 and in its bf16
   mixed precision, lorabooth with `train.memory` auto (fp32 on a CPU) and, on a CPU that
   multiplies bf16 natively, "bf16", and every lorabooth row is set against both.
@@ -85,10 +86,9 @@ def t5_tokenizer():
     return T5Tokenizer(vocab=list(pieces.items()), extra_ids=0, model_max_length=512)
 
 
-def workspace(root: Path, resolution: int) -> Path:
+def workspace(root: Path, resolution: int, source: Path = REPO / "sample_photos") -> Path:
     photos = root / "photos"
-    shutil.copytree(REPO / "sample_photos", photos,
-                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copytree(source, photos, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     ws = init_workspace(root / "ws", photos, model="demo", trigger="zorb")
     for key, value in {"train.resolution": [resolution], "train.checkpoint_every": 100000,
                        "sample.every": 0}.items():
@@ -230,10 +230,33 @@ def timed_cli(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def square_photos(root: Path, captions: bool) -> Path:
+    """The sample photos centre-cropped square, as the reference script's `--center_crop`
+    trains them: both sides then train the same shapes (lorabooth's aspect buckets would
+    train 640x832 photos at 752 tokens, where the CPU's bf16 flash attention takes 1.4x the
+    time of 768: other work, not a slower trainer). `captions`: with their .txt files (the
+    script opens every file in its folder as an image, so its copy has none)."""
+    folder = root / ("square-photos" if captions else "reference-photos")
+    if folder.exists():
+        return folder
+    from PIL import Image, ImageOps
+
+    folder.mkdir(parents=True)
+    for jpg in sorted((REPO / "sample_photos").glob("*.jpg")):
+        with Image.open(jpg) as img:
+            side = min(img.size)
+            ImageOps.fit(img.convert("RGB"), (side, side)).save(folder / jpg.name, quality=95)
+        if captions and jpg.with_suffix(".txt").exists():
+            shutil.copy2(jpg.with_suffix(".txt"), folder / f"{jpg.stem}.txt")
+    return folder
+
+
 def lorabooth_run(root: Path, model: Path, resolution: int, steps: int, compile_mode: str,
                   device: str, memory: str = "auto") -> float:
-    """Seconds for `lorabooth train` of `steps` in a fresh workspace on the model's folder."""
-    ws_root = workspace(root / f"ours-{compile_mode}-{memory}-{steps}", resolution)
+    """Seconds for `lorabooth train` of `steps` in a fresh workspace on the model's folder,
+    on the same square photos as the reference script."""
+    ws_root = workspace(root / f"ours-{compile_mode}-{memory}-{steps}", resolution,
+                        square_photos(root, captions=True))
     for key, value in {"model": str(model), "train.compile": compile_mode,
                        "train.memory": memory, "train.lr_schedule": "constant"}.items():
         set_config_value(ws_root, key, value)
@@ -248,11 +271,7 @@ def reference_run(root: Path, model: Path, script: Path, resolution: int, steps:
     """Seconds for diffusers' script, unchanged, on the same model and photos: the same LoRA
     targets and rank, latents cached, text encoded once, constant learning rate; fp32, or
     with `precision` "bf16" its mixed precision (frozen weights cast to bf16, LoRA fp32)."""
-    photos = root / "reference-photos"
-    if not photos.exists():  # the script opens every file in the folder as an image
-        photos.mkdir(parents=True)
-        for jpg in sorted((REPO / "sample_photos").glob("*.jpg")):
-            shutil.copy2(jpg, photos / jpg.name)
+    photos = square_photos(root, captions=False)
     out = root / f"reference-{precision}-{steps}"
     return timed_cli([
         sys.executable, "-m", "bench.reference", str(script),
