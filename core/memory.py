@@ -131,7 +131,7 @@ def render_activations(size: ModelSize, resolution: int, text_tokens: int) -> fl
 def cpu_plan(job: str, mode: str, resolution: int, bf16_native: bool) -> Plan:
     """float32 unless bf16 is asked for. On a CPU with bf16 dot products (AMX, AVX512-BF16) a
     model of some size trains in bf16 weights faster than in float32 (bench.train's mid-size
-    model at 256 px: 0.335 against 0.390 s a step eager, 0.245 against 0.336 with its blocks
+    model at 256 px: 0.236 against 0.328 s a step eager, 0.189 against 0.277 with its blocks
     compiled), but the tiny demo is slower (the casts cost more than
     its matmuls save), so `auto` stays float32 and bf16 is the user's choice, trained as on a
     GPU: frozen weights bf16, the LoRA in float32. No checkpointing: a CPU has the memory."""
