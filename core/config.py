@@ -173,7 +173,8 @@ class GenerateSettings:
                         "cards: a 1024 px image in 0.89x the time; needs the fp8 extra) | off.",
                         default="auto", choices=GENERATE_COMPILE_MODES)
     step_cache: float = _opt(
-        "First-block cache: each denoising step runs the transformer's first block, and when "
+        "First-block cache (FLUX.1 models): each denoising step runs the transformer's first "
+        "block, and when "
         "its output changed less than this fraction since the last full step, the other "
         "blocks reuse that step's work. 0.05-0.12 makes images faster with small changes to "
         "them; 0 computes every step (training samples always do).",

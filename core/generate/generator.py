@@ -106,6 +106,10 @@ class Generator:
             kwargs.update(self.encode(recipe.prompt))
         if on_denoise_step is not None:
             kwargs["callback_on_step_end"] = _step_callback(on_denoise_step, recipe.steps)
+        if recipe.step_cache and self.source.model.family == "flux2":
+            from .request import STEP_CACHE_FLUX2
+
+            raise RecipeError(STEP_CACHE_FLUX2)
         pipe = self.pipe
         if recipe.refs:
             if self.source.model.family != "flux2":

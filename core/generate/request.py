@@ -158,6 +158,12 @@ def typed_refs(ws: Workspace, config: Config, text: str) -> tuple[str, ...]:
     return tuple(refs)
 
 
+# diffusers' first-block cache fails on FLUX.2's blocks (a double block's pair of outputs taken
+# away from a single block's one tensor), and klein renders in 4 steps: nothing to skip.
+STEP_CACHE_FLUX2 = ("the step cache works on FLUX.1 models only; FLUX.2 [klein] renders every "
+                    "step (in 4 distilled steps it would have little to skip)")
+
+
 def training_underway(jobs: Iterable[Job]) -> bool:
     """`build_request`'s `training`: a training run is queued or under way."""
     return any(j.kind == "train" and j.state in ACTIVE for j in jobs)
@@ -182,6 +188,11 @@ def build_request(ws: Workspace, config: Config, asked: Asked, *, training: bool
     if asked.refs and model_of(config.image_model).family != "flux2":
         raise RecipeError(f"reference images need FLUX.2 [klein]; this workspace makes images "
                           f"with {model_of(config.image_model).title}")
+    step_cache = asked.step_cache
+    if model_of(config.image_model).family == "flux2":
+        if step_cache:
+            raise RecipeError(STEP_CACHE_FLUX2)
+        step_cache = 0.0  # generate.step_cache is FLUX.1's: klein renders every step
     for ref in asked.refs:
         if not Path(ref).exists():
             raise RecipeError(f"reference image {ref}: no such file")
@@ -191,7 +202,7 @@ def build_request(ws: Workspace, config: Config, asked: Asked, *, training: bool
     recipe = recipe_from_settings(
         g, config.image_model, text, asked.seed if asked.seed is not None else 0, loras,
         width=asked.width, height=asked.height, steps=asked.steps, guidance=asked.guidance,
-        step_cache=asked.step_cache, init_image=asked.init_image or None,
+        step_cache=step_cache, init_image=asked.init_image or None,
         strength=asked.strength, mask=asked.mask or None,
         refs=asked.refs or None)
     request = Request(recipe, asked.count, asked.scales)

@@ -98,6 +98,26 @@ def test_lorabooth_generates_with_klein_and_its_lora(klein_workspace, photos):
     assert np.array_equal(zero, base)
 
 
+def test_the_step_cache_is_refused_on_klein_in_words_and_its_default_skipped(klein_workspace):
+    """diffusers' first-block cache breaks on FLUX.2's blocks: asked for, it is a clear error
+    (never a TypeError from inside diffusers); set in the config, klein renders every step."""
+    from lorabooth.core.config import set_config_value
+    from lorabooth.core.generate.recipe import RecipeError
+    from lorabooth.core.generate.request import Asked, build_request
+    from lorabooth.core.models.owner import ModelOwner
+
+    ws = klein_workspace()
+    set_config_value(ws.root, "generate.step_cache", 0.1)
+    config = ws.config()
+    assert build_request(ws, config, Asked("zorb"), training=False).recipe.step_cache == 0.0
+    with pytest.raises(RecipeError, match=r"FLUX\.1 models only"):
+        build_request(ws, config, Asked("zorb", step_cache=0.2), training=False)
+    generator = ModelOwner().generator(resolve_model("demo-klein"))
+    with pytest.raises(RecipeError, match=r"FLUX\.1 models only"):  # a forged or remade recipe
+        generator.render(Recipe("zorb", width=64, height=64, steps=3, step_cache=0.2))
+    assert not generator.pipe.transformer.is_cache_enabled
+
+
 def test_klein_img2img_starts_from_the_image(klein_workspace, photos, tmp_path):
     """klein has no img2img pipeline; a white-mask inpaint does it. At a low strength the start
     image shapes the picture (two start images give two pictures at the same seed); at full
