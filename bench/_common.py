@@ -44,3 +44,19 @@ def report(name: str, rows: list[dict[str, object]], extra: dict[str, object]) -
 
 def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+class FullSteps:
+    """How many denoising steps a FLUX transformer computed in full under the first-block step
+    cache: its last block's attention runs only at those."""
+
+    def __init__(self, transformer) -> None:
+        self.count = 0
+        self._hook = transformer.single_transformer_blocks[-1].attn.register_forward_hook(
+            self._seen)
+
+    def _seen(self, *_) -> None:
+        self.count += 1
+
+    def remove(self) -> None:
+        self._hook.remove()

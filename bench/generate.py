@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench._common import report
+from bench._common import FullSteps, report
 from bench.train import mid_size_model, workspace
 from lorabooth.core.generate.generator import run_request
 from lorabooth.core.generate.recipe import LoraRef, Recipe
@@ -121,21 +121,19 @@ def step_cache_rows(name: str, ws: Workspace, source: ModelSource, args,
     import numpy as np
 
     generator = ModelOwner().generator(source)
-    computed = [0]  # the last block's attention runs only at the steps computed in full
-    generator.pipe.transformer.single_transformer_blocks[-1].attn.register_forward_hook(
-        lambda *_: computed.__setitem__(0, computed[0] + 1))
+    computed = FullSteps(generator.pipe.transformer)
     base = replace(base_recipe(ws, args), steps=steps)
     images: dict[float, list] = {0.0: [], threshold: []}
     best = {0.0: float("inf"), threshold: float("inf")}
     share: dict[float, float] = {}
     for _ in range(args.rounds + 1):  # alternating; the first round of each warms up
         for cache in (0.0, threshold):
-            computed[0] = 0
+            computed.count = 0
             start = time.perf_counter()
             made = [np.asarray(generator.render(replace(base, seed=i, step_cache=cache)),
                                dtype=np.float64) for i in range(args.images)]
             best[cache] = min(best[cache], time.perf_counter() - start)
-            share[cache] = computed[0] / (steps * args.images)
+            share[cache] = computed.count / (steps * args.images)
             images[cache] = made
     psnr = [10 * np.log10(255**2 / max(((a - b) ** 2).mean(), 1e-12))
             for a, b in zip(images[0.0], images[threshold], strict=True)]

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from bench._common import RESULTS
+from bench._common import RESULTS, FullSteps
 from lorabooth.core.models.resolve import ModelSource
 
 PROMPT = "photo of zorb, a teal plush toy on a wooden table, soft window light"
@@ -644,18 +644,16 @@ def cache_phase(state: dict, resolution: int, steps: int, device: torch.device) 
     from dataclasses import replace
 
     gen = state["owner"].generator(state["source"])
-    computed = [0]
-    hook = gen.pipe.transformer.single_transformer_blocks[-1].attn.register_forward_hook(
-        lambda *_: computed.__setitem__(0, computed[0] + 1))
+    computed = FullSteps(gen.pipe.transformer)
     try:
         runs = {}
         for cache in (0.0, 1.0, 0.1):
             recipe = replace(generator_recipe(state, resolution, steps), step_cache=cache)
             gen.render(replace(recipe, steps=2))  # warm: a cached render compiles its graphs
-            computed[0] = 0
-            runs[cache] = (timed(device, lambda r=recipe: gen.render(r)), computed[0])
+            computed.count = 0
+            runs[cache] = (timed(device, lambda r=recipe: gen.render(r)), computed.count)
     finally:
-        hook.remove()
+        computed.remove()
     (every_s, _), (most_s, most_n) = runs[0.0], runs[1.0]
     full = every_s / steps
     reused = (most_s - most_n * full) / max(steps - most_n, 1)

@@ -174,10 +174,9 @@ class GenerateSettings:
                         default="auto", choices=GENERATE_COMPILE_MODES)
     step_cache: float = _opt(
         "First-block cache (FLUX.1 models): each denoising step runs the transformer's first "
-        "block, and when "
-        "its output changed less than this fraction since the last full step, the other "
-        "blocks reuse that step's work. 0.05-0.12 makes images faster with small changes to "
-        "them; 0 computes every step (training samples always do).",
+        "block, and when its output changed less than this fraction since the last full step, "
+        "the other blocks reuse that step's work. 0.05-0.12 makes images faster with small "
+        "changes to them; 0 computes every step (training samples always do).",
         default=0.0, min=0, max=1)
     presets: dict[str, str] = _opt(
         "Named prompt templates: {prompt} is what you type, {trigger} the trigger word.",

@@ -185,11 +185,12 @@ def build_request(ws: Workspace, config: Config, asked: Asked, *, training: bool
         loras = (LoraRef("workspace", scale),)
     else:
         loras = ()
-    if asked.refs and model_of(config.image_model).family != "flux2":
+    image_model = model_of(config.image_model)
+    if asked.refs and image_model.family != "flux2":
         raise RecipeError(f"reference images need FLUX.2 [klein]; this workspace makes images "
-                          f"with {model_of(config.image_model).title}")
+                          f"with {image_model.title}")
     step_cache = asked.step_cache
-    if model_of(config.image_model).family == "flux2":
+    if image_model.family == "flux2":
         if step_cache:
             raise RecipeError(STEP_CACHE_FLUX2)
         step_cache = 0.0  # generate.step_cache is FLUX.1's: klein renders every step
