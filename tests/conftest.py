@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -70,4 +71,5 @@ def engines():
     for ws in started:
         pid = running_pid(ws)
         if pid and pid > 0:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may exit on its own meanwhile
+                os.kill(pid, signal.SIGKILL)

@@ -180,7 +180,9 @@ def running_pid(ws: Workspace) -> int | None:
     if pid is not None:
         return pid
     try:
-        probe = _bind(claim_name(ws))
+        # Retried: another client's probe holds the claim for a moment, and answering then
+        # would name the last engine's pid, long gone, as running.
+        probe = _retry(lambda: _bind(claim_name(ws)), (errno.EADDRINUSE,))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             return read_lock_pid(path) or -1

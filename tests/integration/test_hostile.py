@@ -23,6 +23,7 @@ from lorabooth.core.store import Store
 from lorabooth.core.train import TrainingError
 from lorabooth.core.train.checkpoint import all_checkpoints
 from lorabooth.core.train.trainer import Trainer
+from lorabooth.core.workspace import init_workspace
 
 SMALL = ["--width", "64", "--height", "64", "--steps", "2"]
 
@@ -295,6 +296,23 @@ def test_engine_starts_never_lose_to_status_probes(demo_workspace, engines):
             assert run_cli("engine", str(ws.root), "stop").returncode == 0
     finally:
         done.set()
+        prober.join()
+    assert running_pid(ws) is None
+
+
+def test_a_probe_holding_the_claim_is_not_taken_for_a_running_engine(tmp_path):
+    # The pid file outlives its engine; another client's status probe holds the claim for a
+    # moment. Answering then named that long-gone pid as the running engine.
+    import socket
+
+    from lorabooth.core.engine.lock import LOCK_FILE, claim_name
+
+    ws = init_workspace(tmp_path / "ws", tmp_path / "photos")
+    (ws.state / LOCK_FILE).write_text(f"{2**22 + 7}\n")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.bind(claim_name(ws))
+    threading.Timer(0.2, probe.close).start()
+    assert running_pid(ws) is None
 
 
 # 14. Small things: demo over a folder with captions, a BOM, an empty database, a link loop.
