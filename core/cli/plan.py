@@ -53,6 +53,13 @@ def run(args: argparse.Namespace) -> int:
                     f" (train.memory = {config.train.memory}, "
                     f"generate.memory = {config.generate.memory})", "bold"))
     out.print(table(plans))
+    if not args.gpu_memory and has_gpu():
+        from ..models.load import default_device
+        from ..models.sizes import crowded_note
+
+        note = crowded_note(default_device())
+        if note:
+            out.print(plain(f"{note[0].upper()}{note[1:]}.", "yellow"))
     for row in here:
         out.print(plain(f"on this machine (no GPU), {row['job']} {row['resolution']} px: "
                         f"{row['reason']}", "" if row["plan"] else "red"))

@@ -4,6 +4,7 @@ plans for a workspace's training and generation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import cache
 from pathlib import Path
@@ -52,6 +53,27 @@ def available_gib(device: torch.device) -> float:
     return (free + torch.cuda.memory_reserved(device)) / 2**30
 
 
+CROWDED_GIB = 1.0  # memory other processes hold beyond which the plan says so
+
+
+def crowded_note(device: torch.device) -> str:
+    """Words for memory that other processes hold on this card, or "" when they hold little:
+    without them a plan that picks NF4 or offload on a big card reads as a mistake."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    others = (total - free - torch.cuda.memory_reserved(device)) / 2**30
+    if others < CROWDED_GIB:
+        return ""
+    return (f"other processes hold {others:.1f} of this card's {total / 2**30:.0f} GiB "
+            "(nvidia-smi names them; a lorabooth engine keeps its model loaded between jobs: "
+            "`lorabooth engine WORKSPACE stop` frees it)")
+
+
+def _with_note(plan: Plan, note: str) -> Plan:
+    return dataclasses.replace(plan, reason=f"{plan.reason}; {note}") if note else plan
+
+
 def have_bitsandbytes() -> bool:
     try:
         import bitsandbytes  # noqa: F401
@@ -87,24 +109,26 @@ def training_plan(config: Config, folder: Path, text_tokens: int, device: torch.
                   bf16: bool | None = None) -> Plan:
     """`available`, `bnb` and `bf16` default to this machine's; `lorabooth plan` names a card."""
     t = config.train
+    note = ""
     if available is None and device.type == "cuda":
-        available = available_gib(device)
-    return plan_training(
+        available, note = available_gib(device), crowded_note(device)
+    return _with_note(plan_training(
         t.memory, model_size(folder, t.rank, t.targets), max(t.resolution),
         device=device.type, available_gib=available, batch=t.batch_size,
         text_tokens=text_tokens, sample_resolution=min(t.resolution),
         have_bitsandbytes=have_bitsandbytes() if bnb is None else bnb,
         bf16_supported=bf16_supported(device) if bf16 is None else bf16,
-        checkpointing=t.checkpointing)
+        checkpointing=t.checkpointing), note)
 
 
 def generation_plan(config: Config, folder: Path, resolution: int, text_tokens: int,
                     device: torch.device, available: float | None = None,
                     bnb: bool | None = None, bf16: bool | None = None) -> Plan:
+    note = ""
     if available is None and device.type == "cuda":
-        available = available_gib(device)
-    return plan_generation(
+        available, note = available_gib(device), crowded_note(device)
+    return _with_note(plan_generation(
         config.generate.memory, model_size(folder), resolution, device=device.type,
         available_gib=available, text_tokens=text_tokens,
         have_bitsandbytes=have_bitsandbytes() if bnb is None else bnb,
-        bf16_supported=bf16_supported(device) if bf16 is None else bf16)
+        bf16_supported=bf16_supported(device) if bf16 is None else bf16), note)

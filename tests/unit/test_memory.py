@@ -209,3 +209,28 @@ def test_fp8_storage_halves_the_real_transformer():
     planned = model_size(DEV).gib("transformer", "fp8")
     assert stored == pytest.approx(planned, rel=0.02)
     assert transformer.transformer_blocks[0].norm1.linear.weight.dtype == torch.float8_e4m3fn
+
+
+@pytest.mark.parametrize(("free", "reserved", "said"), [(79.5, 0.0, False), (2.0, 77.5, False),
+                                                        (30.0, 0.0, True), (2.0, 40.0, True)])
+def test_memory_other_processes_hold_is_said_with_the_plan(monkeypatch, free, reserved, said):
+    """A plan that picks NF4 on an 80 GB card because another process (often a second
+    engine) holds half of it says so, and what frees it; this process's own model does not
+    count as someone else's."""
+    import torch
+
+    from lorabooth.core.config import Config
+    from lorabooth.core.models import sizes
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info",
+                        lambda device=None: (free * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved * 2**30)
+    cuda = torch.device("cuda")
+    for plan in (sizes.training_plan(Config(), DEV, 512, cuda, bnb=True, bf16=True),
+                 sizes.generation_plan(Config(), DEV, 1024, 512, cuda, bnb=True, bf16=True)):
+        held = 80 - free - reserved
+        assert plan.available_gib == pytest.approx(free + reserved)
+        assert ("other processes hold" in plan.reason) is said, plan.reason
+        if said:
+            assert f"hold {held:.1f} of this card's 80 GiB" in plan.reason
+            assert "lorabooth engine WORKSPACE stop" in plan.reason
