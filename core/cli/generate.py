@@ -70,7 +70,8 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", default="", metavar="FILE", help="inpaint where the mask is white")
     p.add_argument("--ref", action="append", default=[], metavar="IMG",
                    help="a reference image to edit with (FLUX.2 [klein]: 'this person in this "
-                        "jacket'); repeatable")
+                        "jacket'); repeatable; with --init-image (and --mask) they guide what "
+                        "is painted")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

@@ -117,6 +117,8 @@ class Generator:
                                   f"{self.source.model.title} cannot edit with them")
             kwargs["image"] = [_load_rgb(path) for path in recipe.refs]
         if recipe.init_image:
+            if recipe.refs:  # klein's inpainting pipeline takes them beside the start image
+                kwargs["image_reference"] = kwargs["image"]
             kwargs["image"] = _load_rgb(recipe.init_image)
             kwargs["strength"] = recipe.strength
             if recipe.mask:

@@ -81,9 +81,6 @@ class Recipe:
                             f"{MAX_STEP_CACHE:g}")
         if len(self.refs) > MAX_REFS:
             problems.append(f"{len(self.refs)} reference images: at most {MAX_REFS}")
-        if self.refs and self.init_image:
-            problems.append("reference images and an init image do not combine: edit with "
-                            "references, or start from an init image")
         if problems:
             raise RecipeError("; ".join(problems))
 

@@ -27,9 +27,8 @@ def test_forged_references_are_refused_in_words(refs, words):
         Recipe.from_dict({"prompt": "zorb", "refs": refs})
 
 
-def test_references_and_an_init_image_do_not_combine():
-    with pytest.raises(RecipeError, match="do not combine"):
-        Recipe("zorb", refs=("/a.jpg",), init_image="/b.jpg").check()
+def test_references_and_an_init_image_combine_as_klein_edits():
+    Recipe("zorb", refs=("/a.jpg",), init_image="/b.jpg", mask="/m.png").check()
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, float("nan"), float("inf"), True, "0.1"])
