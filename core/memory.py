@@ -15,7 +15,9 @@ The activation figures were measured on an H200 with the full-size FLUX.1-dev in
 (`bench/results/gpu.json`): training at batch 1 with checkpointing peaked 1.0 GiB above its
 weights at 512 px and 2.5 GiB at 1024 px (LoRA state included); a 1024 px VAE decode 2.4 GiB,
 a VAE encode 1.5 GiB, T5 at 512 tokens 0.26 GiB. They scale with the tokens (or pixels) and with
-the transformer's width; the constants below round them up.
+the transformer's width, and training without checkpointing with its depth as well, by a figure
+measured for each family (FLUX.2 [klein] 4B's on the same card); the constants below round them
+up.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ GIB = 2**30
 # in bf16 (norms, embeddings), as measured on diffusers' NF4 Flux (6.7 GB for 11.9B).
 BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "nf4": 0.56}
 TRAIN_GIB_PER_KTOKEN = 0.5  # measured 0.39 (1536 tokens) and 0.46 (4608), width 3072
-# Without gradient checkpointing every block keeps its activations for the backward pass:
-# measured 5.4 (4608 tokens, eager) and 4.4 (1536, compiled), width 3072.
-TRAIN_NOCKPT_GIB_PER_KTOKEN = 5.6
+# Without gradient checkpointing every block keeps its activations for the backward pass, so
+# they scale with the depth too, and a block's share depends on its family's design. FLUX.1-dev
+# (57 blocks) measured 5.4 (4608 tokens, eager) and 4.4 (1536, compiled); FLUX.2 [klein] 4B
+# (25 blocks of a wider MLP) 3.35 (4608 tokens, eager); both at width 3072.
+TRAIN_NOCKPT_GIB_PER_KTOKEN = {"flux1": (5.6, 57), "flux2": (3.6, 25)}  # (GiB, at blocks)
 DENOISE_GIB_PER_KTOKEN = 0.25
 DECODE_GIB_PER_MPIXEL = 2.3
 ENCODE_GIB_PER_MPIXEL = 1.5
@@ -57,6 +61,8 @@ class ModelSize:
     vae: float
     width: int = REFERENCE_WIDTH
     lora_params: float = 0.0  # trainable LoRA parameters at the configured rank and targets
+    family: str = "flux1"  # "flux1" | "flux2": the design of its blocks
+    blocks: int = 57  # double-stream plus single-stream transformer blocks
 
     def gib(self, component: str, precision: str) -> float:
         return getattr(self, component) * BYTES[precision] / GIB
@@ -115,7 +121,13 @@ def _scale(size: ModelSize) -> float:
 
 def train_activations(size: ModelSize, resolution: int, batch: int, text_tokens: int,
                       checkpointing: bool = True) -> float:
-    per_ktoken = TRAIN_GIB_PER_KTOKEN if checkpointing else TRAIN_NOCKPT_GIB_PER_KTOKEN
+    """Checkpointed, the saved block inputs and one block's recompute, measured alike on both
+    families; without, every block's activations: by the family's figure and the depth."""
+    if checkpointing:
+        per_ktoken = TRAIN_GIB_PER_KTOKEN
+    else:
+        measured, at_blocks = TRAIN_NOCKPT_GIB_PER_KTOKEN[size.family]
+        per_ktoken = measured * size.blocks / at_blocks
     return per_ktoken * (image_tokens(resolution) + text_tokens) / 1000 * batch * _scale(size)
 
 

@@ -24,12 +24,14 @@ def model_size(folder: Path, rank: int = 16, targets: str = "attention") -> Mode
     config = json.loads((folder / "transformer" / "config.json").read_text(encoding="utf-8"))
     width = int(config.get("num_attention_heads", 24)) * int(config.get("attention_head_dim", 128))
     if "text_encoder_2" in counts:  # FLUX.1: T5-XXL and CLIP-L
-        large, small = counts["text_encoder_2"], counts["text_encoder"]
+        large, small, family = counts["text_encoder_2"], counts["text_encoder"], "flux1"
     else:  # FLUX.2: one large text encoder (Qwen3)
-        large, small = counts["text_encoder"], 0
+        large, small, family = counts["text_encoder"], 0, "flux2"
+    blocks = int(config.get("num_layers", 19)) + int(config.get("num_single_layers", 38))
     return ModelSize(transformer=counts["transformer"], text_encoder_2=large,
                      text_encoder=small, vae=counts["vae"], width=width,
-                     lora_params=_lora_params(folder, rank, targets))
+                     lora_params=_lora_params(folder, rank, targets), family=family,
+                     blocks=blocks)
 
 
 @cache

@@ -135,6 +135,25 @@ def test_the_estimates_cover_what_an_h200_measured(dev):
     assert measured <= estimate <= measured + 3
 
 
+def test_the_klein_estimates_cover_what_an_h200_measured():
+    """FLUX.2 [klein] 4B's training peaks (its encoders on the GPU): without checkpointing
+    its 25 blocks keep far less than FLUX.1's 57, and a plan by width alone asked 42 GiB for
+    the 30.5 measured, checkpointing a 40 GB card that had room to spare."""
+    klein = model_size(shipped_folder("klein-4b-base"), rank=16, targets="attention")
+    assert (klein.family, klein.blocks) == ("flux2", 25)
+    run = next(r for r in json.loads((REPO / "bench" / "results" / "gpu.json").read_text())
+               ["runs"] if r.get("model") == "klein-4b-base")
+    rows = {row["phase"]: row for row in run["rows"]}
+    for phase, px, checkpointing in (("train-512", 512, "on"), ("train-1024", 1024, "on"),
+                                     ("train-1024-nockpt", 1024, "off")):
+        measured = rows[phase]["train_peak_gib"]
+        estimate = plan_training("bf16", klein, px, device="cuda", available_gib=None,
+                                 checkpointing=checkpointing).phases[1].gib
+        assert measured <= estimate <= measured + 3, (phase, measured, estimate)
+    assert not plan_training("auto", klein, 1024, device="cuda", available_gib=card_gib(40),
+                             checkpointing="auto").gradient_checkpointing
+
+
 def test_checkpointing_on_and_off_are_obeyed_whatever_fits(dev):
     assert train_with(dev, 141, 512, "on").gradient_checkpointing
     with pytest.raises(MemoryPlanError, match=r'train\.checkpointing = "off" keeps every'):
