@@ -18,6 +18,7 @@ from ..errors import EXIT_OK, EXIT_USAGE, UsageError
 from ..models.resolve import cache_root
 from ..safetext import plain
 from ..workspace import Workspace
+from .args import whole
 from .console import console
 
 STATUS_STYLE = {OK: ("✓", "green"), WARN: ("!", "yellow"), SKIPPED: ("✗", "red")}
@@ -61,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("photos", metavar="PHOTOS_DIR")
     p.add_argument("--json", action="store_true", help="one JSON record per file")
     p.add_argument("--recursive", action="store_true", help="include sub-folders")
-    p.add_argument("--resolution", type=int, default=None,
+    p.add_argument("--resolution", type=whole(64, 2048), default=None,
                    help="smallest training resolution (default: the workspace's, else 512)")
     p.add_argument("--trigger", default=None, help="trigger word (default: the workspace's)")
 

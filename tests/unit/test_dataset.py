@@ -197,6 +197,17 @@ def test_check_exit_code_2_when_nothing_is_usable(tmp_path: Path):
     assert "not an image" in result.stdout
 
 
+@pytest.mark.parametrize("value", ["-5", "0", "99999999999", "nan"])
+def test_check_refuses_a_resolution_no_training_could_use(tmp_path: Path, value: str):
+    """-5 passed every photo and 99999999999 skipped them all, each as if it were advice."""
+    from support import run_cli
+
+    result = run_cli("check", str(tmp_path), "--resolution", value)
+    assert result.returncode == 2
+    assert "--resolution" in result.stderr
+    assert "allowed: 64 to 2048" in result.stderr or "not a whole number" in result.stderr
+
+
 def test_check_shows_names_as_typed(zoo: Path):
     from support import run_cli
 
