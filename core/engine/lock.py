@@ -176,17 +176,23 @@ def running_pid(ws: Workspace) -> int | None:
     """The pid of the engine holding the workspace's lock, -1 when one runs whose pid file is
     gone, or None when none runs."""
     path = ws.state / LOCK_FILE
-    pid = lock_holder(path)
-    if pid is not None:
-        return pid
-    try:
-        # Retried: another client's probe holds the claim for a moment, and answering then
-        # would name the last engine's pid, long gone, as running.
-        probe = _retry(lambda: _bind(claim_name(ws)), (errno.EADDRINUSE,))
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            return read_lock_pid(path) or -1
+    deadline = time.monotonic() + PROBE_GRACE
+    while True:
+        pid = lock_holder(path)
+        if pid is not None:
+            return pid
+        try:
+            probe = _bind(claim_name(ws))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return None
+            # Held: by an engine (starting, or whose lock file was deleted), or for a moment by
+            # another client's probe, when the lock file's pid is the last engine's, long gone.
+            # Asked again until the lock is taken or the grace is over.
+            if time.monotonic() > deadline:
+                return read_lock_pid(path) or -1
+            time.sleep(0.02)
+            continue
+        if probe is not None:
+            probe.close()
         return None
-    if probe is not None:
-        probe.close()
-    return None
