@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..memory import ModelSize, Plan, plan_generation, plan_training
+from ..memory import MemoryPlanError, ModelSize, Plan, plan_generation, plan_training
 from .shipped import build_component, component_params
 
 if TYPE_CHECKING:
@@ -74,7 +75,14 @@ def crowded_note(device: torch.device) -> str:
             "`lorabooth engine WORKSPACE stop` frees it)")
 
 
-def _with_note(plan: Plan, note: str) -> Plan:
+def _with_note(make: Callable[[], Plan], note: str) -> Plan:
+    """The plan `make()` returns, or the MemoryPlanError it raises, with `note` added."""
+    try:
+        plan = make()
+    except MemoryPlanError as exc:
+        if not note:
+            raise
+        raise MemoryPlanError(f"{exc}; {note}") from None
     return dataclasses.replace(plan, reason=f"{plan.reason}; {note}") if note else plan
 
 
@@ -116,7 +124,7 @@ def training_plan(config: Config, folder: Path, text_tokens: int, device: torch.
     note = ""
     if available is None and device.type == "cuda":
         available, note = available_gib(device), crowded_note(device)
-    return _with_note(plan_training(
+    return _with_note(lambda: plan_training(
         t.memory, model_size(folder, t.rank, t.targets), max(t.resolution),
         device=device.type, available_gib=available, batch=t.batch_size,
         text_tokens=text_tokens, sample_resolution=min(t.resolution),
@@ -131,7 +139,7 @@ def generation_plan(config: Config, folder: Path, resolution: int, text_tokens: 
     note = ""
     if available is None and device.type == "cuda":
         available, note = available_gib(device), crowded_note(device)
-    return _with_note(plan_generation(
+    return _with_note(lambda: plan_generation(
         config.generate.memory, model_size(folder), resolution, device=device.type,
         available_gib=available, text_tokens=text_tokens,
         have_bitsandbytes=have_bitsandbytes() if bnb is None else bnb,

@@ -253,3 +253,8 @@ def test_memory_other_processes_hold_is_said_with_the_plan(monkeypatch, free, re
         if said:
             assert f"hold {held:.1f} of this card's 80 GiB" in plan.reason
             assert "lorabooth engine WORKSPACE stop" in plan.reason
+    # Where nothing fits, the refusal says it too.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    with pytest.raises(MemoryPlanError, match=r"other processes hold 76\.0 of this card"):
+        sizes.training_plan(Config(), DEV, 512, cuda, bnb=True, bf16=True)
