@@ -102,6 +102,8 @@ class HelpScreen(ModalScreen):
 
 class LoraboothApp(App):
     CSS_PATH = str(THEMES_DIR / "app.tcss")
+    # A class on the screen by its width, for rows of inputs that must leave room to type.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     TITLE = "lorabooth"
     COMMANDS = App.COMMANDS | {LoraboothCommands}
     BINDINGS = [

@@ -83,11 +83,13 @@ class EngineWanted(Message):
 
 
 class UsePrompt(Message):
-    """Put this prompt in the Queue pane's box and go there."""
+    """Put this prompt in the Queue pane's box and go there; with `start`, that image in the
+    start-image box (to make variations of it)."""
 
-    def __init__(self, prompt: str):
+    def __init__(self, prompt: str, start: str = ""):
         super().__init__()
         self.prompt = prompt
+        self.start = start
 
 
 class DatasetScanned(Message):

@@ -61,6 +61,7 @@ class ViewerScreen(Screen):
         Binding("y", "use_prompt", "Use prompt", id="viewer.use"),
         Binding("m", "remake(False)", "Re-make", id="viewer.remake"),
         Binding("v", "remake(True)", "Variations", id="viewer.variations"),
+        Binding("s", "start_from", "Start from", id="viewer.start"),
         Binding("o", "path", "File path", id="viewer.path"),
     ]
 
@@ -114,6 +115,14 @@ class ViewerScreen(Screen):
             self.app.post_message(UsePrompt(prompt))
         else:
             self.notify("this image recorded no prompt", markup=False)
+
+    def action_start_from(self) -> None:
+        """This image in the Queue's start-image box, its prompt in the prompt box."""
+        if self.item is not None:
+            prompt = self.item.recipe.get("prompt")
+            self.dismiss()
+            self.app.post_message(UsePrompt(prompt if isinstance(prompt, str) else "",
+                                            start=str(self.item.path)))
 
     def action_remake(self, variations: bool) -> None:
         if self.item is not None:

@@ -142,20 +142,43 @@ def split_preset(text: str, presets: dict[str, str]) -> tuple[str | None, str]:
     return None, text
 
 
+def typed_path(ws: Workspace, config: Config, name: str) -> str:
+    """An image named in the Queue pane: a relative name is looked for in the workspace, then
+    among the photos (`01_studio.jpg`)."""
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        in_photos = config.photos_dir(ws.root) / path
+        path = ws.root / path if (ws.root / path).exists() or not in_photos.exists() \
+            else in_photos
+    return str(path.resolve())
+
+
 def typed_refs(ws: Workspace, config: Config, text: str) -> tuple[str, ...]:
-    """Reference images as typed in the Queue pane: paths separated by commas; a relative name
-    is looked for in the workspace, then among the photos (`01_studio.jpg`)."""
-    refs = []
-    for name in (part.strip() for part in text.split(",")):
-        if not name:
-            continue
-        path = Path(name).expanduser()
-        if not path.is_absolute():
-            in_photos = config.photos_dir(ws.root) / path
-            path = ws.root / path if (ws.root / path).exists() or not in_photos.exists() \
-                else in_photos
-        refs.append(str(path.resolve()))
-    return tuple(refs)
+    """Reference images as typed in the Queue pane: paths separated by commas."""
+    return tuple(typed_path(ws, config, name) for name in (p.strip() for p in text.split(","))
+                 if name)
+
+
+DEFAULT_STRENGTH = Asked.strength
+
+
+def typed_start(ws: Workspace, config: Config, text: str) -> tuple[str, float]:
+    """The start image as typed in the Queue pane, and its strength: `photo.jpg` (at the usual
+    strength) or `photo.jpg 0.6`; a file whose whole name ends in a number wins over that
+    reading. ("", default) when the box is empty."""
+    text = text.strip()
+    if not text:
+        return "", DEFAULT_STRENGTH
+    name, _, last = text.rpartition(" ")
+    whole = typed_path(ws, config, text)
+    if name and not Path(whole).exists():
+        try:
+            strength = float(last)
+        except ValueError:
+            pass
+        else:
+            return typed_path(ws, config, name.strip()), strength
+    return whole, DEFAULT_STRENGTH
 
 
 # diffusers' first-block cache fails on FLUX.2's blocks (a double block's pair of outputs taken
@@ -194,11 +217,14 @@ def build_request(ws: Workspace, config: Config, asked: Asked, *, training: bool
         if step_cache:
             raise RecipeError(STEP_CACHE_FLUX2)
         step_cache = 0.0  # generate.step_cache is FLUX.1's: klein renders every step
-    for ref in asked.refs:
-        if not Path(ref).exists():
-            raise RecipeError(f"reference image {ref}: no such file")
-        if not Path(ref).is_file():  # a FIFO would hang whoever opens it
-            raise RecipeError(f"reference image {ref}: not a regular file (a FIFO, a device "
+    named = [("reference image", ref) for ref in asked.refs]
+    named += [(what, path) for what, path in (("start image", asked.init_image),
+                                              ("mask", asked.mask)) if path]
+    for what, path in named:
+        if not Path(path).exists():
+            raise RecipeError(f"{what} {path}: no such file")
+        if not Path(path).is_file():  # a FIFO would hang whoever opens it
+            raise RecipeError(f"{what} {path}: not a regular file (a FIFO, a device "
                               "or a folder)")
     recipe = recipe_from_settings(
         g, config.image_model, text, asked.seed if asked.seed is not None else 0, loras,

@@ -148,3 +148,30 @@ async def test_a_klein_workspace_queues_an_edit_with_reference_images(demo_works
         photos = ws.config(check_photos=False).photos_dir(ws.root)
         assert recipe["prompt"] == "zorb in a jacket"
         assert recipe["refs"] == [str(photos / "01_studio.jpg")]
+
+
+async def test_the_queue_starts_from_an_image_typed_with_its_strength(demo_workspace, engines):
+    """The start-image box: a photo's name and a strength queue an image-to-image render; a
+    missing file is said in the notice and nothing is queued."""
+    ws = demo_workspace()
+    engines.append(ws)  # the queued job starts the engine; it must not outlive the test
+    app = app_for(ws)
+    store = Store(ws.db_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        queue = await open_pane(pilot, "3", QueuePane)
+        start = queue.query_one("#start", Input)
+        assert start.display and start.border_title == "start image"
+        start.focus()
+        await pilot.press(*"nope.jpg")
+        await pilot.press("escape", "i", *"zorb at sea", "enter")
+        await pilot.pause(0.2)
+        assert not store.jobs()
+        assert queue.query_one("#prompt", Input).value == "zorb at sea"  # kept to fix
+        start.focus()
+        await pilot.press(*(["backspace"] * len("nope.jpg")), *"01_studio.jpg 0.6")
+        await pilot.press("escape", "i", "enter")
+        await wait_for(pilot, lambda: store.jobs())
+        recipe = store.jobs()[0].params["recipe"]
+        photos = ws.config(check_photos=False).photos_dir(ws.root)
+        assert recipe["prompt"] == "zorb at sea"
+        assert (recipe["init_image"], recipe["strength"]) == (str(photos / "01_studio.jpg"), 0.6)

@@ -111,3 +111,31 @@ async def test_remake_and_variations_queue_jobs_from_the_recorded_recipe(demo_wo
         await wait_for(pilot, lambda: app.query("#prompt")
                        and app.query_one("#prompt", Input).value == "a photo of zorb")
         assert viewer is not app.screen
+
+
+async def test_s_starts_the_next_images_from_the_one_shown(demo_workspace, engines):
+    """`s` in the viewer or the Gallery: the image goes to the Queue's start-image box and its
+    prompt to the prompt box; Enter queues an image-to-image render of it."""
+    ws = demo_workspace()
+    engines.append(ws)  # a queued job starts the engine; it must not outlive the test
+    seed_outputs(ws)
+    store = Store(ws.db_path)
+    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(120, 30)) as pilot:
+        await open_viewer(pilot)  # the newest first: the sample
+        await pilot.press("s")
+        await wait_for(pilot, lambda: not isinstance(app.screen, ViewerScreen))
+        start = app.query_one("#start", Input)
+        sample = ws.outputs / "samples" / "step-000100" / "prompt-00.png"
+        await wait_for(pilot, lambda: start.value == str(sample))
+        assert app.query_one("#prompt", Input).value == "a photo of zorb"
+        await pilot.press("escape", "4")  # leave the prompt box, then the Gallery
+        await wait_for(pilot, lambda: isinstance(app.focused, DataTable))
+        await pilot.press("j", "s")  # the Gallery's second row: an image
+        image = ws.outputs / "images" / "image-1.png"
+        await wait_for(pilot, lambda: start.value == str(image))
+        assert app.query_one("#prompt", Input).value == "zorb number 1"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: store.jobs())
+        recipe = store.jobs()[0].params["recipe"]
+        assert (recipe["init_image"], recipe["prompt"]) == (str(image), "zorb number 1")

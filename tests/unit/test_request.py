@@ -75,3 +75,38 @@ def test_settings_are_all_checked_before_any_is_written(ws: Workspace):
         set_config_values(ws.root, {"train.rank": 140, "train.learning_rate": "x"})
     assert "train.learning_rate" in str(caught.value)
     assert ws.config_path.read_bytes() == before  # rank = 140 was not written either
+
+
+def test_a_typed_start_image_is_found_with_its_strength(ws: Workspace, tmp_path: Path):
+    """The Queue pane's start-image box: a photo's bare name, optionally a strength after it;
+    a file whose own name ends in a number is that file; a missing file or a FIFO is refused
+    before anything is queued."""
+    import os
+
+    from lorabooth.core.generate.request import typed_start
+
+    config = ws.config()
+    photos = config.photos_dir(ws.root)
+    assert typed_start(ws, config, "") == ("", 0.8)
+    assert typed_start(ws, config, "01_studio.jpg") == (str(photos / "01_studio.jpg"), 0.8)
+    assert typed_start(ws, config, " 01_studio.jpg 0.55 ") == (str(photos / "01_studio.jpg"),
+                                                               0.55)
+    odd = photos / "take 2"
+    odd.write_bytes((photos / "01_studio.jpg").read_bytes())
+    assert typed_start(ws, config, "take 2") == (str(odd), 0.8)
+    start, strength = typed_start(ws, config, "01_studio.jpg 7")
+    with pytest.raises(RecipeError, match=r"strength 7\.0 must be above 0 and at most 1"):
+        build_request(ws, config, Asked("zorb", init_image=start, strength=strength),
+                      training=False)
+    with pytest.raises(RecipeError, match=r"start image .*nope\.jpg: no such file"):
+        build_request(ws, config, Asked("zorb", init_image=typed_start(ws, config,
+                                                                       "nope.jpg")[0]),
+                      training=False)
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(RecipeError, match=r"mask .*not a regular file"):
+        build_request(ws, config, Asked("zorb", init_image=start, mask=str(fifo)),
+                      training=False)
+    request = build_request(ws, config, Asked("zorb", init_image=start, strength=0.55),
+                            training=False)
+    assert (request.recipe.init_image, request.recipe.strength) == (start, 0.55)

@@ -1,5 +1,5 @@
 """The Gallery pane: outputs newest first with their recipes; `y` copies a recipe's prompt
-into the prompt box to vary it."""
+into the prompt box to vary it, `s` the image too, as the start image of the next ones."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class GalleryPane(Vertical):
     BINDINGS = [
         Binding("enter", "open", "Open", id="gallery.open"),
         Binding("y", "use_recipe", "Use prompt", id="gallery.use"),
+        Binding("s", "start_from", "Start from", id="gallery.start"),
         Binding("j", "cursor('down')", "Down", show=False, id="gallery.down"),
         Binding("k", "cursor('up')", "Up", show=False, id="gallery.up"),
         Binding("g,home", "cursor('top')", "Top", show=False, id="gallery.top"),
@@ -105,3 +106,11 @@ class GalleryPane(Vertical):
         prompt = item.recipe.get("prompt")
         if prompt:
             self.post_message(UsePrompt(prompt))
+
+    def action_start_from(self) -> None:
+        """Its prompt, and the image itself as the start image of the next ones."""
+        item = self.selected()
+        if item is None:
+            return
+        prompt = item.recipe.get("prompt")
+        self.post_message(UsePrompt(prompt if isinstance(prompt, str) else "", start=item.path))

@@ -24,6 +24,7 @@ from lorabooth.core.generate.request import (
     split_preset,
     training_underway,
     typed_refs,
+    typed_start,
 )
 from lorabooth.core.models.registry import model_of
 from lorabooth.core.safetext import plain, printable
@@ -107,13 +108,16 @@ class QueuePane(Vertical):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="prompt-row"):
-            prompt = PromptInput(placeholder="type a prompt · {trigger} · preset: prompt",
+            prompt = PromptInput(placeholder="type here · {trigger} · preset: prompt",
                                  id="prompt")
             prompt.border_title = "prompt (i)"
             yield prompt
             scale = PaneInput(value="1.0", id="lora-scale", placeholder="1.0")
             scale.border_title = "LoRA scale"
             yield scale
+            start = PaneInput(id="start", placeholder="me.jpg 0.8")
+            start.border_title = "start image"
+            yield start
             refs = PaneInput(id="refs", placeholder="me.jpg, jacket.png")
             refs.border_title = "references"
             refs.display = False  # FLUX.2 [klein] edits with them; shown on klein workspaces
@@ -248,8 +252,10 @@ class QueuePane(Vertical):
         scale_text = self.query_one("#lora-scale", Input).value.strip()
         scale = float(scale_text) if scale_text else None
         refs = typed_refs(self.ws, config, self.query_one("#refs", Input).value)
+        start, strength = typed_start(self.ws, config, self.query_one("#start", Input).value)
         return build_request(self.ws, config,
-                             Asked(prompt, preset=preset, lora_scale=scale, refs=refs),
+                             Asked(prompt, preset=preset, lora_scale=scale, refs=refs,
+                                   init_image=start, strength=strength),
                              training=self.training())
 
     def training(self) -> bool:
@@ -258,6 +264,8 @@ class QueuePane(Vertical):
     @on(UsePrompt)
     def use_prompt(self, message: UsePrompt) -> None:
         message.stop()
+        if message.start:
+            self.query_one("#start", Input).value = message.start
         self.set_prompt(message.prompt)
 
     def set_prompt(self, text: str) -> None:
