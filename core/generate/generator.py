@@ -167,13 +167,22 @@ class Generator:
 
 def plan_for(ws: Workspace, source: ModelSource, recipes: Sequence[Recipe]):
     """The memory plan for rendering `recipes` here (precision, fp8/NF4 storage, offload),
-    sized for the largest image."""
+    sized for the largest image and the most reference images."""
     from ..models.load import default_device
     from ..models.sizes import generation_plan
 
     side = max(max(r.width, r.height) for r in recipes)
     return generation_plan(ws.config(check_photos=False), source.path, side,
-                           source.max_sequence_length, default_device())
+                           context_tokens(source, recipes), default_device())
+
+
+def context_tokens(source: ModelSource, recipes: Sequence[Recipe]) -> int:
+    """Tokens the transformer attends to beside the image's own: the prompt's, and each
+    reference image's, counted at the 1 MP to which klein's pipeline scales a larger one
+    (4,096 tokens: four references take four times a 1024 px image's)."""
+    from ..memory import image_tokens
+
+    return source.max_sequence_length + max(len(r.refs) for r in recipes) * image_tokens(1024)
 
 
 @contextmanager

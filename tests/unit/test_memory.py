@@ -258,3 +258,27 @@ def test_memory_other_processes_hold_is_said_with_the_plan(monkeypatch, free, re
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
     with pytest.raises(MemoryPlanError, match=r"other processes hold 76\.0 of this card"):
         sizes.training_plan(Config(), DEV, 512, cuda, bnb=True, bf16=True)
+
+
+def test_reference_images_are_planned_as_the_tokens_they_add():
+    """Each klein reference joins the sequence (up to 4,096 tokens at 1 MP): four of them at
+    1024 px need ~3 GiB more than the image alone, enough to tip a 20 GB card into offload."""
+    from types import SimpleNamespace
+
+    from lorabooth.core.generate.generator import context_tokens
+    from lorabooth.core.generate.recipe import Recipe
+
+    klein = model_size(shipped_folder("klein-4b"), rank=16, targets="attention")
+    source = SimpleNamespace(max_sequence_length=512)
+    alone = [Recipe("zorb", width=1024, height=1024)]
+    edits = [*alone, Recipe("zorb", width=1024, height=1024, refs=("/a.jpg",) * 4)]
+    assert context_tokens(source, alone) == 512
+    assert context_tokens(source, edits) == 512 + 4 * 4096
+
+    def plan(recipes, gb):
+        return plan_generation("auto", klein, 1024, device="cuda", text_tokens=context_tokens(
+            source, recipes), available_gib=None if gb is None else card_gib(gb))
+
+    assert plan(alone, None).peak_gib + 2.5 <= plan(edits, None).peak_gib
+    assert not plan(alone, 20).offload
+    assert plan(edits, 20).offload, plan(edits, 20).reason
