@@ -126,6 +126,7 @@ class LoraboothApp(App):
         self.poller = StorePoller(self.ws)
         self.writer = StoreWorker(self.ws, self._deliver)
         self.last_delta: StoreDelta | None = None
+        self.said_frozen = False  # the engine's unresponsiveness was told (once per episode)
         self.outputs_seen: list = []
         self.events_seen: list = []  # the latest, for a pane that mounts late
         for theme in THEMES:
@@ -177,6 +178,12 @@ class LoraboothApp(App):
         self.last_delta = delta
         current = next((j for j in delta.jobs if j.state in LIVE), None)
         bars.first().show(self.ws, delta.engine_state, delta.engine_pid, current, delta.device)
+        if delta.engine_state == engine.UNRESPONSIVE and not self.said_frozen:
+            self.notify(f"the engine (pid {delta.engine_pid}) has not answered for "
+                        f"{engine.client.STALE_HEARTBEAT:.0f} s: it may be frozen. ctrl+p, "
+                        "Engine: restart (training resumes from its last checkpoint)",
+                        severity="warning", markup=False, timeout=15)
+        self.said_frozen = delta.engine_state == engine.UNRESPONSIVE
         self.outputs_seen.extend(delta.outputs)
         self.events_seen = (self.events_seen + delta.events)[-EVENTS_KEPT:]
         # A pane still mounting (lazily) catches up from outputs_seen when it says it is ready.
@@ -337,6 +344,20 @@ class LoraboothApp(App):
 
     def start_prompt(self, text: str) -> None:
         self.post_message(UsePrompt(text))
+
+    @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
+    def restart_engine(self) -> None:
+        """Stop the engine (killed if frozen; a training run checkpoints or resumes from its
+        last checkpoint) and start a fresh one."""
+        self.post_message(Notice("restarting the engine", "information"))
+        try:
+            pid, how = engine.stop(self.ws)
+            engine.start_detached(self.ws)
+        except (engine.EngineStopFailed, engine.EngineStartFailed, OSError) as exc:
+            self.post_message(Notice(f"could not restart the engine: {exc}", "error"))
+            return
+        was = f"the engine (pid {pid}) {how}; " if pid else ""
+        self.post_message(Notice(f"{was}a new engine started", "information"))
 
     def action_help(self) -> None:
         from .panes.queue import PromptInput

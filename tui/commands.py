@@ -38,6 +38,9 @@ class LoraboothCommands(Provider):
             found.append((f"Workspace: use the model {model}",
                           partial(app.set_workspace_value, "model", model),
                           "writes model = ... in lorabooth.toml (the next job uses it)"))
+        found.append(("Engine: restart", app.restart_engine,
+                      "stops the engine (a frozen one is killed; training resumes from its last "
+                      "checkpoint) and starts a fresh one"))
         for preset in app.preset_names():
             found.append((f"Queue: a prompt with the preset {preset}",
                           partial(app.start_prompt, f"{preset}: "),

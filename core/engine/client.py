@@ -109,6 +109,8 @@ def stop(ws: Workspace, wait: float = 60.0) -> tuple[int | None, str]:
     if pid < 0:
         raise EngineStopFailed("an engine runs but its pid file is gone; it re-creates it "
                                "within a second: try again")
+    if status(ws).state == UNRESPONSIVE:
+        wait = min(wait, FROZEN_GRACE)  # it cannot act on SIGTERM: no minute of waiting
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     if _wait_gone(ws, wait):
@@ -132,6 +134,7 @@ def _wait_gone(ws: Workspace, wait: float) -> bool:
 
 
 STALE_HEARTBEAT = 30.0  # seconds without a heartbeat before an engine counts as frozen
+FROZEN_GRACE = 5.0  # seconds a frozen engine gets to act on SIGTERM before it is killed
 UNRESPONSIVE = "unresponsive"
 
 
