@@ -58,6 +58,28 @@ async def test_caption_edit_survives_a_rescan_and_lands_in_the_sidecar(studio: W
         await wait_for(pilot, lambda: caption.read_only)  # saved: back to the list
 
 
+async def test_s_on_a_photo_starts_the_next_images_from_it(studio: Workspace, photos: Path):
+    """The photo goes to the Queue's start-image box and its caption (the trigger in it) to the
+    prompt box; a file that is no picture is refused in words."""
+    (photos / "zz_broken.jpg").write_bytes(b"not a jpeg")
+    app = studio_app(studio, engine=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("1")
+        table = app.query_one("#photos", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 17)
+        await pilot.press("j", "s")
+        start = app.query_one("#start", Input)
+        await wait_for(pilot, lambda: start.value == str(photos / "02_beach_scarf.jpg"))
+        prompt = app.query_one("#prompt", Input).value
+        assert prompt.startswith("photo of zorb") and "scarf" in prompt
+        await pilot.press("escape", "1")
+        await wait_for(pilot, lambda: isinstance(app.focused, DataTable))
+        await pilot.press("G", "s")
+        await wait_for(pilot, lambda: any("zz_broken.jpg is not a picture" in n.message
+                                          for n in app._notifications))
+        assert start.value == str(photos / "02_beach_scarf.jpg")
+
+
 async def test_a_dropped_photo_appears_through_the_engine(studio: Workspace, photos: Path):
     app = studio_app(studio)
     async with app.run_test(size=(120, 40)) as pilot:

@@ -18,7 +18,7 @@ from lorabooth.core.dataset import OK, SKIPPED, WARN
 from lorabooth.core.safetext import plain, printable
 from lorabooth.core.workspace import Workspace
 
-from ..messages import DatasetScanned, Done, PaneReady, PaneUpdate, Write
+from ..messages import DatasetScanned, Done, Notice, PaneReady, PaneUpdate, UsePrompt, Write
 from ..store_io import SaveCaption
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
@@ -37,6 +37,7 @@ class DatasetPane(Vertical):
         Binding("ctrl+s", "save_caption", "Save caption", id="dataset.save"),
         Binding("escape", "cancel_edit", "Cancel edit", show=False, id="dataset.cancel"),
         Binding("r", "rescan", "Rescan", id="dataset.rescan"),
+        Binding("s", "start_from", "Start from", id="dataset.start"),
         Binding("j", "cursor('down')", "Down", show=False, id="dataset.down"),
         Binding("k", "cursor('up')", "Up", show=False, id="dataset.up"),
         Binding("g,home", "cursor('top')", "Top", show=False, id="dataset.top"),
@@ -203,6 +204,17 @@ class DatasetPane(Vertical):
         caption.read_only = False
         caption.focus()
         self.query_one("#caption-label", Label).update(CAPTION_EDIT)
+
+    def action_start_from(self) -> None:
+        """The photo as the Queue's start image and its caption as the prompt: the subject in
+        this very pose, somewhere else."""
+        record = self.current_record()
+        if record is None or self.folder is None:
+            return
+        if record.width is None:  # not a picture at all (a FIFO, a broken file)
+            self.post_message(Notice(f"{printable(record.path)} is not a picture", "error"))
+            return
+        self.post_message(UsePrompt(record.caption or "", start=str(self.folder / record.path)))
 
     def action_cancel_edit(self) -> None:
         self.editing = None
