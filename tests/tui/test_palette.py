@@ -86,7 +86,7 @@ async def test_a_frozen_engine_is_told_once_and_restarted_from_the_palette(demo_
             await wait_for(pilot, lambda: running_pid(ws) not in (None, frozen), timeout=60)
             await wait_for(pilot, lambda: any("a new engine started" in n.message
                                               for n in app._notifications), timeout=30)
-            assert client.status(ws).state != client.UNRESPONSIVE
+            await wait_for(pilot, lambda: client.status(ws).state != client.UNRESPONSIVE)
     finally:
         with contextlib.suppress(ProcessLookupError):  # if an assertion failed above
             os.kill(frozen, signal.SIGCONT)
