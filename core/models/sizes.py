@@ -47,32 +47,42 @@ def _lora_params(folder: Path, rank: int, targets: str) -> float:
     return lora_parameters(transformer, target_modules(transformer, targets), rank)
 
 
-def available_gib(device: torch.device) -> float:
-    """Free memory plus what this process holds already: a model resident here is reused or
-    freed before the next load, so it must not count against the plan."""
-    import torch
-
-    free, _ = torch.cuda.mem_get_info(device)
-    return (free + torch.cuda.memory_reserved(device)) / 2**30
-
-
 # Memory other processes hold beyond which the plan says so: above this process's own CUDA
 # context and loaded kernels (0.5-1 GiB, counted in use but not in what torch reserved).
 CROWDED_GIB = 2.0
 
 
-def crowded_note(device: torch.device) -> str:
-    """Words for memory that other processes hold on this card, or "" when they hold little:
-    without them a plan that picks NF4 or offload on a big card reads as a mistake."""
+def card_memory(device: torch.device) -> tuple[float, str]:
+    """From one query of the card: the GiB this process may use (free memory plus what it
+    holds already: a model resident here is reused or freed before the next load, so it must
+    not count against the plan), and words for memory that other processes hold, or "" when
+    they hold little (without them a plan that picks NF4 or offload on a big card reads as a
+    mistake)."""
     import torch
 
     free, total = torch.cuda.mem_get_info(device)
-    others = (total - free - torch.cuda.memory_reserved(device)) / 2**30
-    if others < CROWDED_GIB:
-        return ""
-    return (f"other processes hold {others:.1f} of this card's {total / 2**30:.0f} GiB "
-            "(nvidia-smi names them; a lorabooth engine keeps its model loaded between jobs: "
-            "`lorabooth engine WORKSPACE stop` frees it)")
+    reserved = torch.cuda.memory_reserved(device)
+    others = (total - free - reserved) / 2**30
+    note = "" if others < CROWDED_GIB else (
+        f"other processes hold {others:.1f} of this card's {total / 2**30:.0f} GiB "
+        "(nvidia-smi names them; a lorabooth engine keeps its model loaded between jobs: "
+        "`lorabooth engine WORKSPACE stop` frees it)")
+    return (free + reserved) / 2**30, note
+
+
+def available_gib(device: torch.device) -> float:
+    return card_memory(device)[0]
+
+
+def crowded_note(device: torch.device) -> str:
+    return card_memory(device)[1]
+
+
+def _memory_here(available: float | None, device: torch.device) -> tuple[float | None, str]:
+    """`available` as given (a named card), else this machine's card as `card_memory` says."""
+    if available is None and device.type == "cuda":
+        return card_memory(device)
+    return available, ""
 
 
 def _with_note(make: Callable[[], Plan], note: str) -> Plan:
@@ -121,9 +131,7 @@ def training_plan(config: Config, folder: Path, text_tokens: int, device: torch.
                   bf16: bool | None = None) -> Plan:
     """`available`, `bnb` and `bf16` default to this machine's; `lorabooth plan` names a card."""
     t = config.train
-    note = ""
-    if available is None and device.type == "cuda":
-        available, note = available_gib(device), crowded_note(device)
+    available, note = _memory_here(available, device)
     return _with_note(lambda: plan_training(
         t.memory, model_size(folder, t.rank, t.targets), max(t.resolution),
         device=device.type, available_gib=available, batch=t.batch_size,
@@ -136,9 +144,7 @@ def training_plan(config: Config, folder: Path, text_tokens: int, device: torch.
 def generation_plan(config: Config, folder: Path, resolution: int, text_tokens: int,
                     device: torch.device, available: float | None = None,
                     bnb: bool | None = None, bf16: bool | None = None) -> Plan:
-    note = ""
-    if available is None and device.type == "cuda":
-        available, note = available_gib(device), crowded_note(device)
+    available, note = _memory_here(available, device)
     return _with_note(lambda: plan_generation(
         config.generate.memory, model_size(folder), resolution, device=device.type,
         available_gib=available, text_tokens=text_tokens,
