@@ -36,6 +36,12 @@ class Shown:
         """An output from the store, as it recorded itself."""
         return cls(Path(output.path), output.kind, output.recipe)
 
+    @property
+    def prompt(self) -> str:
+        """The prompt it was made with, or "" (none recorded, or not text in a forged one)."""
+        prompt = self.recipe.get("prompt")
+        return prompt if isinstance(prompt, str) else ""
+
 
 def recipe_lines(item: Shown) -> list[str]:
     lines = []
@@ -109,8 +115,8 @@ class ViewerScreen(Screen):
             self.show()
 
     def action_use_prompt(self) -> None:
-        prompt = self.item.recipe.get("prompt") if self.item else None
-        if isinstance(prompt, str) and prompt:
+        prompt = self.item.prompt if self.item else ""
+        if prompt:
             self.dismiss()
             self.app.post_message(UsePrompt(prompt))
         else:
@@ -119,10 +125,8 @@ class ViewerScreen(Screen):
     def action_start_from(self) -> None:
         """This image in the Queue's start-image box, its prompt in the prompt box."""
         if self.item is not None:
-            prompt = self.item.recipe.get("prompt")
             self.dismiss()
-            self.app.post_message(UsePrompt(prompt if isinstance(prompt, str) else "",
-                                            start=str(self.item.path)))
+            self.app.post_message(UsePrompt(self.item.prompt, start=str(self.item.path)))
 
     def action_remake(self, variations: bool) -> None:
         if self.item is not None:

@@ -103,7 +103,7 @@ class GalleryPane(Vertical):
         item = self.selected()
         if item is None:
             return
-        prompt = item.recipe.get("prompt")
+        prompt = Shown.of(item).prompt
         if prompt:
             self.post_message(UsePrompt(prompt))
 
@@ -112,5 +112,4 @@ class GalleryPane(Vertical):
         item = self.selected()
         if item is None:
             return
-        prompt = item.recipe.get("prompt")
-        self.post_message(UsePrompt(prompt if isinstance(prompt, str) else "", start=item.path))
+        self.post_message(UsePrompt(Shown.of(item).prompt, start=item.path))
