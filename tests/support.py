@@ -3,11 +3,14 @@ one way to wait for something, and demo workspaces."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +82,21 @@ async def wait_for(pilot, condition, timeout: float = 60.0) -> None:
             return
         await pilot.pause(0.1)
     raise AssertionError(f"not within {timeout} s")
+
+
+@contextlib.contextmanager
+def frozen_engine(ws, monkeypatch, stale: float = 2.0) -> Iterator[int]:
+    """An engine started for `ws`, then stopped with SIGSTOP and counted frozen after `stale`
+    seconds without a heartbeat: its pid. Let go (SIGCONT) afterwards, if it still lives, so
+    a failed assertion leaves no stopped process behind."""
+    from lorabooth.core.engine import client, running_pid
+
+    assert run_cli("engine", str(ws.root), "start").returncode == 0
+    pid = running_pid(ws)
+    monkeypatch.setattr(client, "STALE_HEARTBEAT", stale)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)

@@ -3,11 +3,9 @@ each failed before the change that made it hold."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import run_cli, wait_until
+from support import frozen_engine, run_cli, wait_until
 
 from lorabooth.core.config import ConfigError, set_config_value
 from lorabooth.core.engine import client, running_pid
@@ -133,20 +131,13 @@ def test_dangling_and_looping_links_are_listed_not_dropped(photos: Path):
 def test_a_frozen_engine_is_seen_and_stopped(demo_workspace, engines, monkeypatch):
     ws = demo_workspace()
     engines.append(ws)
-    assert run_cli("engine", str(ws.root), "start").returncode == 0
-    pid = running_pid(ws)
-    monkeypatch.setattr(client, "STALE_HEARTBEAT", 2.0)
-    os.kill(pid, signal.SIGSTOP)
-    try:
+    with frozen_engine(ws, monkeypatch) as pid:
         wait_until(lambda: client.status(ws).state == "unresponsive", timeout=10)
         store = Store(ws.db_path)
         job = store.add_job("generate", {})
         assert client.wait_for_job(ws, store, job, timeout=30).startswith("waiting: the engine")
         assert client.stop(ws, wait=2.0) == (pid, "killed")
         assert running_pid(ws) is None
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # if an assertion failed above
-            os.kill(pid, signal.SIGCONT)
 
 
 # 6. A prompt matrix cannot exhaust memory: it is counted before it is made.

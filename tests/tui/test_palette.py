@@ -3,9 +3,7 @@ remembered and named like one picked with ctrl+t."""
 
 from __future__ import annotations
 
-import contextlib
-
-from support import wait_for
+from support import frozen_engine, wait_for
 from textual.command import CommandPalette
 
 from lorabooth.core.store import Store
@@ -60,21 +58,12 @@ async def test_a_frozen_engine_is_told_once_and_restarted_from_the_palette(demo_
                                                                            engines, monkeypatch):
     """SIGSTOP the engine: the UI says it may be frozen (once, not at every poll) and names the
     way out; Engine: restart in the palette kills it and starts a fresh one."""
-    import os
-    import signal
-
-    from support import run_cli
-
     from lorabooth.core.engine import client, running_pid
 
     ws = demo_workspace()
     engines.append(ws)
-    assert run_cli("engine", str(ws.root), "start").returncode == 0
-    frozen = running_pid(ws)
-    monkeypatch.setattr(client, "STALE_HEARTBEAT", 2.0)
-    os.kill(frozen, signal.SIGSTOP)
     app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
-    try:
+    with frozen_engine(ws, monkeypatch) as frozen:
         async with app.run_test(size=(100, 30)) as pilot:
             def told() -> list:
                 return [n for n in app._notifications if "may be frozen" in n.message]
@@ -87,6 +76,3 @@ async def test_a_frozen_engine_is_told_once_and_restarted_from_the_palette(demo_
             await wait_for(pilot, lambda: any("a new engine started" in n.message
                                               for n in app._notifications), timeout=30)
             await wait_for(pilot, lambda: client.status(ws).state != client.UNRESPONSIVE)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # if an assertion failed above
-            os.kill(frozen, signal.SIGCONT)
