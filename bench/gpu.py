@@ -406,7 +406,7 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
         torch.cuda.set_per_process_memory_fraction(cap / total, torch.cuda.current_device())
     loads: list[str] = []
-    real_available, real_load = sizes.available_gib, owner_module.load_pipeline
+    real_memory, real_load = sizes.card_memory, owner_module.load_pipeline
 
     def load(src, dtype=None, dev=None, quantize=None, placement="all"):
         loads.append(f"{dtype} {quantize} {placement}")
@@ -417,7 +417,8 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
         pipe.lorabooth_offload = place(pipe, torch.device(dev or device), placement, quantize)
         return pipe
 
-    sizes.available_gib = lambda dev: min(real_available(dev), cap)
+    # Every plan reads the card through card_memory: capping it there caps them all.
+    sizes.card_memory = lambda dev: (min(real_memory(dev)[0], cap), real_memory(dev)[1])
     owner_module.load_pipeline = load
     owner = ModelOwner()
     logs: list[str] = []
@@ -464,7 +465,7 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
                 "generate_peak_gib": peak(device), "image_s": round(image_s, 2),
                 "loads": loads, "log": logs[:2]}
     finally:
-        sizes.available_gib, owner_module.load_pipeline = real_available, real_load
+        sizes.card_memory, owner_module.load_pipeline = real_memory, real_load
         if device.type == "cuda":
             torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
 
