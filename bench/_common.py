@@ -47,16 +47,24 @@ def _fmt(value: object) -> str:
 
 
 class FullSteps:
-    """How many denoising steps a FLUX transformer computed in full under the first-block step
-    cache: its last block's attention runs only at those."""
+    """How many denoising steps computed every block under the first-block step cache: the
+    cache's own decision, counted as it is made. (A hook on the last block's attention saw no
+    call once the blocks were compiled: the H100 and H200 counted 0 of 28 full steps.) The
+    count is process-wide while it is in place: one render at a time, as in the benches."""
 
-    def __init__(self, transformer) -> None:
+    def __init__(self) -> None:
+        from diffusers.hooks import first_block_cache
+
         self.count = 0
-        self._hook = transformer.single_transformer_blocks[-1].attn.register_forward_hook(
-            self._seen)
+        self._cls = first_block_cache.FBCHeadBlockHook
+        self._decide = decide = self._cls._should_compute_remaining_blocks
 
-    def _seen(self, *_) -> None:
-        self.count += 1
+        def counted(hook, residual):
+            computed = decide(hook, residual)
+            self.count += bool(computed)
+            return computed
+
+        self._cls._should_compute_remaining_blocks = counted
 
     def remove(self) -> None:
-        self._hook.remove()
+        self._cls._should_compute_remaining_blocks = self._decide

@@ -121,7 +121,7 @@ def step_cache_rows(name: str, ws: Workspace, source: ModelSource, args,
     import numpy as np
 
     generator = ModelOwner().generator(source)
-    computed = FullSteps(generator.pipe.transformer)
+    computed = FullSteps()
     base = replace(base_recipe(ws, args), steps=steps)
     images: dict[float, list] = {0.0: [], threshold: []}
     best = {0.0: float("inf"), threshold: float("inf")}

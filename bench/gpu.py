@@ -645,7 +645,7 @@ def cache_phase(state: dict, resolution: int, steps: int, device: torch.device) 
     from dataclasses import replace
 
     gen = state["owner"].generator(state["source"])
-    computed = FullSteps(gen.pipe.transformer)
+    computed = FullSteps()
     try:
         runs = {}
         for cache in (0.0, 1.0, 0.1):
