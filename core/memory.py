@@ -36,6 +36,11 @@ TRAIN_GIB_PER_KTOKEN = 0.5  # measured 0.39 (1536 tokens) and 0.46 (4608), width
 # (57 blocks) measured 5.4 (4608 tokens, eager) and 4.4 (1536, compiled); FLUX.2 [klein] 4B
 # (25 blocks of a wider MLP) 3.35 (4608 tokens, eager); both at width 3072.
 TRAIN_NOCKPT_GIB_PER_KTOKEN = {"flux1": (5.6, 57), "flux2": (3.6, 25)}  # (GiB, at blocks)
+# NF4 training keeps more per token: 0.90 GiB per 1000 tokens checkpointed at 1024 px (H200,
+# FLUX.1-dev capped to 16 GB) against bf16's 0.49. peft's k-bit preparation leaves the norms in
+# float32, and a bf16 input with a float32 weight takes the unfused RMSNorm, which saves
+# float32 intermediates (torch warns of it in that run's log).
+NF4_ACTIVATIONS_FACTOR = 1.85
 DENOISE_GIB_PER_KTOKEN = 0.25
 DECODE_GIB_PER_MPIXEL = 2.3
 ENCODE_GIB_PER_MPIXEL = 1.5
@@ -120,7 +125,7 @@ def _scale(size: ModelSize) -> float:
 
 
 def train_activations(size: ModelSize, resolution: int, batch: int, text_tokens: int,
-                      checkpointing: bool = True) -> float:
+                      checkpointing: bool = True, quantize: str | None = None) -> float:
     """Checkpointed, the saved block inputs and one block's recompute, measured alike on both
     families; without, every block's activations: by the family's figure and the depth."""
     if checkpointing:
@@ -128,6 +133,8 @@ def train_activations(size: ModelSize, resolution: int, batch: int, text_tokens:
     else:
         measured, at_blocks = TRAIN_NOCKPT_GIB_PER_KTOKEN[size.family]
         per_ktoken = measured * size.blocks / at_blocks
+    if quantize == "nf4":
+        per_ktoken *= NF4_ACTIVATIONS_FACTOR
     return per_ktoken * (image_tokens(resolution) + text_tokens) / 1000 * batch * _scale(size)
 
 
@@ -186,7 +193,7 @@ def train_phases(size: ModelSize, quantize: str | None, half: str, resolution: i
         Phase("caching", caching + MARGIN_GIB,
               cached_by + ("" if transformer_waits else ", transformer")),
         Phase("training", weights + train_activations(size, resolution, batch, text_tokens,
-                                                      checkpointing)
+                                                      checkpointing, quantize)
               + MARGIN_GIB, where + (", activations" if checkpointing else
                                      ", every activation (no checkpointing)")),
         Phase("sampling", weights + render_activations(size, sample_resolution, text_tokens)
