@@ -28,8 +28,9 @@ LR_SCHEDULES = ("constant", "cosine")
 TARGETS = ("attention", "all-linear")
 MEMORY_MODES = ("auto", "bf16", "fp8", "nf4", "fp32")
 TRAIN_COMPILE_MODES = ("auto", "off", "blocks", "full")
-# fp8 matmuls gain generation 0.89x of a step on an H200 and nothing in LoRA training
-# (bench/results/gpu.json, run 9), so only generation offers them.
+# fp8 matmuls take a generation step to 0.67x of eager's on an H200 (0.89x of bf16 blocks
+# compiled) and gain LoRA training nothing (bench/results/gpu.json, runs 9 and 11), so only
+# generation offers them.
 GENERATE_COMPILE_MODES = ("auto", "off", "blocks", "blocks-fp8", "full")
 CHECKPOINTING_MODES = ("auto", "on", "off")
 MODEL_HELP = (
@@ -170,7 +171,8 @@ class GenerateSettings:
     compile: str = _opt("torch.compile for generation: auto (as training measured it for "
                         "the model on this device; else the repeated blocks on a CUDA GPU) "
                         "| blocks | blocks-fp8 (the large matmuls in fp8 on Ada/Hopper "
-                        "cards: a 1024 px image in 0.89x the time; needs the fp8 extra) | off.",
+                        "cards: a 28-step 1024 px image in 3.4 s on an H200, 0.67x eager's "
+                        "time; needs the fp8 extra) | off.",
                         default="auto", choices=GENERATE_COMPILE_MODES)
     step_cache: float = _opt(
         "First-block cache (FLUX.1 models): each denoising step runs the transformer's first "

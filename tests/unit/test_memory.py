@@ -89,7 +89,7 @@ def test_a_12_gb_card_needs_nf4_and_is_told_how(dev, px):
         generate(dev, 12, px)
     assert shape(generate(dev, 12, px, bnb=True)) == ("nf4", True)
     if px == 1024:  # NF4 trains at 1024 px on an H200 capped to 16 GB with 11.4 GiB at peak
-        with pytest.raises(MemoryPlanError, match="lower train.resolution"):
+        with pytest.raises(MemoryPlanError, match=r"lower train\.resolution"):
             train(dev, 12, px, bnb=True)
         px = 768
     assert shape(train(dev, 12, px, bnb=True)) == ("nf4", False)
