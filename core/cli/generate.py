@@ -172,7 +172,11 @@ def _generate_here(ws: Workspace, request: Request) -> list[Path]:
     if err.is_terminal:
         err.print(plain(compiled, "dim"))
 
+    store = Store(ws.db_path)
+
     def progress(index: int, path: Path, recipe: Recipe) -> None:
+        # In the store as the engine's images are: the Gallery shows them, now or later.
+        store.add_output(None, path, "image", json.loads(recipe.to_json()))
         if err.is_terminal:
             err.print(plain(f"{index + 1}/{len(recipes)} {path.name}", "dim"))
 

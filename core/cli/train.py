@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         view = train_view(out, args.steps or config.train.steps)
         trainer = Trainer(ws, config, on_step=view.step, should_stop=lambda: stop["asked"],
-                          log=lambda text: out.print(plain(text, "dim")))
+                          log=lambda text: out.print(plain(text, "dim")),
+                          on_sample=samples_recorded(ws, trainers))
         trainers.append(trainer)
         with view:
             result = trainer.run(steps=args.steps, resume=args.resume, run=args.run)
@@ -71,3 +72,17 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     out.print(plain(f"done: step {result.step}, LoRA written to {result.lora_path}"))
     return EXIT_OK
+
+
+def samples_recorded(ws, trainers: list):
+    """Each sample in the workspace's store as the engine records it, so the UI's Gallery,
+    opened now or later, shows a foreground run's samples too."""
+    from ..store import Store
+    from ..train.samples import sample_recipe
+
+    store = Store(ws.db_path)
+
+    def on_sample(step: int, paths: list) -> None:
+        for index, path in enumerate(paths):
+            store.add_output(None, path, "sample", sample_recipe(trainers[0], step, index))
+    return on_sample

@@ -33,15 +33,11 @@ class TrainJob:
 
     def on_sample(self, step: int, paths: list[Path]) -> None:
         """Each sample with what made it, so the UI can show it, reuse its prompt, re-make it."""
+        from ..train.samples import sample_recipe
+
         trainer = self.trainer
         for index, path in enumerate(paths):
-            recipe: dict = {"step": step}
-            if trainer is not None and index < len(trainer.sample_prompts):
-                sample = trainer.config.sample
-                size = min(trainer.config.train.resolution)
-                recipe.update(prompt=trainer.sample_prompts[index], seed=sample.seed + index,
-                              steps=sample.steps, width=size, height=size,
-                              run=self.job.params.get("run"))
+            recipe = {"step": step} if trainer is None else sample_recipe(trainer, step, index)
             self.engine.store.add_output(self.job.id, path, "sample", recipe)
 
     def should_stop(self) -> bool:

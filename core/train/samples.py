@@ -34,6 +34,19 @@ def run_samples(trainer: Trainer) -> Path:
     return trainer.ws.outputs / "samples" / trainer.run_dir.name
 
 
+def sample_recipe(trainer: Trainer, step: int, index: int) -> dict:
+    """What made sample `index` of `step`, as the Gallery shows it (its prompt to reuse, its
+    seed and size to make it again), whoever ran the training: the engine or `lorabooth
+    train` in the foreground."""
+    recipe: dict = {"step": step}
+    if index < len(trainer.sample_prompts):
+        sample = trainer.config.sample
+        size = min(trainer.config.train.resolution)
+        recipe.update(prompt=trainer.sample_prompts[index], seed=sample.seed + index,
+                      steps=sample.steps, width=size, height=size, run=trainer.run_dir.name)
+    return recipe
+
+
 def render_samples(trainer: Trainer) -> list[Path]:
     """The sample prompts at the trainer's current step; the sheet is rewritten after."""
     s = trainer.config.sample

@@ -253,3 +253,24 @@ def test_gpu_line_without_and_with_a_gpu():
         assert line is None  # the header falls back to the engine's device
     else:
         assert line is None or "GiB" in line
+
+
+async def test_images_made_without_the_engine_are_in_the_gallery(trained: Workspace):
+    """`lorabooth generate` with no engine running renders in its own process; the UI opened
+    afterwards lists those images in the Gallery, newest first, as it lists the engine's."""
+    from support import wait_for
+    from textual.widgets import DataTable
+
+    from lorabooth.tui.app import LoraboothApp
+    from lorabooth.tui.panes.gallery import GalleryPane
+    from lorabooth.tui.settings import UISettings
+
+    made = generate(trained, "zorb at the gallery", "--count", "2", *SMALL)
+    app = LoraboothApp(trained.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("4")
+        await wait_for(pilot, lambda: app.query(GalleryPane)
+                       and len(app.query_one(GalleryPane).items) >= 2)
+        table = app.query_one("#outputs", DataTable)
+        names = [str(table.get_row_at(i)[1]) for i in range(table.row_count)]
+        assert names[:2] == [made[1].name, made[0].name]

@@ -124,6 +124,24 @@ def test_train_command_writes_the_lora(demo_workspace):
                                                                          "step-000020"]
 
 
+def test_a_foreground_run_s_samples_reach_the_gallery(demo_workspace):
+    """`lorabooth train` without the engine records its samples in the workspace's store, as
+    the engine does, so the UI opened later shows them with the prompt that made them."""
+    from support import run_cli
+
+    from lorabooth.core.store import Store
+
+    ws = demo_workspace(sample_every=10, sample_steps=2, train_checkpoint_every=10)
+    assert run_cli("train", str(ws.root), "--steps", "10").returncode == 0
+    samples = [o for o in Store(ws.db_path).outputs() if o.kind == "sample"]
+    prompts = ws.config().sample.prompts
+    assert len(samples) == 2 * len(prompts)  # before the first step and at step 10
+    assert all(Path(o.path).is_file() for o in samples)
+    last = samples[-1]
+    assert last.recipe["step"] == 10 and last.recipe["run"] == "run-001"
+    assert "zorb" in last.recipe["prompt"] and "{trigger}" not in last.recipe["prompt"]
+
+
 def test_samples_and_contact_sheet_leave_training_untouched(demo_workspace):
     from PIL import Image
 
