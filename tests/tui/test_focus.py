@@ -175,3 +175,38 @@ async def test_the_queue_starts_from_an_image_typed_with_its_strength(demo_works
         photos = ws.config(check_photos=False).photos_dir(ws.root)
         assert recipe["prompt"] == "zorb at sea"
         assert (recipe["init_image"], recipe["strength"]) == (str(photos / "01_studio.jpg"), 0.6)
+
+
+async def test_a_mask_box_appears_with_a_start_image_and_queues_an_inpaint(demo_workspace,
+                                                                           engines, tmp_path):
+    """Inpainting from the keyboard: the mask box shows once a start image is typed (it means
+    nothing without one), a mask that is not there is said and nothing is queued, and the
+    queued recipe carries both files."""
+    from PIL import Image
+
+    ws = demo_workspace()
+    engines.append(ws)
+    mask = ws.root / "hole.png"
+    Image.new("L", (64, 64), 255).save(mask)
+    app = app_for(ws)
+    store = Store(ws.db_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        queue = await open_pane(pilot, "3", QueuePane)
+        start, hole = queue.query_one("#start", Input), queue.query_one("#mask", Input)
+        assert not hole.display
+        start.focus()
+        await pilot.press(*"01_studio.jpg")
+        await wait_for(pilot, lambda: hole.display)
+        hole.focus()
+        await pilot.press(*"gone.png", "escape", "i", *"zorb, repainted", "enter")
+        await wait_for(pilot, lambda: any("gone.png" in n.message for n in app._notifications))
+        assert not store.jobs()
+        hole.focus()
+        await pilot.press(*(["backspace"] * len("gone.png")), *"hole.png")
+        await pilot.press("escape", "i", "enter")
+        await wait_for(pilot, lambda: store.jobs())
+        recipe = store.jobs()[0].params["recipe"]
+        assert recipe["mask"] == str(mask) and recipe["init_image"].endswith("01_studio.jpg")
+        start.focus()  # the start image cleared: the mask box goes, and is not used
+        await pilot.press(*(["backspace"] * len("01_studio.jpg")))
+        await wait_for(pilot, lambda: not hole.display)

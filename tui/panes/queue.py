@@ -23,6 +23,7 @@ from lorabooth.core.generate.request import (
     request_to_params,
     split_preset,
     training_underway,
+    typed_path,
     typed_refs,
     typed_start,
 )
@@ -118,6 +119,10 @@ class QueuePane(Vertical):
             start = PaneInput(id="start", placeholder="me.jpg 0.8")
             start.border_title = "start image"
             yield start
+            mask = PaneInput(id="mask", placeholder="hole.png")
+            mask.border_title = "mask"
+            mask.display = False  # inpainting needs a start image: shown once one is typed
+            yield mask
             refs = PaneInput(id="refs", placeholder="me.jpg, jacket.png")
             refs.border_title = "references"
             refs.display = False  # FLUX.2 [klein] edits with them; shown on klein workspaces
@@ -253,10 +258,16 @@ class QueuePane(Vertical):
         scale = float(scale_text) if scale_text else None
         refs = typed_refs(self.ws, config, self.query_one("#refs", Input).value)
         start, strength = typed_start(self.ws, config, self.query_one("#start", Input).value)
+        mask_text = self.query_one("#mask", Input).value.strip()
+        mask = typed_path(self.ws, config, mask_text) if start and mask_text else ""
         return build_request(self.ws, config,
                              Asked(prompt, preset=preset, lora_scale=scale, refs=refs,
-                                   init_image=start, strength=strength),
+                                   init_image=start, strength=strength, mask=mask),
                              training=self.training())
+
+    @on(Input.Changed, "#start")
+    def show_mask(self, event: Input.Changed) -> None:
+        self.query_one("#mask", Input).display = bool(event.value.strip())
 
     def training(self) -> bool:
         return training_underway(self.all_jobs)
