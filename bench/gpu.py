@@ -328,13 +328,43 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
             "loss_last": round(losses[-1], 4), "dtype": str(trainer.dtype), "log": logs[:3]}
 
 
-# The FLOP model: a LoRA step on a frozen base costs 2 N T forward, 2 N T backward to the
-# activations (no weight gradients for the base) and, with gradient checkpointing, 2 N T more
-# for the recomputed forward: 6 N T checkpointed, 4 N T without (runs 1-8 counted 6 N T for
-# both, overstating the MFU of steps without checkpointing by 1.5x); N the transformer's
-# parameters, T the tokens (image + text). Attention's T^2 term is left out (under 10% at
-# 1024 px), so the figure is a floor. Peak: H100/H200 SXM dense bf16, 989 TFLOP/s.
+# The FLOP model (ANCHORS.md's): a token passes only the weights of its own stream, not all of
+# the transformer's: the double blocks hold separate image and text weights, and the AdaLN
+# modulation and the time embedding run once per sample. FLUX.1-dev has 11.9 B parameters but
+# an image token passes 6.46 B. A forward is 2 x (those weights x their tokens) plus attention's
+# 4 T^2 D per block; a LoRA step on a frozen base is ~3.3 forwards with gradient checkpointing
+# (forward, recomputed forward, backward to the activations with attention's heavier backward)
+# and ~2.3 without. (Runs 1-12 counted every parameter for every token, 6 N T and 4 N T, which
+# overstated the MFU about 1.7x.) Peak: H100/H200 SXM dense bf16, 989 TFLOP/s.
 PEAK_BF16_TFLOPS = 989.0
+PER_SAMPLE = ("norm", "modulation", "time_text_embed", "time_guidance_embed")
+TEXT_STREAM = ("add_", "ff_context", "context_embedder")
+
+
+def token_weights(transformer: torch.nn.Module) -> tuple[int, int]:
+    """Weights an image token and a text token each pass through, from the Linear layers' names
+    (FLUX.1's and FLUX.2's transformers alike)."""
+    image = text = 0
+    for name, module in transformer.named_modules():
+        if not isinstance(module, torch.nn.Linear) or any(w in name for w in PER_SAMPLE):
+            continue
+        n = module.weight.numel()
+        if name.startswith("single_transformer_blocks"):
+            image, text = image + n, text + n
+        elif any(w in name for w in TEXT_STREAM):
+            text += n
+        else:
+            image += n
+    return image, text
+
+
+def forward_flops(transformer: torch.nn.Module, image_tokens: int, text_tokens: int) -> float:
+    config = transformer.config
+    width = config.num_attention_heads * config.attention_head_dim
+    blocks = config.num_layers + config.num_single_layers
+    image, text = token_weights(transformer)
+    tokens = image_tokens + text_tokens
+    return 2 * (image * image_tokens + text * text_tokens) + 4 * tokens**2 * width * blocks
 
 
 def flops(trainer, resolution: int, step_s: float) -> dict:
@@ -342,12 +372,12 @@ def flops(trainer, resolution: int, step_s: float) -> dict:
 
     if trainer.device.type != "cuda":
         return {}
-    params = sum(p.numel() for p in trainer.owner.pipe.transformer.parameters())
-    tokens = image_tokens(resolution) + trainer.source.max_sequence_length
-    passes = 6 if trainer.plan.gradient_checkpointing else 4
-    tflops = passes * params * tokens / step_s / 1e12
+    forwards = 3.3 if trainer.plan.gradient_checkpointing else 2.3
+    step = forwards * forward_flops(trainer.owner.pipe.transformer, image_tokens(resolution),
+                                    trainer.source.max_sequence_length)
+    tflops = step / step_s / 1e12
     return {"tflops_per_s": round(tflops, 1), "mfu": round(tflops / PEAK_BF16_TFLOPS, 3),
-            "flop_model": f"{passes} N T"}
+            "flop_model": f"{forwards} forwards, per-stream weights"}
 
 
 def render_between_steps(trainer, resolution: int, device: torch.device,

@@ -34,3 +34,21 @@ def test_gpu_bench_refuses_to_overwrite_results_with_a_dry_run():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "--dry-run needs --out" in done.stderr
+
+
+def test_the_flop_model_counts_the_weights_a_token_passes():
+    """FLUX.1-dev has 11.9 B parameters, but a token passes 6.46 B of them (its own stream of
+    the double blocks; the modulation runs once per sample): the MFU the bench reports must
+    come from those, not from every parameter (which overstated it 1.7x)."""
+    import torch
+
+    from bench.gpu import forward_flops, token_weights
+    from lorabooth.core.models.shipped import shipped_folder
+    from lorabooth.core.models.sizes import build_component
+
+    with torch.device("meta"):
+        transformer = build_component(shipped_folder("flux-dev"), "transformer")
+    image, text = token_weights(transformer)
+    assert 6.40e9 < image < 6.52e9 and 6.40e9 < text < 6.52e9
+    forward = forward_flops(transformer, 4096, 512)  # 1024 px: ~74 TFLOP (ANCHORS.md)
+    assert 72e12 < forward < 77e12
