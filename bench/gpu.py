@@ -312,6 +312,7 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
         result = trainer.run(steps=steps)
         train_peak = peak(device)
         ours = statistics.median(seconds[warmup:])
+        extra.update(gpu_busy(trainer, device))
         if variant == "":
             bare = median_of(trainer_bare_step(trainer), warmup, timed_steps, device)
             extra.update(bare_step_s=round(bare, 4), ratio=round(ours / bare, 3))
@@ -326,6 +327,27 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
             "checkpointing": trainer.plan.gradient_checkpointing,
             "loss_first": round(losses[0], 4),
             "loss_last": round(losses[-1], 4), "dtype": str(trainer.dtype), "log": logs[:3]}
+
+
+def gpu_busy(trainer, device: torch.device, steps: int = 3) -> dict:
+    """The share of a step's wall time the GPU spends in kernels (torch.profiler's CUDA
+    activity, a few more steps after the timed ones): near 1 the card is the limit; well below
+    it the host is (Python, launches, syncs). The H100 took 0.21 s for a 512 px step that an
+    H200 took in 0.13, with the same 1024 px step on both: this row says which."""
+    if device.type != "cuda":
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer.train_step()
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        torch.cuda.synchronize(device)
+        wall = time.perf_counter() - start
+    busy = sum(event.self_device_time_total for event in prof.key_averages()) / 1e6
+    return {"gpu_busy_share": round(busy / wall, 3), "profiled_step_s": round(wall / steps, 4)}
 
 
 # The FLOP model (ANCHORS.md's): a token passes only the weights of its own stream, not all of
