@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import signal
+from collections.abc import Callable
+from pathlib import Path
 
 from ..errors import EXIT_OK, UsageError
 from ..safetext import plain
-from ..workspace import require_workspace
+from ..workspace import Workspace, require_workspace
 from .args import MAX_STEPS, whole
 from .console import console, train_view
 
@@ -74,15 +76,15 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def samples_recorded(ws, trainers: list):
+def samples_recorded(ws: Workspace, trainers: list) -> Callable[[int, list[Path]], None]:
     """Each sample in the workspace's store as the engine records it, so the UI's Gallery,
-    opened now or later, shows a foreground run's samples too."""
+    opened now or later, shows a foreground run's samples too. The store is opened where a
+    sample is made: under `accelerate launch` only the first process makes them."""
     from ..store import Store
     from ..train.samples import sample_recipe
 
-    store = Store(ws.db_path)
-
-    def on_sample(step: int, paths: list) -> None:
+    def on_sample(step: int, paths: list[Path]) -> None:
+        store = Store(ws.db_path)
         for index, path in enumerate(paths):
             store.add_output(None, path, "sample", sample_recipe(trainers[0], step, index))
     return on_sample
