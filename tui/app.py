@@ -302,15 +302,24 @@ class LoraboothApp(App):
 
     def action_show_pane(self, pane: str) -> None:
         self.query_one("#panes", TabbedContent).active = pane
-        panes = self.query(f"#{pane}-pane")  # empty while a lazy pane mounts
-        if panes:
-            self.focus_pane_list(panes.first())
+        panes = self.query(f"#{pane}-pane")  # empty, or not composed, while a lazy pane mounts
+        if not (panes and self.focus_pane_list(panes.first())):
+            # Until it has mounted (and `catch_up` focuses its list), keys typed after the
+            # pane's must not reach the hidden pane left behind: `2 s` typed at once ran the
+            # Dataset's "Start from".
+            self.screen.set_focus(None)
 
-    def focus_pane_list(self, pane) -> None:
-        """A pane's list has focus when the pane opens, so its keys work at once."""
+    def focus_pane_list(self, pane) -> bool:
+        """A pane's list has focus when the pane opens, so its keys work at once; False when
+        it has no list (yet)."""
         tables = pane.query("DataTable")
-        if tables:
-            tables.first().focus()
+        if not tables:
+            return False
+        table = tables.first()
+        self.screen.set_focus(table)  # at once (focus() waits a refresh): the next key is its
+        if self.focused is not table:
+            table.focus()  # not focusable until the switch has shown it
+        return self.focused is table
 
     # -- what the command palette runs ---------------------------------------------------
 

@@ -89,7 +89,7 @@ def test_demo_in_a_real_terminal(tmux: Tmux, tmp_path: Path, demo_model):
         tmux.wait_for(r"1 Dataset", timeout=60)
         tmux.wait_for(r"16 photos: 16 ok")
         tmux.keys("2")
-        tmux.wait_for(r"Start")
+        tmux.wait_for(r"s Start(?! from)")  # Train's key in the footer, not the Dataset's
         tmux.keys("s")
         first = int(tmux.wait_for(r"step (\d+)/3000", timeout=60).group(1))
         later = first
@@ -118,7 +118,7 @@ def test_demo_in_a_real_terminal(tmux: Tmux, tmp_path: Path, demo_model):
         tmux.keys("n")
         tmux.wait_for(r" 1/\d+ · sample · step-000000/prompt-00.png")  # wraps to the first
         tmux.keys("Escape")
-        tmux.wait_for(r"Start")
+        tmux.wait_for(r"s Start(?! from)")  # back on Train (the viewer's `s` is "Start from")
         tmux.keys("q")
         tmux.wait_for(r"EXITED 0", timeout=15)
 

@@ -5,6 +5,7 @@ and a settings save that fails writes nothing and marks the fields at fault."""
 from __future__ import annotations
 
 from support import wait_for
+from textual import events
 from textual.widgets import DataTable, Input, TextArea
 
 from lorabooth.core.store import Store
@@ -210,3 +211,22 @@ async def test_a_mask_box_appears_with_a_start_image_and_queues_an_inpaint(demo_
         start.focus()  # the start image cleared: the mask box goes, and is not used
         await pilot.press(*(["backspace"] * len("01_studio.jpg")))
         await wait_for(pilot, lambda: not hole.display)
+
+
+async def test_keys_typed_while_a_pane_opens_never_reach_the_pane_left(demo_workspace):
+    """`2` then `s` typed at once from the Dataset: the photo list left behind kept the focus
+    until the Train pane's list took it after a refresh, so `s` ran the Dataset's "Start
+    from" (the Queue opened with a photo in it) instead of Train's "Start"."""
+    ws = demo_workspace()
+    app = app_for(ws)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.query_one("#photos", DataTable).row_count == 16)
+        # Both keys in the queue at once, as a fast typist's (or a slow link's) arrive.
+        app.post_message(events.Key("2", "2"))
+        app.post_message(events.Key("s", "s"))
+        await wait_for(pilot, lambda: app.query(TrainPane))
+        await pilot.pause(0.3)
+        assert app.query_one("#panes").active == "train"
+        assert not app.query(QueuePane) or not app.query_one("#start", Input).value
+        # The `s` was Train's: a training run is queued.
+        await wait_for(pilot, lambda: [j.kind for j in Store(ws.db_path).jobs()] == ["train"])
