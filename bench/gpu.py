@@ -469,8 +469,11 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
         pipe.lorabooth_offload = place(pipe, torch.device(dev or device), placement, quantize)
         return pipe
 
-    # Every plan reads the card through card_memory: capping it there caps them all.
-    sizes.card_memory = lambda dev: (min(real_memory(dev)[0], cap), real_memory(dev)[1])
+    def capped_memory(dev):  # every plan reads the card here: capping it caps them all
+        available, crowded = real_memory(dev)
+        return min(available, cap), crowded
+
+    sizes.card_memory = capped_memory
     owner_module.load_pipeline = load
     owner = ModelOwner()
     logs: list[str] = []

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     # Images may be made with another model than the one trained on (generate.model).
     configs = {"train": model_configs(config.model),
                "generate": model_configs(config.image_model)}
-    cards = cards_to_plan(args.gpu_memory)
+    cards, crowded = cards_to_plan(args.gpu_memory)
     plans = [plan_row(config, *configs[job], label, available, job, resolution, named)
              for label, available, named in cards
              for job, resolution in jobs(config)]
@@ -53,13 +53,8 @@ def run(args: argparse.Namespace) -> int:
                     f" (train.memory = {config.train.memory}, "
                     f"generate.memory = {config.generate.memory})", "bold"))
     out.print(table(plans))
-    if not args.gpu_memory and has_gpu():
-        from ..models.load import default_device
-        from ..models.sizes import crowded_note
-
-        note = crowded_note(default_device())
-        if note:
-            out.print(plain(f"{note[0].upper()}{note[1:]}.", "yellow"))
+    if crowded:
+        out.print(plain(f"{crowded[0].upper()}{crowded[1:]}.", "yellow"))
     for row in here:
         out.print(plain(f"on this machine (no GPU), {row['job']} {row['resolution']} px: "
                         f"{row['reason']}", "" if row["plan"] else "red"))
@@ -96,18 +91,21 @@ def model_configs(spec: str) -> tuple[Path, int]:
     return source.path, source.max_sequence_length
 
 
-def cards_to_plan(asked: list[float] | None) -> list[tuple[str, float, bool]]:
-    """(label, GiB available, a named card rather than this machine's GPU)."""
+def cards_to_plan(asked: list[float] | None) -> tuple[list[tuple[str, float, bool]], str]:
+    """(label, GiB available, a named card rather than this machine's GPU) for each card, and
+    what other processes hold on this machine's GPU ("" unless it is planned), from one query
+    of it."""
     if asked:
-        return [(f"{gb:g} GB", card_gib(gb), True) for gb in asked]
+        return [(f"{gb:g} GB", card_gib(gb), True) for gb in asked], ""
     from ..models.load import default_device, describe_device
 
     device = default_device()
     if device.type == "cuda":
-        from ..models.sizes import available_gib
+        from ..models.sizes import card_memory
 
-        return [(describe_device(device), available_gib(device), False)]
-    return [(f"{gb} GB", card_gib(gb), True) for gb in USUAL_CARDS]
+        available, crowded = card_memory(device)
+        return [(describe_device(device), available, False)], crowded
+    return [(f"{gb} GB", card_gib(gb), True) for gb in USUAL_CARDS], ""
 
 
 def jobs(config: Config) -> list[tuple[str, int]]:

@@ -70,14 +70,6 @@ def card_memory(device: torch.device) -> tuple[float, str]:
     return (free + reserved) / 2**30, note
 
 
-def available_gib(device: torch.device) -> float:
-    return card_memory(device)[0]
-
-
-def crowded_note(device: torch.device) -> str:
-    return card_memory(device)[1]
-
-
 def _memory_here(available: float | None, device: torch.device) -> tuple[float | None, str]:
     """`available` as given (a named card), else this machine's card as `card_memory` says."""
     if available is None and device.type == "cuda":

@@ -214,7 +214,7 @@ def test_a_resident_model_counts_as_available(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 2**30, 80 * 2**30))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 60 * 2**30)
-    assert sizes.available_gib(torch.device("cuda")) == pytest.approx(62.0)
+    assert sizes.card_memory(torch.device("cuda"))[0] == pytest.approx(62.0)
 
 
 def test_fp8_storage_halves_the_real_transformer():
