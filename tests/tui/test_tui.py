@@ -36,13 +36,19 @@ def studio_app(ws: Workspace, engine: bool = True) -> LoraboothApp:
     return LoraboothApp(ws.root, start_engine=engine, settings=UISettings(images="halfcell"))
 
 
+async def photo_list(pilot, rows: int) -> DataTable:
+    """The Dataset pane's photo list, opened, once it lists `rows` files."""
+    await pilot.press("1")
+    table = pilot.app.query_one("#photos", DataTable)
+    await wait_for(pilot, lambda: table.row_count == rows)
+    return table
+
+
 async def test_caption_edit_survives_a_rescan_and_lands_in_the_sidecar(studio: Workspace,
                                                                         photos: Path):
     app = studio_app(studio, engine=False)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("1")
-        table = app.query_one("#photos", DataTable)
-        await wait_for(pilot, lambda: table.row_count == 16)
+        await photo_list(pilot, 16)
         await pilot.press("j", "e")
         caption = app.query_one("#caption", TextArea)
         assert not caption.read_only
@@ -64,9 +70,7 @@ async def test_s_on_a_photo_starts_the_next_images_from_it(studio: Workspace, ph
     (photos / "zz_broken.jpg").write_bytes(b"not a jpeg")
     app = studio_app(studio, engine=False)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("1")
-        table = app.query_one("#photos", DataTable)
-        await wait_for(pilot, lambda: table.row_count == 17)
+        await photo_list(pilot, 17)
         await pilot.press("j", "s")
         start = app.query_one("#start", Input)
         await wait_for(pilot, lambda: start.value == str(photos / "02_beach_scarf.jpg"))
