@@ -292,6 +292,12 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
     else:
         compile_mode = "blocks" if "compile" in words else "off"
         ckpt = "off" if "nockpt" in words else "on"
+    if "cudagraphs" in words:  # an experiment: the blocks compiled with CUDA graphs
+        from lorabooth.core.models import compile as compiling
+
+        plain = compiling._compile_static
+        compiling._compile_static = lambda module, seen, **o: plain(
+            module, seen, **o, mode="reduce-overhead")
     ws = workspace(root, source.spec, resolution, steps, compile_mode, ckpt)
     seconds: list[float] = []
     logs: list[str] = []
@@ -312,7 +318,7 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
         result = trainer.run(steps=steps)
         train_peak = peak(device)
         ours = statistics.median(seconds[warmup:])
-        extra.update(gpu_busy(trainer, device))
+        extra.update(gpu_busy(trainer, device, ours))
         if variant == "":
             bare = median_of(trainer_bare_step(trainer), warmup, timed_steps, device)
             extra.update(bare_step_s=round(bare, 4), ratio=round(ours / bare, 3))
@@ -329,11 +335,12 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
             "loss_last": round(losses[-1], 4), "dtype": str(trainer.dtype), "log": logs[:3]}
 
 
-def gpu_busy(trainer, device: torch.device, steps: int = 3) -> dict:
-    """The share of a step's wall time the GPU spends in kernels (torch.profiler's CUDA
-    activity, a few more steps after the timed ones): near 1 the card is the limit; well below
-    it the host is (Python, launches, syncs). The H100 took 0.21 s for a 512 px step that an
-    H200 took in 0.13, with the same 1024 px step on both: this row says which."""
+def gpu_busy(trainer, device: torch.device, step_s: float, steps: int = 3) -> dict:
+    """The GPU's kernel time per step (torch.profiler's CUDA activity over a few more steps)
+    and its share of the timed step `step_s`: near 1 the card is the limit; well below it the
+    host is (Python, launches, syncs). The profiler slows the host, so the profiled steps' own
+    wall time is not the divisor. The H100 took 0.21 s for a 512 px step that an H200 took in
+    0.13, with the same 1024 px step on both: this row said which (run 13: host-bound)."""
     if device.type != "cuda":
         return {}
     from torch.profiler import ProfilerActivity, profile
@@ -341,13 +348,11 @@ def gpu_busy(trainer, device: torch.device, steps: int = 3) -> dict:
     trainer.train_step()
     torch.cuda.synchronize(device)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        start = time.perf_counter()
         for _ in range(steps):
             trainer.train_step()
         torch.cuda.synchronize(device)
-        wall = time.perf_counter() - start
-    busy = sum(event.self_device_time_total for event in prof.key_averages()) / 1e6
-    return {"gpu_busy_share": round(busy / wall, 3), "profiled_step_s": round(wall / steps, 4)}
+    kernel_s = sum(event.self_device_time_total for event in prof.key_averages()) / 1e6 / steps
+    return {"gpu_kernel_s": round(kernel_s, 4), "gpu_busy_share": round(kernel_s / step_s, 3)}
 
 
 # The FLOP model (ANCHORS.md's): a token passes only the weights of its own stream, not all of
@@ -661,6 +666,7 @@ def generate_phase(state: dict, resolution: int, steps: int, device: torch.devic
     seconds = timed(device, lambda: holder.update(
         image=gen.render(generator_recipe(state, resolution, steps))))
     image = np.asarray(holder["image"])
+    state[f"eager-image-{resolution}"] = image.astype(np.float32)
     rescale = timed(device, lambda: gen.render(generator_recipe(state, resolution, 2, 0.5)))
     return {"lora": "lora" in state, "first_render_s": round(warm, 2), "image_s": round(seconds, 2),
             "step_s": round(seconds / steps, 4), "peak_gib": peak(device),
@@ -670,7 +676,9 @@ def generate_phase(state: dict, resolution: int, steps: int, device: torch.devic
 
 def compile_phase(state: dict, resolution: int, steps: int, eager_step_s: float,
                   device: torch.device, mode: str = "blocks") -> dict:
-    """`mode`: generate.compile's "blocks" or "blocks-fp8"; a transformer a training phase
+    """`mode`: generate.compile's "blocks" or "blocks-fp8", or the experiments "fp8static"
+    (weights quantised to fp8 once, torchao's inference recipe, then the blocks compiled) and a
+    "-cudnn" suffix (cuDNN's fused attention, forward only); a transformer a training phase
     compiled already stays as it was (the row says so)."""
     gen = state["owner"].generator(state["source"])
     transformer = gen.pipe.transformer
@@ -678,18 +686,52 @@ def compile_phase(state: dict, resolution: int, steps: int, eager_step_s: float,
 
     from lorabooth.core.models.compile import apply
 
-    said = apply(transformer, mode, device)
+    mode, cudnn, _ = mode.partition("-cudnn")
+    if cudnn:
+        transformer.set_attention_backend("_native_cudnn")
+    if mode == "fp8static":
+        count = fp8_weights(transformer)
+        said = apply(transformer, "blocks", device) + f"; {count} linear layers with fp8 weights"
+    else:
+        said = apply(transformer, mode, device)
+    resident = allocated(device)
     first = timed(device, lambda: gen.render(generator_recipe(state, resolution, 2)))
     graphs = dict(counters["stats"])
-    seconds = timed(device, lambda: gen.render(generator_recipe(state, resolution, steps)))
+    reset_peak(device)
+    holder: dict = {}
+    seconds = timed(device, lambda: holder.update(
+        image=gen.render(generator_recipe(state, resolution, steps))))
+    render_peak = peak(device)
     rescale = timed(device, lambda: gen.render(generator_recipe(state, resolution, 2, 0.5)))
     step_s = seconds / steps
+    eager_image = state.get(f"eager-image-{resolution}")
+    drift = None
+    if eager_image is not None:  # the same recipe, eager bf16: how far the pixels moved
+        drift = round(float(np.abs(np.asarray(holder["image"], dtype=np.float32)
+                                   - eager_image).mean()), 2)
     return {"compile": said, "first_render_s": round(first, 2),
-            "step_s": round(step_s, 4),
+            "image_s": round(seconds, 2), "step_s": round(step_s, 4),
+            "resident_gib": resident, "peak_gib": render_peak,
+            "mean_pixel_change_vs_eager": drift,
             "eager_step_s": eager_step_s, "ratio_vs_eager": round(step_s / eager_step_s, 3),
             "scale_change_2_steps_s": round(rescale, 2), "dynamo_after_first": graphs,
             "dynamo_after_scale_change": dict(counters["stats"]),
             "graph_breaks": sum(counters["graph_break"].values())}
+
+
+def fp8_weights(transformer: torch.nn.Module) -> int:
+    """The experiment "fp8static": the layers fp8.wanted picks get fp8 weights once (torchao's
+    Float8DynamicActivationFloat8WeightConfig, rowwise scales), where generate.compile's
+    "blocks-fp8" casts the bf16 weights to fp8 on every call (torchao's float8 training)."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    from lorabooth.core.models.fp8 import wanted
+
+    chosen = {name for name, module in transformer.named_modules() if wanted(name, module)}
+    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(),
+                                                                  set_inductor_config=False),
+              filter_fn=lambda module, name: name in chosen)
+    return len(chosen)
 
 
 def cache_phase(state: dict, resolution: int, steps: int, device: torch.device) -> dict:
@@ -815,7 +857,9 @@ def run_phase(bench: Bench, name: str, state: dict, root: Path, resolutions: lis
         if eager is None:
             bench.record({"phase": name, "skipped": f"no eager generate-{r} to compare with"})
         elif device.type == "cuda":
-            mode = "blocks-fp8" if rest.endswith("-fp8") else "blocks"  # compile-1024-fp8
+            # compile-1024 (blocks), compile-1024-fp8, compile-1024-fp8static[-cudnn]
+            mode = rest.partition("-")[2] or "blocks"
+            mode = "blocks-fp8" if mode == "fp8" else mode
             bench.phase(name, lambda: compile_phase(state, r, gen_steps, eager, device, mode),
                         150)
     else:
