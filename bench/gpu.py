@@ -13,8 +13,10 @@ is checked against:
 - capped-R-GB[-auto]: R px on a simulated GB card, lorabooth's plans choosing (it takes the
   pipeline over: run it last);
 - generate-R: the Generator with the LoRA file that training wrote, loaded through diffusers;
-- compile: the same render with regional compilation (`compile_repeated_blocks`), if time is
-  left; compile time is reported apart from the steady speed.
+- compile-R[-fp8][-cudnn]: the same render with the blocks compiled (`-fp8`: generate.compile
+  = "blocks-fp8"; `-cudnn`: cuDNN's attention, an experiment); compile time is reported apart
+  from the steady speed;
+- cache-R: the first-block step cache's full and reused steps.
 
 Every phase is tried on its own: one that fails records its error and the next one runs.
 
@@ -280,7 +282,8 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
                 device: torch.device, variant: str = "") -> dict:
     """`variant`: "" (eager, checkpointed, against the bare step), "between" (a prompt rendered
     between two steps, as the engine does with a queued prompt), or words joined by "-":
-    "compile" (regional compilation of the blocks, as train.compile = "blocks"), "nockpt" (no
+    "compile" (regional compilation of the blocks, as train.compile = "blocks"), "cudagraphs"
+    (the blocks replayed as CUDA graphs, train.compile = "blocks-cudagraphs"), "nockpt" (no
     gradient checkpointing), "auto" (lorabooth's defaults: what a user gets)."""
     from lorabooth.core.train.trainer import Trainer
 
@@ -291,13 +294,8 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
         compile_mode, ckpt = "auto", "auto"
     else:
         compile_mode = "blocks" if "compile" in words else "off"
+        compile_mode = "blocks-cudagraphs" if "cudagraphs" in words else compile_mode
         ckpt = "off" if "nockpt" in words else "on"
-    if "cudagraphs" in words:  # an experiment: the blocks compiled with CUDA graphs
-        from lorabooth.core.models import compile as compiling
-
-        plain = compiling._compile_static
-        compiling._compile_static = lambda module, seen, **o: plain(
-            module, seen, **o, mode="reduce-overhead")
     ws = workspace(root, source.spec, resolution, steps, compile_mode, ckpt)
     seconds: list[float] = []
     logs: list[str] = []
@@ -676,10 +674,9 @@ def generate_phase(state: dict, resolution: int, steps: int, device: torch.devic
 
 def compile_phase(state: dict, resolution: int, steps: int, eager_step_s: float,
                   device: torch.device, mode: str = "blocks") -> dict:
-    """`mode`: generate.compile's "blocks" or "blocks-fp8", or the experiments "fp8static"
-    (weights quantised to fp8 once, torchao's inference recipe, then the blocks compiled) and a
-    "-cudnn" suffix (cuDNN's fused attention, forward only); a transformer a training phase
-    compiled already stays as it was (the row says so)."""
+    """`mode`: generate.compile's "blocks" or "blocks-fp8", with the experiment "-cudnn"
+    (cuDNN's fused attention, forward only; lorabooth keeps it off: its backward faulted on an
+    H200); a transformer a training phase compiled already stays as it was (the row says so)."""
     gen = state["owner"].generator(state["source"])
     transformer = gen.pipe.transformer
     from torch._dynamo.utils import counters
@@ -689,11 +686,7 @@ def compile_phase(state: dict, resolution: int, steps: int, eager_step_s: float,
     mode, cudnn, _ = mode.partition("-cudnn")
     if cudnn:
         transformer.set_attention_backend("_native_cudnn")
-    if mode == "fp8static":
-        count = fp8_weights(transformer)
-        said = apply(transformer, "blocks", device) + f"; {count} linear layers with fp8 weights"
-    else:
-        said = apply(transformer, mode, device)
+    said = apply(transformer, mode, device)
     resident = allocated(device)
     first = timed(device, lambda: gen.render(generator_recipe(state, resolution, 2)))
     graphs = dict(counters["stats"])
@@ -717,21 +710,6 @@ def compile_phase(state: dict, resolution: int, steps: int, eager_step_s: float,
             "scale_change_2_steps_s": round(rescale, 2), "dynamo_after_first": graphs,
             "dynamo_after_scale_change": dict(counters["stats"]),
             "graph_breaks": sum(counters["graph_break"].values())}
-
-
-def fp8_weights(transformer: torch.nn.Module) -> int:
-    """The experiment "fp8static": the layers fp8.wanted picks get fp8 weights once (torchao's
-    Float8DynamicActivationFloat8WeightConfig, rowwise scales), where generate.compile's
-    "blocks-fp8" casts the bf16 weights to fp8 on every call (torchao's float8 training)."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-    from lorabooth.core.models.fp8 import wanted
-
-    chosen = {name for name, module in transformer.named_modules() if wanted(name, module)}
-    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(),
-                                                                  set_inductor_config=False),
-              filter_fn=lambda module, name: name in chosen)
-    return len(chosen)
 
 
 def cache_phase(state: dict, resolution: int, steps: int, device: torch.device) -> dict:
@@ -857,9 +835,8 @@ def run_phase(bench: Bench, name: str, state: dict, root: Path, resolutions: lis
         if eager is None:
             bench.record({"phase": name, "skipped": f"no eager generate-{r} to compare with"})
         elif device.type == "cuda":
-            # compile-1024 (blocks), compile-1024-fp8, compile-1024-fp8static[-cudnn]
-            mode = rest.partition("-")[2] or "blocks"
-            mode = "blocks-fp8" if mode == "fp8" else mode
+            # compile-1024 (blocks), compile-1024-fp8, compile-1024-fp8-cudnn
+            mode = "blocks" + (rest.partition("-")[2] and "-" + rest.partition("-")[2])
             bench.phase(name, lambda: compile_phase(state, r, gen_steps, eager, device, mode),
                         150)
     else:

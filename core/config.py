@@ -27,7 +27,7 @@ TIMESTEP_SAMPLING = ("sigmoid", "logit_normal", "uniform", "shift", "flux_shift"
 LR_SCHEDULES = ("constant", "cosine")
 TARGETS = ("attention", "all-linear")
 MEMORY_MODES = ("auto", "bf16", "fp8", "nf4", "fp32")
-TRAIN_COMPILE_MODES = ("auto", "off", "blocks", "full")
+TRAIN_COMPILE_MODES = ("auto", "off", "blocks", "blocks-cudagraphs", "full")
 # fp8 matmuls take a generation step to 0.67x of eager's on an H200 (0.89x of bf16 blocks
 # compiled) and gain LoRA training nothing (bench/results/gpu.json, runs 9 and 11), so only
 # generation offers them.
@@ -111,6 +111,9 @@ class TrainSettings:
                         "the first run times its first steps eager, then the repeated blocks "
                         "compiled if the run is long enough to pay, and keeps the faster; "
                         "later runs decide from that; off over fp8 or NF4 weights) | blocks | "
+                        "blocks-cudagraphs (the blocks replayed as CUDA graphs, so the host "
+                        "launches a block, not each kernel: a 512 px FLUX.1-dev step on an "
+                        "H100 in 0.154 s against 0.193; CUDA without checkpointing only) | "
                         "full | off. Compiled code is cached on disk, so later runs pay a "
                         "fraction of the first's compile.",
                         default="auto", choices=TRAIN_COMPILE_MODES)
@@ -170,9 +173,10 @@ class GenerateSettings:
                        "| fp8 | nf4 | fp32.", default="auto", choices=MEMORY_MODES)
     compile: str = _opt("torch.compile for generation: auto (as training measured it for "
                         "the model on this device; else the repeated blocks on a CUDA GPU) "
-                        "| blocks | blocks-fp8 (the large matmuls in fp8 on Ada/Hopper "
-                        "cards: a 28-step 1024 px image in 3.4 s on an H200, 0.67x eager's "
-                        "time; needs the fp8 extra) | off.",
+                        "| blocks | blocks-fp8 (the large layers' weights quantised to fp8 "
+                        "once and multiplied in fp8 on Ada/Hopper cards: a 28-step 1024 px "
+                        "image in 4.0 s on an H100, 0.63x eager's time, with 8 GiB less "
+                        "resident; needs the fp8 extra) | off.",
                         default="auto", choices=GENERATE_COMPILE_MODES)
     step_cache: float = _opt(
         "First-block cache (FLUX.1 models): each denoising step runs the transformer's first "

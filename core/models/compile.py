@@ -59,7 +59,8 @@ def use_disk_cache() -> str:
 
 
 WHAT = {"blocks": "repeated blocks", "full": "the whole transformer",
-        "blocks-fp8": "repeated blocks with fp8 matmuls"}
+        "blocks-fp8": "repeated blocks with fp8 matmuls",
+        "blocks-cudagraphs": "repeated blocks replayed as CUDA graphs"}
 
 # Graphs kept per compiled function: a few buckets x (training, rendering) x (a LoRA scale
 # fixed or dynamic); past dynamo's default of 8 it would run the rest eager.
@@ -159,11 +160,35 @@ def compile_in_place(transformer: torch.nn.Module, mode: str) -> bool:
         _compile_static(transformer, set())
     else:
         # fullgraph=False: peft's LoRA layers and gradient checkpointing stay graph-breakable.
+        options: dict = {"fullgraph": False}
+        if mode == "blocks-cudagraphs":
+            options["mode"] = "reduce-overhead"  # inductor's CUDA graph trees
         seen: dict[str, set] = {}
         for block in compiled_regions(transformer):
-            _compile_static(block, seen.setdefault(type(block).__name__, set()), fullgraph=False)
+            _compile_static(block, seen.setdefault(type(block).__name__, set()), **options)
     transformer._lorabooth_compiled = True
+    transformer._lorabooth_cudagraphs = mode == "blocks-cudagraphs"
     return True
+
+
+def begin_step(transformer: torch.nn.Module) -> None:
+    """Tell CUDA graph trees a new training step begins, so the graphs replay on their fast
+    path rather than checking for the last step's outputs still in use."""
+    if getattr(transformer, "_lorabooth_cudagraphs", False):
+        import torch
+
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+def without_cudagraphs(device: torch.device, checkpointing: bool) -> str | None:
+    """Why the blocks are compiled without CUDA graphs here, or None. A CPU has none; with
+    gradient checkpointing the backward pass replays each block's forward, which the graphs
+    were not measured with (bench/results/gpu.json, run 13, measured them without it)."""
+    if device.type != "cuda":
+        return f"CUDA graphs need a CUDA card, not {device.type}"
+    if checkpointing:
+        return "not with gradient checkpointing (train.checkpointing = off allows them)"
+    return None
 
 
 def uncompile(transformer: torch.nn.Module) -> None:
@@ -171,7 +196,7 @@ def uncompile(transformer: torch.nn.Module) -> None:
     for module in transformer.modules():
         if getattr(module, "_compiled_call_impl", None) is not None:
             module._compiled_call_impl = None
-    transformer._lorabooth_compiled = False
+    transformer._lorabooth_compiled = transformer._lorabooth_cudagraphs = False
 
 
 def not_compilable(transformer: torch.nn.Module) -> str | None:
@@ -187,8 +212,10 @@ def not_compilable(transformer: torch.nn.Module) -> str | None:
     return None
 
 
-def apply(transformer: torch.nn.Module, mode: str, device: torch.device) -> str:
-    """Compile as `mode` asks on `device`; the one line that says what was done."""
+def apply(transformer: torch.nn.Module, mode: str, device: torch.device,
+          checkpointing: bool = False) -> str:
+    """Compile as `mode` asks on `device` (`checkpointing`: whether training recomputes the
+    blocks in its backward pass); the one line that says what was done."""
     chosen = choose(mode, device)
     why_not = not_compilable(transformer) if chosen != "off" else None
     if why_not:
@@ -200,11 +227,13 @@ def apply(transformer: torch.nn.Module, mode: str, device: torch.device) -> str:
     if chosen == "blocks-fp8" and not getattr(transformer, "_lorabooth_compiled", False):
         from . import fp8
 
-        problem = fp8.unavailable(device)
+        problem = fp8.unavailable(device) or fp8.not_on_card(transformer)
         if problem:
             chosen, note = "blocks", f"; {problem}, so bf16 matmuls"
         else:
-            note = f"; {fp8.use_fp8_matmuls(transformer)} linear layers in fp8"
+            note = f"; {fp8.use_fp8_matmuls(transformer)} linear layers with fp8 weights"
+    if chosen == "blocks-cudagraphs" and (why_not := without_cudagraphs(device, checkpointing)):
+        chosen, note = "blocks", f"; {why_not}, so without CUDA graphs"
     if compile_in_place(transformer, chosen):
         return (f"compile: {WHAT[chosen]}{note} (the first steps compile; cached in "
                 f"{os.environ['TORCHINDUCTOR_CACHE_DIR']})")

@@ -1,17 +1,24 @@
-"""fp8 matmuls for the transformer's large linear layers, through torchao's float8 training
-(`convert_to_float8_training`, rowwise scales): activations and weights are cast to float8 as
-each layer runs and multiplied on the card's fp8 tensor cores, twice the bf16 rate on Hopper
-and Ada. The weights stay bf16 parameters.
+"""fp8 matmuls for the transformer's large linear layers, for generation
+(`generate.compile = "blocks-fp8"`): each chosen layer's weight is quantised to float8 once
+(torchao's inference recipe, `Float8DynamicActivationFloat8WeightConfig` with rowwise scales)
+and its input as it runs, multiplied on the card's fp8 tensor cores, twice the bf16 rate on
+Hopper and Ada. The transformer then holds ~11 GiB of fp8 weights where bf16 held 22.
 
-Only worth it compiled (the casts fuse into the neighbouring kernels), so it is a compile mode,
-`generate.compile = "blocks-fp8"`: a 28-step 1024 px FLUX.1-dev image in 3.4 s on an H200
-(0.67x eager's time, 0.89x the bf16 blocks compiled; 4.3 s on an H100, 0.70x). LoRA training
-gains nothing from it (1024 px 0.98x, 512 px 1.40x slower: the casts of activations, gradients
-and weights each step cost what the tensor cores save; bench/results/gpu.json, run 9), so
-training never uses it and a model swapped for generation is reloaded before a run. Left in
-bf16: the LoRA's own layers, the AdaLN modulation (one row per image, nothing to gain), the
-embedders and the output layer, and any layer whose sides are not multiples of 16 (the fp8
-matmul's rule).
+Only worth it compiled (the activations' casts fuse into the neighbouring kernels), so it is a
+compile mode. A 28-step 1024 px FLUX.1-dev image on an H100: 6.3 s eager bf16, 4.4 s with
+torchao's float8 *training* layers (which cast the bf16 weights again on every call: what this
+mode did before run 13), 4.0 s with the weights quantised once, 8 GiB less resident, and as
+close to eager bf16's pixels as before (0.74 of 255 apart on average; 0.73 before; run 13 of
+bench/results/gpu.json). LoRA training gains nothing from fp8
+(1024 px 0.98x, 512 px 1.40x slower: the casts of activations, gradients and weights each step
+cost what the tensor cores save; run 9), so training never uses it and a model swapped for
+generation is reloaded before a run. Left in bf16: the LoRA's own layers (peft wraps the
+quantised layer and adds its bf16 product), the AdaLN modulation (one row per image, nothing to
+gain), the embedders and the output layer, and any layer whose sides are not multiples of 16
+(the fp8 matmul's rule).
+
+torchao's fp8 inference kernels run on CUDA only; on a CPU the tests use its float8 training
+layers in emulation, which choose the same layers and cast in the same places.
 """
 
 from __future__ import annotations
@@ -41,6 +48,14 @@ def unavailable(device: torch.device) -> str | None:
     return None
 
 
+def not_on_card(transformer: torch.nn.Module) -> str | None:
+    """Why weights offloaded to the CPU between forwards get no fp8 copies, or None: they are
+    quantised where they lie, and torchao's fp8 weights are made and run on a card."""
+    if any(param.device.type != "cuda" for param in transformer.parameters()):
+        return "the transformer is offloaded to the CPU"
+    return None
+
+
 def wanted(name: str, module: torch.nn.Module) -> bool:
     """Whether the linear layer `name` multiplies in fp8 (see the module's docstring)."""
     import torch
@@ -53,16 +68,29 @@ def wanted(name: str, module: torch.nn.Module) -> bool:
 
 
 def use_fp8_matmuls(transformer: torch.nn.Module, emulate: bool = False) -> int:
-    """Swap the wanted linear layers for torchao's Float8Linear in place; the count swapped.
-    `emulate`: fp8 arithmetic emulated in high precision (any device; for tests)."""
-    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-
-    config = Float8LinearConfig.from_recipe_name("rowwise")
-    if emulate:
-        config = dataclasses.replace(config, emulate=True)
+    """Give the wanted linear layers fp8 weights in place (see the module's docstring); the
+    count chosen. `emulate`: torchao's float8 training layers with the arithmetic emulated in
+    high precision, the one fp8 path torchao runs on a CPU (for tests)."""
     chosen = {name for name, module in transformer.named_modules() if wanted(name, module)}
-    convert_to_float8_training(transformer, config=config,
-                               module_filter_fn=lambda module, name: name in chosen)
+    if emulate:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+        config = dataclasses.replace(Float8LinearConfig.from_recipe_name("rowwise"),
+                                     emulate=True)
+        convert_to_float8_training(transformer, config=config,
+                                   module_filter_fn=lambda module, name: name in chosen)
+    else:
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            PerRow,
+            quantize_,
+        )
+
+        # set_inductor_config=False: torchao's own inductor settings made the first compile
+        # too slow to finish in 70 s on an H100, where lorabooth's took 17 s (run 13).
+        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(),
+                                                           set_inductor_config=False)
+        quantize_(transformer, config, filter_fn=lambda module, name: name in chosen)
     transformer._lorabooth_fp8 = True
     return len(chosen)
 

@@ -23,6 +23,7 @@ from ..fsutil import atomic_write_bytes
 from ..memory import Plan
 from ..models.autocompile import AutoCompile, record_key
 from ..models.compile import apply as compile_transformer
+from ..models.compile import begin_step
 from ..models.family import family_of
 from ..models.load import big_text_encoder, default_device, default_dtype, use_safe_attention
 from ..models.owner import ModelOwner
@@ -189,7 +190,8 @@ class Trainer:
             self.autocompile = AutoCompile(transformer, self.device, key, self.log,
                                            shared=self.team.world > 1)
         else:
-            self.log(compile_transformer(transformer, t.compile, self.device))
+            self.log(compile_transformer(transformer, t.compile, self.device,
+                                         checkpointing=plan.gradient_checkpointing))
         self.model = self.team.wrap(transformer)  # DDP under `accelerate launch`
         # The CLIP LoRA trains too: wrapped as well, so its gradients are averaged across
         # processes like the transformer's (rank 0's alone were saved before).
@@ -313,6 +315,7 @@ class Trainer:
         t = self.config.train
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
+        begin_step(self.pipe.transformer)
         total_loss, images = 0.0, 0
         for micro in range(t.grad_accum):
             # Several processes take interleaved batches; one takes them all, in order.

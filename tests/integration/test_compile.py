@@ -175,3 +175,38 @@ def test_generation_auto_follows_what_training_measured_here(demo_model, monkeyp
     assert faster._lorabooth_compiled
     other = autocompile.for_generation(fresh(), "auto", cpu, "flux-dev")  # not measured
     assert other.startswith("compile: off (auto: no gain")
+
+
+def test_cuda_graphs_are_asked_for_only_on_a_card_without_checkpointing(demo_model,
+                                                                         monkeypatch):
+    """train.compile = "blocks-cudagraphs" compiles each block with inductor's CUDA graphs
+    (mode reduce-overhead) on a CUDA card when training does not recompute the blocks; a CPU,
+    or checkpointing, gets the plain blocks and a line that says why. (The graphs themselves
+    run on a card only: the GPU bench measured them, run 13.)"""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from lorabooth.core.models.compile import apply, compiled_regions, uncompile
+
+    transformer = FluxTransformer2DModel.from_pretrained(demo_model, subfolder="transformer")
+    asked: list[dict] = []
+    real_compile = torch.compile
+
+    def compile_spy(fn, **options):
+        asked.append(options)
+        return real_compile(fn, **options)
+
+    monkeypatch.setattr(torch, "compile", compile_spy)
+    blocks = len(compiled_regions(transformer))
+    cases = [(torch.device("cpu"), False, "CUDA graphs need a CUDA card"),
+             (torch.device("cuda"), True, "not with gradient checkpointing"),
+             (torch.device("cuda"), False, "replayed as CUDA graphs")]
+    for device, checkpointing, said in cases:
+        asked.clear()
+        line = apply(transformer, "blocks-cudagraphs", device, checkpointing=checkpointing)
+        assert said in line, line
+        graphs = said == "replayed as CUDA graphs"
+        assert len(asked) == blocks
+        assert all((o.get("mode") == "reduce-overhead") == graphs for o in asked), asked
+        assert transformer._lorabooth_cudagraphs == graphs
+        uncompile(transformer)
