@@ -27,6 +27,8 @@ import functools
 import os
 from typing import TYPE_CHECKING
 
+from .fp8 import uses_fp8_matmuls
+
 if TYPE_CHECKING:
     import torch
 
@@ -168,6 +170,7 @@ def compile_in_place(transformer: torch.nn.Module, mode: str) -> bool:
             _compile_static(block, seen.setdefault(type(block).__name__, set()), **options)
     transformer._lorabooth_compiled = True
     transformer._lorabooth_cudagraphs = mode == "blocks-cudagraphs"
+    transformer._lorabooth_compile_mode = "blocks-fp8" if uses_fp8_matmuls(transformer) else mode
     return True
 
 
@@ -234,7 +237,11 @@ def apply(transformer: torch.nn.Module, mode: str, device: torch.device,
             note = f"; {fp8.use_fp8_matmuls(transformer)} linear layers with fp8 weights"
     if chosen == "blocks-cudagraphs" and (why_not := without_cudagraphs(device, checkpointing)):
         chosen, note = "blocks", f"; {why_not}, so without CUDA graphs"
+    if checkpointing and getattr(transformer, "_lorabooth_cudagraphs", False):
+        uncompile(transformer)  # an earlier job's graphs: not replayed under checkpointing
     if compile_in_place(transformer, chosen):
         return (f"compile: {WHAT[chosen]}{note} (the first steps compile; cached in "
                 f"{os.environ['TORCHINDUCTOR_CACHE_DIR']})")
-    return f"compile: {WHAT[chosen]} (compiled already)"
+    # What an earlier job compiled, which may not be what this one asked for.
+    done = WHAT.get(getattr(transformer, "_lorabooth_compile_mode", chosen), WHAT[chosen])
+    return f"compile: {done} (compiled already)"

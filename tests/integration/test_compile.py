@@ -210,3 +210,22 @@ def test_cuda_graphs_are_asked_for_only_on_a_card_without_checkpointing(demo_mod
         assert all((o.get("mode") == "reduce-overhead") == graphs for o in asked), asked
         assert transformer._lorabooth_cudagraphs == graphs
         uncompile(transformer)
+
+
+def test_a_model_compiled_by_an_earlier_job_is_said_as_it_is(demo_model):
+    """The engine keeps a compiled model between jobs: a later job asking for another mode is
+    told what the model runs (not what it asked for), and CUDA graphs an earlier job compiled
+    are dropped when training recomputes the blocks (checkpointing)."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from lorabooth.core.models.compile import apply
+
+    transformer = FluxTransformer2DModel.from_pretrained(demo_model, subfolder="transformer")
+    cuda = torch.device("cuda")
+    assert "replayed as CUDA graphs" in apply(transformer, "blocks-cudagraphs", cuda)
+    line = apply(transformer, "blocks", cuda)
+    assert line == "compile: repeated blocks replayed as CUDA graphs (compiled already)", line
+    line = apply(transformer, "blocks-cudagraphs", cuda, checkpointing=True)
+    assert "not with gradient checkpointing" in line and "compiled already" not in line, line
+    assert not transformer._lorabooth_cudagraphs and transformer._lorabooth_compiled
