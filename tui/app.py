@@ -43,7 +43,6 @@ from .messages import (
     Remake,
     StoreDelta,
     StoreUpdated,
-    UsePrompt,
     Write,
 )
 from .panes.dataset import DatasetPane
@@ -213,7 +212,10 @@ class LoraboothApp(App):
     def catch_up(self, message: PaneReady) -> None:
         """Give a pane that mounted late what the store said before it was there."""
         message.pane.ready = True
-        if message.pane.id == f"{self.query_one('#panes', TabbedContent).active}-pane":
+        tabs = self.query("#panes")
+        if not tabs:  # the app is closing: a pane that mounted as it quit needs nothing
+            return
+        if message.pane.id == f"{tabs.first(TabbedContent).active}-pane":
             self.focus_pane_list(message.pane)  # it opened before it had mounted
         if self.last_delta is not None:
             message.pane.post_message(PaneUpdate(replace(
@@ -251,10 +253,17 @@ class LoraboothApp(App):
     def engine_wanted(self) -> None:
         self.ensure_engine()
 
-    @on(UsePrompt)
-    def use_prompt(self, message: UsePrompt) -> None:
+    def use_prompt(self, prompt: str, start: str = "", tries: int = 40) -> None:
+        """The Queue pane, with `prompt` in its box (and `start` as the start image) and the
+        focus there at once. Called directly by the keys that do it (`y`, `s`), not through a
+        message: keys typed right after them must not run the commands of the list or the
+        viewer left behind (`s` replaced the prompt, `m` and `v` queue jobs)."""
         self.action_show_pane("queue")
-        self.query_one(QueuePane).post_message(message)
+        panes = self.query(QueuePane)
+        if panes and getattr(panes.first(), "ready", False):
+            panes.first().use_prompt(prompt, start)
+        elif tries:  # not mounted yet (panes mount lazily): when it has
+            self.set_timer(0.05, lambda: self.use_prompt(prompt, start, tries - 1))
 
     @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
     def ensure_engine(self) -> None:
@@ -352,7 +361,7 @@ class LoraboothApp(App):
                            None)
 
     def start_prompt(self, text: str) -> None:
-        self.post_message(UsePrompt(text))
+        self.use_prompt(text)
 
     @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
     def restart_engine(self) -> None:

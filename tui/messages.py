@@ -82,16 +82,6 @@ class EngineWanted(Message):
     """Work was queued: start the engine if none runs."""
 
 
-class UsePrompt(Message):
-    """Put this prompt in the Queue pane's box and go there; with `start`, that image in the
-    start-image box (to make variations of it)."""
-
-    def __init__(self, prompt: str, start: str = ""):
-        super().__init__()
-        self.prompt = prompt
-        self.start = start
-
-
 class DatasetScanned(Message):
     def __init__(self, scan, report, problem: str = ""):
         super().__init__()

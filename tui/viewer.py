@@ -18,7 +18,7 @@ from textual.widgets import Static
 from lorabooth.core.safetext import plain
 from lorabooth.core.store import Output
 
-from .messages import Remake, UsePrompt
+from .messages import Remake
 from .widgets.footer import KeyFooter
 from .widgets.preview import Preview
 
@@ -117,16 +117,20 @@ class ViewerScreen(Screen):
     def action_use_prompt(self) -> None:
         prompt = self.item.prompt if self.item else ""
         if prompt:
-            self.dismiss()
-            self.app.post_message(UsePrompt(prompt))
+            self.leave_for_prompt(prompt)
         else:
             self.notify("this image recorded no prompt", markup=False)
 
     def action_start_from(self) -> None:
         """This image in the Queue's start-image box, its prompt in the prompt box."""
         if self.item is not None:
-            self.dismiss()
-            self.app.post_message(UsePrompt(self.item.prompt, start=str(self.item.path)))
+            self.leave_for_prompt(self.item.prompt, str(self.item.path))
+
+    def leave_for_prompt(self, prompt: str, start: str = "") -> None:
+        """Close, and the Queue's box takes the prompt, at once (see LoraboothApp.use_prompt):
+        keys typed right after must not run this screen's `m` and `v`."""
+        self.app.pop_screen()
+        self.app.use_prompt(prompt, start)
 
     def action_remake(self, variations: bool) -> None:
         if self.item is not None:

@@ -139,3 +139,44 @@ async def test_s_starts_the_next_images_from_the_one_shown(demo_workspace, engin
         await wait_for(pilot, lambda: store.jobs())
         recipe = store.jobs()[0].params["recipe"]
         assert (recipe["init_image"], recipe["prompt"]) == (str(image), "zorb number 1")
+
+
+async def test_keys_typed_right_after_y_never_run_commands_and_typing_extends_the_prompt(
+        demo_workspace):
+    """`y` then keys at once (a fast typist, a paste, a slow link delivering keys together):
+    the keys reached the Gallery's list, whose `s` replaced the prompt with the list's own
+    image, because the Queue's box took the focus only after a round of messages. Textual has
+    already routed keys typed ahead to the old focus, so they may be dropped, but they run
+    nothing. Then typing extends the prompt: the box no longer selects all of it on focus
+    (the first key replaced the whole prompt)."""
+    from textual import events
+
+    ws = demo_workspace()
+    recipes = seed_outputs(ws)
+    store = Store(ws.db_path)
+    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_viewer(pilot)
+        await pilot.press("n")  # image 1: "zorb number 1"
+        for key in ("y", "m", "v", "s"):
+            app.post_message(events.Key(key, key))
+        await wait_for(pilot, lambda: not isinstance(app.screen, ViewerScreen))
+        await pilot.pause(0.3)
+        box = app.query_one("#prompt", Input)
+        assert box.value.startswith(recipes[1]["prompt"]) and app.focused is box
+        assert not app.query_one("#start", Input).value and store.jobs() == []
+        box.value = recipes[1]["prompt"]
+        await pilot.press("space", "i", "n")
+        assert box.value == recipes[1]["prompt"] + " in"
+        # The same from the Gallery's list, whose first row (the sample) `s` would start from.
+        await pilot.press("escape")
+        await pilot.press("4")
+        await wait_for(pilot, lambda: isinstance(app.focused, DataTable)
+                       and app.query_one(GalleryPane) in app.focused.ancestors)
+        app.query_one(GalleryPane).query_one(DataTable).move_cursor(row=1)
+        await pilot.pause(0.1)
+        for key in ("y", "s", "x"):
+            app.post_message(events.Key(key, key))
+        await pilot.pause(0.3)
+        assert app.focused is box and box.value.startswith(recipes[1]["prompt"]), box.value
+        assert not app.query_one("#start", Input).value and store.jobs() == []

@@ -18,7 +18,7 @@ from lorabooth.core.dataset import OK, SKIPPED, WARN
 from lorabooth.core.safetext import plain, printable
 from lorabooth.core.workspace import Workspace
 
-from ..messages import DatasetScanned, Done, Notice, PaneReady, PaneUpdate, UsePrompt, Write
+from ..messages import DatasetScanned, Done, Notice, PaneReady, PaneUpdate, Write
 from ..store_io import SaveCaption
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
@@ -214,7 +214,7 @@ class DatasetPane(Vertical):
         if record.width is None:  # not a picture at all (a FIFO, a broken file)
             self.post_message(Notice(f"{printable(record.path)} is not a picture", "error"))
             return
-        self.post_message(UsePrompt(record.caption or "", start=str(self.folder / record.path)))
+        self.app.use_prompt(record.caption or "", start=str(self.folder / record.path))
 
     def action_cancel_edit(self) -> None:
         self.editing = None

@@ -15,7 +15,7 @@ from lorabooth.core.safetext import plain
 from lorabooth.core.store import Output
 from lorabooth.core.workspace import Workspace
 
-from ..messages import OpenViewer, PaneReady, PaneUpdate, UsePrompt
+from ..messages import OpenViewer, PaneReady, PaneUpdate
 from ..viewer import Shown, recipe_lines
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
@@ -105,11 +105,11 @@ class GalleryPane(Vertical):
             return
         prompt = Shown.of(item).prompt
         if prompt:
-            self.post_message(UsePrompt(prompt))
+            self.app.use_prompt(prompt)
 
     def action_start_from(self) -> None:
         """Its prompt, and the image itself as the start image of the next ones."""
         item = self.selected()
         if item is None:
             return
-        self.post_message(UsePrompt(Shown.of(item).prompt, start=item.path))
+        self.app.use_prompt(Shown.of(item).prompt, start=item.path)

@@ -32,7 +32,7 @@ from lorabooth.core.safetext import plain, printable
 from lorabooth.core.store import ACTIVE, CANCELLED, DONE, FAILED, PAUSED, QUEUED, RUNNING, Job
 from lorabooth.core.workspace import Workspace
 
-from ..messages import EngineWanted, Notice, OpenViewer, PaneReady, PaneUpdate, UsePrompt, Write
+from ..messages import EngineWanted, Notice, OpenViewer, PaneReady, PaneUpdate, Write
 from ..store_io import AddJob, Control, Move, SetSetting
 from ..widgets.inputs import PaneInput
 from ..widgets.lists import move_cursor
@@ -52,7 +52,9 @@ class PromptInput(PaneInput):
     ]
 
     def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+        # A prompt put here (`y`, history) is there to be edited: focus leaves the cursor at
+        # its end, where selecting it all made the first key typed replace it.
+        super().__init__(select_on_focus=False, **kwargs)
         self.history: list[str] = []
         self.position = 0
 
@@ -272,18 +274,18 @@ class QueuePane(Vertical):
     def training(self) -> bool:
         return training_underway(self.all_jobs)
 
-    @on(UsePrompt)
-    def use_prompt(self, message: UsePrompt) -> None:
-        message.stop()
-        if message.start:
-            self.query_one("#start", Input).value = message.start
-        self.set_prompt(message.prompt)
+    def use_prompt(self, prompt: str, start: str = "") -> None:
+        if start:
+            self.query_one("#start", Input).value = start
+        self.set_prompt(prompt)
 
     def set_prompt(self, text: str) -> None:
         box = self.query_one("#prompt", PromptInput)
         box.value = text
         box.cursor_position = len(text)
-        box.focus()
+        self.screen.set_focus(box)  # at once: the keys typed next are the prompt's
+        if self.app.focused is not box:
+            box.focus()  # not focusable until the pane switch has shown it
 
     # -- queue actions --------------------------------------------------------------------
 
