@@ -305,7 +305,7 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
         seconds.append(metrics.seconds)
         if metrics.step == 1:  # the training peak, not the encoders' or the first step's
             reset_peak(device)
-        if variant == "between" and metrics.step == warmup:
+        if "between" in words and metrics.step == warmup:
             extra.update(render_between_steps(trainer, resolution, device))
 
     trainer = Trainer(ws, source=source, device=device, on_step=on_step, log=logs.append,
@@ -674,9 +674,11 @@ def generate_phase(state: dict, resolution: int, steps: int, device: torch.devic
 
 def compile_phase(state: dict, resolution: int, steps: int, eager_step_s: float,
                   device: torch.device, mode: str = "blocks") -> dict:
-    """`mode`: generate.compile's "blocks" or "blocks-fp8", with the experiment "-cudnn"
-    (cuDNN's fused attention, forward only; lorabooth keeps it off: its backward faulted on an
-    H200); a transformer a training phase compiled already stays as it was (the row says so)."""
+    """`mode`: generate.compile's "blocks" or "blocks-fp8", with the experiments "-cudagraphs"
+    (the blocks replayed as CUDA graphs, as train.compile = "blocks-cudagraphs" does; flux-fast
+    gets part of its speed this way) and "-cudnn" (cuDNN's fused attention, forward only;
+    lorabooth keeps it off: its backward faulted on an H200), in that order; a transformer a
+    training phase compiled already stays as it was (the row says so)."""
     gen = state["owner"].generator(state["source"])
     transformer = gen.pipe.transformer
     from torch._dynamo.utils import counters
@@ -686,7 +688,14 @@ def compile_phase(state: dict, resolution: int, steps: int, eager_step_s: float,
     mode, cudnn, _ = mode.partition("-cudnn")
     if cudnn:
         transformer.set_attention_backend("_native_cudnn")
-    said = apply(transformer, mode, device)
+    mode, graphs_too, _ = mode.partition("-cudagraphs")
+    if graphs_too and mode == "blocks-fp8":  # fp8 weights, then the blocks as CUDA graphs
+        from lorabooth.core.models.fp8 import use_fp8_matmuls
+
+        said = f"{use_fp8_matmuls(transformer)} layers with fp8 weights; "
+        said += apply(transformer, "blocks-cudagraphs", device)
+    else:
+        said = apply(transformer, mode + graphs_too, device)
     resident = allocated(device)
     first = timed(device, lambda: gen.render(generator_recipe(state, resolution, 2)))
     graphs = dict(counters["stats"])
@@ -835,7 +844,7 @@ def run_phase(bench: Bench, name: str, state: dict, root: Path, resolutions: lis
         if eager is None:
             bench.record({"phase": name, "skipped": f"no eager generate-{r} to compare with"})
         elif device.type == "cuda":
-            # compile-1024 (blocks), compile-1024-fp8, compile-1024-fp8-cudnn
+            # compile-1024 (blocks), compile-1024-fp8, compile-1024-fp8-cudagraphs[-cudnn]
             mode = "blocks" + (rest.partition("-")[2] and "-" + rest.partition("-")[2])
             bench.phase(name, lambda: compile_phase(state, r, gen_steps, eager, device, mode),
                         150)
