@@ -113,8 +113,10 @@ class AutoCompile:
     each. `log` receives the one line that says what was chosen, and why."""
 
     def __init__(self, transformer, device, key: str, log: Callable[[str], None],
-                 shared: bool = False, record: Path | None = None) -> None:
+                 shared: bool = False, record: Path | None = None,
+                 checkpointing: bool = False) -> None:
         self.transformer, self.device, self.key = transformer, device, key
+        self.checkpointing = checkpointing  # CUDA graphs an earlier job compiled are dropped
         self.log, self.shared, self.path = log, shared, record
         self.prior_gain, self.prior_compile = PRIORS.get(device.type, PRIORS["cpu"])
         self.total = 0
@@ -122,6 +124,9 @@ class AutoCompile:
         self.compiled: list[float] = []
         self.compile_step: float | None = None
         self.state = "done"
+
+    def _apply(self, mode: str) -> str:
+        return apply(self.transformer, mode, self.device, checkpointing=self.checkpointing)
 
     def _prior_pays(self, steps_left: int, eager_s: float) -> bool:
         """Whether a compile would pay by the device's priors (it has not been measured)."""
@@ -132,20 +137,20 @@ class AutoCompile:
         self.total = total
         if getattr(self.transformer, "_lorabooth_compiled", False) or \
                 not_compilable(self.transformer):  # compiled by an earlier job, or fp8 / NF4
-            self.log(apply(self.transformer, "blocks", self.device))
+            self.log(self._apply("blocks"))
             return
         known = None if self.shared else read_records(self.path).get(self.key)
         steps_left = self.total - step
         if self.shared:
             mode = "blocks" if self.device.type == "cuda" else "off"
-            line = apply(self.transformer, mode, self.device)
+            line = self._apply(mode)
             self.log(f"{line} (auto, several processes: the {self.device.type} default)")
         elif known is not None and known.compiled_s is not None:
             compile_s = known.compile_s or self.prior_compile
             measured = (f"measured on this device: {known.compiled_s:.3g} s a step compiled, "
                         f"{known.eager_s:.3g} s eager, {compile_s:.0f} s to compile")
             if pays(steps_left, known.eager_s, known.gain_s(), compile_s):
-                self.log(f"{apply(self.transformer, 'blocks', self.device)} (auto, {measured})")
+                self.log(f"{self._apply('blocks')} (auto, {measured})")
                 self.state = "timing-compiled"  # the compile cost is re-measured (disk cache)
                 self.eager = [known.eager_s]
             else:
@@ -179,7 +184,7 @@ class AutoCompile:
                      "not pay for a compile)")
             self.state = "done"
             return
-        line = apply(self.transformer, "blocks", self.device)
+        line = self._apply("blocks")
         self.log(f"{line} (auto: trying it, {eager_s:.3g} s a step eager)")
         self.eager = [eager_s]
         self.state = "timing-compiled"

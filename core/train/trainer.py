@@ -188,7 +188,8 @@ class Trainer:
             key = record_key(self.device, self.source.spec, max(t.resolution), t.batch_size,
                              self.dtype)
             self.autocompile = AutoCompile(transformer, self.device, key, self.log,
-                                           shared=self.team.world > 1)
+                                           shared=self.team.world > 1,
+                                           checkpointing=plan.gradient_checkpointing)
         else:
             self.log(compile_transformer(transformer, t.compile, self.device,
                                          checkpointing=plan.gradient_checkpointing))

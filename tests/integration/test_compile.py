@@ -212,7 +212,7 @@ def test_cuda_graphs_are_asked_for_only_on_a_card_without_checkpointing(demo_mod
         uncompile(transformer)
 
 
-def test_a_model_compiled_by_an_earlier_job_is_said_as_it_is(demo_model):
+def test_a_model_compiled_by_an_earlier_job_is_said_as_it_is(demo_model, tmp_path):
     """The engine keeps a compiled model between jobs: a later job asking for another mode is
     told what the model runs (not what it asked for), and CUDA graphs an earlier job compiled
     are dropped when training recomputes the blocks (checkpointing)."""
@@ -228,4 +228,13 @@ def test_a_model_compiled_by_an_earlier_job_is_said_as_it_is(demo_model):
     assert line == "compile: repeated blocks replayed as CUDA graphs (compiled already)", line
     line = apply(transformer, "blocks-cudagraphs", cuda, checkpointing=True)
     assert "not with gradient checkpointing" in line and "compiled already" not in line, line
+    assert not transformer._lorabooth_cudagraphs and transformer._lorabooth_compiled
+    # train.compile = "auto" over graphs an earlier run compiled, this run checkpointing.
+    from lorabooth.core.models.autocompile import AutoCompile
+
+    apply(transformer, "blocks-cudagraphs", cuda)
+    said: list[str] = []
+    AutoCompile(transformer, cuda, "key", said.append, record=tmp_path / "compile.json",
+                checkpointing=True).start(0, 100)
+    assert said and "CUDA graphs" not in said[0], said
     assert not transformer._lorabooth_cudagraphs and transformer._lorabooth_compiled
