@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from textual.binding import Binding
 from textual.keys import format_key
 from textual.lazy import Lazy
 from textual.screen import ModalScreen
+from textual.widget import Widget
 from textual.widgets import Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
@@ -52,7 +54,7 @@ from .panes.train import TrainPane
 from .settings import UISettings
 from .store_io import ERRORS_SEEN, AddJob, SetSetting, StorePoller, StoreWorker, describe
 from .widgets.footer import KeyFooter
-from .widgets.inputs import PaneInput
+from .widgets.inputs import PaneInput, focus_at_once
 from .widgets.text import set_text
 
 POLL_SECONDS = 0.25  # 4 Hz: live enough for a loss curve, idle enough over SSH
@@ -253,17 +255,12 @@ class LoraboothApp(App):
     def engine_wanted(self) -> None:
         self.ensure_engine()
 
-    def use_prompt(self, prompt: str, start: str = "", tries: int = 40) -> None:
+    def use_prompt(self, prompt: str, start: str = "") -> None:
         """The Queue pane, with `prompt` in its box (and `start` as the start image) and the
         focus there at once. Called directly by the keys that do it (`y`, `s`), not through a
         message: keys typed right after them must not run the commands of the list or the
         viewer left behind (`s` replaced the prompt, `m` and `v` queue jobs)."""
-        self.action_show_pane("queue")
-        panes = self.query(QueuePane)
-        if panes and getattr(panes.first(), "ready", False):
-            panes.first().use_prompt(prompt, start)
-        elif tries:  # not mounted yet (panes mount lazily): when it has
-            self.set_timer(0.05, lambda: self.use_prompt(prompt, start, tries - 1))
+        self.when_ready("queue", lambda pane: pane.use_prompt(prompt, start))
 
     @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
     def ensure_engine(self) -> None:
@@ -324,22 +321,23 @@ class LoraboothApp(App):
         tables = pane.query("DataTable")
         if not tables:
             return False
-        table = tables.first()
-        self.screen.set_focus(table)  # at once (focus() waits a refresh): the next key is its
-        if self.focused is not table:
-            table.focus()  # not focusable until the switch has shown it
-        return self.focused is table
+        return focus_at_once(tables.first())
 
     # -- what the command palette runs ---------------------------------------------------
 
-    def run_in_pane(self, pane: str, action: str, tries: int = 40) -> None:
-        """Open `pane` and run one of its actions, once it has mounted (panes mount lazily)."""
+    def run_in_pane(self, pane: str, action: str) -> None:
+        """Open `pane` and run one of its actions."""
+        self.when_ready(pane, lambda found: getattr(found, f"action_{action}")())
+
+    def when_ready(self, pane: str, do: Callable[[Widget], object], tries: int = 40) -> None:
+        """Open `pane` and call `do` with it once it has mounted (panes mount lazily), at once
+        when it has."""
         self.action_show_pane(pane)
         found = self.query(f"#{pane}-pane")
         if found and getattr(found.first(), "ready", False):
-            getattr(found.first(), f"action_{action}")()
+            do(found.first())
         elif tries:
-            self.set_timer(0.05, lambda: self.run_in_pane(pane, action, tries - 1))
+            self.set_timer(0.05, lambda: self.when_ready(pane, do, tries - 1))
 
     def model_choices(self) -> list[str]:
         from lorabooth.core.models.registry import names
@@ -359,9 +357,6 @@ class LoraboothApp(App):
 
         self.writer.submit(SaveSettings({key: value}, f"{key} = {value} (lorabooth.toml)"),
                            None)
-
-    def start_prompt(self, text: str) -> None:
-        self.use_prompt(text)
 
     @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
     def restart_engine(self) -> None:

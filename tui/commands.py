@@ -43,7 +43,7 @@ class LoraboothCommands(Provider):
                       "checkpoint) and starts a fresh one"))
         for preset in app.preset_names():
             found.append((f"Queue: a prompt with the preset {preset}",
-                          partial(app.start_prompt, f"{preset}: "),
+                          partial(app.use_prompt, f"{preset}: "),
                           "puts the preset in the prompt box"))
         return found
 

@@ -34,7 +34,7 @@ from lorabooth.core.workspace import Workspace
 
 from ..messages import EngineWanted, Notice, OpenViewer, PaneReady, PaneUpdate, Write
 from ..store_io import AddJob, Control, Move, SetSetting
-from ..widgets.inputs import PaneInput
+from ..widgets.inputs import PaneInput, focus_at_once
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
 from ..widgets.text import set_text
@@ -283,9 +283,7 @@ class QueuePane(Vertical):
         box = self.query_one("#prompt", PromptInput)
         box.value = text
         box.cursor_position = len(text)
-        self.screen.set_focus(box)  # at once: the keys typed next are the prompt's
-        if self.app.focused is not box:
-            box.focus()  # not focusable until the pane switch has shown it
+        focus_at_once(box)
 
     # -- queue actions --------------------------------------------------------------------
 

@@ -5,7 +5,19 @@ a digit or a letter typed there is text, never a command."""
 from __future__ import annotations
 
 from textual.binding import Binding
+from textual.widget import Widget
 from textual.widgets import Input
+
+
+def focus_at_once(widget: Widget) -> bool:
+    """Focus `widget` now, so the very next key is its (`Widget.focus` waits for a refresh,
+    and a key already queued went to the widget left behind); whether it has the focus. A
+    widget in a pane the switch has not shown yet is not focusable: it gets the focus after
+    the refresh instead."""
+    widget.screen.set_focus(widget)
+    if widget.app.focused is not widget:
+        widget.focus()
+    return widget.app.focused is widget
 
 
 class PaneInput(Input):
