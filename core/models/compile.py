@@ -33,8 +33,6 @@ import functools
 import os
 from typing import TYPE_CHECKING
 
-from .fp8 import uses_fp8_matmuls
-
 if TYPE_CHECKING:
     import torch
 
@@ -175,15 +173,19 @@ def compile_in_place(transformer: torch.nn.Module, mode: str) -> bool:
         for block in compiled_regions(transformer):
             _compile_static(block, seen.setdefault(type(block).__name__, set()), **options)
     transformer._lorabooth_compiled = True
-    transformer._lorabooth_cudagraphs = mode == "blocks-cudagraphs"
-    transformer._lorabooth_compile_mode = "blocks-fp8" if uses_fp8_matmuls(transformer) else mode
+    transformer._lorabooth_compile_mode = mode
     return True
+
+
+def with_cudagraphs(transformer: torch.nn.Module) -> bool:
+    """Whether the transformer's blocks were compiled to replay as CUDA graphs."""
+    return getattr(transformer, "_lorabooth_compile_mode", None) == "blocks-cudagraphs"
 
 
 def begin_step(transformer: torch.nn.Module) -> None:
     """Tell CUDA graph trees a new training step begins, so the graphs replay on their fast
     path rather than checking for the last step's outputs still in use."""
-    if getattr(transformer, "_lorabooth_cudagraphs", False):
+    if with_cudagraphs(transformer):
         import torch
 
         torch.compiler.cudagraph_mark_step_begin()
@@ -205,7 +207,8 @@ def uncompile(transformer: torch.nn.Module) -> None:
     for module in transformer.modules():
         if getattr(module, "_compiled_call_impl", None) is not None:
             module._compiled_call_impl = None
-    transformer._lorabooth_compiled = transformer._lorabooth_cudagraphs = False
+    transformer._lorabooth_compiled = False
+    transformer._lorabooth_compile_mode = None
 
 
 def not_compilable(transformer: torch.nn.Module) -> str | None:
@@ -243,11 +246,11 @@ def apply(transformer: torch.nn.Module, mode: str, device: torch.device,
             note = f"; {fp8.use_fp8_matmuls(transformer)} linear layers with fp8 weights"
     if chosen == "blocks-cudagraphs" and (why_not := without_cudagraphs(device, checkpointing)):
         chosen, note = "blocks", f"; {why_not}, so without CUDA graphs"
-    if checkpointing and getattr(transformer, "_lorabooth_cudagraphs", False):
+    if checkpointing and with_cudagraphs(transformer):
         uncompile(transformer)  # an earlier job's graphs: not replayed under checkpointing
     if compile_in_place(transformer, chosen):
         return (f"compile: {WHAT[chosen]}{note} (the first steps compile; cached in "
                 f"{os.environ['TORCHINDUCTOR_CACHE_DIR']})")
     # What an earlier job compiled, which may not be what this one asked for.
-    done = WHAT.get(getattr(transformer, "_lorabooth_compile_mode", chosen), WHAT[chosen])
+    done = WHAT[getattr(transformer, "_lorabooth_compile_mode", None) or chosen]
     return f"compile: {done} (compiled already)"

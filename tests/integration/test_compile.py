@@ -186,7 +186,7 @@ def test_cuda_graphs_are_asked_for_only_on_a_card_without_checkpointing(demo_mod
     import torch
     from diffusers import FluxTransformer2DModel
 
-    from lorabooth.core.models.compile import apply, compiled_regions, uncompile
+    from lorabooth.core.models.compile import apply, compiled_regions, uncompile, with_cudagraphs
 
     transformer = FluxTransformer2DModel.from_pretrained(demo_model, subfolder="transformer")
     asked: list[dict] = []
@@ -208,7 +208,7 @@ def test_cuda_graphs_are_asked_for_only_on_a_card_without_checkpointing(demo_mod
         graphs = said == "replayed as CUDA graphs"
         assert len(asked) == blocks
         assert all((o.get("mode") == "reduce-overhead") == graphs for o in asked), asked
-        assert transformer._lorabooth_cudagraphs == graphs
+        assert with_cudagraphs(transformer) == graphs
         uncompile(transformer)
 
 
@@ -219,7 +219,7 @@ def test_a_model_compiled_by_an_earlier_job_is_said_as_it_is(demo_model, tmp_pat
     import torch
     from diffusers import FluxTransformer2DModel
 
-    from lorabooth.core.models.compile import apply
+    from lorabooth.core.models.compile import apply, with_cudagraphs
 
     transformer = FluxTransformer2DModel.from_pretrained(demo_model, subfolder="transformer")
     cuda = torch.device("cuda")
@@ -228,7 +228,7 @@ def test_a_model_compiled_by_an_earlier_job_is_said_as_it_is(demo_model, tmp_pat
     assert line == "compile: repeated blocks replayed as CUDA graphs (compiled already)", line
     line = apply(transformer, "blocks-cudagraphs", cuda, checkpointing=True)
     assert "not with gradient checkpointing" in line and "compiled already" not in line, line
-    assert not transformer._lorabooth_cudagraphs and transformer._lorabooth_compiled
+    assert not with_cudagraphs(transformer) and transformer._lorabooth_compiled
     # train.compile = "auto" over graphs an earlier run compiled, this run checkpointing.
     from lorabooth.core.models.autocompile import AutoCompile
 
@@ -237,4 +237,4 @@ def test_a_model_compiled_by_an_earlier_job_is_said_as_it_is(demo_model, tmp_pat
     AutoCompile(transformer, cuda, "key", said.append, record=tmp_path / "compile.json",
                 checkpointing=True).start(0, 100)
     assert said and "CUDA graphs" not in said[0], said
-    assert not transformer._lorabooth_cudagraphs and transformer._lorabooth_compiled
+    assert not with_cudagraphs(transformer) and transformer._lorabooth_compiled
