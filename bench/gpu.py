@@ -845,7 +845,8 @@ def run_phase(bench: Bench, name: str, state: dict, root: Path, resolutions: lis
             bench.record({"phase": name, "skipped": f"no eager generate-{r} to compare with"})
         elif device.type == "cuda":
             # compile-1024 (blocks), compile-1024-fp8, compile-1024-fp8-cudagraphs[-cudnn]
-            mode = "blocks" + (rest.partition("-")[2] and "-" + rest.partition("-")[2])
+            options = rest.partition("-")[2]
+            mode = f"blocks-{options}" if options else "blocks"
             bench.phase(name, lambda: compile_phase(state, r, gen_steps, eager, device, mode),
                         150)
     else:
