@@ -350,7 +350,31 @@ def gpu_busy(trainer, device: torch.device, step_s: float, steps: int = 3) -> di
             trainer.train_step()
         torch.cuda.synchronize(device)
     kernel_s = sum(event.self_device_time_total for event in prof.key_averages()) / 1e6 / steps
-    return {"gpu_kernel_s": round(kernel_s, 4), "gpu_busy_share": round(kernel_s / step_s, 3)}
+    return {"gpu_kernel_s": round(kernel_s, 4), "gpu_busy_share": round(kernel_s / step_s, 3),
+            **host_syncs(trainer, steps)}
+
+
+def host_syncs(trainer, steps: int) -> dict:
+    """The operations that made the host wait for the card inside a step (torch's sync debug
+    mode warns at each), per step, and where they were called: a step queued ahead of the
+    one being read (core/train/pending.py) should have none."""
+    import warnings
+
+    sites: dict[str, int] = {}
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(steps):
+                trainer.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    for warning in caught:
+        if "synchroniz" in str(warning.message):
+            site = f"{Path(warning.filename).name}:{warning.lineno}"
+            sites[site] = sites.get(site, 0) + 1
+    return {"host_syncs_per_step": round(sum(sites.values()) / steps, 2),
+            "host_sync_sites": dict(sorted(sites.items(), key=lambda kv: -kv[1])[:8])}
 
 
 # The FLOP model (ANCHORS.md's): a token passes only the weights of its own stream, not all of

@@ -164,6 +164,11 @@ class AutoCompile:
                      f"blocks compiled if the run is long enough to pay ({self.device.type} "
                      "not measured yet)")
 
+    @property
+    def measuring(self) -> bool:
+        """Whether steps are being timed (each must be read as it ends, not a step late)."""
+        return self.state in ("timing-eager", "timing-compiled")
+
     def after_step(self, step: int, seconds: float) -> None:
         if self.state == "timing-eager":
             self._eager_step(step, seconds)

@@ -57,6 +57,7 @@ from .lora import (
     target_modules,
 )
 from .optim import lr_lambda, make_optimizer
+from .pending import PendingStep, guards_on_device, step_guarded, upload
 from .samples import render_samples, sample_prompts
 from .state import choose_run, restore, state_of
 
@@ -199,7 +200,8 @@ class Trainer:
         self.clip = self.team.wrap(self.pipe.text_encoder) if t.text_encoder_lora else None
         self.params = [p for module in self.components.values()
                        for p in module.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(t.optimizer, self.params, t.learning_rate, self.log)
+        self.optimizer = make_optimizer(t.optimizer, self.params, t.learning_rate, self.log,
+                                        fused=self.device.type == "cuda")
         self.ema = Ema(self.params, t.ema_decay) if t.ema_decay else None
         # float16 (GPUs without native bf16) needs loss scaling; elsewhere this is a no-op.
         self.scaler = torch.amp.GradScaler(self.device.type,
@@ -209,6 +211,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(t.seed + self.team.rank)
         self.step = 0
         self.total = t.steps
+        self._settled_at = 0.0  # when the last step's numbers were read
 
     def _encode_all(self) -> None:
         self.latents = [self.encoder.latent(e.photo, e.sha256, e.bucket) for e in self.examples]
@@ -280,7 +283,7 @@ class Trainer:
         embeds = torch.stack([self.texts[c][0] for c in captions])
         if self.config.train.text_encoder_lora:
             # The CLIP LoRA changes the pooled embedding: computed live, with gradients.
-            ids = torch.stack([self.clip_ids[c] for c in captions]).to(self.device)
+            ids = upload(torch.stack([self.clip_ids[c] for c in captions]), self.device)
             pooled = self.clip(ids, output_hidden_states=False).pooler_output
         else:
             pooled = torch.stack([self.texts[c][1] for c in captions])
@@ -294,8 +297,9 @@ class Trainer:
                                     self.family.tokens(h, w), t.logit_mean, t.logit_std)
         noise = torch.randn(x0.shape, generator=self.generator)
         dev, dt = self.device, self.dtype
-        x0, noise = x0.to(dev), noise.to(dev)
-        noisy = flow.noisy_latents(x0, noise, sigmas.to(dev))
+        x0, noise, sigmas, embeds, pooled = (upload(v, dev)
+                                             for v in (x0, noise, sigmas, embeds, pooled))
+        noisy = flow.noisy_latents(x0, noise, sigmas)
         transformer = self.pipe.transformer
         guidance = (torch.full((b,), t.guidance, device=dev, dtype=torch.float32)
                     if transformer.config.guidance_embeds else None)
@@ -313,47 +317,90 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dt, enabled=dt != torch.float32)
 
     def train_step(self) -> StepMetrics:
+        """One step, its numbers read at once."""
+        return self.settle(self.launch_step())
+
+    def launch_step(self) -> PendingStep:
+        """Queue one step: forward, backward, clipping and the optimizer's update. With an
+        optimizer that guards itself on the card (`self.guarded`), a non-finite loss or
+        gradient skips the update there and is raised when the step settles; otherwise it is
+        read here and raised before the update."""
         t = self.config.train
-        start = time.perf_counter()
+        started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         begin_step(self.pipe.transformer)
-        total_loss, images = 0.0, 0
+        losses, images = [], 0
         for micro in range(t.grad_accum):
             # Several processes take interleaved batches; one takes them all, in order.
             number = (self.step * t.grad_accum + micro) * self.team.world + self.team.rank
             indices = self.order[number]
             loss = self.loss_on(indices) / t.grad_accum
             self.scaler.scale(loss).backward()
-            total_loss += float(loss.detach())
+            losses.append(loss.detach().float())
             images += len(indices)
         self.scaler.unscale_(self.optimizer)
         limit = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, limit))
-        # With loss scaling an inf gradient is routine: the scaler skips that step.
-        grads_bad = not math.isfinite(grad_norm) and not self.scaler.is_enabled()
-        if not math.isfinite(total_loss) or grads_bad:
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, limit)
+        numbers = torch.stack([sum(losses), grad_norm.float().to(losses[0].device)])
+        pending = PendingStep.of(self.step + 1, self.scheduler.get_last_lr()[0],
+                                 images * self.team.world, numbers, started)
+        if self.guarded:
+            step_guarded(self.optimizer, numbers)
+        else:
             # Stop before the optimizer step writes NaN into the LoRA: the checkpoints on
             # disk stay good.
-            raise TrainingError(
-                f"the loss became {total_loss} (gradient norm {grad_norm}) at step "
-                f"{self.step + 1}: training stopped and the last good checkpoint is kept; "
-                "lower train.learning_rate, then resume")
-        lr = self.scheduler.get_last_lr()[0]
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            self._refuse_non_finite(pending)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.params, self.step)
         self.step += 1
-        total_loss = self.team.mean(total_loss)
-        images *= self.team.world
-        seconds = time.perf_counter() - start
+        return pending
+
+    def _refuse_non_finite(self, pending: PendingStep) -> None:
+        loss, grad_norm = pending.read()
+        # With loss scaling an inf gradient is routine: the scaler skips that step.
+        grads_bad = not math.isfinite(grad_norm) and not self.scaler.is_enabled()
+        if not math.isfinite(loss) or grads_bad:
+            raise TrainingError(
+                f"the loss became {loss} (gradient norm {grad_norm}) at step "
+                f"{pending.step}: training stopped and the last good checkpoint is kept; "
+                "lower train.learning_rate, then resume")
+
+    def settle(self, pending: PendingStep) -> StepMetrics:
+        """A queued step's numbers, once its kernels are done (a non-finite one raises)."""
+        self._refuse_non_finite(pending)
+        loss, grad_norm = pending.read()
+        loss = self.team.mean(loss)
+        now = time.perf_counter()
+        # A step queued while the one before ran took the time between their ends.
+        seconds = now - max(pending.started, self._settled_at)
+        self._settled_at = now
         memory = (torch.cuda.max_memory_allocated(self.device) / 2**30
                   if self.device.type == "cuda" else None)
-        return StepMetrics(self.step, self.total, total_loss, lr, grad_norm, seconds,
-                           images / seconds, memory)
+        return StepMetrics(pending.step, self.total, loss, pending.lr, grad_norm, seconds,
+                           pending.images / seconds, memory)
+
+    @property
+    def guarded(self) -> bool:
+        """Whether steps are checked for NaN on the card (the optimizer skips a bad update
+        there), so a step's numbers can be read after the next step is queued. Not with loss
+        scaling (its scaler reads them), nor across processes (their mean is a collective)."""
+        return (guards_on_device(self.optimizer) and not self.scaler.is_enabled()
+                and self.team.world == 1)
 
     # -- checkpoints --------------------------------------------------------------------
+
+    def _settled(self, pending: PendingStep, result: TrainResult) -> float:
+        """Read a queued step's numbers and pass them on; its loss."""
+        metrics = self.settle(pending)
+        if self.autocompile is not None:
+            self.autocompile.after_step(metrics.step, metrics.seconds)
+        result.losses.append(metrics.loss)
+        if self.team.main:
+            self.on_step(metrics)
+        return metrics.loss
 
     def _info(self) -> dict[str, object]:
         t = self.config.train
@@ -461,21 +508,33 @@ class Trainer:
         if s.every and s.before_training and self.step == 0 and self.team.main:
             # As ai-toolkit does: the sheet's first row is the base, before any learning.
             self.on_sample(0, render_samples(self))
+        pending: PendingStep | None = None
         while self.step < total:
-            metrics = self.train_step()
-            if self.autocompile is not None:
-                self.autocompile.after_step(self.step, metrics.seconds)
-            loss = metrics.loss
-            result.losses.append(metrics.loss)
-            if self.team.main:
-                self.on_step(metrics)
-            if self.step % every == 0 or self.step == total:
-                self.save_checkpoint(loss)
+            launched = self.launch_step()
+            if pending is not None:
+                loss = self._settled(pending, result)
+            pending = launched
+            checkpoint_due = self.step % every == 0 or self.step == total
             sample_every = self.config.sample.every
-            if sample_every and self.team.main and (self.step % sample_every == 0
-                                                    or self.step == total):
+            sample_due = bool(sample_every) and self.team.main and (
+                self.step % sample_every == 0 or self.step == total)
+            # The next step is queued before this one's numbers are read, unless something
+            # needs this step's weights or numbers now (auto-compile times each step).
+            if (checkpoint_due or sample_due or not self.guarded
+                    or (self.autocompile is not None and self.autocompile.measuring)):
+                loss = self._settled(pending, result)
+                pending = None
+            # Asked after the step is reported, where it is not queued ahead (the engine
+            # renders a queued prompt here: after a lagged step, the card runs it after it).
+            stop = self.team.any(self.should_stop()) and self.step < total
+            if stop and pending is not None:
+                loss = self._settled(pending, result)
+                pending = None
+            if checkpoint_due:
+                self.save_checkpoint(loss)
+            if sample_due:
                 self.on_sample(self.step, render_samples(self))
-            if self.team.any(self.should_stop()) and self.step < total:
+            if stop:
                 if self.step % every:
                     self.save_checkpoint(loss)
                 result.stopped = True
