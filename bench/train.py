@@ -13,7 +13,9 @@ For each model (the demo, and a mid-size Flux config with hidden size 256):
   `lorabooth train` eager and compiled against that script run unchanged on the same mid-size
   model and photos (same LoRA targets and rank, cached latents, the photos cropped square for
   both as the script's --center_crop does, so both train the same shapes), each s/step taken as
-  (T(60 steps) - T(10 steps)) / 50 of whole processes; the script runs in fp32 and in its bf16
+  (T(110 steps) - T(10 steps)) / 100 of whole processes, the median of REPEATS rounds that take
+  every case in turn (one round's figures moved by up to 10% on this shared 2-core machine,
+  where a process's start-up jitter divided by 50 steps); the script runs in fp32 and in its bf16
   mixed precision, lorabooth with `train.memory` auto (fp32 on a CPU) and, on a CPU that
   multiplies bf16 natively, "bf16", and every lorabooth row is set against both.
 
@@ -23,6 +25,7 @@ For each model (the demo, and a mid-size Flux config with hidden size 256):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -252,10 +255,10 @@ def square_photos(root: Path, captions: bool) -> Path:
 
 
 def lorabooth_run(root: Path, model: Path, resolution: int, steps: int, compile_mode: str,
-                  device: str, memory: str = "auto") -> float:
+                  device: str, memory: str = "auto", tag: str = "") -> float:
     """Seconds for `lorabooth train` of `steps` in a fresh workspace on the model's folder,
     on the same square photos as the reference script."""
-    ws_root = workspace(root / f"ours-{compile_mode}-{memory}-{steps}", resolution,
+    ws_root = workspace(root / f"ours-{compile_mode}-{memory}-{steps}{tag}", resolution,
                         square_photos(root, captions=True))
     for key, value in {"model": str(model), "train.compile": compile_mode,
                        "train.memory": memory, "train.lr_schedule": "constant"}.items():
@@ -267,12 +270,12 @@ def lorabooth_run(root: Path, model: Path, resolution: int, steps: int, compile_
 
 
 def reference_run(root: Path, model: Path, script: Path, resolution: int, steps: int,
-                  precision: str = "no") -> float:
+                  precision: str = "no", tag: str = "") -> float:
     """Seconds for diffusers' script, unchanged, on the same model and photos: the same LoRA
     targets and rank, latents cached, text encoded once, constant learning rate; fp32, or
     with `precision` "bf16" its mixed precision (frozen weights cast to bf16, LoRA fp32)."""
     photos = square_photos(root, captions=False)
-    out = root / f"reference-{precision}-{steps}"
+    out = root / f"reference-{precision}-{steps}{tag}"
     return timed_cli([
         sys.executable, "-m", "bench.reference", str(script),
         "--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(photos),
@@ -286,34 +289,54 @@ def reference_run(root: Path, model: Path, script: Path, resolution: int, steps:
         "to_k,to_q,to_v,to_out.0,add_k_proj,add_q_proj,add_v_proj,to_add_out"])
 
 
+SHORT, LONG = 10, 110  # steps of the two runs whose difference is timed
+REPEATS = 2
+
+
 def reference_rows(root: Path, model: Path, script: Path, resolution: int,
                    device: str) -> list[dict]:
-    """s/step as (T(60 steps) - T(10 steps)) / 50, each a whole process, so loading, caching
-    and compiling cancel out: lorabooth eager and compiled against the reference script."""
-    def per_step(run) -> float:
-        return (run(60) - run(10)) / 50
-
-    reference = {precision: per_step(
-        lambda n, p=precision: reference_run(root, model, script, resolution, n, p))
+    """s/step as (T(LONG steps) - T(SHORT steps)) / (LONG - SHORT), each a whole process, so
+    loading, caching and compiling cancel out: lorabooth eager and compiled against the
+    reference script, every case in turn in each of REPEATS rounds, the median kept."""
+    runs = {("reference", precision): functools.partial(
+        reference_run, root, model, script, resolution, precision=precision)
         for precision in ("no", "bf16")}
-    rows = []
     # memory = "bf16" on a CPU only where it multiplies bf16 natively (else it is emulated);
     # on a GPU auto is bf16 already, and a second set of rows would time the same runs.
     memories = ("auto", "bf16") if device == "cpu" and cpu_has_bf16() else ("auto",)
+    firsts = {}
     for memory in memories:
         for mode in ("off", "blocks", "full"):
-            # A first run fills the compile cache, so that both measured runs read it alike
+            runs[(mode, memory)] = functools.partial(lorabooth_run, root, model, resolution,
+                                                     compile_mode=mode, device=device,
+                                                     memory=memory)
+            # A first run fills the compile cache, so that every measured run reads it alike
             # (else the cold compile lands in whichever runs first); its time is reported.
-            first = lorabooth_run(root / "warm", model, resolution, 10, mode, device, memory)
-            ours = per_step(lambda n, m=mode, mem=memory: lorabooth_run(
-                root, model, resolution, n, m, device, mem))
-            case = f"step, compile {mode}" + (", memory bf16" if memory == "bf16" else "")
-            for precision, name in (("no", "fp32"), ("bf16", "bf16 mixed precision")):
-                rows.append({"model": "mid-256", "case": case, "lorabooth_s": ours,
-                             "baseline": f"diffusers train_dreambooth_lora_flux.py, {name}",
-                             "baseline_s": reference[precision],
-                             "ratio": ours / reference[precision],
-                             "first_10_step_run_s": first})
+            firsts[(mode, memory)] = lorabooth_run(root / "warm", model, resolution, SHORT,
+                                                   mode, device, memory)
+    per_step: dict[tuple, list[float]] = {key: [] for key in runs}
+    for repeat in range(REPEATS):
+        for key, run in runs.items():
+            tag = f"-{repeat}"
+            per_step[key].append((run(steps=LONG, tag=tag) - run(steps=SHORT, tag=tag))
+                                 / (LONG - SHORT))
+    reference = {precision: statistics.median(per_step[("reference", precision)])
+                 for precision in ("no", "bf16")}
+    rows = []
+    for (mode, memory), rounds in per_step.items():
+        if mode == "reference":
+            continue
+        ours = statistics.median(rounds)
+        case = f"step, compile {mode}" + (", memory bf16" if memory == "bf16" else "")
+        for precision, name in (("no", "fp32"), ("bf16", "bf16 mixed precision")):
+            rows.append({"model": "mid-256", "case": case, "lorabooth_s": ours,
+                         "baseline": f"diffusers train_dreambooth_lora_flux.py, {name}",
+                         "baseline_s": reference[precision],
+                         "ratio": ours / reference[precision],
+                         "first_10_step_run_s": firsts[(mode, memory)],
+                         "rounds_s": [round(r, 4) for r in rounds],
+                         "baseline_rounds_s": [round(r, 4) for r in
+                                               per_step[("reference", precision)]]})
     return rows
 
 
