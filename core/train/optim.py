@@ -19,8 +19,8 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,
     (on a card: it skips a non-finite step there, see pending.py; on the 2-core CPU whole runs
     were slower with it, 0.195 s a step against 0.180)."""
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8,
-                                 fused=fused or None)
+        return _keeping_its_kernel(torch.optim.AdamW(
+            params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8, fused=fused or None))
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
@@ -43,6 +43,28 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,
             "for the other optimizers)")
         return Prodigy(params, lr=PRODIGY_LR, weight_decay=1e-4, safeguard_warmup=True)
     raise TrainingError(f"unknown optimizer {name!r}")
+
+
+def _keeping_its_kernel(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """`optimizer`, made to keep its own kernel when a checkpoint's state is loaded: torch
+    restores the saved groups' `fused` and `foreach` too, so a run resumed on a card from a
+    CPU run's checkpoint (or from one written before AdamW ran fused there) would lose the
+    fused kernel, and with it the on-card NaN guard its steps rely on (the other kernels
+    refuse `found_inf`). The step counts move to where this kernel keeps them."""
+    flags = [{key: group.get(key) for key in ("fused", "foreach")}
+             for group in optimizer.param_groups]
+
+    def restore(loaded: torch.optim.Optimizer) -> None:
+        for group, mine in zip(loaded.param_groups, flags, strict=True):
+            group.update(mine)
+            for param in group["params"]:
+                step = loaded.state.get(param, {}).get("step")
+                if isinstance(step, torch.Tensor):
+                    device = param.device if mine["fused"] else torch.device("cpu")
+                    loaded.state[param]["step"] = step.to(device, torch.float32)
+
+    optimizer.register_load_state_dict_post_hook(restore)
+    return optimizer
 
 
 def lr_lambda(warmup: int, total: int, schedule: str) -> Callable[[int], float]:

@@ -29,9 +29,10 @@ def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def guards_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Whether `optimizer` can skip an update on the card when told a step is not finite:
-    torch's fused Adam and AdamW take a `found_inf` tensor."""
+    torch's fused Adam and AdamW take a `found_inf` tensor (each group runs the kernel its
+    own flags name, which a loaded state sets: see optim.py)."""
     return (isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
-            and bool(optimizer.defaults.get("fused")))
+            and all(group.get("fused") for group in optimizer.param_groups))
 
 
 def step_guarded(optimizer: torch.optim.Optimizer, numbers: torch.Tensor) -> None:

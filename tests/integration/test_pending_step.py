@@ -61,3 +61,19 @@ def test_a_non_finite_step_read_late_is_skipped_on_the_device_and_stops_the_run(
     assert all(float(s["step"]) == 5 for s in trainer.optimizer.state.values())
     assert (ws.checkpoints / "run-001" / "step-000005" / "state.pt").read_bytes() == good
     assert not (ws.checkpoints / "run-001" / "step-000010").exists()
+
+
+def test_a_checkpoint_from_an_unfused_run_resumes_with_the_fused_guard(demo_workspace):
+    """A checkpoint's optimizer state carries the kernel of the machine that wrote it (a CPU
+    run, or a card before AdamW ran fused): resumed where AdamW is fused, the on-device NaN
+    guard must still have its fused kernel (torch's other AdamW refuses `found_inf`)."""
+    ws = demo_workspace(train_checkpoint_every=4, sample_every=0, train_compile="off")
+    prepared(Trainer(ws, device="cpu"), fused=False).run(steps=4)
+    seen: list[tuple[int, int]] = []
+    resumed = prepared(Trainer(ws, device="cpu",
+                               on_step=lambda m: seen.append((m.step, resumed.step))),
+                       fused=True)
+    result = resumed.run(steps=8, resume=True)
+    assert result.step == 8 and resumed.guarded
+    assert all(group["fused"] for group in resumed.optimizer.param_groups)
+    assert [queued - step for step, queued in seen] == [1, 1, 1, 0]
