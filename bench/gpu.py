@@ -284,7 +284,9 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
     between two steps, as the engine does with a queued prompt), or words joined by "-":
     "compile" (regional compilation of the blocks, as train.compile = "blocks"), "cudagraphs"
     (the blocks replayed as CUDA graphs, train.compile = "blocks-cudagraphs"), "nockpt" (no
-    gradient checkpointing), "auto" (lorabooth's defaults: what a user gets)."""
+    gradient checkpointing), "auto" (lorabooth's defaults: what a user gets), "sync" (each
+    step's numbers read as it ends, with the unfused AdamW, as before core/train/pending.py:
+    the baseline for the step queued ahead)."""
     from lorabooth.core.train.trainer import Trainer
 
     source, owner = state["source"], state["owner"]
@@ -312,6 +314,12 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
                       owner=owner)
     prepare_s = timed(device, trainer.prepare)
     prepared_gib = allocated(device)
+    if "sync" in words:
+        from lorabooth.core.train.optim import make_optimizer
+
+        trainer.optimizer = make_optimizer("adamw", trainer.params,
+                                           trainer.config.train.learning_rate)
+    extra["queued_ahead"] = trainer.guarded
     try:
         result = trainer.run(steps=steps)
         train_peak = peak(device)

@@ -12,8 +12,8 @@ from tests.support import REPO
 
 def test_gpu_bench_dry_run_trains_generates_and_renders_between_steps(tmp_path):
     out = tmp_path / "out"
-    phases = ("encode,train-64,train-64-nockpt,train-64-between,generate-64,cache-64,bare-64,"
-              "bare-64-nockpt")
+    phases = ("encode,train-64,train-64-nockpt,train-64-between,train-64-sync,generate-64,"
+              "cache-64,bare-64,bare-64-nockpt")
     done = subprocess.run([sys.executable, "-m", "bench.gpu", "--dry-run", "--out", str(out),
                            "--phases", phases], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
@@ -24,6 +24,9 @@ def test_gpu_bench_dry_run_trains_generates_and_renders_between_steps(tmp_path):
     assert rows["train-64-nockpt"]["loss_last"] == rows["train-64"]["loss_last"]
     # A prompt rendered between two steps leaves the loss curve as it was.
     assert rows["train-64-between"]["loss_last"] == rows["train-64"]["loss_last"]
+    # The baseline for a step queued ahead (a card's fused AdamW) reads each step at once.
+    assert rows["train-64-sync"]["queued_ahead"] is False
+    assert rows["train-64-sync"]["loss_last"] == rows["train-64"]["loss_last"]
     assert rows["generate-64"]["lora"] is True
     assert rows["generate-64"]["image_size"] == [64, 64]
     assert rows["cache-64"]["threshold_1_computed"] >= 1  # the first step is always computed
