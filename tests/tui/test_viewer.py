@@ -180,3 +180,37 @@ async def test_keys_typed_right_after_y_never_run_commands_and_typing_extends_th
         await pilot.pause(0.3)
         assert app.focused is box and box.value.startswith(recipes[1]["prompt"]), box.value
         assert not app.query_one("#start", Input).value and store.jobs() == []
+
+
+async def test_images_of_one_long_prompt_are_told_apart_in_a_narrow_gallery(demo_workspace):
+    """At 80 columns the list's file column has ~20 cells: names cut at their end read the
+    same for every image of one long prompt. Their middle gives way, so the seed, job and
+    number stay; a wider window shows them whole, with no sideways scrolling."""
+    ws = demo_workspace()
+    store, config = Store(ws.db_path), ws.config()
+    folder = ws.outputs / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    prompt = "zorb riding a bicycle along the beach at sunset"
+    stems = []
+    for seed in (1, 2):
+        recipe = build_request(ws, config, Asked(prompt, seed=seed), training=False).recipe
+        stems.append(f"zorb-riding-a-bicycle-along-the-beach-at-sunset-s{seed}-j7-00")
+        path = folder / f"{stems[-1]}.png"
+        Image.new("RGB", (64, 64)).save(path)
+        store.add_output(None, path, "image", json.loads(recipe.to_json()))
+    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        await wait_for(pilot, lambda: app.query(GalleryPane)
+                       and len(app.query_one(GalleryPane).items) == 2)
+        table = app.query_one(GalleryPane).query_one(DataTable)
+
+        def shown() -> list[str]:
+            return [str(table.get_row_at(row)[1]) for row in range(table.row_count)]
+
+        await wait_for(pilot, lambda: "…" in shown()[0])
+        assert [name[-8:] for name in shown()] == ["s2-j7-00", "s1-j7-00"]  # newest first
+        assert table.virtual_size.width <= table.size.width  # nothing off to the side
+        await pilot.resize_terminal(200, 30)
+        await wait_for(pilot, lambda: shown() == stems[::-1])
+        assert table.virtual_size.width <= table.size.width

@@ -19,6 +19,7 @@ from ..messages import OpenViewer, PaneReady, PaneUpdate
 from ..viewer import Shown, recipe_lines
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
+from ..widgets.text import fit_middle
 
 
 class GalleryPane(Vertical):
@@ -37,6 +38,7 @@ class GalleryPane(Vertical):
         self.ws = ws
         self.protocol = protocol
         self.items: list[Output] = []  # newest first
+        self.name_room = 0  # cells the file column had at the last redraw
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -46,8 +48,7 @@ class GalleryPane(Vertical):
                 yield Static(id="recipe")
 
     def on_mount(self) -> None:
-        self.query_one("#outputs", DataTable).add_columns("kind", "file")
-        self.show_selected()  # the empty state says what will appear here
+        self.redraw()  # the empty state says what will appear here
         self.post_message(PaneReady(self))
 
     @on(PaneUpdate)
@@ -62,13 +63,38 @@ class GalleryPane(Vertical):
 
     def redraw(self) -> None:
         table = self.query_one("#outputs", DataTable)
-        table.clear()
+        row = table.cursor_row
+        table.clear(columns=True)  # the columns fitted anew: a narrower window narrows them
+        table.add_columns("kind", "file")
+        self.name_room = self.room_for_names(table)
         for output in self.items:
             path = Path(output.path)
             # Samples share names across steps: their step folder tells them apart.
-            name = f"{path.parent.name}/{path.name}" if output.kind == "sample" else path.name
-            table.add_row(output.kind, plain(name))
+            name = f"{path.parent.name}/{path.stem}" if output.kind == "sample" else path.stem
+            table.add_row(output.kind, plain(fit_middle(name, self.name_room)))
+        if self.items and row:
+            table.move_cursor(row=min(row, len(self.items) - 1))
         self.show_selected()
+
+    def room_for_names(self, table: DataTable) -> int:
+        """Cells the file column has without scrolling sideways: the table's width less the
+        kind column, each cell's padding and a scrollbar. A name cut at its end hid what tells
+        one image of a prompt from the next (at 80 columns every image of a long prompt read
+        the same). Before the first layout, no limit."""
+        if not table.size.width:
+            return 10**6
+        padding = 2 * table.cell_padding
+        return max(8, table.size.width - len("sample") - 2 * padding
+                   - table.styles.scrollbar_size_vertical)
+
+    def on_resize(self) -> None:
+        # After the layout that follows, when the table has its new width.
+        self.call_after_refresh(self.refit)
+
+    def refit(self) -> None:
+        table = self.query_one("#outputs", DataTable)
+        if self.items and self.room_for_names(table) != self.name_room:
+            self.redraw()
 
     def selected(self) -> Output | None:
         table = self.query_one("#outputs", DataTable)

@@ -3,6 +3,7 @@ panes are told the store's state four times a second whether or not anything mov
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from textual.visual import VisualType
 from textual.widgets import Static
 
@@ -11,3 +12,21 @@ def set_text(widget: Static, content: VisualType) -> None:
     """`widget.update(content)`, unless it already shows exactly that."""
     if widget.content != content:
         widget.update(content)
+
+
+def fit_middle(text: str, width: int) -> str:
+    """`text` in `width` cells, its middle given up for an ellipsis where it is longer: the
+    end of an image's name (seed, job, number) is what tells apart images of one prompt."""
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:max(width, 0)]
+    head = max(1, (width - 1) // 3)
+    tail = width - 1 - head
+    # Rich's cells, not characters: a wide character counts two.
+    start, end = text, text
+    while cell_len(start) > head:
+        start = start[:-1]
+    while cell_len(end) > tail:
+        end = end[1:]
+    return f"{start}…{end}"
