@@ -268,10 +268,10 @@ async def test_images_made_without_the_engine_are_in_the_gallery(trained: Worksp
 
     made = generate(trained, "zorb at the gallery", "--count", "2", *SMALL)
     app = LoraboothApp(trained.root, start_engine=False, settings=UISettings(images="halfcell"))
-    async with app.run_test(size=(100, 30)) as pilot:
+    async with app.run_test(size=(160, 30)) as pilot:  # wide enough for whole names
         await pilot.press("4")
         await wait_for(pilot, lambda: app.query(GalleryPane)
                        and len(app.query_one(GalleryPane).items) >= 2)
         table = app.query_one("#outputs", DataTable)
         names = [str(table.get_row_at(i)[1]) for i in range(table.row_count)]
-        assert names[:2] == [made[1].name, made[0].name]
+        assert names[:2] == [made[1].stem, made[0].stem]
