@@ -13,8 +13,7 @@ a step to run; the batch reaches the card through pinned memory, without a sync 
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -54,8 +53,8 @@ class PendingStep:
     lr: float
     images: int
     values: torch.Tensor  # [loss, grad norm]: on the host, or filling from the card
+    started: float  # time.perf_counter() as the step began
     ready: torch.cuda.Event | None = None
-    started: float = field(default_factory=time.perf_counter)
     _read: tuple[float, float] | None = None
 
     @classmethod
@@ -63,12 +62,12 @@ class PendingStep:
            started: float) -> PendingStep:
         """`numbers` ([loss, grad norm], float32) copied towards the host without a wait."""
         if numbers.device.type != "cuda":
-            return cls(step, lr, images, numbers.detach(), started=started)
+            return cls(step, lr, images, numbers.detach(), started)
         host = torch.empty(numbers.shape, dtype=numbers.dtype, pin_memory=True)
         host.copy_(numbers, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()
-        return cls(step, lr, images, host, ready, started=started)
+        return cls(step, lr, images, host, started, ready)
 
     def read(self) -> tuple[float, float]:
         """The loss and the gradient norm, waiting for this step's kernels only."""
