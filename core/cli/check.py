@@ -38,6 +38,19 @@ def find_workspace(photos: Path) -> Workspace | None:
     return None
 
 
+def photos_of(folder: Path) -> Path:
+    """The folder to check: a workspace's photos folder when `folder` is the workspace (a user
+    types the path they open the UI with; checking it as photos would find none), else
+    `folder` itself."""
+    ws = Workspace.at(folder)
+    if not ws.exists():
+        return folder
+    try:
+        return ws.config(check_photos=False).photos_dir(ws.root)
+    except ConfigError:
+        return folder
+
+
 def cache_dir_for(photos: Path, ws: Workspace | None) -> Path:
     if ws is not None:
         return ws.cache
@@ -59,7 +72,8 @@ def options_for(ws: Workspace | None, resolution: int | None,
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("photos", metavar="PHOTOS_DIR")
+    p.add_argument("photos", metavar="PHOTOS_DIR",
+                   help="a photo folder, or a workspace (then its photos)")
     p.add_argument("--json", action="store_true", help="one JSON record per file")
     p.add_argument("--recursive", action="store_true", help="include sub-folders")
     p.add_argument("--resolution", type=whole(64, 2048), default=None,
@@ -77,6 +91,12 @@ def run_check(photos: Path, *, as_json: bool, recursive: bool, resolution: int |
     photos = photos.expanduser().resolve()
     if not photos.is_dir():
         raise UsageError(f"{photos}: no such folder")
+    given, photos = photos, photos_of(photos)
+    if photos != given:
+        if not photos.is_dir():
+            raise UsageError(f"{given} is a workspace whose photos folder {photos} is missing")
+        console(stderr=True).print(plain(f"checking {photos}, the photos of this workspace",
+                                         "dim"))
     ws = find_workspace(photos)
     options = options_for(ws, resolution, trigger)
     options = ScanOptions(options.resolution, options.trigger, options.template, recursive)

@@ -188,6 +188,22 @@ def test_check_json_reports_every_file(zoo: Path):
     assert len(rows) == len(list_photos(zoo))
 
 
+def test_check_given_a_workspace_checks_its_photos_folder(zoo: Path, tmp_path: Path):
+    """`lorabooth check WS`, the path the UI opens with, reads the workspace's photos folder
+    (kept elsewhere here), not the workspace folder (which holds no photos)."""
+    import json
+
+    from support import run_cli
+
+    ws = tmp_path / "ws"
+    made = run_cli("init", str(ws), "--photos", str(zoo), "--model", "demo")
+    assert made.returncode == 0, made.stderr
+    result = run_cli("check", str(ws), "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)) == len(list_photos(zoo))
+    assert str(zoo.resolve()) in result.stderr
+
+
 def test_check_exit_code_2_when_nothing_is_usable(tmp_path: Path):
     from support import run_cli
 
