@@ -476,6 +476,7 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
     from lorabooth.core.models.compile import uncompile
     from lorabooth.core.models.load import place, store_in_fp8, stored_in_fp8
     from lorabooth.core.models.owner import ModelOwner
+    from lorabooth.core.models.stream import stop_streaming
     from lorabooth.core.train.trainer import Trainer
 
     pipe, source = state.pop("pipe"), state["source"]
@@ -485,6 +486,7 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
     uncompile(pipe.transformer)
     if getattr(pipe.transformer, "peft_config", None):
         pipe.unload_lora_weights()
+    stop_streaming(pipe.text_encoder_2)  # an earlier capped run's generation streamed it
     pipe.to("cpu")
     gc.collect()
     cap = card_gib(card_gb)
@@ -528,6 +530,10 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
                 extra.update(after_first_step=where_things_are(trainer, device))
                 reset_peak(device)
             if metrics.step == warmup:
+                # T5 where the plan left it (streamed from CPU memory when parked): a new
+                # prompt's encoding alone, then a render of another new one
+                extra["between_encode_s"] = round(timed(device, lambda: trainer.pipe_text(
+                    "a second prompt no cache has seen, zorb")), 2)
                 extra.update(render_between_steps(trainer, 512, device,
                                                   "a prompt no cache has seen, zorb"))
 
@@ -579,10 +585,13 @@ def nf4_transformer(pipe, folder: Path, dtype, source) -> float:
 
 
 def where_things_are(trainer, device: torch.device) -> dict:
+    from lorabooth.core.models.stream import streamed
+
     pipe = trainer.pipe
     return {"allocated_gib": allocated(device), "peak_gib": peak(device),
             "plan": trainer.plan.reason,
             "t5": str(pipe.text_encoder_2.device), "clip": str(pipe.text_encoder.device),
+            "t5_streamed": streamed(pipe.text_encoder_2),
             "transformer": str(pipe.transformer.device),
             "transformer_dtypes": sorted({str(p.dtype) for p in
                                           pipe.transformer.parameters()})}

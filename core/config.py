@@ -169,8 +169,9 @@ class GenerateSettings:
                       "the workspace's model). klein: train on klein-4b-base, make images "
                       "with klein-4b in 4 steps.", default="")
     memory: str = _opt("Precision for generation: auto (bf16 with every model on the GPU if it "
-                       "fits, else model offload, then fp8, then nf4; float32 on a CPU) | bf16 "
-                       "| fp8 | nf4 | fp32.", default="auto", choices=MEMORY_MODES)
+                       "fits, else with T5 streamed from CPU memory, else model offload; then "
+                       "the same in fp8, then nf4; float32 on a CPU) | bf16 | fp8 | nf4 | "
+                       "fp32.", default="auto", choices=MEMORY_MODES)
     compile: str = _opt("torch.compile for generation: auto (as training measured it for "
                         "the model on this device; else the repeated blocks on a CUDA GPU) "
                         "| blocks | blocks-fp8 (the large layers' weights quantised to fp8 "

@@ -8,8 +8,11 @@ Every module resident in each phase is counted, in GiB, against the GiB this pro
   spares the checkpointing recompute; else under gradient checkpointing), and the text
   encoders if they fit beside it (then a prompt queued between steps encodes on the GPU);
 - sampling between steps: training's weights, no training activations, one render's;
-- generation: every module resident if it fits, else diffusers' model CPU offload (each model
-  on the GPU only while it runs), at bf16 first, then fp8 storage, then NF4.
+- generation: every module resident if it fits, else T5 streamed from CPU memory a layer at a
+  time (models/stream.py) with every other module resident, else diffusers' model CPU offload
+  (each model on the GPU only while it runs), at bf16 first, then fp8 storage, then NF4.
+Wherever T5 is not resident on a GPU it streams so: a prompt, or the captions, still encode on
+the GPU.
 
 The activation figures were measured on an H200 with the full-size FLUX.1-dev in bf16
 (`bench/results/gpu.json`): training at batch 1 with checkpointing peaked 1.0 GiB above its
@@ -45,6 +48,9 @@ DENOISE_GIB_PER_KTOKEN = 0.25
 DECODE_GIB_PER_MPIXEL = 2.3
 ENCODE_GIB_PER_MPIXEL = 1.5
 T5_ACTIVATIONS_GIB = 0.3
+# T5 streamed from CPU memory (models/stream.py): the layers in flight, the one running and the
+# next one copied beside it; the largest, a 4096 x 10240 feed-forward, is 80 MiB in bf16.
+STREAM_GIB = 0.25
 LORA_STATE_BYTES = 16  # per trainable parameter: fp32 weight, gradient, two AdamW moments
 MARGIN_GIB = 1.0  # allocator fragmentation and the odd temporary
 CUDA_CONTEXT_GIB = 0.5  # what the driver takes before the first tensor, on a named card
@@ -72,6 +78,10 @@ class ModelSize:
     def gib(self, component: str, precision: str) -> float:
         return getattr(self, component) * BYTES[precision] / GIB
 
+    @property
+    def text_encoder_name(self) -> str:
+        return {"flux1": "T5", "flux2": "Qwen3"}[self.family]
+
     def encoders_gib(self, precision: str) -> float:
         return self.gib("text_encoder_2", precision) + self.gib("text_encoder", precision)
 
@@ -98,6 +108,13 @@ class Plan:
     reason: str = ""
     text_on_gpu: bool = True  # train: T5 encodes the captions on the GPU (else on the CPU)
     checkpointing: bool = True  # train: recompute activations in the backward pass
+    stream_text: bool = False  # generate: T5 streams from CPU memory, the rest resident
+    text_encoder: str = "T5"  # the large text encoder's name, for the words: T5, Qwen3
+
+    @property
+    def placement(self) -> str:
+        """How generation places the models: load.place's "all", "stream" or "offload"."""
+        return "offload" if self.offload else "stream" if self.stream_text else "all"
 
     @property
     def peak_gib(self) -> float:
@@ -110,6 +127,7 @@ class Plan:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["peak_gib"] = round(self.peak_gib, 2)
+        data["placement"] = self.placement
         for phase in data["phases"]:
             phase["gib"] = round(phase["gib"], 2)
         return data
@@ -179,9 +197,9 @@ def train_phases(size: ModelSize, quantize: str | None, half: str, resolution: i
     if text_on_gpu:
         caching = encoders + vae + max(T5_ACTIVATIONS_GIB, vae_encode)
         cached_by = "text encoders, VAE"
-    else:  # T5 encodes the captions on the CPU (once: they are cached)
-        caching = clip + vae + vae_encode
-        cached_by = "CLIP, VAE (T5 on the CPU)"
+    else:  # T5 streams from CPU memory to encode the captions (once: they are cached)
+        caching = clip + vae + max(STREAM_GIB + T5_ACTIVATIONS_GIB, vae_encode)
+        cached_by = f"CLIP, VAE, {size.text_encoder_name} a layer at a time"
     # bitsandbytes puts an NF4 transformer on the GPU as it loads, so it cannot wait on the CPU
     # while the encoders run (a 16 GB card ran out of memory at caching with T5 beside it).
     transformer_waits = not encoders_on_gpu and quantize != "nf4"
@@ -233,7 +251,8 @@ def plan_training(mode: str, size: ModelSize, resolution: int, *, device: str,
         phases = train_phases(size, quantize, short, resolution, batch, text_tokens, encoders,
                               sample_resolution, text_on_gpu, ckpt)
         plan = Plan("train", resolution, half, quantize, encoders, False, available_gib, phases,
-                    text_on_gpu=text_on_gpu, checkpointing=ckpt)
+                    text_on_gpu=text_on_gpu, checkpointing=ckpt,
+                    text_encoder=size.text_encoder_name)
         tried.append(plan)
         if available_gib is None or plan.peak_gib <= available_gib:
             return _with_reason(plan, mode, tried)
@@ -258,7 +277,8 @@ def _fixed_train(dtype, quantize, size, resolution, batch, text_tokens, sample_r
     phases = train_phases(size, quantize, precision, resolution, batch, text_tokens, False,
                           sample_resolution)
     return Plan("train", resolution, dtype, quantize, False, False, available, phases,
-                reason=f"{reason} (~{max(p.gib for p in phases):.1f} GiB)")
+                reason=f"{reason} (~{max(p.gib for p in phases):.1f} GiB)",
+                text_encoder=size.text_encoder_name)
 
 
 def _stored(plan: Plan) -> str:
@@ -267,14 +287,19 @@ def _stored(plan: Plan) -> str:
 
 
 def _with_reason(plan: Plan, mode: str, tried: list[Plan]) -> Plan:
+    big = plan.text_encoder
     where = ("text encoders stay on the GPU" if plan.encoders_on_gpu else
-             "T5 waits on the CPU after caching (a prompt queued while training encodes "
-             "there, slowly)")
+             f"{big} waits in CPU memory after caching and streams to the GPU a layer at a "
+             "time for a prompt queued while training")
     if not plan.text_on_gpu:
-        where = "T5 encodes the captions on the CPU (slow, once: they are cached) and stays there"
+        where = (f"{big} stays in CPU memory and streams to the GPU a layer at a time (the "
+                 "captions encode once: they are cached)")
     if plan.job == "generate":
-        where = ("every model on the GPU" if not plan.offload else
-                 "model CPU offload: each model on the GPU only while it runs")
+        where = {"all": "every model on the GPU",
+                 "stream": f"{big} streams from CPU memory a layer at a time, every other "
+                           "model on the GPU",
+                 "offload": "model CPU offload: each model on the GPU only while it runs"}[
+            plan.placement]
     if plan.job == "train" and not plan.checkpointing:
         where += "; no gradient checkpointing (every activation fits)"
     need = f"~{plan.peak_gib:.1f} GiB at {plan.resolution} px"
@@ -297,14 +322,22 @@ def _replace_reason(plan: Plan, reason: str) -> Plan:
 # -- generation -----------------------------------------------------------------------------
 
 def generate_phases(size: ModelSize, quantize: str | None, half: str, resolution: int,
-                    text_tokens: int, offload: bool) -> list[Phase]:
+                    text_tokens: int, placement: str) -> list[Phase]:
     transformer = size.gib("transformer", quantize or half)
     encoders = size.encoders_gib(half)
     vae = size.gib("vae", half)
     render = render_activations(size, resolution, text_tokens)
-    if not offload:
+    if placement == "all":
         return [Phase("generation", transformer + encoders + vae + render + MARGIN_GIB,
                       "every model, one render")]
+    if placement == "stream":
+        resident = transformer + size.gib("text_encoder", half) + vae
+        return [
+            Phase("text encoding", resident + STREAM_GIB + T5_ACTIVATIONS_GIB + MARGIN_GIB,
+                  f"transformer, CLIP, VAE, {size.text_encoder_name} a layer at a time"),
+            Phase("generation", resident + render + MARGIN_GIB,
+                  "transformer, CLIP, VAE, one render"),
+        ]
     return [
         Phase("text encoding", encoders + T5_ACTIVATIONS_GIB + MARGIN_GIB, "text encoders"),
         Phase("denoising", transformer + render + MARGIN_GIB, "transformer, one render"),
@@ -316,8 +349,10 @@ def generate_phases(size: ModelSize, quantize: str | None, half: str, resolution
 def plan_generation(mode: str, size: ModelSize, resolution: int, *, device: str,
                     available_gib: float | None, text_tokens: int = 512,
                     have_bitsandbytes: bool = False, bf16_supported: bool = True) -> Plan:
-    """bf16 with every model resident when it fits; else model CPU offload; then fp8 storage,
-    then NF4: quality first, then speed."""
+    """bf16 with every model resident when it fits; else T5 streamed and the rest resident;
+    else model CPU offload; then fp8 storage, then NF4: quality first, then speed (a streamed
+    T5 costs each new prompt one pass of its weights over PCIe; model offload moves the
+    transformer too, for every image)."""
     if device != "cuda":
         return cpu_plan("generate", mode, resolution, bf16_supported)
     half = "bfloat16" if bf16_supported else "float16"
@@ -333,11 +368,13 @@ def plan_generation(mode: str, size: ModelSize, resolution: int, *, device: str,
         options = [(short, q) for q in options]
     tried = []
     for precision, quantize in options:
-        for offload in (False, True):
-            phases = generate_phases(size, quantize, precision, resolution, text_tokens, offload)
+        for placement in ("all", "stream", "offload"):
+            phases = generate_phases(size, quantize, precision, resolution, text_tokens,
+                                     placement)
             dtype = "float32" if precision == "fp32" else half
-            plan = Plan("generate", resolution, dtype, quantize, not offload, offload,
-                        available_gib, phases)
+            plan = Plan("generate", resolution, dtype, quantize, placement == "all",
+                        placement == "offload", available_gib, phases,
+                        stream_text=placement == "stream", text_encoder=size.text_encoder_name)
             tried.append(plan)
             if available_gib is None or plan.peak_gib <= available_gib:
                 return _with_reason(plan, mode, tried)

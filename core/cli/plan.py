@@ -155,8 +155,9 @@ def weights(plan: Plan) -> str:
 
 def placement(plan: Plan) -> str:
     if plan.job == "generate":
-        return "model offload" if plan.offload else "all on GPU"
-    where = "encoders on GPU" if plan.encoders_on_gpu else "encoders on CPU"
+        return {"all": "all on GPU", "stream": f"{plan.text_encoder} streamed",
+                "offload": "model offload"}[plan.placement]
+    where = "encoders on GPU" if plan.encoders_on_gpu else f"{plan.text_encoder} streamed"
     return where if plan.gradient_checkpointing else where + ", no ckpt"
 
 

@@ -27,8 +27,9 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype | None = None,
     library); "nf4" (4-bit through bitsandbytes, QLoRA-style).
     `placement`: "all" (every model on `device`); "caching" (the transformer waits on the CPU
     until the photos and captions are encoded; the trainer brings it over); "lean" (T5 too
-    stays on the CPU and encodes the captions there); "offload" (diffusers' model CPU offload:
-    each model on the GPU only while it runs)."""
+    stays in CPU memory and streams to the GPU a layer at a time to encode the captions:
+    stream.py); "stream" (generation: T5 so, every other model on `device`); "offload"
+    (diffusers' model CPU offload: each model on the GPU only while it runs)."""
     from .registry import require_supported
 
     require_supported(source.model)
@@ -91,16 +92,23 @@ def stored_in_fp8(model) -> bool:
 def place(pipe, device, placement: str, quantize: str | None = None) -> bool:
     """Put the pipeline's models where `placement` says (see load_pipeline). Returns whether
     model offload is on (it is only on a GPU)."""
+    from .stream import stop_streaming, stream_from_cpu
+
+    big = big_text_encoder(pipe)
+    streams = placement in ("lean", "stream")
+    if not streams:  # placed whole again (or offloaded): the hooks would undo it
+        stop_streaming(getattr(pipe, big))
     if placement == "offload" and device.type == "cuda":
         pipe.enable_model_cpu_offload(device=device)
         return True
-    big = big_text_encoder(pipe)
     for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
         if getattr(pipe, name, None) is None:
             continue  # FLUX.2 has one text encoder
         if name == "transformer" and (quantize == "nf4" or placement in ("caching", "lean")):
             continue  # bitsandbytes placed it already; or it waits for the encoding to end
-        if name == big and placement == "lean":
+        if name == big and streams:
+            if device.type == "cuda":
+                stream_from_cpu(getattr(pipe, name), device)
             continue
         getattr(pipe, name).to(device)
     return False

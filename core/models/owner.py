@@ -77,12 +77,13 @@ class ModelOwner:
         if loaded:
             self._load(source, dtype, device, quantize, placement)
         else:
+            from .load import place
+
             self.pipe.unload_lora_weights()
             if self.offload:  # offload left every model on the CPU
-                from .load import place
-
                 self.pipe.remove_all_hooks()
-                self.offload = place(self.pipe, device, placement, quantize)
+            # as this run's plan says, whatever a generation job did (T5 streamed, say)
+            self.offload = place(self.pipe, device, placement, quantize)
         self._generator = None  # its adapter bookkeeping no longer holds
         self.training = True
         return self.pipe, loaded
@@ -104,8 +105,8 @@ class ModelOwner:
     # -- generation ---------------------------------------------------------------------------
 
     def generator(self, source: ModelSource, plan: Plan | None = None) -> Generator:
-        """A warm generator for `source` as `plan` says (precision, storage, offload), loading it
-        (and freeing another model) if needed; without a plan, whatever is resident."""
+        """A warm generator for `source` as `plan` says (precision, storage, placement), loading
+        it (and freeing another model) if needed; without a plan, whatever is resident."""
         import torch
 
         from ..generate.generator import Generator
@@ -113,21 +114,21 @@ class ModelOwner:
 
         dtype = getattr(torch, plan.dtype) if plan else None
         quantize = plan.quantize if plan else self.quantize
+        if plan is not None:
+            placement = plan.placement
+        else:  # whatever is resident, as it is
+            placement = "offload" if self.offload else "all"
         if not self.resident(source, dtype, quantize):
-            self._load(source, dtype, None, quantize, "offload" if plan and plan.offload
-                       else "all")
-        elif plan is not None and plan.offload != self.offload:
-            device = default_device()
+            self._load(source, dtype, None, quantize, placement)
+        elif not (self.offload and placement == "offload"):
+            # Training may have left models where it wanted them (T5 in CPU memory), and an
+            # earlier job may have placed them otherwise: place() moves only what differs.
             if self.offload:
                 self.pipe.remove_all_hooks()
-            self.offload = place(self.pipe, device, "offload" if plan.offload else "all",
-                                 self.quantize)
-            self._generator = None
-        else:
-            # Training may have left models where it wanted them (the encoders on the CPU).
-            device = default_device()
-            if not self.offload:
-                place(self.pipe, device, "all", self.quantize)
+                self._generator = None
+            self.offload = place(self.pipe, default_device(), placement, self.quantize)
+            if self.offload:
+                self._generator = None
         if self._generator is None:
             self._generator = Generator(self.source, self.pipe)
         return self._generator

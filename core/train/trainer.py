@@ -30,6 +30,7 @@ from ..models.owner import ModelOwner
 from ..models.registry import require_supported, require_trainable
 from ..models.resolve import ModelSource, resolve_model
 from ..models.sizes import training_plan
+from ..models.stream import stream_from_cpu
 from ..workspace import LORA_FILE, Workspace
 from . import TrainingError, flow
 from .checkpoint import (
@@ -261,13 +262,14 @@ class Trainer:
                      "their ends; shorten them, putting what matters first")
 
     def _park_encoders(self) -> None:
-        """Once everything is cached, T5 waits on the CPU if the plan has no room for it beside
-        the transformer (CLIP, 0.2 GiB, stays: it may train, and a queued prompt needs it);
-        then the transformer comes to the GPU."""
+        """Once everything is cached, T5 waits in CPU memory if the plan has no room for it
+        beside the transformer, streaming to the GPU a layer at a time for a prompt queued
+        while training (stream.py); CLIP, 0.2 GiB, stays: it may train, and a queued prompt
+        needs it. Then the transformer comes to the GPU."""
         if self.device.type != "cuda":
             return
         if not self.plan.encoders_on_gpu:
-            getattr(self.pipe, big_text_encoder(self.pipe)).to("cpu")
+            stream_from_cpu(getattr(self.pipe, big_text_encoder(self.pipe)), self.device)
             torch.cuda.empty_cache()
         if self.plan.quantize != "nf4":  # bitsandbytes placed it at load
             self.pipe.transformer.to(self.device)

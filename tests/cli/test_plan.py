@@ -25,7 +25,10 @@ def test_plan_answers_for_flux_dev_without_its_weights(tmp_path: Path, photos: P
     assert train["plan"]["peak_gib"] <= 23.5
     assert {p["name"] for p in train["plan"]["phases"]} == {"caching", "training", "sampling"}
     generate = rows["generate", 1024]
-    assert generate["fits"] and generate["plan"]["offload"]
+    # fp8 with every model but T5 resident (T5 streams from CPU memory), not model offload
+    assert generate["fits"] and generate["plan"]["quantize"] == "fp8"
+    assert generate["plan"]["placement"] == "stream" and not generate["plan"]["offload"]
+    assert generate["placement"] == "T5 streamed"
 
 
 def test_plan_table_over_the_usual_cards_and_its_reasons(tmp_path: Path, photos: Path):
@@ -90,7 +93,7 @@ def test_plan_answers_for_klein_and_krea_without_their_weights(tmp_path: Path, p
 def test_generation_is_planned_for_the_model_that_makes_the_images(tmp_path: Path,
                                                                    photos: Path):
     """generate.model: trained on klein-4b-base, images made with flux-dev: the generation
-    row is FLUX.1-dev's (fp8 and offload on 24 GB), the training row klein's (bf16)."""
+    row is FLUX.1-dev's (fp8, T5 streamed on 24 GB), the training row klein's (bf16)."""
     from lorabooth.core.config import set_config_values
 
     ws = workspace(tmp_path, photos, "klein-4b-base")
@@ -99,7 +102,8 @@ def test_generation_is_planned_for_the_model_that_makes_the_images(tmp_path: Pat
     assert done.returncode == 0, done.stderr
     rows = {(r["job"], r["resolution"]): r["plan"] for r in json.loads(done.stdout)["plans"]}
     assert rows["train", 1024]["quantize"] is None
-    assert rows["generate", 1024]["quantize"] == "fp8" and rows["generate", 1024]["offload"]
+    assert rows["generate", 1024]["quantize"] == "fp8"
+    assert rows["generate", 1024]["placement"] == "stream"
 
 
 def test_the_shipped_klein_configs_build_the_real_sizes():

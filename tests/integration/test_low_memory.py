@@ -55,7 +55,8 @@ def test_a_transformer_stored_in_fp8_trains_a_full_precision_lora(demo_workspace
 
 
 @pytest.mark.parametrize("placement, t5_on_device, transformer_on_device", [
-    ("all", True, True), ("caching", True, False), ("lean", False, False)])
+    ("all", True, True), ("caching", True, False), ("lean", False, False),
+    ("stream", False, True)])
 def test_placement_leaves_waiting_models_on_the_cpu(demo_model, placement, t5_on_device,
                                                     transformer_on_device):
     """Which models a placement moves to the device and which it leaves waiting on the CPU
@@ -83,6 +84,40 @@ def test_placement_leaves_waiting_models_on_the_cpu(demo_model, placement, t5_on
     assert ("text_encoder_2" in moved) is t5_on_device
     assert ("transformer" in moved) is transformer_on_device
     assert {"vae", "text_encoder"} <= set(moved)
+
+
+def test_a_streamed_t5_encodes_and_renders_as_the_resident_one_then_lets_go(demo_model):
+    """T5 kept in CPU memory and run a layer at a time through diffusers' offloading hooks
+    (on a card they copy each layer over on a side stream; here, without one, they copy it in
+    place): the same embeddings and the same image through a pipeline call as the plain
+    model, and placed whole again, no hook is left to move its weights back after a forward."""
+    from lorabooth.core.models.family import Flux1
+    from lorabooth.core.models.load import load_pipeline, place
+    from lorabooth.core.models.resolve import resolve_model
+    from lorabooth.core.models.stream import attach, streamed
+
+    pipe = load_pipeline(resolve_model("demo"), device="cpu")
+    t5 = pipe.text_encoder_2
+
+    def hooked() -> list[str]:
+        return [name for name, m in t5.named_modules()
+                if getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.hooks]
+
+    def image() -> np.ndarray:
+        return np.asarray(pipe(prompt="zorb on the moon", width=64, height=64,
+                               num_inference_steps=2, max_sequence_length=32,
+                               generator=torch.Generator().manual_seed(0)).images[0])
+
+    plain_text, plain_image = Flux1.text(pipe, "zorb on the moon", 32), image()
+    attach(t5, torch.device("cpu"), use_stream=False)
+    assert streamed(t5) and len(hooked()) > 10  # every Linear and the embedding
+    for a, b in zip(Flux1.text(pipe, "zorb on the moon", 32), plain_text, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert np.array_equal(image(), plain_image)
+    place(pipe, torch.device("cpu"), "all")
+    assert not streamed(t5) and hooked() == []
+    for a, b in zip(Flux1.text(pipe, "zorb on the moon", 32), plain_text, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_renders_between_steps_over_fp8_storage_run_in_the_trainers_precision(
