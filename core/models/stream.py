@@ -30,17 +30,26 @@ def stream_from_cpu(module: torch.nn.Module, device: torch.device) -> None:
     if device.type != "cuda":
         module.to("cpu")
         return
-    attach(module, device, use_stream=True)
+    try:
+        attach(module, device, use_stream=True)
+    except RuntimeError:
+        # Pinning the weights' copy failed (host memory short, or a limit on locked memory):
+        # pin each layer as it is copied over instead, slower, with no second copy. The hooks
+        # the failed attempt put on come off first.
+        take_hooks_off(module)
+        attach(module, device, use_stream=True, pin_as_needed=True)
 
 
-def attach(module: torch.nn.Module, device: torch.device, use_stream: bool) -> None:
+def attach(module: torch.nn.Module, device: torch.device, use_stream: bool,
+           pin_as_needed: bool = False) -> None:
     """The hooks themselves (`use_stream` needs CUDA; without it each layer is copied over
     when it runs and back after, which the tests use on a CPU)."""
     import torch
-    from diffusers.hooks import apply_group_offloading
+    from diffusers import hooks
 
-    apply_group_offloading(module, onload_device=device, offload_device=torch.device("cpu"),
-                           offload_type="leaf_level", use_stream=use_stream)
+    hooks.apply_group_offloading(module, onload_device=device,
+                                 offload_device=torch.device("cpu"), offload_type="leaf_level",
+                                 use_stream=use_stream, low_cpu_mem_usage=pin_as_needed)
     module.lorabooth_streamed = True
 
 
@@ -53,10 +62,14 @@ def stop_streaming(module: torch.nn.Module) -> None:
     whole again (a `.to(device)` under the hooks would be undone by the next forward)."""
     if not streamed(module):
         return
+    take_hooks_off(module)
+    module.lorabooth_streamed = False
+
+
+def take_hooks_off(module: torch.nn.Module) -> None:
     from diffusers.hooks import HookRegistry
 
     registry = HookRegistry.check_if_exists_or_initialize(module)
     for name in HOOKS:
         registry.remove_hook(name, recurse=True)
     module.to("cpu")  # a no-op for weights already there; any left on the GPU come back
-    module.lorabooth_streamed = False

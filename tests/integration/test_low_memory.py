@@ -120,6 +120,43 @@ def test_a_streamed_t5_encodes_and_renders_as_the_resident_one_then_lets_go(demo
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_when_pinning_t5s_copy_fails_it_streams_pinning_layer_by_layer(demo_model,
+                                                                       monkeypatch):
+    """Pinning ~9.5 GB of host memory can fail on a box short of it: the hooks the failed
+    attempt left come off, and T5 streams with each layer pinned as it is copied (diffusers'
+    low_cpu_mem_usage) instead of the training failing at the park. The failure is made
+    where diffusers pins (a CPU has no copy stream to pin for), halfway through T5's layers."""
+    from diffusers import hooks
+
+    from lorabooth.core.models.load import load_pipeline
+    from lorabooth.core.models.resolve import resolve_model
+    from lorabooth.core.models.stream import stream_from_cpu, streamed
+
+    t5 = load_pipeline(resolve_model("demo"), device="cpu").text_encoder_2
+    real = hooks.apply_group_offloading
+    calls: list[bool] = []
+
+    def apply(module, *, low_cpu_mem_usage, use_stream, onload_device, **kwargs):
+        calls.append(low_cpu_mem_usage)
+        # what the CPU can run (no stream, onload here), with the card's choices recorded
+        real(module, onload_device=torch.device("cpu"), use_stream=False,
+             low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
+        if not low_cpu_mem_usage:
+            raise RuntimeError("CUDA error: out of memory (pin_memory)")
+
+    monkeypatch.setattr(hooks, "apply_group_offloading", apply)
+    stream_from_cpu(t5, torch.device("cuda"))
+    assert calls == [False, True]
+    assert streamed(t5)
+    # every layer under the second attempt's hooks (the first's would be kept, silently)
+    layers = [m._diffusers_hook.get_hook("group_offloading") for m in t5.modules()
+              if getattr(m, "_diffusers_hook", None) is not None]
+    layers = [hook for hook in layers if hook is not None]
+    assert len(layers) > 10 and all(hook.group.low_cpu_mem_usage for hook in layers)
+    ids = torch.ones(1, 8, dtype=torch.long)
+    assert torch.isfinite(t5(ids).last_hidden_state).all()
+
+
 def test_renders_between_steps_over_fp8_storage_run_in_the_trainers_precision(
         demo_workspace, monkeypatch):
     """A 24 GB card trains in bf16 over fp8 storage: the samples and a prompt queued while it
