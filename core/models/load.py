@@ -40,6 +40,10 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype | None = None,
     pipeline_class = getattr(diffusers, source.model.pipeline)  # FluxPipeline, Flux2Klein...
 
     device = torch.device(device) if device is not None else default_device()
+    if device.type == "cpu":
+        from ..allocator import keep_freed_memory
+
+        keep_freed_memory()  # every step's activations reuse the last step's pages
     use_safe_attention(device)
     dtype = dtype or default_dtype(device)
     extra = {}
