@@ -14,8 +14,10 @@ For each model (the demo, and a mid-size Flux config with hidden size 256):
   model and photos (same LoRA targets and rank, cached latents, the photos cropped square for
   both as the script's --center_crop does, so both train the same shapes), each s/step taken as
   (T(110 steps) - T(10 steps)) / 100 of whole processes, the median of REPEATS rounds that take
-  every case in turn (one round's figures moved by up to 10% on this shared 2-core machine,
-  where a process's start-up jitter divided by 50 steps); the script runs in fp32 and in its bf16
+  every case in turn, each case (the reference too) warmed first by a run whose time is not
+  counted (one round's figures moved by up to 10% on this shared 2-core machine, where a
+  process's start-up jitter divided by 50 steps, and the first round's reference ran from a
+  cold disk cache); the script runs in fp32 and in its bf16
   mixed precision, lorabooth with `train.memory` auto (fp32 on a CPU) and, on a CPU that
   multiplies bf16 natively, "bf16", and every lorabooth row is set against both.
 
@@ -290,7 +292,7 @@ def reference_run(root: Path, model: Path, script: Path, resolution: int, steps:
 
 
 SHORT, LONG = 10, 110  # steps of the two runs whose difference is timed
-REPEATS = 2
+REPEATS = 3
 
 
 def reference_rows(root: Path, model: Path, script: Path, resolution: int,
@@ -305,6 +307,11 @@ def reference_rows(root: Path, model: Path, script: Path, resolution: int,
     # on a GPU auto is bf16 already, and a second set of rows would time the same runs.
     memories = ("auto", "bf16") if device == "cpu" and cpu_has_bf16() else ("auto",)
     firsts = {}
+    for precision in ("no", "bf16"):
+        # The same for the reference: its first process reads the libraries and the model
+        # from a cold disk cache, which landed in the first round's long run (0.284 s a step
+        # there, 0.250 in the second, where lorabooth's rounds moved 4%).
+        reference_run(root / "warm", model, script, resolution, SHORT, precision=precision)
     for memory in memories:
         for mode in ("off", "blocks", "full"):
             runs[(mode, memory)] = functools.partial(lorabooth_run, root, model, resolution,
