@@ -38,17 +38,16 @@ def find_workspace(photos: Path) -> Workspace | None:
     return None
 
 
-def photos_of(folder: Path) -> Path:
-    """The folder to check: a workspace's photos folder when `folder` is the workspace (a user
-    types the path they open the UI with; checking it as photos would find none), else
-    `folder` itself."""
+def given_workspace(folder: Path) -> tuple[Workspace, Path] | None:
+    """The workspace `folder` is, with its photos folder (a user types the path they open the
+    UI with; checking it as photos would find none), or None."""
     ws = Workspace.at(folder)
     if not ws.exists():
-        return folder
+        return None
     try:
-        return ws.config(check_photos=False).photos_dir(ws.root)
+        return ws, ws.config(check_photos=False).photos_dir(ws.root)
     except ConfigError:
-        return folder
+        return None
 
 
 def cache_dir_for(photos: Path, ws: Workspace | None) -> Path:
@@ -91,13 +90,17 @@ def run_check(photos: Path, *, as_json: bool, recursive: bool, resolution: int |
     photos = photos.expanduser().resolve()
     if not photos.is_dir():
         raise UsageError(f"{photos}: no such folder")
-    given, photos = photos, photos_of(photos)
-    if photos != given:
+    given = given_workspace(photos)
+    if given is not None and given[1] != photos:
+        # its photos live elsewhere: those, with its settings and its cache
+        ws, photos = given
         if not photos.is_dir():
-            raise UsageError(f"{given} is a workspace whose photos folder {photos} is missing")
+            raise UsageError(f"{ws.root} is a workspace whose photos folder {photos} is "
+                             "missing")
         console(stderr=True).print(plain(f"checking {photos}, the photos of this workspace",
                                          "dim"))
-    ws = find_workspace(photos)
+    else:
+        ws = find_workspace(photos)
     options = options_for(ws, resolution, trigger)
     options = ScanOptions(options.resolution, options.trigger, options.template, recursive)
     out = console()

@@ -200,8 +200,12 @@ def test_check_given_a_workspace_checks_its_photos_folder(zoo: Path, tmp_path: P
     assert made.returncode == 0, made.stderr
     result = run_cli("check", str(ws), "--json")
     assert result.returncode == 0, result.stderr
-    assert len(json.loads(result.stdout)) == len(list_photos(zoo))
+    rows = json.loads(result.stdout)
+    assert len(rows) == len(list_photos(zoo))
     assert str(zoo.resolve()) in result.stderr
+    # with the workspace's settings: its trigger word (init's default) leads the captions
+    captions = [row["caption"] for row in rows if row["caption"]]
+    assert captions and all("ohwx" in caption for caption in captions)
 
 
 def test_check_exit_code_2_when_nothing_is_usable(tmp_path: Path):
