@@ -101,20 +101,20 @@ class Plan:
     resolution: int
     dtype: str  # bfloat16 | float16 | float32: compute precision
     quantize: str | None  # None | "fp8" | "nf4": how the transformer's weights are stored
-    encoders_on_gpu: bool  # train: the text encoders stay beside the transformer
+    encoders_on_gpu: bool  # the text encoders resident on the GPU (train: beside the transformer)
     offload: bool  # generate: diffusers' model CPU offload
     available_gib: float | None
     phases: list[Phase] = field(default_factory=list)
     reason: str = ""
     text_on_gpu: bool = True  # train: T5 encodes the captions on the GPU (else on the CPU)
     checkpointing: bool = True  # train: recompute activations in the backward pass
-    stream_text: bool = False  # generate: T5 streams from CPU memory, the rest resident
     text_encoder: str = "T5"  # the large text encoder's name, for the words: T5, Qwen3
 
     @property
     def placement(self) -> str:
-        """How generation places the models: load.place's "all", "stream" or "offload"."""
-        return "offload" if self.offload else "stream" if self.stream_text else "all"
+        """How generation places the models: load.place's "all", "stream" (T5 streams from
+        CPU memory, the rest resident) or "offload"."""
+        return "offload" if self.offload else "all" if self.encoders_on_gpu else "stream"
 
     @property
     def peak_gib(self) -> float:
@@ -374,7 +374,7 @@ def plan_generation(mode: str, size: ModelSize, resolution: int, *, device: str,
             dtype = "float32" if precision == "fp32" else half
             plan = Plan("generate", resolution, dtype, quantize, placement == "all",
                         placement == "offload", available_gib, phases,
-                        stream_text=placement == "stream", text_encoder=size.text_encoder_name)
+                        text_encoder=size.text_encoder_name)
             tried.append(plan)
             if available_gib is None or plan.peak_gib <= available_gib:
                 return _with_reason(plan, mode, tried)

@@ -123,11 +123,11 @@ class ModelOwner:
         elif not (self.offload and placement == "offload"):
             # Training may have left models where it wanted them (T5 in CPU memory), and an
             # earlier job may have placed them otherwise: place() moves only what differs.
-            if self.offload:
+            was_offloaded = self.offload
+            if was_offloaded:
                 self.pipe.remove_all_hooks()
-                self._generator = None
             self.offload = place(self.pipe, default_device(), placement, self.quantize)
-            if self.offload:
+            if self.offload != was_offloaded:
                 self._generator = None
         if self._generator is None:
             self._generator = Generator(self.source, self.pipe)
