@@ -13,9 +13,10 @@ is checked against:
 - capped-R-GB[-auto]: R px on a simulated GB card, lorabooth's plans choosing (it takes the
   pipeline over: run it last);
 - generate-R: the Generator with the LoRA file that training wrote, loaded through diffusers;
-- compile-R[-fp8][-cudnn]: the same render with the blocks compiled (`-fp8`: generate.compile
-  = "blocks-fp8"; `-cudnn`: cuDNN's attention, an experiment); compile time is reported apart
-  from the steady speed;
+- compile-R[-fp8][-cudagraphs][-cudnn]: the same render with the blocks compiled (`-fp8`:
+  generate.compile = "blocks-fp8"; `-fp8-cudagraphs`: "blocks-fp8-cudagraphs"; `-cudagraphs`
+  and `-cudnn`: bf16 CUDA graphs and cuDNN's attention, experiments); compile time is reported
+  apart from the steady speed;
 - cache-R: the first-block step cache's full and reused steps.
 
 Every phase is tried on its own: one that fails records its error and the next one runs.
@@ -715,11 +716,12 @@ def generate_phase(state: dict, resolution: int, steps: int, device: torch.devic
 
 def compile_phase(state: dict, resolution: int, steps: int, eager_step_s: float,
                   device: torch.device, mode: str = "blocks") -> dict:
-    """`mode`: generate.compile's "blocks" or "blocks-fp8", with the experiments "-cudagraphs"
-    (the blocks replayed as CUDA graphs, as train.compile = "blocks-cudagraphs" does; flux-fast
-    gets part of its speed this way) and "-cudnn" (cuDNN's fused attention, forward only;
-    lorabooth keeps it off: its backward faulted on an H200), in that order; a transformer a
-    training phase compiled already stays as it was (the row says so)."""
+    """`mode`: generate.compile's "blocks", "blocks-fp8" or "blocks-fp8-cudagraphs", or the
+    experiments "blocks-cudagraphs" (bf16 blocks replayed as CUDA graphs, as train.compile =
+    "blocks-cudagraphs" does; flux-fast gets part of its speed this way) and "-cudnn" (cuDNN's
+    fused attention, forward only; lorabooth keeps it off: its backward faulted on an H200), in
+    that order; a transformer a training phase compiled already stays as it was (the row says
+    so)."""
     gen = state["owner"].generator(state["source"])
     transformer = gen.pipe.transformer
     from torch._dynamo.utils import counters
@@ -730,13 +732,7 @@ def compile_phase(state: dict, resolution: int, steps: int, eager_step_s: float,
     if cudnn:
         transformer.set_attention_backend("_native_cudnn")
     mode, graphs_too, _ = mode.partition("-cudagraphs")
-    if graphs_too and mode == "blocks-fp8":  # fp8 weights, then the blocks as CUDA graphs
-        from lorabooth.core.models.fp8 import use_fp8_matmuls
-
-        said = f"{use_fp8_matmuls(transformer)} layers with fp8 weights; "
-        said += apply(transformer, "blocks-cudagraphs", device)
-    else:
-        said = apply(transformer, mode + graphs_too, device)
+    said = apply(transformer, mode + graphs_too, device)
     resident = allocated(device)
     first = timed(device, lambda: gen.render(generator_recipe(state, resolution, 2)))
     graphs = dict(counters["stats"])

@@ -12,8 +12,14 @@ CPU; training's and generation's `auto` are decided by measurement (autocompile.
 At 512 px on an H100 a compiled step is host-bound: 0.114 s of kernels in a 0.193 s step, the
 host launching each block's kernels forward and back. "blocks-cudagraphs" replays each block as
 a CUDA graph (inductor's reduce-overhead), one launch a block: 0.154 s with the same kernels and
-losses (bench/results/gpu.json, run 13). It was measured without gradient checkpointing, whose
-backward replays every block's forward, so it is offered only there, and only when asked.
+losses (bench/results/gpu.json, run 13); 0.114 s on an H200 once a step is queued before the
+last is read (run 25, the card busy 96% of it). It was measured without gradient
+checkpointing, whose backward replays every block's forward, so it is offered only there, and
+only when asked. For generation the graphs gain bf16 nothing at 1024 px (0.139 s a step either
+way: the card is the limit, run 30); with fp8 weights, whose step is shorter,
+"blocks-fp8-cudagraphs" rendered a 28-step 1024 px image in 2.97 s on an H200 (run 29; 3.42 s
+with the older fp8 path and no graphs, run 12: fp8 without graphs on this path is unmeasured
+on an H200; on an H100 it was 3.98 s).
 
 Inductor's caches (FX graphs, autograd graphs, kernels) live under lorabooth's user cache, so
 a second run or a restarted engine compiles from disk.
@@ -66,7 +72,8 @@ def use_disk_cache() -> str:
 
 WHAT = {"blocks": "repeated blocks", "full": "the whole transformer",
         "blocks-fp8": "repeated blocks with fp8 matmuls",
-        "blocks-cudagraphs": "repeated blocks replayed as CUDA graphs"}
+        "blocks-cudagraphs": "repeated blocks replayed as CUDA graphs",
+        "blocks-fp8-cudagraphs": "repeated blocks with fp8 matmuls, replayed as CUDA graphs"}
 
 # Graphs kept per compiled function: a few buckets x (training, rendering) x (a LoRA scale
 # fixed or dynamic); past dynamo's default of 8 it would run the rest eager.
@@ -170,7 +177,8 @@ def compile_in_place(transformer: torch.nn.Module, mode: str) -> bool:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
                                                RECOMPILE_LIMIT)
     # torch.compile takes a mode or options, not both; CUDA graphs are for CUDA only.
-    options: dict = ({"mode": "reduce-overhead"} if mode == "blocks-cudagraphs"  # graph trees
+    graphs = mode.endswith("-cudagraphs")
+    options: dict = ({"mode": "reduce-overhead"} if graphs  # graph trees
                      else {"options": INDUCTOR_OPTIONS})
     if mode == "full":
         _compile_static(transformer, set(), **options)
@@ -180,6 +188,9 @@ def compile_in_place(transformer: torch.nn.Module, mode: str) -> bool:
         seen: dict[str, set] = {}
         for block in compiled_regions(transformer):
             _compile_static(block, seen.setdefault(type(block).__name__, set()), **options)
+    if graphs:
+        transformer._lorabooth_graph_steps = transformer.register_forward_pre_hook(
+            _begin_step, with_kwargs=True)
     transformer._lorabooth_compiled = True
     transformer._lorabooth_compile_mode = mode
     return True
@@ -187,16 +198,20 @@ def compile_in_place(transformer: torch.nn.Module, mode: str) -> bool:
 
 def with_cudagraphs(transformer: torch.nn.Module) -> bool:
     """Whether the transformer's blocks were compiled to replay as CUDA graphs."""
-    return getattr(transformer, "_lorabooth_compile_mode", None) == "blocks-cudagraphs"
+    return (getattr(transformer, "_lorabooth_compile_mode", None) or "").endswith("-cudagraphs")
 
 
-def begin_step(transformer: torch.nn.Module) -> None:
-    """Tell CUDA graph trees a new training step begins, so the graphs replay on their fast
+def _begin_step(transformer: torch.nn.Module, args, kwargs) -> None:
+    """Each call of the transformer begins a new step for CUDA graph trees. Its blocks share
+    one compiled function, so without this each block's call after a forward that leaves no
+    backward pending (a render, under no_grad) starts a new generation and frees the outputs
+    of the block before it, which are this block's inputs: "accessing tensor output of
+    CUDAGraphs that has been overwritten" (bench/results/gpu.json, run 28). Marked so, the
+    blocks of one call are one path of graphs, and training's steps replay it on the fast
     path rather than checking for the last step's outputs still in use."""
-    if with_cudagraphs(transformer):
-        import torch
+    import torch
 
-        torch.compiler.cudagraph_mark_step_begin()
+    torch.compiler.cudagraph_mark_step_begin()
 
 
 def without_cudagraphs(device: torch.device, checkpointing: bool) -> str | None:
@@ -215,6 +230,10 @@ def uncompile(transformer: torch.nn.Module) -> None:
     for module in transformer.modules():
         if getattr(module, "_compiled_call_impl", None) is not None:
             module._compiled_call_impl = None
+    steps = getattr(transformer, "_lorabooth_graph_steps", None)
+    if steps is not None:
+        steps.remove()
+        transformer._lorabooth_graph_steps = None
     transformer._lorabooth_compiled = False
     transformer._lorabooth_compile_mode = None
 
@@ -244,16 +263,17 @@ def apply(transformer: torch.nn.Module, mode: str, device: torch.device,
         why = "" if mode == "off" else f" (auto: no gain worth the compile time on {device.type})"
         return f"compile: off{why}"
     note = ""
-    if chosen == "blocks-fp8" and not getattr(transformer, "_lorabooth_compiled", False):
+    if chosen.startswith("blocks-fp8") and not getattr(transformer, "_lorabooth_compiled", False):
         from . import fp8
 
         problem = fp8.unavailable(device) or fp8.not_on_card(transformer)
         if problem:
-            chosen, note = "blocks", f"; {problem}, so bf16 matmuls"
+            chosen, note = chosen.replace("-fp8", ""), f"; {problem}, so bf16 matmuls"
         else:
             note = f"; {fp8.use_fp8_matmuls(transformer)} linear layers with fp8 weights"
-    if chosen == "blocks-cudagraphs" and (why_not := without_cudagraphs(device, checkpointing)):
-        chosen, note = "blocks", f"; {why_not}, so without CUDA graphs"
+    if chosen.endswith("-cudagraphs") and (why_not := without_cudagraphs(device, checkpointing)):
+        chosen = chosen.removesuffix("-cudagraphs")
+        note += f"; {why_not}, so without CUDA graphs"
     if checkpointing and with_cudagraphs(transformer):
         uncompile(transformer)  # an earlier job's graphs: not replayed under checkpointing
     if compile_in_place(transformer, chosen):

@@ -238,3 +238,38 @@ def test_a_model_compiled_by_an_earlier_job_is_said_as_it_is(demo_model, tmp_pat
                 checkpointing=True).start(0, 100)
     assert said and "CUDA graphs" not in said[0], said
     assert not with_cudagraphs(transformer) and transformer._lorabooth_compiled
+
+
+def test_cuda_graph_blocks_mark_one_step_per_transformer_call(demo_pipe, monkeypatch):
+    """The blocks share one compiled function, so under CUDA graph trees a render (no backward
+    pending) would begin a new generation at every block and free the outputs the next block
+    reads (the error of bench/results/gpu.json, run 28). Compiled for CUDA graphs, each call of
+    the transformer marks exactly one step, the blocks inside it none; uncompiled, none. The
+    graphs run on a card only, so here torch.compile hands back the plain forward."""
+    import torch
+
+    from lorabooth.core.models.compile import compile_in_place, uncompile
+
+    transformer = demo_pipe.transformer
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)
+    marks: list[int] = []
+    calls: list[int] = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    counted = transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+
+    def render() -> None:
+        with torch.no_grad():
+            demo_pipe(prompt="a photo of zorb", height=64, width=64, num_inference_steps=3,
+                      guidance_scale=1.0, generator=torch.Generator().manual_seed(0))
+
+    uncompile(transformer)  # an earlier test's blocks
+    try:
+        assert compile_in_place(transformer, "blocks-cudagraphs")
+        render()
+        assert len(calls) == 3 and len(marks) == 3, (calls, marks)
+        uncompile(transformer)
+        render()
+        assert len(calls) == 6 and len(marks) == 3, (calls, marks)
+    finally:
+        counted.remove()
+        uncompile(transformer)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lorabooth.core.models.compile import apply
+from lorabooth.core.models.compile import apply, uncompile
 from lorabooth.core.models.fp8 import use_fp8_matmuls, uses_fp8_matmuls
 from lorabooth.core.models.owner import ModelOwner
 from lorabooth.core.models.resolve import resolve_model
@@ -75,3 +75,12 @@ def test_a_model_swapped_for_fp8_generation_is_reloaded_for_training(demo_model)
     pipe, loaded = owner.borrow_for_training(source, torch.float32, "cpu", None)
     assert loaded and not uses_fp8_matmuls(pipe.transformer)
     assert not any(type(m).__name__ == "Float8Linear" for m in pipe.transformer.modules())
+
+
+def test_fp8_with_cuda_graphs_on_a_cpu_says_why_it_is_neither(demo_pipe):
+    uncompile(demo_pipe.transformer)  # an earlier test's blocks
+    line = apply(demo_pipe.transformer, "blocks-fp8-cudagraphs", torch.device("cpu"))
+    assert "bf16 matmuls" in line and "without CUDA graphs" in line, line
+    assert line.startswith("compile: repeated blocks;"), line
+    assert not uses_fp8_matmuls(demo_pipe.transformer)
+    uncompile(demo_pipe.transformer)
