@@ -24,6 +24,8 @@ SAMPLES = REPO / "sample_photos"
 def fixed_workspace(root: Path) -> Path:
     photos = root / "photos"
     shutil.copytree(SAMPLES, photos, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    # A file that is not a photo, with a long name: the list says why beside it at 80 columns.
+    (photos / "zz_upload_from_a_phone_camera_roll.jpg").write_bytes(b"not a jpeg")
     ws = init_workspace(root / "studio", photos, model="demo", trigger="zorb")
     store = Store(ws.db_path)
     # A run stopped at step 180 and resumed from its step-150 checkpoint: one curve, the

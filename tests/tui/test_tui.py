@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -62,6 +64,21 @@ async def test_caption_edit_survives_a_rescan_and_lands_in_the_sidecar(studio: W
         sidecar = photos / "02_beach_scarf.txt"
         await wait_for(pilot, lambda: sidecar.read_text() == "zorb surfing a big wave\n")
         await wait_for(pilot, lambda: caption.read_only)  # saved: back to the list
+
+
+async def test_a_skipped_photo_says_why_in_the_list_at_80_columns(studio: Workspace,
+                                                                 photos: Path):
+    """At 80 columns the list beside the preview keeps each skipped file's reason in view (it
+    was a fourth column, scrolled off to the right): a long name is cut in the middle."""
+    (photos / "zz_upload_from_a_phone_camera_roll.jpg").write_bytes(b"not a jpeg")
+    app = studio_app(studio, engine=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await photo_list(pilot, 17)
+        await pilot.press("G")
+        await pilot.pause(0.2)
+        svg = app.export_screenshot()
+        shown = html.unescape(re.sub(r"<[^>]+>", "", svg)).replace("\xa0", " ")
+        assert "zz_upload_fro…amera_roll.jpg  not an image" in shown, shown[-3000:]
 
 
 async def test_s_on_a_photo_starts_the_next_images_from_it(studio: Workspace, photos: Path):

@@ -27,7 +27,26 @@ from ..widgets.preview import Preview
 ICONS = {OK: ("✓", "green"), WARN: ("!", "yellow"), SKIPPED: ("✗", "red")}
 FILTERS = ("all", OK, WARN, SKIPPED)
 CAPTION_READ = "caption · e edit"
+NAME_WIDTH = 28  # the list keeps the "why" column in view beside the preview at 80 columns
+WHY_WIDTH = 24
 CAPTION_EDIT = "editing · ^s save · esc cancel"
+
+
+def shorten(text: str, width: int) -> str:
+    """`text` in at most `width` characters, cut in the middle: a photo's name keeps its
+    beginning and its extension."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def headline(reason: str) -> str:
+    """A reason's first words, for the list ("too small", "not an image"); the selected
+    photo's reasons are shown in full under its caption."""
+    for mark in (":", " ("):
+        reason = reason.split(mark, 1)[0]
+    return reason if len(reason) <= WHY_WIDTH else reason[:WHY_WIDTH - 1] + "…"
 
 
 class DatasetPane(Vertical):
@@ -70,7 +89,7 @@ class DatasetPane(Vertical):
             yield Static(id="report-text")
 
     def on_mount(self) -> None:
-        self.query_one("#photos", DataTable).add_columns(" ", "photo", "size", "reason")
+        self.query_one("#photos", DataTable).add_columns(" ", "photo", "size / why")
         self.rescan()
         self.post_message(PaneReady(self))
 
@@ -141,8 +160,9 @@ class DatasetPane(Vertical):
         for record in self.rows:
             icon, style = ICONS[record.status]
             size = f"{record.width}x{record.height}" if record.width else ""
-            table.add_row(Text(icon, style=style), plain(record.path), size,
-                          plain(record.reasons[0] if record.reasons else ""), key=record.path)
+            why = headline(record.reasons[0]) if record.reasons else size
+            table.add_row(Text(icon, style=style), plain(shorten(record.path, NAME_WIDTH)),
+                          plain(why, style if record.reasons else ""), key=record.path)
         if selected is not None:
             for index, record in enumerate(self.rows):
                 if record.path == selected.path:
