@@ -190,7 +190,7 @@ def compile_in_place(transformer: torch.nn.Module, mode: str) -> bool:
             _compile_static(block, seen.setdefault(type(block).__name__, set()), **options)
     if graphs:
         transformer._lorabooth_graph_steps = transformer.register_forward_pre_hook(
-            _begin_step, with_kwargs=True)
+            _render_step, with_kwargs=True)
     transformer._lorabooth_compiled = True
     transformer._lorabooth_compile_mode = mode
     return True
@@ -201,17 +201,27 @@ def with_cudagraphs(transformer: torch.nn.Module) -> bool:
     return (getattr(transformer, "_lorabooth_compile_mode", None) or "").endswith("-cudagraphs")
 
 
-def _begin_step(transformer: torch.nn.Module, args, kwargs) -> None:
-    """Each call of the transformer begins a new step for CUDA graph trees. Its blocks share
-    one compiled function, so without this each block's call after a forward that leaves no
-    backward pending (a render, under no_grad) starts a new generation and frees the outputs
-    of the block before it, which are this block's inputs: "accessing tensor output of
-    CUDAGraphs that has been overwritten" (bench/results/gpu.json, run 28). Marked so, the
-    blocks of one call are one path of graphs, and training's steps replay it on the fast
-    path rather than checking for the last step's outputs still in use."""
+def begin_step(transformer: torch.nn.Module) -> None:
+    """Tell CUDA graph trees a new training step begins, so the graphs replay on their fast
+    path rather than checking for the last step's outputs still in use. Once per optimizer
+    step, not per forward: with gradient accumulation the first micro-batch's gradients live
+    on into the second's."""
+    if with_cudagraphs(transformer):
+        import torch
+
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+def _render_step(transformer: torch.nn.Module, args, kwargs) -> None:
+    """Each call of the transformer without gradients (a render: samples, queued prompts)
+    begins a new step for CUDA graph trees. Its blocks share one compiled function, so
+    otherwise, with no backward pending, each block's call starts a new generation and frees
+    the outputs of the block before it, which are this block's inputs: "accessing tensor
+    output of CUDAGraphs that has been overwritten" (bench/results/gpu.json, run 28)."""
     import torch
 
-    torch.compiler.cudagraph_mark_step_begin()
+    if not torch.is_grad_enabled():
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def without_cudagraphs(device: torch.device, checkpointing: bool) -> str | None:

@@ -23,6 +23,7 @@ from ..fsutil import atomic_write_bytes
 from ..memory import Plan
 from ..models.autocompile import AutoCompile, record_key
 from ..models.compile import apply as compile_transformer
+from ..models.compile import begin_step
 from ..models.family import family_of
 from ..models.load import big_text_encoder, default_device, default_dtype, use_safe_attention
 from ..models.owner import ModelOwner
@@ -329,6 +330,7 @@ class Trainer:
         t = self.config.train
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
+        begin_step(self.pipe.transformer)
         losses, images = [], 0
         for micro in range(t.grad_accum):
             # Several processes take interleaved batches; one takes them all, in order.

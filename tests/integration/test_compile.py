@@ -244,8 +244,9 @@ def test_cuda_graph_blocks_mark_one_step_per_transformer_call(demo_pipe, monkeyp
     """The blocks share one compiled function, so under CUDA graph trees a render (no backward
     pending) would begin a new generation at every block and free the outputs the next block
     reads (the error of bench/results/gpu.json, run 28). Compiled for CUDA graphs, each call of
-    the transformer marks exactly one step, the blocks inside it none; uncompiled, none. The
-    graphs run on a card only, so here torch.compile hands back the plain forward."""
+    the transformer without gradients marks exactly one step, the blocks inside it none;
+    uncompiled, none. The graphs run on a card only, so here torch.compile hands back the
+    plain forward."""
     import torch
 
     from lorabooth.core.models.compile import compile_in_place, uncompile
@@ -267,9 +268,17 @@ def test_cuda_graph_blocks_mark_one_step_per_transformer_call(demo_pipe, monkeyp
         assert compile_in_place(transformer, "blocks-cudagraphs")
         render()
         assert len(calls) == 3 and len(marks) == 3, (calls, marks)
+        # A training forward marks nothing itself: the trainer marks once per optimizer step,
+        # since with gradient accumulation one micro-batch's gradients outlive its graphs.
+        latents = torch.randn(1, 16, transformer.config.in_channels)
+        transformer(hidden_states=latents, timestep=torch.ones(1),
+                    encoder_hidden_states=torch.randn(1, 8, transformer.config.joint_attention_dim),
+                    pooled_projections=torch.randn(1, transformer.config.pooled_projection_dim),
+                    guidance=torch.ones(1), txt_ids=torch.zeros(8, 3), img_ids=torch.zeros(16, 3))
+        assert len(calls) == 4 and len(marks) == 3, (calls, marks)
         uncompile(transformer)
         render()
-        assert len(calls) == 6 and len(marks) == 3, (calls, marks)
+        assert len(calls) == 7 and len(marks) == 3, (calls, marks)
     finally:
         counted.remove()
         uncompile(transformer)
