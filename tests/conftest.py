@@ -31,6 +31,22 @@ def lorabooth_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_engine_outlives_the_tests(tmp_path_factory: pytest.TempPathFactory):
+    """An engine a test started and left running (it would train and idle on after CI) is
+    killed when the session ends, and the session fails, naming it."""
+    yield
+    base = str(tmp_path_factory.getbasetemp()).encode()
+    left = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"lorabooth.core.engine" in argv and any(base in arg for arg in argv):
+                left.append(b" ".join(argv).decode(errors="replace"))
+                os.kill(int(proc.name), signal.SIGKILL)
+    assert not left, f"engines left running by tests: {left}"
+
+
 @pytest.fixture(scope="session")
 def demo_model(lorabooth_cache: Path) -> Path:
     from lorabooth.core.models.demo import ensure_demo_model
@@ -55,21 +71,32 @@ def photos(tmp_path: Path) -> Path:
 @pytest.fixture
 def demo_workspace(tmp_path: Path, photos: Path, demo_model: Path):
     """`demo_workspace(name="ws", **settings)`: a workspace on the demo model and this test's
-    photos; settings as keywords, `train_steps=300` meaning `train.steps = 300`."""
+    photos; settings as keywords, `train_steps=300` meaning `train.steps = 300`. An engine
+    that a key or a command started in one of them is killed afterwards (one left over from a
+    UI test trained its 3,000 steps and idled on, past the end of CI)."""
+    made: list = []
+
     def make(name: str = "ws", **settings):
-        return make_demo_workspace(tmp_path / name, photos, **settings)
-    return make
+        made.append(make_demo_workspace(tmp_path / name, photos, **settings))
+        return made[-1]
+    yield make
+    kill_engines(made)
+
+
+def kill_engines(workspaces: list) -> None:
+    from lorabooth.core.engine import running_pid
+
+    for ws in workspaces:
+        pid = running_pid(ws)
+        if pid and pid > 0:
+            with contextlib.suppress(ProcessLookupError):  # it may exit on its own meanwhile
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
 def engines():
     """Workspaces whose engine a test started: each is killed afterwards, whatever happens."""
-    from lorabooth.core.engine import running_pid
 
     started: list = []
     yield started
-    for ws in started:
-        pid = running_pid(ws)
-        if pid and pid > 0:
-            with contextlib.suppress(ProcessLookupError):  # it may exit on its own meanwhile
-                os.kill(pid, signal.SIGKILL)
+    kill_engines(started)
