@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -33,12 +34,22 @@ CAPTION_EDIT = "editing · ^s save · esc cancel"
 
 
 def shorten(text: str, width: int) -> str:
-    """`text` in at most `width` characters, cut in the middle: a photo's name keeps its
-    beginning and its extension."""
-    if len(text) <= width:
+    """`text` in at most `width` terminal cells, cut in the middle: a photo's name keeps its
+    beginning and its extension. Cells, not characters: a CJK name takes two a character."""
+    if cell_len(text) <= width:
         return text
-    head = (width - 1) // 2
-    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+    room = width - 1  # the ellipsis
+    head = ""
+    for char in text:
+        if cell_len(head + char) > room // 2:
+            break
+        head += char
+    tail = ""
+    for char in reversed(text[len(head):]):
+        if cell_len(head + char + tail) > room:
+            break
+        tail = char + tail
+    return head + "…" + tail
 
 
 def headline(reason: str) -> str:
