@@ -248,6 +248,51 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+HEADER_LIMIT = 100 * 2**20  # safetensors' own limit on its JSON header
+
+
+def tensor_names(path: Path) -> list[str]:
+    """The tensors a safetensors file holds, read from its header alone (8 bytes of length,
+    then JSON), so a queued prompt is refused at once rather than failing when the engine
+    reaches it. ValueError says what is wrong with the file."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            total = path.stat().st_size
+            if total < 8 or not 2 <= size <= min(HEADER_LIMIT, total - 8):
+                raise ValueError("not a safetensors file (no header where one begins)")
+            header = json.loads(handle.read(size))
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError("not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors file (its header is not a table of tensors)")
+    body = total - 8 - size
+    names = [k for k in header if k != "__metadata__"]
+    for name in names:
+        entry = header[name]
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and 0 <= o <= body for o in offsets)):
+            raise ValueError(f"not a safetensors file (tensor {name[:80]!r} lies outside "
+                             "the file)")
+    return names
+
+
+def lora_problem(path: Path) -> str | None:
+    """Why `path` is not a LoRA file, or None: a safetensors file holding LoRA weights
+    (diffusers' and peft's lora_A/lora_B, kohya's lora_down/lora_up)."""
+    try:
+        names = tensor_names(path)
+    except ValueError as exc:
+        return str(exc)
+    if not any("lora" in name.lower() for name in names):
+        return (f"not a LoRA (none of its {len(names)} tensors is a LoRA weight, "
+                "lora_A/lora_B or lora_down/lora_up)")
+    return None
+
+
 def resolve_lora(ws: Workspace, ref: LoraRef) -> LoraRef:
     """Find the file a LoRA name means: the workspace's own (`workspace`), a checkpoint
     (`step-250`, `250` or `run-002/step-000250`), a file in .lorabooth/loras, or a path."""
@@ -268,6 +313,9 @@ def resolve_lora(ws: Workspace, ref: LoraRef) -> LoraRef:
     if not path.is_file():
         hint = " (train first, or name another LoRA)" if name in ("", "workspace") else ""
         raise RecipeError(f"LoRA {name or 'workspace'} not found: {path}{hint}")
+    if problem := lora_problem(path):
+        where = "" if str(path) == name else f" ({path})"
+        raise RecipeError(f"LoRA {name or 'workspace'}{where}: {problem}")
     return LoraRef(name or "workspace", ref.scale, str(path.resolve()), file_sha256(path))
 
 

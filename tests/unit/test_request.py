@@ -110,3 +110,46 @@ def test_a_typed_start_image_is_found_with_its_strength(ws: Workspace, tmp_path:
     request = build_request(ws, config, Asked("zorb", init_image=start, strength=0.55),
                             training=False)
     assert (request.recipe.init_image, request.recipe.strength) == (start, 0.55)
+
+
+def test_a_lora_that_is_not_one_is_refused_when_queued_from_its_header(ws: Workspace,
+                                                                      tmp_path: Path):
+    """A LoRA file is checked when the prompt is queued, not when the engine reaches it: a
+    forged header (a huge length, not JSON, a tensor past the end of the file) or a
+    safetensors file with no LoRA weight in it is refused with the reason; a real LoRA file
+    (kohya's names too) is taken."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from lorabooth.core.generate.request import complete_recipe
+
+    def header_file(name: str, header: bytes, body: bytes = b"") -> Path:
+        path = tmp_path / name
+        path.write_bytes(len(header).to_bytes(8, "little") + header + body)
+        return path
+
+    weights = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight":
+               np.zeros((4, 8), np.float32)}
+    save_file(weights, tmp_path / "kohya.safetensors")
+    save_file({"latents": np.zeros((4, 8), np.float32)}, tmp_path / "latents.safetensors")
+    huge = tmp_path / "huge.safetensors"
+    huge.write_bytes((2**62).to_bytes(8, "little") + b"{}")
+    outside = {"x.lora_A.weight": {"dtype": "F32", "shape": [4], "data_offsets": [0, 10**9]}}
+    cases = {
+        header_file("text.safetensors", b"this is not json"): "header is not JSON",
+        huge: "no header where one begins",
+        header_file("list.safetensors", b"[1, 2]"): "not a table of tensors",
+        header_file("outside.safetensors", json.dumps(outside).encode(), b"\0" * 16):
+            "lies outside the file",
+        tmp_path / "latents.safetensors": "not a LoRA",
+    }
+    for path, reason in cases.items():
+        request = build_request(ws, ws.config(), Asked("zorb", loras=[LoraRef(str(path), 1.0)]),
+                                training=False)
+        with pytest.raises(RecipeError, match=reason):
+            complete_recipe(ws, request.recipe)
+    request = build_request(ws, ws.config(), Asked(
+        "zorb", loras=[LoraRef(str(tmp_path / "kohya.safetensors"), 1.0)]), training=False)
+    assert complete_recipe(ws, request.recipe).loras[0].sha256
