@@ -1,13 +1,16 @@
-"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half."""
+"""Files written atomically (a reader, or a crash, sees the old file or the new one, never
+half) and read defensively (never a FIFO, never more than a limit, forged JSON refused)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from stat import S_ISFIFO, S_ISREG
+from typing import IO, Any
 
 
 def _read_umask() -> int:
@@ -73,3 +76,41 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
     # newline="" writes the text's own line endings unchanged.
     with atomic_open(path, "w", encoding=encoding, newline="") as handle:
         handle.write(text)
+
+
+class NotRegular(OSError):
+    """A name that looks like a file of ours (a photo, a record) but is a FIFO, a device, or
+    too large to be one."""
+
+
+def read_regular_file(path: Path, limit: int, what: str = "a photo"
+                      ) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file of at most `limit` bytes. A FIFO or a device is never
+    opened (opening a FIFO waits for a writer forever), and at most `limit` + 1 bytes are read
+    (a link to /dev/zero or a growing file cannot exhaust memory)."""
+    stat = os.stat(path)
+    if not S_ISREG(stat.st_mode):
+        kind = "a FIFO" if S_ISFIFO(stat.st_mode) else "a device or other special file"
+        raise NotRegular(f"not a regular file ({kind}): skipped")
+    if stat.st_size > limit:
+        raise NotRegular(f"too large for {what} ({stat.st_size / 2**20:.0f} MiB; the limit "
+                         f"is {limit // 2**20} MiB)")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped after the stat
+            raise NotRegular("not a regular file: skipped")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise NotRegular(f"too large for {what} (over {limit // 2**20} MiB)")
+    return data, stat
+
+
+def read_json(path: Path, limit: int = 2**20) -> Any:
+    """A small JSON file of ours (a record, a checkpoint's meta), read as read_regular_file
+    reads. ValueError for anything that is not JSON, including a forged file of brackets
+    nested deeper than the parser recurses; OSError when it cannot be read."""
+    data, _ = read_regular_file(path, limit, "a record")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a record of ours") from None

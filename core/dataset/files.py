@@ -7,10 +7,11 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from stat import S_ISFIFO, S_ISREG
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..fsutil import NotRegular, read_regular_file  # noqa: F401 (the dataset's readers)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
 HEIF_SUFFIXES = {".heic", ".heif", ".avif"}
@@ -22,29 +23,6 @@ MAX_PIXELS = 2 * 89_478_485
 MAX_FILE_BYTES = 200 * 2**20  # no photo is this large; /dev/zero behind a link would be
 
 
-class NotRegular(OSError):
-    """A name that looks like a photo but is a FIFO, a device, or too large to be one."""
-
-
-def read_regular_file(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
-    """The bytes of a regular file of at most `limit` bytes. A FIFO or a device is never
-    opened (opening a FIFO waits for a writer forever), and at most `limit` + 1 bytes are read
-    (a link to /dev/zero or a growing file cannot exhaust memory)."""
-    stat = os.stat(path)
-    if not S_ISREG(stat.st_mode):
-        kind = "a FIFO" if S_ISFIFO(stat.st_mode) else "a device or other special file"
-        raise NotRegular(f"not a regular file ({kind}): skipped")
-    if stat.st_size > limit:
-        raise NotRegular(f"too large for a photo ({stat.st_size / 2**20:.0f} MiB; the limit "
-                         f"is {limit // 2**20} MiB)")
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as handle:
-        if not S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped after the stat
-            raise NotRegular("not a regular file: skipped")
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise NotRegular(f"too large for a photo (over {limit // 2**20} MiB)")
-    return data, stat
 NEUTRAL_BACKGROUND = (128, 128, 128)
 
 

@@ -146,7 +146,7 @@ class ScanCache:
                 blob = json.loads(path.read_text(encoding="utf-8"))
                 if blob.get("version") == SCAN_CACHE_VERSION:
                     self.entries = blob["files"]
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
                 self.entries = {}  # a damaged cache is rebuilt, never trusted
 
     def get(self, rel: str, stat: os.stat_result) -> Measurement | None:

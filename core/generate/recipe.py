@@ -187,4 +187,6 @@ def read_recipe(png: Path) -> Recipe:
         data = json.loads(text)
     except ValueError:
         raise RecipeError(f"{png}: its recipe is not valid JSON") from None
+    except RecursionError:  # a forged chunk of 100,000 nested brackets
+        raise RecipeError(f"{png}: its recipe is nested too deeply to be one") from None
     return Recipe.from_dict(data)

@@ -264,7 +264,7 @@ def tensor_names(path: Path) -> list[str]:
             header = json.loads(handle.read(size))
     except OSError as exc:
         raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ValueError("not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise ValueError("not a safetensors file (its header is not a table of tensors)")

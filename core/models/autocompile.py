@@ -25,8 +25,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..dataset.files import read_regular_file
-from ..fsutil import atomic_write_text
+from ..fsutil import atomic_write_text, read_json
 from .compile import WHAT, apply, not_compilable, uncompile
 from .resolve import cache_root
 
@@ -80,7 +79,7 @@ def read_records(path: Path | None = None) -> dict[str, Measured]:
     """The measurements kept so far; a file that is not ours (or broken) counts as none."""
     path = path or cache_root() / RECORD
     try:  # never a FIFO (it would wait for a writer) nor a huge file
-        raw = json.loads(read_regular_file(path, 2**20)[0].decode("utf-8"))
+        raw = read_json(path)
     except (OSError, ValueError):
         return {}
     records = {}

@@ -10,11 +10,11 @@ A model named by a local folder or an unknown repo id is recognised from its own
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EXIT_USAGE, LoraboothError
+from ..fsutil import read_json
 
 DEMO = "demo"
 DEMO_KLEIN = "demo-klein"
@@ -189,7 +189,7 @@ def require_trainable(model: BaseModel, text_encoder_lora: bool = False) -> None
 
 def _json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LoraboothError, UsageError
-from ..fsutil import atomic_write_bytes, atomic_write_text, fsync_dir
+from ..fsutil import atomic_write_bytes, atomic_write_text, fsync_dir, read_json
 from ..workspace import LORA_FILE, Workspace
 
 # torch is imported inside the functions that save and load state: listing and promoting
@@ -87,6 +88,18 @@ def all_checkpoints(root: Path) -> list[CheckpointInfo]:
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:06d}"
+
+
+def recorded_loss(folder: Path) -> float | None:
+    """The loss a checkpoint's meta.json records, or None when it records none a person could
+    read as one (a forged or damaged file: not JSON, not a table, not a finite number)."""
+    try:
+        loss = read_json(folder / META_FILE).get("loss")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(loss, bool) or not isinstance(loss, int | float) or not math.isfinite(loss):
+        return None
+    return float(loss)
 
 
 def list_checkpoints(root: Path) -> list[CheckpointInfo]:
@@ -208,7 +221,7 @@ def promoted(ws: Workspace, *, verify: bool = True) -> Promoted | None:
     file to make sure: the trainer does; the UI, which must not stall on a large file, trusts
     the record, which every writer of the workspace's LoRA keeps true)."""
     try:
-        record = json.loads(promoted_file(ws).read_text(encoding="utf-8"))
+        record = read_json(promoted_file(ws))
         if verify and hashlib.sha256(ws.lora_path.read_bytes()).hexdigest() != record["sha256"]:
             return None
         return Promoted(str(record["run"]), int(record["step"]))

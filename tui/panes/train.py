@@ -17,7 +17,7 @@ from lorabooth.core.config import ConfigError
 from lorabooth.core.models.registry import model_of
 from lorabooth.core.safetext import plain
 from lorabooth.core.store import ACTIVE, CANCELLED, LIVE, RUNNING, Job, Metric
-from lorabooth.core.train.checkpoint import all_checkpoints, promoted
+from lorabooth.core.train.checkpoint import all_checkpoints, promoted, recorded_loss
 from lorabooth.core.workspace import Workspace
 
 from ..messages import Done, EngineWanted, Notice, OpenViewer, PaneReady, PaneUpdate, Write
@@ -242,14 +242,9 @@ class TrainPane(Vertical):
     def refresh_checkpoints(self) -> None:
         table = self.query_one("#checkpoints", DataTable)
         table.clear()
-        import json
-
         chosen = promoted(self.ws, verify=False)
         for info in reversed(all_checkpoints(self.ws.checkpoints)):
-            try:
-                loss = json.loads((info.path / "meta.json").read_text()).get("loss")
-            except (OSError, ValueError):
-                loss = None
+            loss = recorded_loss(info.path)
             mark = "★" if chosen is not None and chosen.label == info.label else " "
             table.add_row(mark, info.label, f"{loss:.4f}" if loss is not None else "-",
                           key=info.label)
