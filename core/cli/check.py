@@ -40,14 +40,13 @@ def find_workspace(photos: Path) -> Workspace | None:
 
 def given_workspace(folder: Path) -> tuple[Workspace, Path] | None:
     """The workspace `folder` is, with its photos folder (a user types the path they open the
-    UI with; checking it as photos would find none), or None."""
+    UI with; checking it as photos would find none), or None. A workspace whose settings are
+    broken raises ConfigError, which says what is wrong with them: checking its folder as a
+    folder of photos would answer "no usable photos"."""
     ws = Workspace.at(folder)
     if not ws.exists():
         return None
-    try:
-        return ws, ws.config(check_photos=False).photos_dir(ws.root)
-    except ConfigError:
-        return None
+    return ws, ws.config(check_photos=False).photos_dir(ws.root)
 
 
 def cache_dir_for(photos: Path, ws: Workspace | None) -> Path:

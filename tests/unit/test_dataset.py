@@ -206,6 +206,13 @@ def test_check_given_a_workspace_checks_its_photos_folder(zoo: Path, tmp_path: P
     # with the workspace's settings: its trigger word (init's default) leads the captions
     captions = [row["caption"] for row in rows if row["caption"]]
     assert captions and all("ohwx" in caption for caption in captions)
+    # Its settings broken: the problem with them is said, not "no usable photos" from a check
+    # of the workspace folder as if it held the photos.
+    toml = ws / "lorabooth.toml"
+    toml.write_text(toml.read_text() + "\nzz = " + "[" * 5000 + "]" * 5000 + "\n")
+    broken = run_cli("check", str(ws))
+    assert broken.returncode == 2 and "lorabooth.toml" in broken.stderr, broken.stderr
+    assert "nested" in broken.stderr and "usable" not in broken.stdout + broken.stderr
 
 
 def test_check_exit_code_2_when_nothing_is_usable(tmp_path: Path):
