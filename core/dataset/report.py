@@ -133,7 +133,10 @@ def advise(report: DatasetReport, usable: list[PhotoRecord], options: ScanOption
                       "in other light (outdoors, evening, lamp light).")
     templated = n - report.captions_from_sidecar
     if templated:
-        template = substitute_trigger(options.template, options.trigger)
+        # No trigger word known (a plain folder checked): the template as written, not
+        # "photo of " with nothing where the subject's word goes.
+        template = (substitute_trigger(options.template, options.trigger) if options.trigger
+                    else options.template)
         advice.append(f"{templated} photo{'s have' if templated != 1 else ' has'} no caption "
                       f"file and use {template!r}: describe what must stay changeable "
                       "(clothes, background) in a .txt beside each.")

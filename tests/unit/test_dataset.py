@@ -287,6 +287,12 @@ def test_report_says_what_the_set_is_short_of(tmp_path: Path):
     assert report.orientation["portrait"] == 14
     assert any("All photos are portrait" in a for a in report.advice)
     assert any("14 photos have no caption file" in a for a in report.advice)
+    # With no trigger word known (a plain folder checked) the template is shown as written.
+    from dataclasses import replace
+
+    unnamed = replace(OPTIONS, trigger="")
+    advice = " ".join(build_report(scan_folder(tmp_path, unnamed), unnamed).advice)
+    assert "'photo of {trigger}'" in advice and "'photo of '" not in advice
 
 
 def test_sample_photos_pass_cleanly():
