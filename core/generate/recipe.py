@@ -22,6 +22,9 @@ MAX_IMAGES = 1000  # the most images one request may make (matrix x scales x cou
 MAX_RENDER_STEPS = 200
 MAX_SEED = 2**63 - 1
 MAX_REFS = 4  # reference images one FLUX.2 [klein] edit may take
+# T5 reads 512 tokens (~2,000 characters of English) and CLIP 77; a prompt five times that is
+# a paste gone wrong, refused rather than kept whole in every image's recipe.
+MAX_PROMPT_CHARS = 10_000
 MAX_STEP_CACHE = 1.0  # above this every step after the first would reuse it: noise
 ALTERNATIVES = re.compile(r"\{([^{}]*\|[^{}]*)\}")
 
@@ -79,6 +82,10 @@ class Recipe:
         if not (math.isfinite(self.step_cache) and 0 <= self.step_cache <= MAX_STEP_CACHE):
             problems.append(f"step cache {self.step_cache} must be a number from 0 (off) to "
                             f"{MAX_STEP_CACHE:g}")
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            problems.append(f"a prompt of {len(self.prompt):,} characters: at most "
+                            f"{MAX_PROMPT_CHARS:,} (the text encoder reads the first 512 "
+                            "tokens, about 2,000 characters)")
         if len(self.refs) > MAX_REFS:
             problems.append(f"{len(self.refs)} reference images: at most {MAX_REFS}")
         if problems:

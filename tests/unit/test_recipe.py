@@ -42,3 +42,11 @@ def test_a_recipe_from_before_the_step_cache_computes_every_step():
     data = json.loads(Recipe("zorb").to_json())
     del data["step_cache"]
     assert Recipe.from_dict(data).step_cache == 0.0
+
+
+def test_a_pasted_novel_is_refused_as_a_prompt_with_its_length():
+    """The text encoder reads ~2,000 characters; a prompt of 80,000 is refused in words (it
+    was queued, and would have been kept whole in every image's recipe)."""
+    with pytest.raises(RecipeError, match="a prompt of 80,000 characters: at most 10,000"):
+        Recipe("x" * 80_000).check()
+    Recipe("zorb " * 400).check()  # a long but real prompt is fine
