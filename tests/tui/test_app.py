@@ -29,12 +29,13 @@ def test_long_photo_names_fit_the_list_in_cells_keeping_the_extension():
     cells: a CJK name (two cells a character) must not push the reason off the screen."""
     from rich.cells import cell_len
 
-    from lorabooth.tui.panes.dataset import NAME_WIDTH, shorten
+    from lorabooth.tui.panes.dataset import NAME_WIDTH
+    from lorabooth.tui.widgets.text import fit_middle
 
     for name in ("zz_upload_from_a_phone_camera_roll.jpg",
                  "写真_家族_旅行_二〇二四年_夏休み_海辺.jpg",
                  "IMG_20240512_143022_HDR_portrait_mode.heic"):
-        short = shorten(name, NAME_WIDTH)
+        short = fit_middle(name, NAME_WIDTH)
         assert NAME_WIDTH - 1 <= cell_len(short) <= NAME_WIDTH, short
         assert short.endswith(name[-6:]) and short.startswith(name[:4]) and "…" in short
-    assert shorten("01_studio.jpg", NAME_WIDTH) == "01_studio.jpg"
+    assert fit_middle("01_studio.jpg", NAME_WIDTH) == "01_studio.jpg"

@@ -78,7 +78,7 @@ async def test_a_skipped_photo_says_why_in_the_list_at_80_columns(studio: Worksp
         await pilot.pause(0.2)
         svg = app.export_screenshot()
         shown = html.unescape(re.sub(r"<[^>]+>", "", svg)).replace("\xa0", " ")
-        assert "zz_upload_fro…amera_roll.jpg  not an image" in shown, shown[-3000:]
+        assert "zz_upload…ne_camera_roll.jpg  not an image" in shown, shown[-3000:]
 
 
 async def test_s_on_a_photo_starts_the_next_images_from_it(studio: Workspace, photos: Path):

@@ -214,3 +214,26 @@ async def test_images_of_one_long_prompt_are_told_apart_in_a_narrow_gallery(demo
         await pilot.resize_terminal(200, 30)
         await wait_for(pilot, lambda: shown() == stems[::-1])
         assert table.virtual_size.width <= table.size.width
+
+
+async def test_gallery_names_of_samples_keep_their_step_at_80_columns(demo_workspace):
+    """Samples of steps 750, 1000, 2000 and 3000 read "step-0…000/prompt-00" alike at 80
+    columns (the step folder's zero padding filled the name's middle, which is cut); the
+    list names each by its step."""
+    ws = demo_workspace()
+    store = Store(ws.db_path)
+    for step in (750, 1000, 2000, 3000):
+        sample = ws.outputs / "samples" / f"step-{step:06d}" / "prompt-00.png"
+        sample.parent.mkdir(parents=True)
+        Image.new("RGB", (64, 64), (30, 200, 30)).save(sample)
+        store.add_output(None, sample, "sample", {"step": step, "prompt": "zorb", "seed": 7})
+    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        await wait_for(pilot, lambda: app.query(GalleryPane)
+                       and len(app.query_one(GalleryPane).items) == 4)
+        await pilot.pause(0.3)
+        table = app.query_one("#outputs", DataTable)
+        names = [str(table.get_row_at(row)[1]) for row in range(table.row_count)]
+        for step in (750, 1000, 2000, 3000):
+            assert any(f"step-{step}/" in name for name in names), names

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.cells import cell_len
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -23,6 +22,7 @@ from ..messages import DatasetScanned, Done, Notice, PaneReady, PaneUpdate, Writ
 from ..store_io import SaveCaption
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
+from ..widgets.text import fit_middle
 
 # The scanner (numpy, Pillow) is imported in the scan worker, off the start-up path.
 ICONS = {OK: ("✓", "green"), WARN: ("!", "yellow"), SKIPPED: ("✗", "red")}
@@ -31,25 +31,6 @@ CAPTION_READ = "caption · e edit"
 NAME_WIDTH = 28  # the list keeps the "why" column in view beside the preview at 80 columns
 WHY_WIDTH = 24
 CAPTION_EDIT = "editing · ^s save · esc cancel"
-
-
-def shorten(text: str, width: int) -> str:
-    """`text` in at most `width` terminal cells, cut in the middle: a photo's name keeps its
-    beginning and its extension. Cells, not characters: a CJK name takes two a character."""
-    if cell_len(text) <= width:
-        return text
-    room = width - 1  # the ellipsis
-    head = ""
-    for char in text:
-        if cell_len(head + char) > room // 2:
-            break
-        head += char
-    tail = ""
-    for char in reversed(text[len(head):]):
-        if cell_len(head + char + tail) > room:
-            break
-        tail = char + tail
-    return head + "…" + tail
 
 
 def headline(reason: str) -> str:
@@ -172,7 +153,7 @@ class DatasetPane(Vertical):
             icon, style = ICONS[record.status]
             size = f"{record.width}x{record.height}" if record.width else ""
             why = headline(record.reasons[0]) if record.reasons else size
-            table.add_row(Text(icon, style=style), plain(shorten(record.path, NAME_WIDTH)),
+            table.add_row(Text(icon, style=style), plain(fit_middle(record.path, NAME_WIDTH)),
                           plain(why, style if record.reasons else ""), key=record.path)
         if selected is not None:
             for index, record in enumerate(self.rows):
