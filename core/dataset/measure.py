@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..fsutil import atomic_write_bytes, atomic_write_text
+from ..fsutil import atomic_write_bytes, atomic_write_text, read_json
 from .files import (
     HEIF_SUFFIXES,
     MAX_FILE_BYTES,
@@ -135,6 +136,38 @@ def write_thumbnail(small: Image.Image, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+HEX = frozenset("0123456789abcdef")
+
+
+def _kind_ok(value, default) -> bool:
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, list):
+        return (isinstance(value, list) and len(value) <= 256
+                and all(_kind_ok(v, 0.0) for v in value))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) if isinstance(default, float) else isinstance(value, int)
+
+
+def from_cache(entry: object) -> Measurement | None:
+    """The measurement a cache entry records, or None when the entry is not one lorabooth
+    wrote: a forged cache (a string for a width, a path for a hash that names the thumbnail)
+    is measured again, never trusted nor a crash of every later scan."""
+    if not isinstance(entry, dict) or set(entry) != set(Measurement.__dataclass_fields__):
+        return None
+    template = Measurement(0, 0)
+    if not all(_kind_ok(entry[name], getattr(template, name)) for name in entry):
+        return None
+    if not (entry["sha256"] == "" or (len(entry["sha256"]) == 64 and set(entry["sha256"]) <= HEX)):
+        return None
+    if not (entry["dhash"] == "" or (len(entry["dhash"]) == 16 and set(entry["dhash"]) <= HEX)):
+        return None
+    return Measurement(**entry)
+
+CACHE_LIMIT = 512 * 2**20  # ~1 KB a photo: hundreds of thousands of photos
+
+
 class ScanCache:
     """Per-file measurements keyed by relative path, valid while size and mtime match."""
 
@@ -143,16 +176,16 @@ class ScanCache:
         self.entries: dict[str, dict] = {}
         if path is not None:
             try:
-                blob = json.loads(path.read_text(encoding="utf-8"))
-                if blob.get("version") == SCAN_CACHE_VERSION:
+                blob = read_json(path, CACHE_LIMIT)
+                if blob.get("version") == SCAN_CACHE_VERSION and isinstance(blob["files"], dict):
                     self.entries = blob["files"]
-            except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 self.entries = {}  # a damaged cache is rebuilt, never trusted
 
     def get(self, rel: str, stat: os.stat_result) -> Measurement | None:
-        entry = self.entries.get(rel)
-        if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
-            return Measurement(**entry)
+        cached = from_cache(self.entries.get(rel))
+        if cached and cached.size == stat.st_size and cached.mtime_ns == stat.st_mtime_ns:
+            return cached
         return None
 
     def save(self, measurements: dict[str, Measurement]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
-from support import REPO
+from support import REPO, copy_sample_photos
 
 from lorabooth.core.dataset.buckets import Bucket, bucket_sizes, crop_to_bucket, nearest_bucket
 from lorabooth.core.dataset.captions import effective_caption, read_caption, write_caption
@@ -320,3 +320,35 @@ def test_warm_rescan_reuses_the_cache(zoo: Path, tmp_path: Path, monkeypatch):
     (zoo / "ok_resaved.jpg").write_bytes(buffer.getvalue())  # changed: measured again
     scan_folder(zoo, OPTIONS, tmp_path)
     assert [Path(c[0]).name for c in calls] == ["ok_resaved.jpg"]
+
+
+def test_a_forged_scan_cache_is_measured_again_not_trusted(tmp_path: Path):
+    """The scan cache lives in the workspace: forged (brackets nested past the parser's
+    limit, a FIFO, entries with a string for a width or a path for the hash that names the
+    thumbnail), the next scan measures the photos again and finds what a fresh one finds."""
+    import json
+    import os
+    import threading
+
+    photos = copy_sample_photos(tmp_path / "photos")
+    cache = tmp_path / "cache"
+    fresh = [(r.path, r.status, r.width) for r in scan_folder(photos, OPTIONS, cache).records]
+    blob = json.loads((cache / "scan.json").read_text())
+    for entry in blob["files"].values():
+        entry["width"], entry["sha256"] = "wide", "../" * 10 + "etc/passwd"
+    forgeries = [json.dumps(blob), "[" * 100_000 + "]" * 100_000, None]
+    for forged in forgeries:
+        (cache / "scan.json").unlink()
+        if forged is None:
+            os.mkfifo(cache / "scan.json")  # opening it would wait for a writer forever
+        else:
+            (cache / "scan.json").write_text(forged)
+        done: list = []
+        scan = threading.Thread(target=lambda out=done: out.append(
+            scan_folder(photos, OPTIONS, cache)), daemon=True)  # a FIFO would block it, not us
+        scan.start()
+        scan.join(timeout=60)
+        assert done, f"the scan hung on a {'FIFO' if forged is None else 'forged'} cache"
+        again = done[0].records
+        assert [(r.path, r.status, r.width) for r in again] == fresh
+        assert all(len(r.measurement.sha256) == 64 for r in again)
