@@ -74,8 +74,8 @@ def write_caption(photo: Path, text: str) -> Path:
     sidecar = sidecar_path(photo)
     encoding, newline, trailing = "utf-8", "\n", True
     try:
-        old = sidecar.read_bytes()
-    except FileNotFoundError:
+        old, _ = read_regular_file(sidecar, MAX_CAPTION_BYTES, "a caption")
+    except (FileNotFoundError, NotRegular):  # a FIFO there would hang the save: replaced
         old = None
     if old is not None:
         try:

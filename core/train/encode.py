@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from ..dataset.buckets import Bucket, crop_to_bucket
-from ..dataset.files import open_image
+from ..dataset.files import MAX_FILE_BYTES, open_image, read_regular_file
 from ..fsutil import atomic_write_bytes
 from ..models.family import Family, Flux1
 
@@ -71,7 +71,8 @@ class Encoder:
         if cached is not None:
             self.stats.latents_cached += 1
             return cached["latent"]
-        image = crop_to_bucket(open_image(photo.read_bytes()), bucket)
+        # Never a FIFO (a photo swapped for one after the scan would hang the run).
+        image = crop_to_bucket(open_image(read_regular_file(photo, MAX_FILE_BYTES)[0]), bucket)
         vae = self.pipe.vae
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None]
         pixels = (pixels.float() / 127.5 - 1).to(vae.device, vae.dtype)

@@ -254,6 +254,17 @@ def test_edited_caption_keeps_encoding_and_line_endings(tmp_path: Path):
     write_caption(fresh, "zorb on a bike")
     assert (tmp_path / "q.txt").read_bytes() == b"zorb on a bike\n"
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left nothing behind
+    # A FIFO where the sidecar goes (saving read it first, and hung): replaced by the caption.
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / "r.txt")
+    saving = threading.Thread(target=write_caption, args=(tmp_path / "r.jpg", "zorb"),
+                              daemon=True)
+    saving.start()
+    saving.join(timeout=30)
+    assert not saving.is_alive(), "saving a caption hung on a FIFO"
+    assert (tmp_path / "r.txt").read_bytes() == b"zorb\n"
 
 
 def test_buckets_are_multiples_of_64_around_the_area():
