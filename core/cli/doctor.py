@@ -92,7 +92,8 @@ def check_packages() -> list[Check]:
         found = _pkg(name)
         rows.append(Check("packages", name, OK if found else FAIL, found or "missing",
                           "" if found else f"pip install {name}"))
-    extras = {"pillow-heif": "heic", "bitsandbytes": "lowvram", "nvidia-ml-py": "gpu-stats"}
+    extras = {"pillow-heif": "heic", "bitsandbytes": "lowvram", "nvidia-ml-py": "gpu-stats",
+              "torchao": "fp8"}
     for name, extra in extras.items():
         found = _pkg(name)
         rows.append(Check("packages", name, OK if found else INFO, found or "not installed",
