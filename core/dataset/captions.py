@@ -7,8 +7,7 @@ import codecs
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fsutil import atomic_write_bytes
-from .files import NotRegular, read_regular_file
+from ..fsutil import NotRegular, atomic_write_bytes, read_regular_file
 
 DEFAULT_TEMPLATE = "photo of {trigger}"
 MAX_CAPTION_BYTES = 64 * 1024

@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..fsutil import NotRegular, read_regular_file  # noqa: F401 (the dataset's readers)
-
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
 HEIF_SUFFIXES = {".heic", ".heif", ".avif"}
 PARTIAL_SUFFIXES = (".part", ".crdownload", ".tmp", ".download", ".partial", ".swp")

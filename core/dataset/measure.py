@@ -16,15 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..fsutil import atomic_write_bytes, atomic_write_text, read_json
-from .files import (
-    HEIF_SUFFIXES,
-    MAX_FILE_BYTES,
-    NotRegular,
-    decode,
-    heif_available,
-    read_regular_file,
-)
+from ..fsutil import NotRegular, atomic_write_bytes, atomic_write_text, read_json, read_regular_file
+from .files import HEIF_SUFFIXES, MAX_FILE_BYTES, decode, heif_available
 
 ANALYSIS_SIZE = 512  # measurements run on a copy whose long side is at most this
 THUMB_SIZE = 256

@@ -147,7 +147,7 @@ def take_pid_lock(path: Path) -> int:
 
 def read_lock_pid(path: Path) -> int | None:
     """The pid written in a lock file (a few bytes of a regular file, never a FIFO)."""
-    from ..dataset.files import NotRegular, read_regular_file
+    from ..fsutil import NotRegular, read_regular_file
 
     try:
         data, _ = read_regular_file(path, 64)

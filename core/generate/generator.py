@@ -219,7 +219,8 @@ def _step_callback(report: Callable[[int, int], bool], total: int):
 def _load_rgb(path: str) -> Image.Image:
     """An init image, mask or reference, upright and RGB; a FIFO, a device, a bomb or a broken
     file is a RecipeError that names it (never a hang)."""
-    from ..dataset.files import MAX_FILE_BYTES, open_image, read_regular_file
+    from ..dataset.files import MAX_FILE_BYTES, open_image
+    from ..fsutil import read_regular_file
 
     try:
         data, _ = read_regular_file(Path(path), MAX_FILE_BYTES)

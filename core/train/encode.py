@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file, save
 
 from ..dataset.buckets import Bucket, crop_to_bucket
-from ..dataset.files import MAX_FILE_BYTES, open_image, read_regular_file
-from ..fsutil import atomic_write_bytes
+from ..dataset.files import MAX_FILE_BYTES, open_image
+from ..fsutil import atomic_write_bytes, read_regular_file
 from ..models.family import Family, Flux1
 
 ENCODE_VERSION = 1
