@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -103,6 +104,14 @@ def read_regular_file(path: Path, limit: int, what: str = "a photo"
     if len(data) > limit:
         raise NotRegular(f"too large for {what} (over {limit // 2**20} MiB)")
     return data, stat
+
+
+def json_number(value: Any) -> float | None:
+    """A number read from a record of ours, or None: JSON's true is not 1, and NaN or
+    Infinity (which Python's json reads) are no measurement."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def read_json(path: Path, limit: int = 2**20) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..fsutil import NotRegular, atomic_write_bytes, atomic_write_text, read_json, read_regular_file
+from ..fsutil import (
+    NotRegular,
+    atomic_write_bytes,
+    atomic_write_text,
+    json_number,
+    read_json,
+    read_regular_file,
+)
 from .files import HEIF_SUFFIXES, MAX_FILE_BYTES, decode, heif_available
 
 ANALYSIS_SIZE = 512  # measurements run on a copy whose long side is at most this
@@ -138,9 +144,13 @@ def _kind_ok(value, default) -> bool:
     if isinstance(default, list):
         return (isinstance(value, list) and len(value) <= 256
                 and all(_kind_ok(v, 0.0) for v in value))
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return math.isfinite(value) if isinstance(default, float) else isinstance(value, int)
+    if isinstance(default, float):
+        return json_number(value) is not None
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _hex_or_empty(text: str, digits: int) -> bool:
+    return text == "" or (len(text) == digits and set(text) <= HEX)
 
 
 def from_cache(entry: object) -> Measurement | None:
@@ -152,11 +162,10 @@ def from_cache(entry: object) -> Measurement | None:
     template = Measurement(0, 0)
     if not all(_kind_ok(entry[name], getattr(template, name)) for name in entry):
         return None
-    if not (entry["sha256"] == "" or (len(entry["sha256"]) == 64 and set(entry["sha256"]) <= HEX)):
-        return None
-    if not (entry["dhash"] == "" or (len(entry["dhash"]) == 16 and set(entry["dhash"]) <= HEX)):
+    if not (_hex_or_empty(entry["sha256"], 64) and _hex_or_empty(entry["dhash"], 16)):
         return None
     return Measurement(**entry)
+
 
 CACHE_LIMIT = 512 * 2**20  # ~1 KB a photo: hundreds of thousands of photos
 

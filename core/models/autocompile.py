@@ -17,7 +17,6 @@ same blocks, forward only), else the device's default (`for_generation`).
 from __future__ import annotations
 
 import json
-import math
 import platform
 import statistics
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..fsutil import atomic_write_text, read_json
+from ..fsutil import atomic_write_text, json_number, read_json
 from .compile import WHAT, apply, not_compilable, uncompile
 from .resolve import cache_root
 
@@ -70,9 +69,8 @@ def record_key(device, model: str, resolution: int, batch: int, dtype) -> str:
 
 
 def _positive(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) and 0 < value < 1e6 else None
+    number = json_number(value)
+    return number if number is not None and 0 < number < 1e6 else None
 
 
 def read_records(path: Path | None = None) -> dict[str, Measured]:

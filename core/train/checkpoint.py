@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LoraboothError, UsageError
-from ..fsutil import atomic_write_bytes, atomic_write_text, fsync_dir, read_json
+from ..fsutil import atomic_write_bytes, atomic_write_text, fsync_dir, json_number, read_json
 from ..workspace import LORA_FILE, Workspace
 
 # torch is imported inside the functions that save and load state: listing and promoting
@@ -94,12 +93,9 @@ def recorded_loss(folder: Path) -> float | None:
     """The loss a checkpoint's meta.json records, or None when it records none a person could
     read as one (a forged or damaged file: not JSON, not a table, not a finite number)."""
     try:
-        loss = read_json(folder / META_FILE).get("loss")
+        return json_number(read_json(folder / META_FILE).get("loss"))
     except (OSError, ValueError, AttributeError):
         return None
-    if isinstance(loss, bool) or not isinstance(loss, int | float) or not math.isfinite(loss):
-        return None
-    return float(loss)
 
 
 def list_checkpoints(root: Path) -> list[CheckpointInfo]:
