@@ -21,6 +21,7 @@ from .errors import EXIT_USAGE, LoraboothError
 from .fsutil import atomic_write_text
 
 CONFIG_NAME = "lorabooth.toml"
+MAX_STEPS = 1_000_000  # train.steps, and --steps on the command line
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
 TIMESTEP_SAMPLING = ("sigmoid", "logit_normal", "uniform", "shift", "flux_shift")
@@ -66,7 +67,7 @@ class TrainSettings:
     alpha: float = _opt("LoRA alpha; the update is scaled by alpha / rank.",
                         default=16.0, min=0.01, max=1024)
     learning_rate: float = _opt("Peak learning rate.", default=1e-4, min=1e-7, max=1e-1)
-    steps: int = _opt("Training steps in all.", default=1500, min=1, max=1_000_000)
+    steps: int = _opt("Training steps in all.", default=1500, min=1, max=MAX_STEPS)
     batch_size: int = _opt("Images per step.", default=1, min=1, max=64)
     optimizer: str = _opt("Optimizer: " + " | ".join(OPTIMIZERS) + " (prodigy sets its own "
                           "step size: learning_rate is not used with it).",

@@ -7,7 +7,6 @@ import argparse
 import math
 from collections.abc import Callable
 
-MAX_STEPS = 1_000_000  # the config's train.steps limit
 MAX_SEED = 2**32 - 1
 
 

@@ -9,10 +9,11 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from ..config import MAX_STEPS
 from ..errors import EXIT_OK, UsageError
 from ..safetext import plain
 from ..workspace import Workspace, require_workspace
-from .args import MAX_STEPS, whole
+from .args import whole
 from .console import console, train_view
 
 

@@ -55,14 +55,17 @@ def settle_run(engine: Engine, job: Job, configured: int) -> Job:
     a resume after a crash then continues this run, aiming at the same total. A new job gets
     a new run; a resume or a continue takes the run it names, else the latest; a continued run
     trains `steps` more from where that run ended."""
-    from ..train.checkpoint import latest_run, list_checkpoints, new_run
+    from ..train.checkpoint import latest_run, list_checkpoints, new_run, recorded_total
 
     params = dict(job.params)
-    steps = int(params.get("steps") or configured)
     root = engine.ws.checkpoints
     if not params.get("run"):
         latest = latest_run(root) if params.get("resume") else None
         params["run"] = (latest or new_run(root)).name
+    # A resume given no count aims where its run aimed (a continue's count is steps more).
+    aimed = (recorded_total(root / params["run"])
+             if params.get("resume") and not params.get("continue") else None)
+    steps = int(params.get("steps") or aimed or configured)
     if params.get("continue"):
         done = list_checkpoints(root / params["run"])
         steps += done[-1].step if done else 0

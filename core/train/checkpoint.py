@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import MAX_STEPS
 from ..errors import LoraboothError, UsageError
 from ..fsutil import atomic_write_bytes, atomic_write_text, fsync_dir, json_number, read_json
 from ..workspace import LORA_FILE, Workspace
@@ -96,6 +97,21 @@ def recorded_loss(folder: Path) -> float | None:
         return json_number(read_json(folder / META_FILE).get("loss"))
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def recorded_total(run: Path) -> int | None:
+    """The step a run was training to, as its newest checkpoint records it (a resume with no
+    step count given aims there, so a run started with --steps 300 does not run on to the
+    config's count, its schedule stretched), or None when no checkpoint records one a person
+    could have asked for."""
+    for info in reversed(list_checkpoints(run)):
+        try:
+            total = json_number(read_json(info.path / META_FILE).get("total"))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if total is not None and total == int(total) and info.step <= total <= MAX_STEPS:
+            return int(total)
+    return None
 
 
 def list_checkpoints(root: Path) -> list[CheckpointInfo]:

@@ -42,6 +42,7 @@ from .checkpoint import (
     promoted,
     prune,
     read_state,
+    recorded_total,
     step_dir_name,
     write_checkpoint,
 )
@@ -427,7 +428,8 @@ class Trainer:
             return None
         info = write_checkpoint(self.run_dir, self.step, state_of(self),
                                 {LORA_FILE: self.lora_bytes()},
-                                {"step": self.step, "loss": loss, "time": time.time()})
+                                {"step": self.step, "loss": loss, "time": time.time(),
+                                 "total": self.total})
         chosen = promoted(self.ws)
         prune(self.run_dir, self.config.train.keep_checkpoints,
               protect=self.ws.checkpoints / chosen.label if chosen else None)
@@ -495,9 +497,11 @@ class Trainer:
     def _train(self, steps: int | None, resume: bool, run: str | None) -> TrainResult:
         if self.pipe is None:
             self.prepare()
+        self.run_dir = choose_run(self.ws.checkpoints, self.team, resume, run)
+        if resume and steps is None:
+            steps = recorded_total(self.run_dir)
         total = self.total = steps or self.config.train.steps
         self.schedule(total)
-        self.run_dir = choose_run(self.ws.checkpoints, self.team, resume, run)
         if resume:
             self.resume_latest_good()
         if self.autocompile is not None:

@@ -276,6 +276,46 @@ def test_a_longer_run_than_the_config_keeps_its_learning_rate(demo_workspace):
     assert rates[12] > 0.5 * rates[0] and rates[25] > 0  # cosine over 30, not over 10
 
 
+def test_a_resume_given_no_count_aims_where_its_run_aimed(demo_workspace):
+    """A run started for 12 steps (the config says 40), stopped at 5 and resumed as the CLI's
+    hint says (no --steps), ends at 12 on the same cosine curve, not at 40 on a stretched one."""
+    straight: list[float] = []
+    Trainer(demo_workspace("a", train_steps=40, train_lr_schedule="cosine",
+                           train_checkpoint_every=1000),
+            device="cpu", on_step=lambda m: straight.append(m.lr)).run(steps=12)
+
+    ws = demo_workspace("b", train_steps=40, train_lr_schedule="cosine",
+                        train_checkpoint_every=1000)
+    seen: list[float] = []
+    stopped = Trainer(ws, device="cpu", on_step=lambda m: seen.append(m.lr),
+                      should_stop=lambda: len(seen) >= 5).run(steps=12)
+    assert stopped.stopped and stopped.step == 5
+    resumed = Trainer(ws, device="cpu", on_step=lambda m: seen.append(m.lr)).run(resume=True)
+    assert resumed.step == 12
+    assert seen == pytest.approx(straight)
+
+
+def test_the_engine_resumes_a_stopped_run_to_its_own_count(demo_workspace):
+    """The Train pane's start on a stopped run sends a resume with no count (the field left
+    empty): the engine fixes the job's total at the run's, and a continue counts from its end."""
+    from types import SimpleNamespace
+
+    from lorabooth.core.engine.train_job import settle_run
+    from lorabooth.core.store import Store
+
+    ws = demo_workspace(train_steps=40, train_checkpoint_every=1000)
+    seen: list[int] = []
+    Trainer(ws, device="cpu", on_step=lambda m: seen.append(m.step),
+            should_stop=lambda: len(seen) >= 3).run(steps=9)
+    store = Store(ws.db_path)
+    engine = SimpleNamespace(ws=ws, store=store)
+    resume = store.job(store.add_job("train", {"resume": True, "run": "run-001"}))
+    assert settle_run(engine, resume, 40).params["steps"] == 9
+    assert store.job(resume.id).total == 9
+    more = store.job(store.add_job("train", {"resume": True, "continue": True, "steps": 5}))
+    assert settle_run(engine, more, 40).params["steps"] == 3 + 5
+
+
 def test_ema_samples_and_saves_the_averaged_weights(demo_workspace):
     """With EMA on, the saved file is the warmed-up average (not ~the initial no-op adapter),
     and the samples are rendered with those same weights."""
