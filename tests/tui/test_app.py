@@ -39,3 +39,16 @@ def test_long_photo_names_fit_the_list_in_cells_keeping_the_extension():
         assert NAME_WIDTH - 1 <= cell_len(short) <= NAME_WIDTH, short
         assert short.endswith(name[-6:]) and short.startswith(name[:4]) and "…" in short
     assert fit_middle("01_studio.jpg", NAME_WIDTH) == "01_studio.jpg"
+
+
+def test_a_reason_naming_a_cjk_photo_fits_its_column_in_cells():
+    """The "why" column's headline ("exact duplicate of 写真....jpg") is cut in cells too: cut
+    by characters, a CJK name ran ten cells past the column."""
+    from rich.cells import cell_len
+
+    from lorabooth.tui.panes.dataset import WHY_WIDTH, headline
+
+    why = headline("exact duplicate of 写真_家族_旅行_二〇二四年_夏休み_海辺.jpg")
+    assert why.startswith("exact duplicate of 写") and why.endswith("…")
+    assert WHY_WIDTH - 1 <= cell_len(why) <= WHY_WIDTH
+    assert headline("too small: 100x80, under 512 on its short side") == "too small"

@@ -22,7 +22,7 @@ from ..messages import DatasetScanned, Done, Notice, PaneReady, PaneUpdate, Writ
 from ..store_io import SaveCaption
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
-from ..widgets.text import fit_middle
+from ..widgets.text import fit_end, fit_middle
 
 # The scanner (numpy, Pillow) is imported in the scan worker, off the start-up path.
 ICONS = {OK: ("✓", "green"), WARN: ("!", "yellow"), SKIPPED: ("✗", "red")}
@@ -38,7 +38,7 @@ def headline(reason: str) -> str:
     photo's reasons are shown in full under its caption."""
     for mark in (":", " ("):
         reason = reason.split(mark, 1)[0]
-    return reason if len(reason) <= WHY_WIDTH else reason[:WHY_WIDTH - 1] + "…"
+    return fit_end(reason, WHY_WIDTH)
 
 
 class DatasetPane(Vertical):

@@ -30,3 +30,13 @@ def fit_middle(text: str, width: int) -> str:
     while cell_len(end) > tail:
         end = end[1:]
     return f"{start}…{end}"
+
+
+def fit_end(text: str, width: int) -> str:
+    """`text` in `width` cells, cut at the end with an ellipsis where it is longer."""
+    if cell_len(text) <= width:
+        return text
+    cut = text
+    while cut and cell_len(cut) > width - 1:
+        cut = cut[:-1]
+    return f"{cut}…" if width >= 1 else ""
