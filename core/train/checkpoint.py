@@ -90,6 +90,12 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
+def step_label(folder: str) -> str:
+    """A step folder's name as people read it: "step-000750" is "step-750" (cut in the middle
+    at 80 columns, the padded name read "step-0…000" for every step)."""
+    return re.sub(r"^step-0*(?=\d)", "step-", folder)
+
+
 def recorded_loss(folder: Path) -> float | None:
     """The loss a checkpoint's meta.json records, or None when it records none a person could
     read as one (a forged or damaged file: not JSON, not a table, not a finite number)."""

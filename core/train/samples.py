@@ -13,6 +13,7 @@ import torch
 from ..config import Config
 from ..dataset.captions import substitute_trigger
 from ..generate.images import contact_sheet, save_png
+from .checkpoint import step_label
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -81,5 +82,5 @@ def write_sample_sheet(samples: Path) -> Path | None:
     """Every sample so far: a row per step, a column per prompt."""
     steps = sorted(p for p in samples.glob("step-*") if p.is_dir())
     rows = [sorted(step.glob("prompt-*.png")) for step in steps]
-    labels = [step.name.replace("step-", "step ") for step in steps]
+    labels = [step_label(step.name) for step in steps]
     return contact_sheet(rows, samples / "contact_sheet.png", SHEET_CELL, labels)

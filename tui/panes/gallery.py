@@ -3,7 +3,6 @@ into the prompt box to vary it, `s` the image too, as the start image of the nex
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from textual import on
@@ -14,6 +13,7 @@ from textual.widgets import DataTable, Static
 
 from lorabooth.core.safetext import plain
 from lorabooth.core.store import Output
+from lorabooth.core.train.checkpoint import step_label
 from lorabooth.core.workspace import Workspace
 
 from ..messages import OpenViewer, PaneReady, PaneUpdate
@@ -21,12 +21,6 @@ from ..viewer import Shown, recipe_lines
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
 from ..widgets.text import fit_middle
-
-
-def sample_step(folder: str) -> str:
-    """A samples folder's name without its zero padding: "step-000750" is "step-750", so a
-    name cut in the middle at 80 columns keeps the step (it read "step-0…000" for all)."""
-    return re.sub(r"^step-0*(?=\d)", "step-", folder)
 
 
 class GalleryPane(Vertical):
@@ -77,7 +71,7 @@ class GalleryPane(Vertical):
         for output in self.items:
             path = Path(output.path)
             # Samples share names across steps: their step folder tells them apart.
-            name = f"{sample_step(path.parent.name)}/{path.stem}" if output.kind == "sample" \
+            name = f"{step_label(path.parent.name)}/{path.stem}" if output.kind == "sample" \
                 else path.stem
             table.add_row(output.kind, plain(fit_middle(name, self.name_room)))
         if self.items and row:
