@@ -296,3 +296,27 @@ async def test_a_training_in_a_terminal_is_shown_in_the_train_pane(studio: Works
     finally:
         holder.kill()
         holder.wait()
+
+
+async def test_start_on_a_stopped_run_carries_it_on_to_its_own_count(studio: Workspace,
+                                                                      monkeypatch):
+    """A run started for 300 steps (the settings say 3000), stopped at 120: the pane says `s`
+    carries it on, and `s` queues its resume to step 300, not a 3000-step one."""
+    monkeypatch.setenv("LORABOOTH_NO_ENGINE", "1")  # the job is what is looked at
+    store = Store(studio.db_path)
+    stopped = store.add_job("train", {"resume": False, "run": "run-001", "steps": 300},
+                            total=300)
+    store.add_metric(stopped, 120, loss=0.3, lr=1e-4, seconds=0.1)
+    store.update_job(stopped, state="cancelled", step=120)
+    app = studio_app(studio, engine=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_pane(pilot, "2", TrainPane)
+        stats = app.query_one("#train-stats", Static)
+        await wait_for(pilot, lambda: "s carries it on" in str(stats.render()))
+        assert "step 120/300" in str(stats.render())
+        assert pane.query_one("#field-steps", Input).value == "3000"
+        await pilot.press("s")
+        await wait_for(pilot, lambda: len(store.jobs()) == 2)
+        again = store.jobs()[-1]
+        assert again.params == {"resume": True, "run": "run-001", "steps": 300}
+        assert again.total == 300

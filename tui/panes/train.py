@@ -232,6 +232,8 @@ class TrainPane(Vertical):
                 if job.state == RUNNING and done < job.total:  # paused/ended: no ETA
                     text += f" · ETA {eta_text(speed, job.total - done)}"
                 text += memory
+            if self.carries_on():
+                text += " · s carries it on"
             if job.error:
                 text += f"\n{job.error}"
         if self.elsewhere is not None and (job is None or job.state not in LIVE):
@@ -257,14 +259,22 @@ class TrainPane(Vertical):
             return
         steps = self.query_one("#field-steps", Input).value
         params: dict = {"resume": False}  # a new run, with checkpoints of its own
-        if self.job is not None and self.job.state == CANCELLED and self.job.params.get("run"):
-            # The last run was stopped before its end: start carries it on.
+        if self.carries_on():
+            # The last run was stopped before its end: start carries it on, to the step count
+            # it shows ("step 700/1500"); the steps field is a new run's.
             params = {"resume": True, "run": self.job.params["run"]}
-        if steps.isdigit():
+            if self.job.total > 0:
+                params["steps"] = self.job.total
+        elif steps.isdigit():
             params["steps"] = int(steps)
         self.post_message(Write(AddJob("train", params, total=params.get("steps", 0),
                                        says="training queued as job {result}"), self))
         self.post_message(EngineWanted())
+
+    def carries_on(self) -> bool:
+        """Whether start continues the shown run: it was stopped before its end."""
+        job = self.job
+        return job is not None and job.state == CANCELLED and bool(job.params.get("run"))
 
     def action_pause(self) -> None:
         if self.job is not None:
