@@ -73,3 +73,25 @@ def test_demo_without_ui_makes_a_workspace(tmp_path: Path):
     assert len(photos) >= 12
     text = (tmp_path / "demo" / "lorabooth.toml").read_text()
     assert 'model = "demo"' in text and "resolution = [128]" in text
+
+
+def test_piped_training_lines_show_the_means_of_their_steps():
+    """A line every ten steps: its loss and s/step are the ten steps' means, not the last
+    step's (which swings between buckets and resolutions)."""
+    import io
+
+    from rich.console import Console
+
+    from lorabooth.core.cli.console import PlainTrainView
+    from lorabooth.core.train.trainer import StepMetrics
+
+    out = io.StringIO()
+    view = PlainTrainView(Console(file=out, width=200), total=20)
+    for step in range(1, 21):
+        fast = step % 2
+        view.step(StepMetrics(step, 20, loss=0.2 if fast else 0.4, lr=1e-4, grad_norm=1.0,
+                              seconds=0.1 if fast else 0.7, images_per_s=1.0,
+                              gpu_memory_gb=None))
+    assert out.getvalue().splitlines() == [
+        "step 10/20 loss 0.3000 lr 1.00e-04 0.400 s/step",
+        "step 20/20 loss 0.3000 lr 1.00e-04 0.400 s/step"]
