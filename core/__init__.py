@@ -10,7 +10,9 @@ from functools import cache
 
 
 @cache
-def _version() -> str:
+def version() -> str:
+    """lorabooth's version. Called where it is used, never imported as `__version__` at the top
+    of a module: that import runs this at once, and the CLI and the UI start without it."""
     # importlib.metadata costs ~15 ms to import: only pay it when a version is asked for.
     from importlib.metadata import PackageNotFoundError, version
 
@@ -22,5 +24,5 @@ def _version() -> str:
 
 def __getattr__(name: str) -> str:
     if name == "__version__":
-        return _version()
+        return version()
     raise AttributeError(name)

@@ -7,19 +7,22 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from ..config import ConfigError, load_config
 from ..dataset import OK, SKIPPED, WARN
-from ..dataset.report import DatasetReport, build_report
-from ..dataset.scan import ScanOptions, ScanResult, scan_folder
 from ..errors import EXIT_OK, EXIT_USAGE, UsageError
 from ..models.resolve import cache_root
 from ..safetext import plain
 from ..workspace import Workspace
 from .args import whole
 from .console import console
+
+if TYPE_CHECKING:  # numpy and Pillow load with the scan: opening the UI does not wait for them
+    from ..dataset.report import DatasetReport
+    from ..dataset.scan import ScanOptions, ScanResult
 
 STATUS_STYLE = {OK: ("✓", "green"), WARN: ("!", "yellow"), SKIPPED: ("✗", "red")}
 
@@ -58,6 +61,8 @@ def cache_dir_for(photos: Path, ws: Workspace | None) -> Path:
 
 def options_for(ws: Workspace | None, resolution: int | None,
                 trigger: str | None) -> ScanOptions:
+    from ..dataset.scan import ScanOptions
+
     config = None
     if ws is not None:
         try:
@@ -100,6 +105,9 @@ def run_check(photos: Path, *, as_json: bool, recursive: bool, resolution: int |
                                          "dim"))
     else:
         ws = find_workspace(photos)
+    from ..dataset.report import build_report
+    from ..dataset.scan import ScanOptions
+
     options = options_for(ws, resolution, trigger)
     options = ScanOptions(options.resolution, options.trigger, options.template, recursive)
     out = console()
@@ -114,6 +122,8 @@ def run_check(photos: Path, *, as_json: bool, recursive: bool, resolution: int |
 
 def _scan_with_progress(photos: Path, options: ScanOptions, cache: Path,
                         quiet: bool) -> ScanResult:
+    from ..dataset.scan import scan_folder
+
     if quiet or not sys.stderr.isatty():
         return scan_folder(photos, options, cache)
     from rich.progress import Progress

@@ -6,7 +6,6 @@ on a terminal, as plain lines when piped, and as JSON for scripts.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import platform
@@ -14,7 +13,7 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass
 
-from .. import __version__
+from .. import version
 from ..errors import EXIT_FAILURE, EXIT_OK
 from ..models.registry import DEMOS, MODELS
 from ..models.resolve import ModelNotFound, demo_model_path, resolve_model
@@ -34,6 +33,8 @@ class Check:
 
 
 def _pkg(name: str) -> str | None:
+    import importlib.metadata  # ~15 ms: every command would pay it at its start
+
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
@@ -43,7 +44,7 @@ def _pkg(name: str) -> str | None:
 def check_python() -> list[Check]:
     ok = sys.version_info >= (3, 11)
     return [
-        Check("system", "lorabooth", INFO, __version__),
+        Check("system", "lorabooth", INFO, version()),
         Check("system", "python", OK if ok else FAIL, platform.python_version(),
               "" if ok else "lorabooth needs Python 3.11 or newer"),
         Check("system", "platform", INFO, f"{platform.system()} {platform.machine()}"),

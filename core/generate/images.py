@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from .. import __version__
+from .. import version
 from ..fsutil import atomic_open, atomic_write_bytes
 from .recipe import RECIPE_KEY, Recipe, output_name
 
@@ -25,7 +25,7 @@ def png_bytes(image: Image.Image, recipe: Recipe | None = None) -> bytes:
     info = PngImagePlugin.PngInfo()
     if recipe is not None:
         info.add_text(RECIPE_KEY, recipe.to_json())
-    info.add_text("Software", f"lorabooth {__version__}")
+    info.add_text("Software", f"lorabooth {version()}")
     buffer = io.BytesIO()
     # Level 1 compresses ~3x faster than Pillow's default for files ~10% larger: the encode
     # would otherwise cost more than a small image takes to render.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .. import version
 from ..config import Config
 from ..fsutil import atomic_write_bytes
 from ..memory import Plan
@@ -410,7 +410,7 @@ class Trainer:
         return {"base_model": self.config.model, "trigger": self.config.trigger,
                 "rank": t.rank, "alpha": t.alpha, "steps": self.step,
                 "resolution": ",".join(map(str, t.resolution)),
-                "dataset": dataset_fingerprint(self.examples), "version": __version__}
+                "dataset": dataset_fingerprint(self.examples), "version": version()}
 
     def saved_weights(self) -> contextlib.AbstractContextManager:
         """The weights the LoRA file holds, in place while the block runs: the averaged ones
