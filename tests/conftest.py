@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -37,14 +38,28 @@ def no_engine_outlives_the_tests(tmp_path_factory: pytest.TempPathFactory):
     killed when the session ends, and the session fails, naming it."""
     yield
     base = str(tmp_path_factory.getbasetemp()).encode()
-    left = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"lorabooth.core.engine" in argv and any(base in arg for arg in argv):
-                left.append(b" ".join(argv).decode(errors="replace"))
-                os.kill(int(proc.name), signal.SIGKILL)
-    assert not left, f"engines left running by tests: {left}"
+
+    def engines_left() -> dict[int, str]:
+        found = {}
+        for proc in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError):
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if (b"lorabooth.core.engine" in argv and any(base in arg for arg in argv)
+                        and state != "Z"):
+                    found[int(proc.name)] = b" ".join(argv).decode(errors="replace")
+        return found
+
+    # An engine told to stop gives its lock back before its process has quite ended: the
+    # last test of a run may have stopped one a moment ago.
+    deadline = time.monotonic() + 10
+    while engines_left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = engines_left()
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"engines left running by tests: {list(left.values())}"
 
 
 @pytest.fixture(scope="session")

@@ -72,7 +72,9 @@ class StatusBar(Static):
         # count was what 80 columns lost.
         parts = [ws.root.name]
         if job is not None:
-            parts.append(f"job {job.id} {job.kind} {job.step}/{job.total} {job.state}")
+            # A job left running by an engine that is gone runs no more.
+            shown = "interrupted" if state == "stopped" else job.state
+            parts.append(f"job {job.id} {job.kind} {job.step}/{job.total} {shown}")
         parts.append(f"engine {state}" + (f" ({pid})" if pid else ""))
         if device:
             parts.append(device)
@@ -128,6 +130,7 @@ class LoraboothApp(App):
         self.writer = StoreWorker(self.ws, self._deliver)
         self.last_delta: StoreDelta | None = None
         self.said_frozen = False  # the engine's unresponsiveness was told (once per episode)
+        self.said_interrupted: int | None = None  # the job a vanished engine left, once told
         self.outputs_seen: list = []
         self.events_seen: list = []  # the latest, for a pane that mounts late
         for theme in THEMES:
@@ -185,6 +188,11 @@ class LoraboothApp(App):
                         "Engine: restart (training resumes from its last checkpoint)",
                         severity="warning", markup=False, timeout=15)
         self.said_frozen = delta.engine_state == engine.UNRESPONSIVE
+        interrupted = current if delta.engine_state == "stopped" else None
+        if interrupted is not None and interrupted.id != self.said_interrupted:
+            self.notify(f"{engine.interrupted_text(interrupted)}: ctrl+p, Engine: restart",
+                        severity="warning", markup=False, timeout=15)
+        self.said_interrupted = interrupted.id if interrupted is not None else None
         self.outputs_seen.extend(delta.outputs)
         self.events_seen = (self.events_seen + delta.events)[-EVENTS_KEPT:]
         # A pane still mounting (lazily) catches up from outputs_seen when it says it is ready.

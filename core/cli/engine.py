@@ -40,6 +40,9 @@ def run_engine(args: argparse.Namespace) -> int:
         print(json.dumps(state.public(), indent=2))
     elif state.state == "stopped":
         out.print("engine: stopped")
+        if state.interrupted is not None:
+            out.print(plain(f"{engine.interrupted_text(state.interrupted)}: lorabooth engine "
+                            f"{ws.root} start"))
     else:
         job = state.job
         doing = f", job {job.id} ({job.kind}) step {job.step}/{job.total}" if job else ""
@@ -79,12 +82,16 @@ def run_queue(args: argparse.Namespace) -> int:
             print(json.dumps([j.public() for j in jobs], indent=2))
             return EXIT_OK
         outside = training_outside_engine(ws)
+        left = engine.status(ws, store).interrupted
         for j in jobs:
             progress = f" {j.step}/{j.total}" if j.total else ""
             note = f"  {j.error}" if j.error else ""
             if outside and j.kind == "train" and j.state == QUEUED:
                 note = f"  waits for {outside}"
-            out.print(plain(f"{j.id:>4}  {j.kind:<9} {j.state:<10}{progress}{note}"))
+            state = j.state
+            if left is not None and j.id == left.id:  # its engine is gone: it runs no more
+                state, note = "interrupted", "  the engine resumes it when started"
+            out.print(plain(f"{j.id:>4}  {j.kind:<9} {state:<11}{progress}{note}"))
         if not jobs:
             out.print("the queue is empty")
         return EXIT_OK

@@ -11,6 +11,7 @@ from .client import (
     EngineStartFailed,
     EngineStopFailed,
     Status,
+    interrupted_text,
     start_detached,
     status,
     stop,
@@ -19,4 +20,4 @@ from .client import (
 from .lock import EngineRunning, running_pid
 
 __all__ = ["UNRESPONSIVE", "EngineRunning", "EngineStartFailed", "EngineStopFailed", "Status",
-           "running_pid", "start_detached", "status", "stop", "wait_for_job"]
+           "interrupted_text", "running_pid", "start_detached", "status", "stop", "wait_for_job"]

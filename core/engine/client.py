@@ -145,10 +145,22 @@ class Status:
     job: Job | None
     step: int | None
     device: str | None = None
+    # Stopped with a job still marked running or paused: the engine ended without a word
+    # (killed, often by the system's out-of-memory killer, or crashed). The next engine resumes it.
+    interrupted: Job | None = None
 
     def public(self) -> dict:
         return {"pid": self.pid, "state": self.state,
-                "job": self.job.public() if self.job else None, "step": self.step}
+                "job": self.job.public() if self.job else None, "step": self.step,
+                "interrupted": self.interrupted.public() if self.interrupted else None}
+
+
+def interrupted_text(job: Job) -> str:
+    """What became of a job whose engine ended without a word, and how to carry it on."""
+    resumes = "from its last checkpoint" if job.kind == "train" else "where it was"
+    return (f"job {job.id} ({job.kind}) was at step {job.step}/{job.total} when the engine "
+            "ended without a word: killed (the system's out-of-memory killer does this when "
+            f"RAM runs out) or crashed. Starting the engine resumes it {resumes}")
 
 
 def status(ws: Workspace, store: Store | None = None) -> Status:
@@ -157,7 +169,8 @@ def status(ws: Workspace, store: Store | None = None) -> Status:
     store = store or Store(ws.db_path)
     pid = running_pid(ws)
     if not pid:
-        return Status(None, "stopped", None, None)
+        left = store.jobs(LIVE)
+        return Status(None, "stopped", None, None, interrupted=left[0] if left else None)
     row = store.engine()
     job = store.job(row.job) if row and row.job else None
     state = "running" if job and job.state in LIVE else "idle"

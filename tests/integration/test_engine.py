@@ -58,6 +58,11 @@ def test_kill_9_mid_training_resumes_from_the_checkpoint(engines, demo_workspace
     checkpoint = all_checkpoints(ws.checkpoints)[-1]
     assert checkpoint is not None and checkpoint.step >= 50
     assert store.job(1).state == "running"  # as the dead engine left it
+    said = run_cli("engine", str(ws.root), "status").stdout  # not "stopped" and nothing else
+    assert "engine: stopped" in said and "job 1 (train) was at step" in said
+    assert "ended without a word" in said and f"lorabooth engine {ws.root} start" in said
+    listed = run_cli("queue", str(ws.root), "list").stdout
+    assert "train     interrupted" in listed and "running" not in listed
 
     assert run_cli("engine", str(ws.root), "start").returncode == 0
     steps_seen = []

@@ -320,3 +320,26 @@ async def test_start_on_a_stopped_run_carries_it_on_to_its_own_count(studio: Wor
         again = store.jobs()[-1]
         assert again.params == {"resume": True, "run": "run-001", "steps": 300}
         assert again.total == 300
+
+
+async def test_a_job_its_engine_left_behind_reads_interrupted_and_is_told_once(
+        studio: Workspace, monkeypatch):
+    """An engine killed mid-run (kill -9, the out-of-memory killer) leaves its job marked
+    running: the status bar must not say it runs, and a toast says what happened, once."""
+    monkeypatch.setenv("LORABOOTH_NO_ENGINE", "1")
+    store = Store(studio.db_path)
+    job = store.add_job("train", {"run": "run-001", "steps": 300}, total=300)
+    store.update_job(job, state="running", step=57)
+
+    def told(app) -> list[str]:
+        return [n.message for n in app._notifications if "without a word" in n.message]
+
+    app = studio_app(studio, engine=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: told(app))
+        bar = str(app.query_one("StatusBar").content)
+        assert "job 1 train 57/300 interrupted" in bar and "engine stopped" in bar
+        assert "running" not in bar
+        await pilot.pause(1.0)  # several polls later: said once
+        assert len(told(app)) == 1
+        assert "Engine: restart" in told(app)[0] and "last checkpoint" in told(app)[0]
