@@ -312,7 +312,7 @@ async def test_start_on_a_stopped_run_carries_it_on_to_its_own_count(studio: Wor
     async with app.run_test(size=(120, 40)) as pilot:
         pane = await open_pane(pilot, "2", TrainPane)
         stats = app.query_one("#train-stats", Static)
-        await wait_for(pilot, lambda: "s carries it on" in str(stats.render()))
+        await wait_for(pilot, lambda: "s carries it on to step 300" in str(stats.render()))
         assert "step 120/300" in str(stats.render())
         assert pane.query_one("#field-steps", Input).value == "3000"
         await pilot.press("s")

@@ -233,7 +233,7 @@ class TrainPane(Vertical):
                     text += f" · ETA {eta_text(speed, job.total - done)}"
                 text += memory
             if self.carries_on():
-                text += " · s carries it on"
+                text += f"\ns carries it on to step {job.total}"
             if job.error:
                 text += f"\n{job.error}"
         if self.elsewhere is not None and (job is None or job.state not in LIVE):
