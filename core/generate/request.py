@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import version
 from ..config import Config, GenerateSettings
 from ..dataset.captions import substitute_trigger
 from ..models.registry import generation_defaults, model_of
@@ -324,7 +324,7 @@ def complete_recipe(ws: Workspace, recipe: Recipe) -> Recipe:
     config = ws.config(check_photos=False)
     loras = tuple(resolve_lora(ws, lora) for lora in recipe.loras)
     return replace(recipe, model=recipe.model or config.image_model, loras=loras,
-                   version=__version__)
+                   version=version())
 
 
 VARIATIONS = 4
