@@ -20,6 +20,7 @@ from ..generate.request import (
     Request,
     build_request,
     complete_recipe,
+    parse_lora,
     request_to_params,
     training_underway,
 )
@@ -75,17 +76,6 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _lora(text: str) -> LoraRef:
-    name, _, scale = text.rpartition(":") if ":" in text else (text, "", "")
-    try:
-        value = float(scale) if scale else 1.0
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or not -4 <= value <= 4:
-        raise UsageError(f"--lora {text}: the scale after ':' must be a number from -4 to 4")
-    return LoraRef(name, value)
-
-
 def _scales(text: str) -> tuple[float, ...]:
     try:
         scales = tuple(float(s) for s in text.split(",") if s.strip())
@@ -100,7 +90,7 @@ def asked_from_args(prompt: str, args: argparse.Namespace) -> Asked:
     if args.no_lora:
         loras: tuple[LoraRef, ...] | None = ()
     else:
-        loras = tuple(_lora(text) for text in args.lora) or None
+        loras = tuple(parse_lora(text) for text in args.lora) or None
     return Asked(prompt, preset=args.preset, loras=loras, seed=args.seed, count=args.count,
                  scales=_scales(args.scales), width=args.width, height=args.height,
                  steps=args.steps, guidance=args.guidance, step_cache=args.step_cache,

@@ -159,6 +159,47 @@ def typed_refs(ws: Workspace, config: Config, text: str) -> tuple[str, ...]:
                  if name)
 
 
+MAX_LORA_SCALE = 4.0
+
+
+def _scale(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and abs(value) <= MAX_LORA_SCALE else None
+
+
+def parse_lora(text: str, what: str = "--lora") -> LoraRef:
+    """`NAME[:SCALE]`, as `--lora` and the Queue pane's LoRAs box take it."""
+    name, _, scale = text.rpartition(":") if ":" in text else (text, "", "")
+    value = _scale(scale) if scale else 1.0
+    if value is None:
+        raise RecipeError(f"{what} {text}: the scale after ':' must be a number from "
+                          f"-{MAX_LORA_SCALE:g} to {MAX_LORA_SCALE:g}")
+    return LoraRef(name, value)
+
+
+def typed_loras(text: str) -> tuple[tuple[LoraRef, ...] | None, float | None]:
+    """The Queue pane's LoRAs box, as `Asked`'s (loras, lora_scale): empty, the workspace LoRA
+    at generate.lora_scale; a number, the workspace LoRA at that scale; `none`, no LoRA; else
+    LoRAs as `NAME[:SCALE]` separated by spaces or commas (`step-750:0.8 style.safetensors:0.5`,
+    `workspace` the workspace's own), as `--lora` names them."""
+    text = text.strip()
+    if not text:
+        return None, None
+    if text.lower() == "none":
+        return (), None
+    if re.fullmatch(r"[-+.\deE]+|nan|inf|-inf", text, re.IGNORECASE):
+        if (scale := _scale(text)) is None:
+            hint = f" (the checkpoint of step {text} is step-{text})" if text.isdigit() else ""
+            raise RecipeError(f"LoRA scale {text}: a number from -{MAX_LORA_SCALE:g} to "
+                              f"{MAX_LORA_SCALE:g}{hint}")
+        return None, scale
+    names = [part for part in re.split(r"[\s,]+", text) if part]
+    return tuple(parse_lora(part, "LoRA") for part in names), None
+
+
 DEFAULT_STRENGTH = Asked.strength
 
 
@@ -294,8 +335,15 @@ def lora_problem(path: Path) -> str | None:
 
 
 def resolve_lora(ws: Workspace, ref: LoraRef) -> LoraRef:
-    """Find the file a LoRA name means: the workspace's own (`workspace`), a checkpoint
-    (`step-250`, `250` or `run-002/step-000250`), a file in .lorabooth/loras, or a path."""
+    """The LoRA a name means, with its file's path and hash."""
+    path = lora_file(ws, ref)
+    return LoraRef(ref.name or "workspace", ref.scale, str(path.resolve()), file_sha256(path))
+
+
+def lora_file(ws: Workspace, ref: LoraRef) -> Path:
+    """The file a LoRA name means: the workspace's own (`workspace`), a checkpoint (`step-250`,
+    `250` or `run-002/step-000250`), a file in .lorabooth/loras, or a path; checked from its
+    header alone (no hash: a UI asks this as a prompt is queued)."""
     from ..train.checkpoint import find_checkpoint
 
     name = ref.name
@@ -316,7 +364,7 @@ def resolve_lora(ws: Workspace, ref: LoraRef) -> LoraRef:
     if problem := lora_problem(path):
         where = "" if str(path) == name else f" ({path})"
         raise RecipeError(f"LoRA {name or 'workspace'}{where}: {problem}")
-    return LoraRef(name or "workspace", ref.scale, str(path.resolve()), file_sha256(path))
+    return path
 
 
 def complete_recipe(ws: Workspace, recipe: Recipe) -> Recipe:

@@ -47,14 +47,14 @@ async def test_esc_leaves_every_input_for_its_pane_list(demo_workspace):
             await pilot.pause()
             await pilot.press("escape")
             assert app.focused is train.query_one("#checkpoints"), field.id
-        # Queue: the prompt and the LoRA scale box.
+        # Queue: the prompt and the LoRAs box.
         queue = await open_pane(pilot, "3", QueuePane)
-        for field in ("#prompt", "#lora-scale"):
+        for field in ("#prompt", "#loras"):
             queue.query_one(field).focus()
             await pilot.pause()
             await pilot.press("escape")
             assert app.focused is queue.query_one("#jobs"), field
-        assert queue.query_one("#lora-scale").border_title == "LoRA scale"  # it says what it is
+        assert queue.query_one("#loras").border_title == "LoRAs"  # it says what it is
 
 
 async def test_keys_typed_into_an_input_are_text_not_commands(demo_workspace):

@@ -343,3 +343,42 @@ async def test_a_job_its_engine_left_behind_reads_interrupted_and_is_told_once(
         await pilot.pause(1.0)  # several polls later: said once
         assert len(told(app)) == 1
         assert "Engine: restart" in told(app)[0] and "last checkpoint" in told(app)[0]
+
+
+async def test_the_loras_box_takes_names_scales_and_none(studio: Workspace, monkeypatch):
+    """The Queue pane's LoRAs box: `none` queues without a LoRA, `NAME:SCALE` names a file in
+    .lorabooth/loras (a second LoRA, a checkpoint), and a name or scale typed wrong is said at
+    once and queues nothing."""
+    import torch
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("LORABOOTH_NO_ENGINE", "1")
+    studio.loras.mkdir(parents=True, exist_ok=True)
+    save_file({"transformer.x.lora_A.weight": torch.zeros(4, 8)},
+              str(studio.loras / "style.safetensors"))
+    store = Store(studio.db_path)
+    app = studio_app(studio, engine=False)
+
+    def errors() -> list[str]:
+        return [n.message for n in app._notifications if n.severity == "error"]
+
+    async with app.run_test(size=(120, 40)) as pilot:
+        queue = await open_pane(pilot, "3", QueuePane)
+        box, prompt = queue.query_one("#loras", Input), queue.query_one("#prompt", Input)
+        for typed, said in (("step-75O", "a checkpoint is named step-N"),
+                            ("missing.safetensors:0.5", "LoRA missing.safetensors not found"),
+                            ("style.safetensors:9", "must be a number from -4 to 4"),
+                            ("250", "the checkpoint of step 250 is step-250")):
+            box.value, prompt.value = typed, "zorb on the moon"
+            prompt.focus()
+            await pilot.press("enter")
+            await wait_for(pilot, lambda said=said: errors() and said in errors()[-1])
+        assert store.jobs() == []
+        for typed in ("none", "style.safetensors:0.5"):
+            box.value, prompt.value = typed, "zorb on the moon"
+            prompt.focus()
+            await pilot.press("enter")
+        await wait_for(pilot, lambda: len(store.jobs()) == 2)
+        none, styled = (j.params["recipe"]["loras"] for j in store.jobs())
+        assert none == []
+        assert [(lora["name"], lora["scale"]) for lora in styled] == [("style.safetensors", 0.5)]

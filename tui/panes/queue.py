@@ -1,5 +1,5 @@
-"""The Queue pane: a prompt box (history on up/down, {trigger} and preset completion, LoRA
-scale), the queue with states and progress, keys to cancel, move, repeat and pause, and the
+"""The Queue pane: a prompt box (history on up/down, {trigger} and preset completion, LoRAs
+to use), the queue with states and progress, keys to cancel, move, repeat and pause, and the
 selected job's images."""
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from lorabooth.core.generate.request import (
     Asked,
     Request,
     build_request,
+    lora_file,
     request_from_params,
     request_to_params,
     split_preset,
     training_underway,
+    typed_loras,
     typed_path,
     typed_refs,
     typed_start,
@@ -115,9 +117,11 @@ class QueuePane(Vertical):
                                  id="prompt")
             prompt.border_title = "prompt (i)"
             yield prompt
-            scale = PaneInput(value="1.0", id="lora-scale", placeholder="1.0")
-            scale.border_title = "LoRA scale"
-            yield scale
+            loras = PaneInput(value="1.0", id="loras", placeholder="1.0 · none · step-750:0.8")
+            loras.border_title = "LoRAs"
+            loras.tooltip = ("a number: the workspace LoRA at that scale; none: no LoRA; or "
+                             "NAME[:SCALE] ... (step-750, a file in .lorabooth/loras, a path)")
+            yield loras
             start = PaneInput(id="start", placeholder="me.jpg 0.8")
             start.border_title = "start image"
             yield start
@@ -144,7 +148,7 @@ class QueuePane(Vertical):
                                                       config.generate.presets]
             self.query_one("#prompt", Input).suggester = SuggestFromList(words,
                                                                          case_sensitive=False)
-            self.query_one("#lora-scale", Input).value = f"{config.generate.lora_scale:g}"
+            self.query_one("#loras", Input).value = f"{config.generate.lora_scale:g}"
             self.query_one("#refs", Input).display = model_of(config.image_model).family == "flux2"
         except LoraboothError:
             pass
@@ -256,16 +260,20 @@ class QueuePane(Vertical):
     def build_request(self, text: str) -> Request:
         config = self.ws.config(check_photos=False)
         preset, prompt = split_preset(text, config.generate.presets)
-        scale_text = self.query_one("#lora-scale", Input).value.strip()
-        scale = float(scale_text) if scale_text else None
+        loras, scale = typed_loras(self.query_one("#loras", Input).value)
         refs = typed_refs(self.ws, config, self.query_one("#refs", Input).value)
         start, strength = typed_start(self.ws, config, self.query_one("#start", Input).value)
         mask_text = self.query_one("#mask", Input).value.strip()
         mask = typed_path(self.ws, config, mask_text) if start and mask_text else ""
-        return build_request(self.ws, config,
-                             Asked(prompt, preset=preset, lora_scale=scale, refs=refs,
-                                   init_image=start, strength=strength, mask=mask),
-                             training=self.training())
+        request = build_request(self.ws, config,
+                                Asked(prompt, preset=preset, loras=loras, lora_scale=scale,
+                                      refs=refs, init_image=start, strength=strength,
+                                      mask=mask),
+                                training=self.training())
+        for lora in loras or ():  # a name typed wrong is said now, not when its turn comes
+            if not (lora.name in ("", "workspace") and self.training()):  # it is being made
+                lora_file(self.ws, lora)
+        return request
 
     @on(Input.Changed, "#start")
     def show_mask(self, event: Input.Changed) -> None:
