@@ -263,12 +263,13 @@ class LoraboothApp(App):
     def engine_wanted(self) -> None:
         self.ensure_engine()
 
-    def use_prompt(self, prompt: str, start: str = "") -> None:
-        """The Queue pane, with `prompt` in its box (and `start` as the start image) and the
-        focus there at once. Called directly by the keys that do it (`y`, `s`), not through a
-        message: keys typed right after them must not run the commands of the list or the
-        viewer left behind (`s` replaced the prompt, `m` and `v` queue jobs)."""
-        self.when_ready("queue", lambda pane: pane.use_prompt(prompt, start))
+    def use_prompt(self, prompt: str, start: str = "", loras: str | None = None) -> None:
+        """The Queue pane, with `prompt` in its box (`start` as the start image, `loras` in the
+        LoRAs box when given) and the focus there at once. Called directly by the keys that do
+        it (`y`, `s`), not through a message: keys typed right after them must not run the
+        commands of the list or the viewer left behind (`s` replaced the prompt, `m` and `v`
+        queue jobs)."""
+        self.when_ready("queue", lambda pane: pane.use_prompt(prompt, start, loras))
 
     @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
     def ensure_engine(self) -> None:

@@ -5,6 +5,7 @@ file's path (printed and put on the clipboard, which reaches a laptop over SSH v
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,15 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Static
 
+from lorabooth.core.fsutil import json_number
 from lorabooth.core.safetext import plain
 from lorabooth.core.store import Output
 
 from .messages import Remake
 from .widgets.footer import KeyFooter
 from .widgets.preview import Preview
+
+SPLITS = re.compile(r"[\s,]")  # what separates names in the Queue's LoRAs box
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,28 @@ class Shown:
         """The prompt it was made with, or "" (none recorded, or not text in a forged one)."""
         prompt = self.recipe.get("prompt")
         return prompt if isinstance(prompt, str) else ""
+
+    @property
+    def loras_text(self) -> str | None:
+        """The LoRAs it was made with, as the Queue's LoRAs box takes them ("0.8" for the
+        workspace's own, "none", "step-750:0.8 style.safetensors:0.5"); None where that cannot
+        be said: a training sample (its LoRA was the run's at that step), a name the box would
+        split, a record that is not what lorabooth writes."""
+        loras = self.recipe.get("loras")
+        if self.kind != "image" or not isinstance(loras, list):
+            return None
+        refs = []
+        for lora in loras:
+            name = lora.get("name") if isinstance(lora, dict) else None
+            scale = json_number(lora.get("scale")) if isinstance(lora, dict) else None
+            if not isinstance(name, str) or not name or scale is None or SPLITS.search(name):
+                return None
+            refs.append((name, scale))
+        if not refs:
+            return "none"
+        if len(refs) == 1 and refs[0][0] == "workspace":
+            return f"{refs[0][1]:g}"
+        return " ".join(f"{name}:{scale:g}" for name, scale in refs)
 
 
 def recipe_lines(item: Shown) -> list[str]:
@@ -127,10 +153,11 @@ class ViewerScreen(Screen):
             self.leave_for_prompt(self.item.prompt, str(self.item.path))
 
     def leave_for_prompt(self, prompt: str, start: str = "") -> None:
-        """Close, and the Queue's box takes the prompt, at once (see LoraboothApp.use_prompt):
-        keys typed right after must not run this screen's `m` and `v`."""
+        """Close, and the Queue's box takes the prompt (its LoRAs box the image's LoRAs), at
+        once (see LoraboothApp.use_prompt): keys typed right after must not run this screen's
+        `m` and `v`."""
         self.app.pop_screen()
-        self.app.use_prompt(prompt, start)
+        self.app.use_prompt(prompt, start, loras=self.item.loras_text if self.item else None)
 
     def action_remake(self, variations: bool) -> None:
         if self.item is not None:

@@ -237,3 +237,46 @@ async def test_gallery_names_of_samples_keep_their_step_at_80_columns(demo_works
         names = [str(table.get_row_at(row)[1]) for row in range(table.row_count)]
         for step in (750, 1000, 2000, 3000):
             assert any(f"step-{step}/" in name for name in names), names
+
+
+async def test_y_brings_an_images_loras_into_the_queue_and_a_samples_leaves_them(
+        demo_workspace):
+    """An image made with a checkpoint and a second LoRA: `y` in the viewer puts its prompt in
+    the Queue and its LoRAs in the LoRAs box, as that box takes them, so the next prompt is
+    made the same way. A training sample's LoRA was the run's at its step: the box is left."""
+    from lorabooth.core.generate.recipe import LoraRef
+
+    ws = demo_workspace()
+    store = Store(ws.db_path)
+    path = ws.outputs / "images" / "styled.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(path)
+    asked = Asked("zorb styled", seed=3, loras=(LoraRef("step-750", 0.8),
+                                                LoraRef("style.safetensors", 0.5)))
+    recipe = json.loads(build_request(ws, ws.config(), asked, training=False).recipe.to_json())
+    store.add_output(None, path, "image", recipe)
+    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_viewer(pilot)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.query_one("#prompt", Input).value == "zorb styled")
+        box = app.query_one("#loras", Input)
+        assert box.value == "step-750:0.8 style.safetensors:0.5"
+        box.value = "0.3"
+        sample = ws.outputs / "samples" / "step-000100" / "prompt-00.png"
+        sample.parent.mkdir(parents=True)
+        Image.new("RGB", (64, 64), (30, 200, 30)).save(sample)
+        store.add_output(None, sample, "sample", {"step": 100, "prompt": "a photo of zorb",
+                                                   "loras": [{"name": "workspace",
+                                                              "scale": 1.0}]})
+        await pilot.press("escape", "4")
+        gallery = app.query_one(GalleryPane)
+        await wait_for(pilot, lambda: len(gallery.items) == 2)
+        table = gallery.query_one(DataTable)
+        table.focus()
+        row = next(i for i, item in enumerate(gallery.items) if item.kind == "sample")
+        table.move_cursor(row=row)
+        await pilot.pause(0.1)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.query_one("#prompt", Input).value == "a photo of zorb")
+        assert box.value == "0.3"

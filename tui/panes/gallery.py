@@ -131,13 +131,14 @@ class GalleryPane(Vertical):
         item = self.selected()
         if item is None:
             return
-        prompt = Shown.of(item).prompt
-        if prompt:
-            self.app.use_prompt(prompt)
+        shown = Shown.of(item)
+        if shown.prompt:
+            self.app.use_prompt(shown.prompt, loras=shown.loras_text)
 
     def action_start_from(self) -> None:
         """Its prompt, and the image itself as the start image of the next ones."""
         item = self.selected()
         if item is None:
             return
-        self.app.use_prompt(Shown.of(item).prompt, start=item.path)
+        shown = Shown.of(item)
+        self.app.use_prompt(shown.prompt, start=item.path, loras=shown.loras_text)

@@ -282,9 +282,11 @@ class QueuePane(Vertical):
     def training(self) -> bool:
         return training_underway(self.all_jobs)
 
-    def use_prompt(self, prompt: str, start: str = "") -> None:
+    def use_prompt(self, prompt: str, start: str = "", loras: str | None = None) -> None:
         if start:
             self.query_one("#start", Input).value = start
+        if loras is not None:
+            self.query_one("#loras", Input).value = loras
         self.set_prompt(prompt)
 
     def set_prompt(self, text: str) -> None:
