@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import replace
 from pathlib import Path
 
 from ..engine import running_pid, start_detached, wait_for_job
 from ..errors import EXIT_OK, LoraboothError, UsageError
-from ..generate.recipe import MAX_IMAGES, MAX_RENDER_STEPS, LoraRef, Recipe, read_recipe
+from ..generate.recipe import (
+    MAX_IMAGES,
+    MAX_RENDER_STEPS,
+    SCALE_RANGE,
+    LoraRef,
+    Recipe,
+    read_recipe,
+)
 from ..generate.request import (
     Asked,
     Request,
@@ -23,6 +29,7 @@ from ..generate.request import (
     parse_lora,
     request_to_params,
     training_underway,
+    typed_scale,
 )
 from ..models.resolve import resolve_model
 from ..safetext import plain
@@ -77,12 +84,9 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _scales(text: str) -> tuple[float, ...]:
-    try:
-        scales = tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        scales = (math.nan,)
-    if not all(math.isfinite(v) and -4 <= v <= 4 for v in scales):
-        raise UsageError(f"--scales {text}: numbers from -4 to 4 separated by commas")
+    scales = tuple(typed_scale(s) for s in text.split(",") if s.strip())
+    if None in scales:
+        raise UsageError(f"--scales {text}: numbers from {SCALE_RANGE} separated by commas")
     return scales
 
 

@@ -25,9 +25,15 @@ MAX_REFS = 4  # reference images one FLUX.2 [klein] edit may take
 # T5 reads 512 tokens (~2,000 characters of English) and CLIP 77; a prompt five times that is
 # a paste gone wrong, refused rather than kept whole in every image's recipe.
 MAX_PROMPT_CHARS = 10_000
+MAX_LORA_SCALE = 4.0  # a LoRA's scale, and each of a sweep's scales, lies within +-this
+SCALE_RANGE = f"-{MAX_LORA_SCALE:g} to {MAX_LORA_SCALE:g}"
 MAX_STEP_CACHE = 1.0  # above this every step after the first would reuse it: noise
 ALTERNATIVES = re.compile(r"\{([^{}]*\|[^{}]*)\}")
 
+
+
+def lora_scale_ok(value: float) -> bool:
+    return math.isfinite(value) and -MAX_LORA_SCALE <= value <= MAX_LORA_SCALE
 
 class RecipeError(UsageError, ValueError):
     """A request that cannot be made: bad size, unknown preset, missing file."""
@@ -73,8 +79,8 @@ class Recipe:
         if not (math.isfinite(self.guidance) and 0 <= self.guidance <= 30):
             problems.append(f"guidance {self.guidance} must be a number from 0 to 30")
         for lora in self.loras:
-            if not (math.isfinite(lora.scale) and -4 <= lora.scale <= 4):
-                problems.append(f"LoRA {lora.name} scale {lora.scale} must be from -4 to 4")
+            if not lora_scale_ok(lora.scale):
+                problems.append(f"LoRA {lora.name} scale {lora.scale} must be from {SCALE_RANGE}")
         if self.mask and not self.init_image:
             problems.append("a mask needs an init image to paint into")
         if not (math.isfinite(self.strength) and 0 < self.strength <= 1):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -28,7 +27,16 @@ from ..dataset.captions import substitute_trigger
 from ..models.registry import generation_defaults, model_of
 from ..store import ACTIVE, Job
 from ..workspace import LORA_FILE, Workspace
-from .recipe import MAX_IMAGES, LoraRef, Recipe, RecipeError, expand_matrix, matrix_size
+from .recipe import (
+    MAX_IMAGES,
+    SCALE_RANGE,
+    LoraRef,
+    Recipe,
+    RecipeError,
+    expand_matrix,
+    lora_scale_ok,
+    matrix_size,
+)
 
 
 @dataclass(frozen=True)
@@ -102,9 +110,9 @@ def request_from_params(params: Any) -> Request:
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_IMAGES:
         raise RecipeError(f"count {count!r} must be a whole number from 1 to {MAX_IMAGES}")
     if not isinstance(scales, list) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            and -4 <= v <= 4 for v in scales):
-        raise RecipeError(f"scales {scales!r} must be numbers from -4 to 4")
+            isinstance(v, int | float) and not isinstance(v, bool) and lora_scale_ok(v)
+            for v in scales):
+        raise RecipeError(f"scales {scales!r} must be numbers from {SCALE_RANGE}")
     extra = {k: v for k, v in params.items() if k not in ("recipe", "count", "scales")}
     request = Request(Recipe.from_dict(params["recipe"]), count,
                       tuple(float(s) for s in scales), extra)
@@ -159,24 +167,22 @@ def typed_refs(ws: Workspace, config: Config, text: str) -> tuple[str, ...]:
                  if name)
 
 
-MAX_LORA_SCALE = 4.0
-
-
-def _scale(text: str) -> float | None:
+def typed_scale(text: str) -> float | None:
+    """A LoRA scale as typed, or None when it is not a number lora_scale_ok takes."""
     try:
         value = float(text)
     except ValueError:
         return None
-    return value if math.isfinite(value) and abs(value) <= MAX_LORA_SCALE else None
+    return value if lora_scale_ok(value) else None
 
 
 def parse_lora(text: str, what: str = "--lora") -> LoraRef:
     """`NAME[:SCALE]`, as `--lora` and the Queue pane's LoRAs box take it."""
     name, _, scale = text.rpartition(":") if ":" in text else (text, "", "")
-    value = _scale(scale) if scale else 1.0
+    value = typed_scale(scale) if scale else 1.0
     if value is None:
         raise RecipeError(f"{what} {text}: the scale after ':' must be a number from "
-                          f"-{MAX_LORA_SCALE:g} to {MAX_LORA_SCALE:g}")
+                          f"{SCALE_RANGE}")
     return LoraRef(name, value)
 
 
@@ -191,10 +197,9 @@ def typed_loras(text: str) -> tuple[tuple[LoraRef, ...] | None, float | None]:
     if text.lower() == "none":
         return (), None
     if re.fullmatch(r"[-+.\deE]+|nan|inf|-inf", text, re.IGNORECASE):
-        if (scale := _scale(text)) is None:
+        if (scale := typed_scale(text)) is None:
             hint = f" (the checkpoint of step {text} is step-{text})" if text.isdigit() else ""
-            raise RecipeError(f"LoRA scale {text}: a number from -{MAX_LORA_SCALE:g} to "
-                              f"{MAX_LORA_SCALE:g}{hint}")
+            raise RecipeError(f"LoRA scale {text}: a number from {SCALE_RANGE}{hint}")
         return None, scale
     names = [part for part in re.split(r"[\s,]+", text) if part]
     return tuple(parse_lora(part, "LoRA") for part in names), None
