@@ -96,13 +96,17 @@ def step_label(folder: str) -> str:
     return re.sub(r"^step-0*(?=\d)", "step-", folder)
 
 
-def recorded_loss(folder: Path) -> float | None:
-    """The loss a checkpoint's meta.json records, or None when it records none a person could
+def _recorded(folder: Path, key: str) -> float | None:
+    """A number a checkpoint's meta.json records, or None when it records none a person could
     read as one (a forged or damaged file: not JSON, not a table, not a finite number)."""
     try:
-        return json_number(read_json(folder / META_FILE).get("loss"))
+        return json_number(read_json(folder / META_FILE).get(key))
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def recorded_loss(folder: Path) -> float | None:
+    return _recorded(folder, "loss")
 
 
 def recorded_total(run: Path) -> int | None:
@@ -111,10 +115,7 @@ def recorded_total(run: Path) -> int | None:
     config's count, its schedule stretched), or None when no checkpoint records one a person
     could have asked for."""
     for info in reversed(list_checkpoints(run)):
-        try:
-            total = json_number(read_json(info.path / META_FILE).get("total"))
-        except (OSError, ValueError, AttributeError):
-            continue
+        total = _recorded(info.path, "total")
         if total is not None and total == int(total) and info.step <= total <= MAX_STEPS:
             return int(total)
     return None
