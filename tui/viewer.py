@@ -5,7 +5,6 @@ file's path (printed and put on the clipboard, which reaches a laptop over SSH v
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,13 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from lorabooth.core.fsutil import json_number
+from lorabooth.core.generate.request import loras_as_typed
 from lorabooth.core.safetext import plain
 from lorabooth.core.store import Output
 
 from .messages import Remake
 from .widgets.footer import KeyFooter
 from .widgets.preview import Preview
-
-SPLITS = re.compile(r"[\s,]")  # what separates names in the Queue's LoRAs box
 
 
 @dataclass(frozen=True)
@@ -59,14 +57,10 @@ class Shown:
         for lora in loras:
             name = lora.get("name") if isinstance(lora, dict) else None
             scale = json_number(lora.get("scale")) if isinstance(lora, dict) else None
-            if not isinstance(name, str) or not name or scale is None or SPLITS.search(name):
+            if not isinstance(name, str) or scale is None:
                 return None
             refs.append((name, scale))
-        if not refs:
-            return "none"
-        if len(refs) == 1 and refs[0][0] == "workspace":
-            return f"{refs[0][1]:g}"
-        return " ".join(f"{name}:{scale:g}" for name, scale in refs)
+        return loras_as_typed(refs)
 
 
 def recipe_lines(item: Shown) -> list[str]:

@@ -167,6 +167,9 @@ def typed_refs(ws: Workspace, config: Config, text: str) -> tuple[str, ...]:
                  if name)
 
 
+LORA_SEPARATORS = re.compile(r"[\s,]+")  # between the names in the LoRAs box
+
+
 def typed_scale(text: str) -> float | None:
     """A LoRA scale as typed, or None when it is not a number lora_scale_ok takes."""
     try:
@@ -201,8 +204,31 @@ def typed_loras(text: str) -> tuple[tuple[LoraRef, ...] | None, float | None]:
             hint = f" (the checkpoint of step {text} is step-{text})" if text.isdigit() else ""
             raise RecipeError(f"LoRA scale {text}: a number from {SCALE_RANGE}{hint}")
         return None, scale
-    names = [part for part in re.split(r"[\s,]+", text) if part]
+    names = [part for part in LORA_SEPARATORS.split(text) if part]
     return tuple(parse_lora(part, "LoRA") for part in names), None
+
+
+def loras_as_typed(loras: Iterable[tuple[str, float]]) -> str | None:
+    """LoRAs as the LoRAs box takes them, `typed_loras` read backwards ("0.8" for the
+    workspace's own alone, "none", "step-750:0.8 style.safetensors:0.5"); None for a name the
+    box would split."""
+    loras = list(loras)
+    if any(not name or LORA_SEPARATORS.search(name) for name, _ in loras):
+        return None
+    if not loras:
+        return "none"
+    if len(loras) == 1 and loras[0][0] == "workspace":
+        return f"{loras[0][1]:g}"
+    return " ".join(f"{name}:{scale:g}" for name, scale in loras)
+
+
+def check_typed_loras(ws: Workspace, loras: Iterable[LoraRef], training: bool) -> None:
+    """Each LoRA named is found and is a LoRA file (its header read, no hash), so a name typed
+    wrong is said as the prompt is queued; the workspace's own is taken on trust while a
+    training makes it, as build_request takes it."""
+    for lora in loras:
+        if not (lora.name in ("", "workspace") and training):
+            lora_file(ws, lora)
 
 
 DEFAULT_STRENGTH = Asked.strength

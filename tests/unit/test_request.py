@@ -153,3 +153,15 @@ def test_a_lora_that_is_not_one_is_refused_when_queued_from_its_header(ws: Works
     request = build_request(ws, ws.config(), Asked(
         "zorb", loras=[LoraRef(str(tmp_path / "kohya.safetensors"), 1.0)]), training=False)
     assert complete_recipe(ws, request.recipe).loras[0].sha256
+
+
+def test_the_loras_box_reads_back_what_an_image_was_made_with():
+    """loras_as_typed writes what typed_loras reads: an image's LoRAs go back into the box."""
+    from lorabooth.core.generate.request import loras_as_typed, typed_loras
+
+    both = [("step-750", 0.8), ("style.safetensors", 0.5)]
+    assert loras_as_typed(both) == "step-750:0.8 style.safetensors:0.5"
+    assert [(r.name, r.scale) for r in typed_loras(loras_as_typed(both))[0]] == both
+    assert typed_loras(loras_as_typed([("workspace", 0.8)])) == (None, 0.8)
+    assert typed_loras(loras_as_typed([])) == ((), None)
+    assert loras_as_typed([("my style.safetensors", 1.0)]) is None  # the box would split it

@@ -19,7 +19,7 @@ from lorabooth.core.generate.request import (
     Asked,
     Request,
     build_request,
-    lora_file,
+    check_typed_loras,
     request_from_params,
     request_to_params,
     split_preset,
@@ -270,9 +270,7 @@ class QueuePane(Vertical):
                                       refs=refs, init_image=start, strength=strength,
                                       mask=mask),
                                 training=self.training())
-        for lora in loras or ():  # a name typed wrong is said now, not when its turn comes
-            if not (lora.name in ("", "workspace") and self.training()):  # it is being made
-                lora_file(self.ws, lora)
+        check_typed_loras(self.ws, loras or (), self.training())
         return request
 
     @on(Input.Changed, "#start")
