@@ -67,13 +67,12 @@ class StatusBar(Static):
     """workspace · engine state · current job · GPU"""
 
     def show(self, ws: Workspace, state: str, pid: int | None, job: Job | None,
-             device: str | None) -> None:
+             device: str | None, interrupted: bool = False) -> None:
         # What matters most first: a narrow terminal cuts the end of the line, and the step
         # count was what 80 columns lost.
         parts = [ws.root.name]
         if job is not None:
-            # A job left running by an engine that is gone runs no more.
-            shown = "interrupted" if state == "stopped" else job.state
+            shown = "interrupted" if interrupted else job.state  # its engine is gone
             parts.append(f"job {job.id} {job.kind} {job.step}/{job.total} {shown}")
         parts.append(f"engine {state}" + (f" ({pid})" if pid else ""))
         if device:
@@ -180,15 +179,16 @@ class LoraboothApp(App):
             return
         delta = message.delta
         self.last_delta = delta
-        current = next((j for j in delta.jobs if j.state in LIVE), None)
-        bars.first().show(self.ws, delta.engine_state, delta.engine_pid, current, delta.device)
+        interrupted = delta.interrupted
+        current = interrupted or next((j for j in delta.jobs if j.state in LIVE), None)
+        bars.first().show(self.ws, delta.engine_state, delta.engine_pid, current, delta.device,
+                          interrupted=interrupted is not None)
         if delta.engine_state == engine.UNRESPONSIVE and not self.said_frozen:
             self.notify(f"the engine (pid {delta.engine_pid}) has not answered for "
                         f"{engine.client.STALE_HEARTBEAT:.0f} s: it may be frozen. ctrl+p, "
                         "Engine: restart (training resumes from its last checkpoint)",
                         severity="warning", markup=False, timeout=15)
         self.said_frozen = delta.engine_state == engine.UNRESPONSIVE
-        interrupted = current if delta.engine_state == "stopped" else None
         if interrupted is not None and interrupted.id != self.said_interrupted:
             self.notify(f"{engine.interrupted_text(interrupted)}: ctrl+p, Engine: restart",
                         severity="warning", markup=False, timeout=15)

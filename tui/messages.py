@@ -32,6 +32,8 @@ class StoreDelta:
     new_errors: list[Event] = field(default_factory=list)
     # A training the engine does not run (`lorabooth train` in a terminal): its pid, -1 unknown.
     training_elsewhere: int | None = None
+    # The job an engine that ended without a word left marked running (engine.Status's).
+    interrupted: Job | None = None
 
 
 class StoreUpdated(Message):

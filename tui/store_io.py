@@ -47,7 +47,8 @@ class StorePoller:
     def _read(self, store: Store) -> StoreDelta:
         status = engine.status(self.ws, store)
         jobs = store.jobs()
-        delta = StoreDelta(status.state, status.pid, gpu_line() or status.device, jobs)
+        delta = StoreDelta(status.state, status.pid, gpu_line() or status.device, jobs,
+                           interrupted=status.interrupted)
         trainer = training_pid(self.ws)
         if trainer is not None and trainer != status.pid:
             delta.training_elsewhere = trainer
