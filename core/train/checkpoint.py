@@ -153,14 +153,27 @@ def write_checkpoint(root: Path, step: int, state: dict, files: dict[str, bytes]
             atomic_write_bytes(tmp / name, data)
         atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         final = root / step_dir_name(step)
-        if final.exists():  # re-saving the same step (a stop right after a checkpoint)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        if final.is_dir():
+            _replace_files(tmp, final)
+        else:
+            os.rename(tmp, final)
         fsync_dir(root)
-    except BaseException:
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return CheckpointInfo(final, step)
+
+
+def _replace_files(new: Path, old: Path) -> None:
+    """Re-saving a step that has a checkpoint (a stop right after one): its files are replaced
+    one by one, each atomically, so a kill at any moment leaves a whole checkpoint of that step
+    (removing the old folder and renaming the new one in left none between the two)."""
+    names = sorted((p.name for p in new.iterdir()), key=lambda name: name == META_FILE)
+    for name in names:  # meta.json last: it is what makes a folder a checkpoint
+        os.replace(new / name, old / name)
+    for stale in set(p.name for p in old.iterdir()) - set(names):
+        with contextlib.suppress(OSError):
+            (old / stale).unlink()
+    fsync_dir(old)
 
 
 class CheckpointUnreadable(LoraboothError):
