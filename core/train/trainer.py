@@ -145,6 +145,12 @@ class Trainer:
         plan = self.plan = self.plan_memory()
         self.dtype = getattr(torch, plan.dtype)
         self.log(f"{len(self.examples)} training examples on {self.device}; {plan.reason}")
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            from ..kernels.cpu_attention import install, needs_building
+
+            if needs_building():
+                self.log("compiling lorabooth's CPU attention backward (once on this machine)")
+            self.log(install())
         if not self.owner.resident(self.source, self.dtype, plan.quantize):
             self.log(f"loading the model {self.source.spec}")  # the UI's state until step 1
         self.pipe, self.loaded_model = self.owner.borrow_for_training(

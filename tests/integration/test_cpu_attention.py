@@ -1,0 +1,111 @@
+"""lorabooth's bf16 CPU attention backward (core/kernels): gradients as close to float64's as
+torch's own kernel at every shape a training meets (odd lengths, batches, head sizes), the
+same through torch.compile, and really used when a LoRA trains in bf16 on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lorabooth.core.kernels import cpu_attention
+from lorabooth.core.train.trainer import Trainer
+
+
+@pytest.fixture(autouse=True)
+def kernel(lorabooth_cache):
+    """Built (once a session, into the tests' cache) or the test is skipped, saying why."""
+    why_not = cpu_attention.available()
+    if why_not is not None:
+        pytest.skip(f"the kernel cannot run here: {why_not}")
+
+
+def _inputs(batch: int, heads: int, length: int, dim: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, grad = (torch.randn(batch, heads, length, dim, generator=gen) for _ in range(4))
+    # Sharper attention than unit scores (a trained model's), where rounding shows.
+    return [x.bfloat16() for x in (2 * q, 2 * k, v, grad)]
+
+
+def _relative_errors(grads, reference) -> list[float]:
+    return [float((g.double() - r).norm() / r.norm())
+            for g, r in zip(grads, reference, strict=True)]
+
+
+@pytest.mark.parametrize(("batch", "heads", "length", "dim"), [
+    (1, 4, 768, 64),    # the mid-size bench model at 256 px
+    (2, 3, 777, 64),    # odd lengths: rows padded to pairs and cut off again
+    (1, 2, 101, 128),   # FLUX.1's head size, a partial last block
+    (1, 4, 9, 16),      # shorter than one block
+    (1, 2, 200, 80),    # a head size over one 64-column pack
+])
+def test_gradients_are_as_close_to_float64_as_torchs(batch, heads, length, dim):
+    q, k, v, grad = _inputs(batch, heads, length, dim)
+    exact = [x.double().requires_grad_() for x in (q, k, v)]
+    F.scaled_dot_product_attention(*exact).backward(grad.double())
+    reference = [x.grad for x in exact]
+
+    ours = [x.clone().requires_grad_() for x in (q, k, v)]
+    out, _ = cpu_attention.cpu_attention(*ours, dim ** -0.5)
+    out.backward(grad)
+    torchs = [x.clone().requires_grad_() for x in (q, k, v)]
+    expected = F.scaled_dot_product_attention(*torchs)
+    expected.backward(grad)
+
+    assert torch.equal(out, expected)  # the forward is torch's flash kernel itself
+    for mine, theirs in zip(_relative_errors([x.grad for x in ours], reference),
+                            _relative_errors([x.grad for x in torchs], reference), strict=True):
+        assert mine < 0.01 and mine <= 1.1 * theirs, (mine, theirs)
+
+
+def test_compiled_calls_give_the_eager_gradients_without_graph_breaks():
+    from torch._dynamo.utils import counters
+
+    def loss(q, k, v):
+        out, _ = cpu_attention.cpu_attention(q, k, v, 0.125)
+        return (out.float() ** 2).sum()
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(loss, fullgraph=True)
+    for length in (256, 258):  # a second bucket
+        inputs = _inputs(1, 2, length, 64)[:3]
+        eager = [x.clone().requires_grad_() for x in inputs]
+        loss(*eager).backward()
+        traced = [x.clone().requires_grad_() for x in inputs]
+        compiled(*traced).backward()
+        assert all(torch.equal(a.grad, b.grad) for a, b in zip(eager, traced, strict=True))
+    assert not counters["graph_break"]
+
+
+def test_a_bf16_cpu_training_routes_diffusers_attention_through_the_kernel(demo_workspace,
+                                                                          monkeypatch):
+    """The trainer says which backward it uses, and every attention of the step goes through
+    it; generation (no gradients) stays on diffusers' own path."""
+    calls = []
+    real = cpu_attention._extension
+    monkeypatch.setattr(cpu_attention, "_extension", lambda: calls.append(1) or real())
+    logs: list[str] = []
+    trainer = Trainer(demo_workspace(train_memory="bf16", train_checkpoint_every=1000),
+                      device="cpu", log=logs.append)
+    trainer.prepare()
+    assert "attention backward: lorabooth's bf16 CPU kernel" in logs
+    transformer = trainer.pipe.transformer
+    blocks = len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)
+    calls.clear()
+    trainer.run(steps=2)
+    assert len(calls) == 2 * blocks
+    pipe = trainer.pipe
+    trainer.release()  # the pipeline back to its owner, for generation
+    calls.clear()
+    with torch.no_grad():
+        pipe("zorb", num_inference_steps=2, height=64, width=64, guidance_scale=3.5)
+    assert not calls
+
+
+def test_float32_training_keeps_torchs_attention(demo_workspace):
+    logs: list[str] = []
+    trainer = Trainer(demo_workspace(train_checkpoint_every=1000), device="cpu",
+                      log=logs.append)
+    trainer.prepare()
+    assert not any(line.startswith("attention backward") for line in logs)
