@@ -45,15 +45,17 @@ def test_a_built_wheel_runs_the_ui_import(tmp_path: Path):
     site_packages = sysconfig.get_paths()["purelib"]
     result = subprocess.run(
         [sys.executable, "-S", "-c", "import lorabooth.tui.app as a, lorabooth.core.train as t, "
-         "lorabooth.sample_photos as s; print(a.__file__); print(len(list("
-         "s.SAMPLE_PHOTOS_DIR.glob('*.jpg'))))"],
+         "lorabooth.sample_photos as s, lorabooth.core.kernels.cpu_attention as k; "
+         "print(a.__file__); print(len(list(s.SAMPLE_PHOTOS_DIR.glob('*.jpg')))); "
+         "print(k.SOURCE.is_file())"],
         capture_output=True, text=True,
         env={"PYTHONPATH": f"{target}{os.pathsep}{site_packages}", "PATH": ""},
         cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    path, photos = result.stdout.split()
+    path, photos, kernel_source = result.stdout.split()
     assert path.startswith(str(target))
     assert int(photos) == 16
+    assert kernel_source == "True"  # the C++ the kernel is compiled from on first use
 
 
 def test_the_model_stack_floors_are_versions_that_ran_on_a_gpu():
