@@ -13,8 +13,10 @@ no dropout, gradients wanted); every other call goes to diffusers' own function 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -63,6 +65,19 @@ def _cpu_has_bf16() -> bool:
             and torch.cpu._is_avx512_bf16_supported())
 
 
+# A build takes ~25 s on 2 cores; a lock this old is no build in progress.
+STALE_LOCK_S = 600
+
+
+def _clear_stale_lock(lock: Path) -> None:
+    """torch's builder takes a lock file in the build folder even to load a built kernel, and
+    waits on one it finds for ever: a build killed mid-way (kill -9, the OOM killer, a hung-up
+    SSH session) would leave every later bf16 training on this machine waiting at its start."""
+    with contextlib.suppress(OSError):
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink()
+
+
 def _build():
     """The kernel built once per machine and torch version (~25 s), loaded from lorabooth's
     cache after that."""
@@ -79,6 +94,7 @@ def _build():
         pass
     folder = _folder()
     folder.mkdir(parents=True, exist_ok=True)
+    _clear_stale_lock(folder / "lock")
     try:
         module = cpp_extension.load(
             NAME, [str(SOURCE)], build_directory=str(folder),

@@ -109,3 +109,24 @@ def test_float32_training_keeps_torchs_attention(demo_workspace):
                       log=logs.append)
     trainer.prepare()
     assert not any(line.startswith("attention backward") for line in logs)
+
+
+def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_training(lorabooth_cache):
+    """torch's builder waits for ever on a lock file it finds; one left by a build killed
+    mid-way (kill -9 during the first training's half minute of compiling) is cleared."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    lock = cpu_attention._folder() / "lock"
+    lock.write_text("")
+    an_hour_ago = time.time() - 3600
+    os.utime(lock, (an_hour_ago, an_hour_ago))
+    result = subprocess.run(
+        [sys.executable, "-c", "from lorabooth.core.kernels import cpu_attention as c; "
+         "print(c.available())"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "LORABOOTH_CACHE": str(lorabooth_cache)})
+    assert result.stdout.strip() == "None", result.stderr[-2000:]
+    assert not lock.exists()
