@@ -99,9 +99,9 @@ def _build():
         module = cpp_extension.load(
             NAME, [str(SOURCE)], build_directory=str(folder),
             extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], verbose=False)
-    except (RuntimeError, OSError, ImportError) as exc:
+    except Exception as exc:  # any failure leaves torch's kernel, which works
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        first = next((line for line in lines if "error" in line.lower()), lines[0])
+        first = next((line for line in lines if "error:" in line), lines[0])  # the compiler's
         raise KernelUnavailable(f"the kernel did not build: {first.strip()[:300]}") from None
     if not module.has_bf16_ukernel():
         raise KernelUnavailable("oneDNN has no bf16 micro-kernel for this CPU")

@@ -130,3 +130,18 @@ def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_training(lorabooth
         env={**os.environ, "LORABOOTH_CACHE": str(lorabooth_cache)})
     assert result.stdout.strip() == "None", result.stderr[-2000:]
     assert not lock.exists()
+
+
+def test_a_kernel_that_does_not_build_leaves_torchs_attention_and_says_why(tmp_path,
+                                                                           monkeypatch):
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(cpu_attention, "SOURCE", broken)
+    monkeypatch.setattr(cpu_attention, "NAME", "lorabooth_broken_kernel")
+    cpu_attention._built.cache_clear()
+    try:
+        line = cpu_attention.install()
+        assert line.startswith("attention backward: torch's (the kernel did not build: ")
+        assert "error: " in line  # the compiler's own words
+    finally:
+        cpu_attention._built.cache_clear()
