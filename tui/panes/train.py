@@ -11,6 +11,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Input, Label, Static
 
 from lorabooth.core.config import ConfigError
@@ -120,11 +121,19 @@ class TrainPane(Vertical):
             yield DataTable(id="checkpoints", cursor_type="row")
 
     def on_mount(self) -> None:
-        # ★ marks the promoted checkpoint: the workspace's LoRA, kept until you promote another
-        self.query_one("#checkpoints", DataTable).add_columns("", "checkpoint", "loss")
-        self.load_settings()
-        self.update_stats()
-        self.refresh_checkpoints()
+        try:
+            # ★ marks the promoted checkpoint: the workspace's LoRA, kept until you promote
+            # another
+            self.query_one("#checkpoints", DataTable).add_columns("", "checkpoint", "loss")
+            self.load_settings()
+            self.update_stats()
+            self.refresh_checkpoints()
+        except NoMatches:
+            # A lazy pane can mount while the app is quitting and its children are already
+            # being removed; then there is nothing to fill in, and that is no error.
+            if self.is_attached and not (self._closing or self._pruning):
+                raise
+            return
         self.post_message(PaneReady(self))
 
     def load_settings(self) -> None:
