@@ -216,11 +216,18 @@ def test_new_photos_become_dataset_events_and_can_continue_training(photos, engi
     for name in ("01_studio", "02_beach_scarf"):
         shutil.copy(photos / f"{name}.jpg", photos / f"new_{name}.jpg")
     started = time.monotonic()
-    added = wait_until(lambda: [e for e in store.events()
-                                if e.kind == "dataset" and "new_01_studio" in e.message],
-                       timeout=30)
+
+    def reported() -> str:
+        return " ".join(e.message for e in store.events() if e.kind == "dataset")
+
+    wait_until(lambda: "new_01_studio.jpg" in reported() and
+               "new_02_beach_scarf.jpg" in reported(), timeout=30)
     assert time.monotonic() - started < 5
-    assert "2 added: new_01_studio.jpg, new_02_beach_scarf.jpg" in added[0].message
+    # Usually one event ("2 added: ..."); on a loaded machine the second copy can start after
+    # the first has settled, and then each is its own event: both are fine for a user, what
+    # matters is that each photo is reported once and the two count towards auto-continue.
+    events = [e.message for e in store.events() if e.kind == "dataset"][1:]
+    assert sum(m.count("new_") for m in events) == 2, events
     job = wait_until(lambda: store.jobs(), timeout=10)[0]
     assert job.kind == "train" and job.params["resume"]
     wait_until(lambda: store.job(job.id).state == "done", timeout=60)
