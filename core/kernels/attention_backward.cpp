@@ -105,6 +105,17 @@ void attention_backward(const torch::Tensor& grad_out, const torch::Tensor& quer
   const int64_t BH = query.size(0), Sp = query.size(1), D = query.size(2), Sk = key.size(1);
   TORCH_CHECK(Sp % 2 == 0 && Sk % 2 == 0 && D % 2 == 0 && queries <= Sp,
               "attention_backward: lengths and head size must be even");
+  // The pointers below are walked by these sizes: any other shape would read or write past
+  // a tensor's end.
+  const std::vector<int64_t> by_query{BH, Sp, D}, by_query_t{BH, D, Sp}, by_key{BH, Sk, D},
+      by_key_t{BH, D, Sk}, per_query{BH, Sp};
+  TORCH_CHECK(grad_out.sizes() == by_query && grad_out_t.sizes() == by_query_t &&
+                  query_t.sizes() == by_query_t && key.sizes() == by_key &&
+                  value.sizes() == by_key && key_t.sizes() == by_key_t &&
+                  lse.sizes() == per_query && delta.sizes() == per_query &&
+                  grad_query_t.sizes() == by_query_t && grad_key.sizes() == by_key &&
+                  grad_value.sizes() == by_key,
+              "attention_backward: shapes that do not match the query's and the key's");
   for (const torch::Tensor* t : {&grad_out, &query, &grad_out_t, &query_t, &key, &key_t, &value})
     TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kBFloat16,
                 "attention_backward: bf16 contiguous inputs");

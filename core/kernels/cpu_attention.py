@@ -110,11 +110,8 @@ def _build():
 
 def available() -> str | None:
     """None when the kernel can be used here, else why not."""
-    try:
-        _extension()
-    except KernelUnavailable as exc:
-        return str(exc)
-    return None
+    built = _built()
+    return str(built) if isinstance(built, KernelUnavailable) else None
 
 
 def _like_flash(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

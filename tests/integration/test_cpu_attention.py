@@ -145,3 +145,21 @@ def test_a_kernel_that_does_not_build_leaves_torchs_attention_and_says_why(tmp_p
         assert "error: " in line  # the compiler's own words
     finally:
         cpu_attention._built.cache_clear()
+
+
+def test_the_kernel_refuses_shapes_it_would_read_past():
+    """The C++ walks raw pointers by the query's and the key's sizes: a value shorter than the
+    key is refused, not read past its end."""
+    q, k, v, grad = (torch.randn(1, 8, 64).bfloat16() for _ in range(4))
+    short = torch.randn(1, 6, 64).bfloat16()
+    stats = torch.zeros(1, 8)
+    outs = torch.empty(1, 64, 8), torch.empty(1, 8, 64), torch.empty(1, 8, 64)
+    module = cpu_attention._extension()
+    with pytest.raises(RuntimeError, match="do not match"):
+        module.attention_backward(grad, q, grad.transpose(1, 2).contiguous(),
+                                  q.transpose(1, 2).contiguous(), k,
+                                  k.transpose(1, 2).contiguous(), short, stats, stats, 0.125,
+                                  8, *outs)
+    module.attention_backward(grad, q, grad.transpose(1, 2).contiguous(),
+                              q.transpose(1, 2).contiguous(), k,
+                              k.transpose(1, 2).contiguous(), v, stats, stats, 0.125, 8, *outs)
