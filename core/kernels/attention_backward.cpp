@@ -20,7 +20,10 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
 
+#include <fbgemm/Utils.h>
+
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 using at::BFloat16;
@@ -91,76 +94,126 @@ static void softmax_grad_block(const float* st, const float* dpt, const float* l
   }
 }
 
-// Per (batch x head), contiguous, sequence lengths rounded up to even with zero rows:
-// grad_out, query [S, D]; grad_out_t, query_t [D, S] (their transposes); key, value [Sk, D];
-// key_t [D, Sk]; lse, delta [S] float (delta = rowsum(grad_out * out)).
-// Writes float32 grad_query_t [D, S], grad_key, grad_value [Sk, D].
-void attention_backward(const torch::Tensor& grad_out, const torch::Tensor& query,
-                        const torch::Tensor& grad_out_t, const torch::Tensor& query_t,
-                        const torch::Tensor& key, const torch::Tensor& key_t,
-                        const torch::Tensor& value, const torch::Tensor& lse,
-                        const torch::Tensor& delta, double scale_, int64_t queries,
-                        torch::Tensor& grad_query_t, torch::Tensor& grad_key,
-                        torch::Tensor& grad_value) {
-  const int64_t BH = query.size(0), Sp = query.size(1), D = query.size(2), Sk = key.size(1);
-  TORCH_CHECK(Sp % 2 == 0 && Sk % 2 == 0 && D % 2 == 0 && queries <= Sp,
-              "attention_backward: lengths and head size must be even");
-  // The pointers below are walked by these sizes: any other shape would read or write past
-  // a tensor's end.
-  const std::vector<int64_t> by_query{BH, Sp, D}, by_query_t{BH, D, Sp}, by_key{BH, Sk, D},
-      by_key_t{BH, D, Sk}, per_query{BH, Sp};
-  TORCH_CHECK(grad_out.sizes() == by_query && grad_out_t.sizes() == by_query_t &&
-                  query_t.sizes() == by_query_t && key.sizes() == by_key &&
-                  value.sizes() == by_key && key_t.sizes() == by_key_t &&
-                  lse.sizes() == per_query && delta.sizes() == per_query &&
-                  grad_query_t.sizes() == by_query_t && grad_key.sizes() == by_key &&
-                  grad_value.sizes() == by_key,
-              "attention_backward: shapes that do not match the query's and the key's");
-  for (const torch::Tensor* t : {&grad_out, &query, &grad_out_t, &query_t, &key, &key_t, &value})
-    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kBFloat16,
-                "attention_backward: bf16 contiguous inputs");
-  for (const torch::Tensor* t :
-       std::initializer_list<const torch::Tensor*>{&lse, &delta, &grad_query_t, &grad_key,
-                                                   &grad_value})
-    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat,
-                "attention_backward: float32 contiguous statistics and outputs");
-  const float scale = static_cast<float>(scale_);
-  const BFloat16 *g = grad_out.data_ptr<BFloat16>(), *q = query.data_ptr<BFloat16>(),
-                 *gt = grad_out_t.data_ptr<BFloat16>(), *qt = query_t.data_ptr<BFloat16>(),
-                 *k = key.data_ptr<BFloat16>(), *kt = key_t.data_ptr<BFloat16>(),
-                 *v = value.data_ptr<BFloat16>();
-  const float *lse_all = lse.data_ptr<float>(), *delta_all = delta.data_ptr<float>();
-  float *dqt_all = grad_query_t.data_ptr<float>(), *dk_all = grad_key.data_ptr<float>(),
-        *dv_all = grad_value.data_ptr<float>();
+// [B, H, S, D] bf16 with the head dimension dense (any other strides: they are diffusers'
+// [B, S, H, D] tensors permuted), one (b, h) slice of it.
+struct Heads {
+  const BFloat16* data;
+  int64_t sb, sh, ss;
+  Heads(const torch::Tensor& t)
+      : data(t.data_ptr<BFloat16>()), sb(t.stride(0)), sh(t.stride(1)), ss(t.stride(2)) {}
+  const BFloat16* at(int64_t b, int64_t h) const { return data + b * sb + h * sh; }
+};
 
-  at::parallel_for(0, BH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<BFloat16> qt_packed(packed_size(D, Sp)), gt_packed(packed_size(D, Sp)),
-        q_packed(packed_size(Sp, D)), g_packed(packed_size(Sp, D)), pt(Sk * QB), dst(Sk * QB),
-        dst_packed(packed_size(Sk, QB));
-    std::vector<float> st(Sk * QB), dpt(Sk * QB);
+static void check_heads(const torch::Tensor& t, int64_t B, int64_t H, int64_t S, int64_t D,
+                        const char* name) {
+  TORCH_CHECK(t.dim() == 4 && t.size(0) == B && t.size(1) == H && t.size(2) == S &&
+                  t.size(3) == D,
+              "attention_backward: ", name, " does not match the query's and the key's shapes");
+  TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.stride(3) == 1 &&
+                  (S == 1 || t.stride(2) >= D),
+              "attention_backward: ", name, " must be bf16 with dense rows");
+}
+
+// The gradients of softmax(query key^T scale) value, given its output `out`, the forward's
+// log-sum-exp `lse` [B, H, S] (float32) and `grad_out`. Inputs are [B, H, S(k), D]; the
+// gradients come back in the layout diffusers' attention uses ([B, S, H, D] memory, viewed as
+// [B, H, S, D]), so nothing around the call needs a copy.
+std::vector<torch::Tensor> attention_backward(const torch::Tensor& grad_out,
+                                              const torch::Tensor& query,
+                                              const torch::Tensor& key,
+                                              const torch::Tensor& value,
+                                              const torch::Tensor& out, const torch::Tensor& lse,
+                                              double scale_) {
+  TORCH_CHECK(query.dim() == 4 && key.dim() == 4, "attention_backward: [B, H, S, D] tensors");
+  const int64_t B = query.size(0), H = query.size(1), S = query.size(2), D = query.size(3),
+                Sk = key.size(2);
+  TORCH_CHECK(D % 2 == 0 && S > 0 && Sk > 0, "attention_backward: an even head size");
+  // The pointers below are walked by these sizes: any other shape would read past an end.
+  check_heads(grad_out, B, H, S, D, "grad_out");
+  check_heads(query, B, H, S, D, "query");
+  check_heads(out, B, H, S, D, "out");
+  check_heads(key, B, H, Sk, D, "key");
+  check_heads(value, B, H, Sk, D, "value");
+  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == B && lse.size(1) == H && lse.size(2) == S &&
+                  lse.scalar_type() == at::kFloat,
+              "attention_backward: lse must be float32 [B, H, S]");
+  const auto heads_like = [&](int64_t length) {
+    return at::empty({B, length, H, D}, query.options()).transpose(1, 2);
+  };
+  torch::Tensor grad_query = heads_like(S), grad_key = heads_like(Sk),
+                grad_value = heads_like(Sk);
+  const Heads g(grad_out), q(query), k(key), v(value), o(out);
+  const Heads dq(grad_query), dk(grad_key), dv(grad_value);
+  BFloat16 *dq_data = grad_query.data_ptr<BFloat16>(), *dk_data = grad_key.data_ptr<BFloat16>(),
+           *dv_data = grad_value.data_ptr<BFloat16>();
+  const float* lse_data = lse.data_ptr<float>();
+  const int64_t lse_b = lse.stride(0), lse_h = lse.stride(1), lse_s = lse.stride(2);
+  const float scale = static_cast<float>(scale_);
+  // The packed products pair up rows: the lengths they reduce over are rounded up to even,
+  // with a zero row (a zero query or key adds nothing, and its own gradient is never written).
+  const int64_t Sp = (S + 1) / 2 * 2, Skp = (Sk + 1) / 2 * 2;
+  const auto rows_of = [](const BFloat16* src, int64_t stride, int64_t n, int64_t D,
+                          BFloat16* dst) {
+    for (int64_t i = 0; i < n; ++i) std::memcpy(dst + i * D, src + i * stride, D * 2);
+  };
+  const auto transpose = [](int64_t M, int64_t N, const BFloat16* src, int64_t ld_src,
+                            BFloat16* dst, int64_t ld_dst) {
+    fbgemm::transpose_simd<uint16_t>(M, N, reinterpret_cast<const uint16_t*>(src), ld_src,
+                                     reinterpret_cast<uint16_t*>(dst), ld_dst);
+  };
+  const auto store_rows = [](const float* src, int64_t n, int64_t D, BFloat16* dst,
+                             int64_t stride) {
+    for (int64_t i = 0; i < n; ++i) at::vec::convert(src + i * D, dst + i * stride, D);
+  };
+
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    // Zero-filled once: the padding rows and columns are never written.
+    std::vector<BFloat16> q_rows(Sp * D), g_rows(Sp * D), qt(D * Sp), gt(D * Sp), kt(D * Skp),
+        qt_packed(packed_size(D, Sp)), gt_packed(packed_size(D, Sp)),
+        q_packed(packed_size(Sp, D)), g_packed(packed_size(Sp, D)), pt(Skp * QB),
+        dst(Skp * QB), dst_packed(packed_size(Skp, QB));
+    std::vector<float> st(Sk * QB), dpt(Sk * QB), lse_bh(Sp), delta(Sp), dK(Sk * D),
+        dV(Sk * D), dQt(D * Sp), dQ(Sp * D);
     for (int64_t bh = begin; bh < end; ++bh) {
-      const BFloat16 *K = k + bh * Sk * D, *V = v + bh * Sk * D, *Kt = kt + bh * D * Sk;
-      const float *L = lse_all + bh * Sp, *E = delta_all + bh * Sp;
-      float *dQt = dqt_all + bh * D * Sp, *dK = dk_all + bh * Sk * D,
-            *dV = dv_all + bh * Sk * D;
-      pack_columns(D, Sp, Sp, qt + bh * D * Sp, qt_packed.data());
-      pack_columns(D, Sp, Sp, gt + bh * D * Sp, gt_packed.data());
-      pack_columns(Sp, D, D, q + bh * Sp * D, q_packed.data());
-      pack_columns(Sp, D, D, g + bh * Sp * D, g_packed.data());
-      for (int64_t m = 0; m < queries; m += QB) {
-        const int64_t qb = std::min(QB, queries - m), qb_even = (qb + 1) / 2 * 2;
-        gemm_packed(Sk, qb, D, K, D, qt_packed.data() + D * m, D, 0, st.data(), QB, false);
-        gemm_packed(Sk, qb, D, V, D, gt_packed.data() + D * m, D, 0, dpt.data(), QB, false);
-        softmax_grad_block(st.data(), dpt.data(), L + m, E + m, Sk, qb, scale, pt.data(),
-                           dst.data());
-        gemm_packed(Sk, D, qb_even, pt.data(), QB, g_packed.data(), Sp, m, dV, D, m > 0);
-        gemm_packed(Sk, D, qb_even, dst.data(), QB, q_packed.data(), Sp, m, dK, D, m > 0);
-        pack_columns(Sk, qb, QB, dst.data(), dst_packed.data());
-        gemm_packed(D, qb, Sk, Kt, Sk, dst_packed.data(), Sk, 0, dQt + m, Sp, false);
+      const int64_t b = bh / H, h = bh % H;
+      const BFloat16 *K = k.at(b, h), *V = v.at(b, h), *O = o.at(b, h);
+      rows_of(q.at(b, h), q.ss, S, D, q_rows.data());
+      rows_of(g.at(b, h), g.ss, S, D, g_rows.data());
+      transpose(S, D, q_rows.data(), D, qt.data(), Sp);
+      transpose(S, D, g_rows.data(), D, gt.data(), Sp);
+      transpose(Sk, D, K, k.ss, kt.data(), Skp);
+      for (int64_t i = 0; i < S; ++i) {
+        lse_bh[i] = lse_data[b * lse_b + h * lse_h + i * lse_s];
+        const BFloat16 *gi = g_rows.data() + i * D, *oi = O + i * o.ss;
+        float sum = 0.f;
+        for (int64_t d = 0; d < D; ++d) sum += float(gi[d]) * float(oi[d]);
+        delta[i] = sum;  // rowsum(grad_out * out)
       }
+      pack_columns(D, Sp, Sp, qt.data(), qt_packed.data());
+      pack_columns(D, Sp, Sp, gt.data(), gt_packed.data());
+      pack_columns(Sp, D, D, q_rows.data(), q_packed.data());
+      pack_columns(Sp, D, D, g_rows.data(), g_packed.data());
+      for (int64_t m = 0; m < S; m += QB) {
+        const int64_t qb = std::min(QB, S - m), qb_even = (qb + 1) / 2 * 2;
+        gemm_packed(Sk, qb, D, K, k.ss, qt_packed.data() + D * m, D, 0, st.data(), QB, false);
+        gemm_packed(Sk, qb, D, V, v.ss, gt_packed.data() + D * m, D, 0, dpt.data(), QB, false);
+        softmax_grad_block(st.data(), dpt.data(), lse_bh.data() + m, delta.data() + m, Sk, qb,
+                           scale, pt.data(), dst.data());
+        gemm_packed(Sk, D, qb_even, pt.data(), QB, g_packed.data(), Sp, m, dV.data(), D, m > 0);
+        gemm_packed(Sk, D, qb_even, dst.data(), QB, q_packed.data(), Sp, m, dK.data(), D,
+                    m > 0);
+        pack_columns(Skp, qb, QB, dst.data(), dst_packed.data());
+        gemm_packed(D, qb, Skp, kt.data(), Skp, dst_packed.data(), Skp, 0, dQt.data() + m, Sp,
+                    false);
+      }
+      fbgemm::transpose_simd<float>(D, S, dQt.data(), Sp, dQ.data(), D);
+      store_rows(dQ.data(), S, D, dq_data + b * dq.sb + h * dq.sh, dq.ss);
+      store_rows(dK.data(), Sk, D, dk_data + b * dk.sb + h * dk.sh, dk.ss);
+      store_rows(dV.data(), Sk, D, dv_data + b * dv.sb + h * dv.sh, dv.ss);
     }
     cpublas::brgemm_release();
   });
+  return {grad_query, grad_key, grad_value};
 }
 
 // Whether oneDNN has a bf16 micro-kernel for this CPU (without one brgemm falls back to a

@@ -20,9 +20,16 @@ def kernel(lorabooth_cache):
         pytest.skip(f"the kernel cannot run here: {why_not}")
 
 
-def _inputs(batch: int, heads: int, length: int, dim: int, seed: int = 0):
+def _inputs(batch: int, heads: int, length: int, dim: int, seed: int = 0,
+            keys: int | None = None, diffusers_layout: bool = False):
+    """query, key, value, grad_out; in diffusers' layout they are [B, S, H, D] tensors
+    permuted to [B, H, S, D], as the routed attention receives them."""
     gen = torch.Generator().manual_seed(seed)
-    q, k, v, grad = (torch.randn(batch, heads, length, dim, generator=gen) for _ in range(4))
+    lengths = (length, keys or length, keys or length, length)
+    tensors = [torch.randn(batch, n, heads, dim, generator=gen).transpose(1, 2) for n in lengths]
+    if not diffusers_layout:
+        tensors = [x.contiguous() for x in tensors]
+    q, k, v, grad = tensors
     # Sharper attention than unit scores (a trained model's), where rounding shows.
     return [x.bfloat16() for x in (2 * q, 2 * k, v, grad)]
 
@@ -32,15 +39,18 @@ def _relative_errors(grads, reference) -> list[float]:
             for g, r in zip(grads, reference, strict=True)]
 
 
-@pytest.mark.parametrize(("batch", "heads", "length", "dim"), [
-    (1, 4, 768, 64),    # the mid-size bench model at 256 px
-    (2, 3, 777, 64),    # odd lengths: rows padded to pairs and cut off again
-    (1, 2, 101, 128),   # FLUX.1's head size, a partial last block
-    (1, 4, 9, 16),      # shorter than one block
-    (1, 2, 200, 80),    # a head size over one 64-column pack
+@pytest.mark.parametrize(("batch", "heads", "length", "dim", "keys", "diffusers_layout"), [
+    (1, 4, 768, 64, None, True),   # the mid-size bench model at 256 px, as diffusers calls it
+    (2, 3, 777, 64, None, False),  # odd lengths: rows padded to pairs and cut off again
+    (1, 2, 101, 128, None, True),  # FLUX.1's head size, a partial last block
+    (1, 4, 9, 16, None, False),    # shorter than one block
+    (1, 2, 200, 80, None, True),   # a head size over one 64-column pack
+    (2, 2, 130, 64, 77, True),     # fewer keys than queries, an odd number of them
 ])
-def test_gradients_are_as_close_to_float64_as_torchs(batch, heads, length, dim):
-    q, k, v, grad = _inputs(batch, heads, length, dim)
+def test_gradients_are_as_close_to_float64_as_torchs(batch, heads, length, dim, keys,
+                                                     diffusers_layout):
+    q, k, v, grad = _inputs(batch, heads, length, dim, keys=keys,
+                            diffusers_layout=diffusers_layout)
     exact = [x.double().requires_grad_() for x in (q, k, v)]
     F.scaled_dot_product_attention(*exact).backward(grad.double())
     reference = [x.grad for x in exact]
@@ -148,18 +158,35 @@ def test_a_kernel_that_does_not_build_leaves_torchs_attention_and_says_why(tmp_p
 
 
 def test_the_kernel_refuses_shapes_it_would_read_past():
-    """The C++ walks raw pointers by the query's and the key's sizes: a value shorter than the
-    key is refused, not read past its end."""
-    q, k, v, grad = (torch.randn(1, 8, 64).bfloat16() for _ in range(4))
-    short = torch.randn(1, 6, 64).bfloat16()
-    stats = torch.zeros(1, 8)
-    outs = torch.empty(1, 64, 8), torch.empty(1, 8, 64), torch.empty(1, 8, 64)
+    """The C++ walks raw pointers by the query's and the key's sizes and strides: a value
+    shorter than the key, or rows that are not dense, are refused, not read past their end."""
+    q, k, v, grad = _inputs(1, 2, 8, 64, diffusers_layout=True)
+    out, lse = cpu_attention.cpu_attention(q, k, v, 0.125)
     module = cpu_attention._extension()
-    with pytest.raises(RuntimeError, match="do not match"):
-        module.attention_backward(grad, q, grad.transpose(1, 2).contiguous(),
-                                  q.transpose(1, 2).contiguous(), k,
-                                  k.transpose(1, 2).contiguous(), short, stats, stats, 0.125,
-                                  8, *outs)
-    module.attention_backward(grad, q, grad.transpose(1, 2).contiguous(),
-                              q.transpose(1, 2).contiguous(), k,
-                              k.transpose(1, 2).contiguous(), v, stats, stats, 0.125, 8, *outs)
+    with pytest.raises(RuntimeError, match="does not match"):
+        module.attention_backward(grad, q, k, v[:, :, :6], out, lse, 0.125)
+    with pytest.raises(RuntimeError, match="dense rows"):
+        columns = v.transpose(2, 3).contiguous().transpose(2, 3)  # same shape, D not dense
+        module.attention_backward(grad, q, k, columns, out, lse, 0.125)
+    with pytest.raises(RuntimeError, match="lse"):
+        module.attention_backward(grad, q, k, v, out, lse[:, :, :4], 0.125)
+    grads = cpu_attention.cpu_attention_backward(grad, q, k, v, out, lse, 0.125)
+    assert [x.shape for x in grads] == [q.shape, k.shape, v.shape]
+    # laid out as diffusers' [B, S, H, D], so that nothing downstream copies them again
+    assert all(x.transpose(1, 2).is_contiguous() for x in grads)
+
+
+def test_compile_caches_are_keyed_on_the_ops_code(tmp_path, monkeypatch):
+    """torch.compile caches graphs by op name: after an upgrade that changes what an op returns,
+    a graph compiled by the old lorabooth must not be read back (it fails on the new layout)."""
+    from torch.compiler import config
+
+    before = config.cache_key_tag
+    assert "lorabooth-ops-" in before
+    changed = tmp_path / "attention_backward.cpp"
+    changed.write_text(cpu_attention.SOURCE.read_text() + "\n// an upgrade\n")
+    monkeypatch.setattr(cpu_attention, "SOURCE", changed)
+    monkeypatch.setattr(config, "cache_key_tag", "")
+    cpu_attention._key_compile_caches()
+    assert config.cache_key_tag.startswith("lorabooth-ops-")
+    assert config.cache_key_tag not in before.split("+")
