@@ -52,13 +52,21 @@ def ours(q, k, v):
 
 def row(name: str, heads: int, length: int, dim: int) -> dict[str, object]:
     gen = torch.Generator().manual_seed(0)
-    q, k, v, grad = (torch.randn(1, heads, length, dim, generator=gen).bfloat16()
+    # As diffusers' attention gets them: [B, S, H, D] tensors seen as [B, H, S, D].
+    q, k, v, grad = (torch.randn(1, length, heads, dim, generator=gen).bfloat16()
                      for _ in range(4))
     q, k = 2 * q, 2 * k  # sharper scores, as a trained model's
-    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    leaves = [x.requires_grad_() for x in (q, k, v)]
+    q, k, v, grad = (x.transpose(1, 2) for x in (*leaves, grad))
     repeat = 3 if length > 4000 else 20
-    baseline = median_ms(lambda: torchs(q, k, v).backward(grad), repeat)
-    mine = median_ms(lambda: ours(q, k, v).backward(grad), repeat)
+
+    def step(attention) -> None:
+        for leaf in leaves:
+            leaf.grad = None
+        attention(q, k, v).backward(grad)
+
+    baseline = median_ms(lambda: step(torchs), repeat)
+    mine = median_ms(lambda: step(ours), repeat)
     return {"shape": f"{name} ({heads}x{length}x{dim})", "lorabooth_ms": mine,
             "torch_ms": baseline, "ratio": mine / baseline,
             "grad_error": gradient_error(ours, q, k, v, grad),
