@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -33,8 +34,6 @@ def _key_compile_caches() -> None:
     """Make torch.compile's on-disk caches key on these ops' code. Their graphs are cached by
     op name, not by what the op promises (its fake's strides): a graph compiled by an earlier
     lorabooth would be read back after an upgrade and fail on the new op's layout."""
-    import hashlib
-
     from torch.compiler import config
 
     digest = hashlib.sha256(Path(__file__).read_bytes() + SOURCE.read_bytes()).hexdigest()
@@ -68,8 +67,15 @@ def _extension():
     return built
 
 
+def _source_digest() -> str:
+    """What a built kernel depends on besides torch: its source and compiler flags."""
+    return hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+
+
 def _folder() -> Path:
-    return cache_root() / "kernels" / f"torch-{torch.__version__}"
+    # A folder per source: torch's builder, finding a changed source (an upgrade) in a folder,
+    # builds it under a new name (..._v1.so) that needs_building() would not know to look for.
+    return cache_root() / "kernels" / f"torch-{torch.__version__}-{_source_digest()}"
 
 
 def needs_building() -> bool:

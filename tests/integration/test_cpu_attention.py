@@ -190,3 +190,17 @@ def test_compile_caches_are_keyed_on_the_ops_code(tmp_path, monkeypatch):
     cpu_attention._key_compile_caches()
     assert config.cache_key_tag.startswith("lorabooth-ops-")
     assert config.cache_key_tag not in before.split("+")
+
+
+def test_an_upgraded_kernel_source_is_said_to_need_building(tmp_path, monkeypatch):
+    """After an upgrade the first bf16 training builds the new kernel (half a minute) and the
+    log says so, rather than looking like a hang."""
+    assert not cpu_attention.needs_building()  # built by the fixture
+    changed = tmp_path / "attention_backward.cpp"
+    changed.write_text(cpu_attention.SOURCE.read_text() + "\n// an upgrade\n")
+    monkeypatch.setattr(cpu_attention, "SOURCE", changed)
+    cpu_attention._built.cache_clear()
+    try:
+        assert cpu_attention.needs_building()
+    finally:
+        cpu_attention._built.cache_clear()
