@@ -392,3 +392,26 @@ async def test_quitting_while_the_panes_still_mount_is_no_error(studio: Workspac
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause(wait)
     assert app.return_code in (0, None)
+
+
+async def test_training_figures_wrap_between_figures_at_80_columns(studio: Workspace):
+    """At 80 columns the figures do not fit one line; none is cut in two ("ETA" at the end of
+    one line and "1h23m" at the start of the next), and each still shows."""
+    store = Store(studio.db_path)
+    job = store.add_job("train", {"resume": False}, total=100_000)
+    store.update_job(job, state="running", step=1234)
+    for step in range(34, 1235, 50):
+        store.add_metric(job, step, loss=0.3, lr=1e-4, seconds=0.512, memory_gb=21.37)
+    app = studio_app(studio, engine=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_pane(pilot, "2", TrainPane)
+        stats = app.query_one("#train-stats", Static)
+        await wait_for(pilot, lambda: "GiB" in str(stats.render()))
+        await pilot.pause(0.2)
+        lines = str(stats.render()).splitlines()
+        assert len(lines) > 1
+        figures = [figure for line in lines for figure in line.split(" · ")]
+        assert figures[:2] == [f"job {job} running", "step 1234/100000"]
+        assert "0.512 s/step" in figures and "GPU 21.4 GiB" in figures
+        assert any(re.fullmatch(r"ETA \d+h\d\dm", figure) for figure in figures), figures
+        assert all(len(line) <= stats.content_size.width for line in lines)

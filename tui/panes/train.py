@@ -26,7 +26,7 @@ from ..store_io import AddJob, Control, Promote, ReadMetrics, SaveSettings, Togg
 from ..widgets.inputs import PaneInput
 from ..widgets.lossplot import LossPlot
 from ..widgets.preview import Preview
-from ..widgets.text import set_text
+from ..widgets.text import join_fitting, set_text
 
 # (config key, label, parse)
 FIELDS = [
@@ -221,6 +221,11 @@ class TrainPane(Vertical):
         elif isinstance(command, Promote):
             self.refresh_checkpoints()
 
+    def on_resize(self) -> None:
+        # The figures are laid out in lines for the width they get: after a resize, again
+        # (once the stats' own width is known).
+        self.call_after_refresh(self.update_stats)
+
     def update_stats(self) -> None:
         job = self.job
         plot = self.query_one("#loss-plot", LossPlot)
@@ -234,13 +239,15 @@ class TrainPane(Vertical):
         else:
             speed = sum(self.seconds) / len(self.seconds) if self.seconds else None
             done = self.steps[-1] if self.steps else job.step
-            memory = f" · GPU {self.memory:.1f} GiB" if self.memory else ""
-            text = f"job {job.id} {job.state} · step {done}/{job.total}"
+            figures = [f"job {job.id} {job.state}", f"step {done}/{job.total}"]
             if speed:
-                text += f" · {speed:.3f} s/step"
+                figures.append(f"{speed:.3f} s/step")
                 if job.state == RUNNING and done < job.total:  # paused/ended: no ETA
-                    text += f" · ETA {eta_text(speed, job.total - done)}"
-                text += memory
+                    figures.append(f"ETA {eta_text(speed, job.total - done)}")
+                if self.memory:
+                    figures.append(f"GPU {self.memory:.1f} GiB")
+            stats = self.query_one("#train-stats", Static)
+            text = join_fitting(figures, stats.content_size.width)
             if self.carries_on():
                 text += f"\ns carries it on to step {job.total}"
             if job.error:

@@ -40,3 +40,16 @@ def fit_end(text: str, width: int) -> str:
     while cut and cell_len(cut) > width - 1:
         cut = cut[:-1]
     return f"{cut}…" if width >= 1 else ""
+
+
+def join_fitting(parts: list[str], width: int, sep: str = " · ") -> str:
+    """`parts` joined by `sep`, a new line begun instead of a separator wherever the next part
+    would not fit in `width` cells: a figure ("ETA 1h 02m") is never broken across lines.
+    A width under 1 (not laid out yet) puts them all on one line."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and (width < 1 or cell_len(lines[-1] + sep + part) <= width):
+            lines[-1] += sep + part
+        else:
+            lines.append(part)
+    return "\n".join(lines)
