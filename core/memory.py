@@ -55,6 +55,9 @@ LORA_STATE_BYTES = 16  # per trainable parameter: fp32 weight, gradient, two Ada
 MARGIN_GIB = 1.0  # allocator fragmentation and the odd temporary
 CUDA_CONTEXT_GIB = 0.5  # what the driver takes before the first tensor, on a named card
 REFERENCE_WIDTH = 3072  # FLUX.1's hidden size, where the per-token figures were measured
+# System RAM (system_memory.py): a lorabooth process before its first weight. 0.44 GiB measured
+# on a CPU with torch, diffusers, transformers and peft imported; CUDA's libraries add ~1 GiB.
+HOST_BASE_GIB = 1.5
 
 
 class MemoryPlanError(LoraboothError):
@@ -109,6 +112,10 @@ class Plan:
     text_on_gpu: bool = True  # train: T5 encodes the captions on the GPU (else on the CPU)
     checkpointing: bool = True  # train: recompute activations in the backward pass
     text_encoder: str = "T5"  # the large text encoder's name, for the words: T5, Qwen3
+    # System RAM: what each phase adds to the process's own (system_memory.py), and what the
+    # machine has for it (available memory and free swap); empty and None until planned.
+    host: list[Phase] = field(default_factory=list)
+    host_available_gib: float | None = None
 
     @property
     def placement(self) -> str:
@@ -121,14 +128,24 @@ class Plan:
         return max((p.gib for p in self.phases), default=0.0)
 
     @property
+    def host_peak_gib(self) -> float:
+        """System RAM the process needs at its peak: its own base and its largest phase."""
+        return HOST_BASE_GIB + max((p.gib for p in self.host), default=0.0)
+
+    @property
+    def host_fits(self) -> bool:
+        return self.host_available_gib is None or self.host_peak_gib <= self.host_available_gib
+
+    @property
     def gradient_checkpointing(self) -> bool:
         return self.job == "train" and self.dtype != "float32" and self.checkpointing
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["peak_gib"] = round(self.peak_gib, 2)
+        data["host_peak_gib"] = round(self.host_peak_gib, 2)
         data["placement"] = self.placement
-        for phase in data["phases"]:
+        for phase in data["phases"] + data["host"]:
             phase["gib"] = round(phase["gib"], 2)
         return data
 

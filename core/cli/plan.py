@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-memory", type=number(1, 4096), metavar="GB", action="append",
                         help="plan for a card of this many GB (repeatable); default: this "
                              "machine's GPU, or 12, 16, 24, 32, 48 and 80 GB without one")
+    parser.add_argument("--host-memory", type=number(1, 65536), metavar="GB",
+                        help="plan for a machine with this many GB of system RAM free "
+                             "(default: what this machine has available, swap included)")
     parser.add_argument("--json", action="store_true", help="print the plans as JSON")
 
 
@@ -38,21 +41,26 @@ def run(args: argparse.Namespace) -> int:
     configs = {"train": model_configs(config.model),
                "generate": model_configs(config.image_model)}
     cards, crowded = cards_to_plan(args.gpu_memory)
-    plans = [plan_row(config, *configs[job], label, available, job, resolution, named)
+    host = host_to_plan(args.host_memory)
+    plans = [plan_row(config, *configs[job], label, available, job, resolution, named,
+                      host=host)
              for label, available, named in cards
              for job, resolution in jobs(config)]
     # Without a GPU, what this machine itself would do (float32, or bf16 when asked) too.
     here = [] if args.gpu_memory or has_gpu() else [
-        plan_row(config, *configs[job], "this CPU", None, job, resolution, False, "cpu")
+        plan_row(config, *configs[job], "this CPU", None, job, resolution, False, "cpu", host)
         for job, resolution in jobs(config)]
     if args.json:
-        print(json.dumps({"model": config.model, "plans": plans, "this_cpu": here}, indent=2))
+        print(json.dumps({"model": config.model, "host_memory_gib": host, "plans": plans,
+                          "this_cpu": here}, indent=2))
         return EXIT_OK
     out = console()
     out.print(plain(f"memory plan for {config.model}"
                     f" (train.memory = {config.train.memory}, "
                     f"generate.memory = {config.generate.memory})", "bold"))
     out.print(table(plans))
+    out.print(plain("GPU, RAM: estimated peak GiB of the card's memory and of system RAM; "
+                    + host_words(host, args.host_memory is not None), "dim"))
     if crowded:
         out.print(plain(f"{crowded[0].upper()}{crowded[1:]}.", "yellow"))
     for row in here:
@@ -67,7 +75,37 @@ def run(args: argparse.Namespace) -> int:
         for phase in (row["plan"] or {}).get("phases", []):
             out.print(plain(f"  {phase['name']}: ~{phase['gib']:.1f} GiB ({phase['resident']})",
                             "dim"))
+        if row["plan"]:
+            out.print(plain(f"  {host_phase_words(row['plan'])}", "dim"))
     return EXIT_OK
+
+
+def host_phase_words(plan: dict) -> str:
+    """System RAM by phase, those that add to the process's own (weights the page cache
+    holds do not: the system may drop them)."""
+    from ..memory import HOST_BASE_GIB
+
+    adds = [f"{p['name']} +{p['gib']:.1f} ({p['resident']})" for p in plan["host"]
+            if p["gib"] >= 0.05]
+    own = f"system RAM: ~{HOST_BASE_GIB:.1f} GiB of its own"
+    return own + ("; " + "; ".join(adds) if adds else ", no weights beyond the page cache")
+
+
+def host_to_plan(asked: float | None) -> float | None:
+    """GiB of system RAM to plan with: as asked, else this machine's available memory and swap
+    (None where it cannot be read)."""
+    if asked is not None:
+        return float(asked)
+    from ..models.sizes import system_memory
+
+    return system_memory()
+
+
+def host_words(host: float | None, asked: bool) -> str:
+    if host is None:
+        return "system RAM here is not known (--host-memory GB plans for an amount)"
+    where = "as asked" if asked else "available on this machine, swap included"
+    return f"system RAM: {host:.1f} GiB {where}"
 
 
 def model_configs(spec: str) -> tuple[Path, int]:
@@ -104,7 +142,7 @@ def cards_to_plan(asked: list[float] | None) -> tuple[list[tuple[str, float, boo
         from ..models.sizes import card_memory
 
         available, crowded = card_memory(device)
-        return [(describe_device(device), available, False)], crowded
+        return [(f"this GPU ({describe_device(device)})", available, False)], crowded
     return [(f"{gb} GB", card_gib(gb), True) for gb in USUAL_CARDS], ""
 
 
@@ -121,9 +159,10 @@ def has_gpu() -> bool:
 
 
 def plan_row(config: Config, folder: Path, text_tokens: int, card: str, available: float,
-             job: str, resolution: int, named: bool = True, kind: str = "cuda") -> dict:
-    """One job's plan on one card (or on this CPU); a named card is taken to have native
-    bf16."""
+             job: str, resolution: int, named: bool = True, kind: str = "cuda",
+             host: float | None = None) -> dict:
+    """One job's plan on one card (or on this CPU) and a machine with `host` GiB of system
+    RAM; a named card is taken to have native bf16."""
     import dataclasses
 
     import torch
@@ -137,15 +176,21 @@ def plan_row(config: Config, folder: Path, text_tokens: int, card: str, availabl
         if job == "train":
             one = dataclasses.replace(config.train, resolution=[resolution])
             plan = training_plan(dataclasses.replace(config, train=one), folder, text_tokens,
-                                 device, available=available, bf16=True if named else None)
+                                 device, available=available, bf16=True if named else None,
+                                 host=host)
         else:
             plan = generation_plan(config, folder, resolution, text_tokens, device,
-                                   available=available, bf16=True if named else None)
+                                   available=available, bf16=True if named else None,
+                                   host=host)
     except MemoryPlanError as exc:
-        return {**row, "fits": False, "reason": str(exc), "plan": None}
+        return {**row, "fits": False, "host_fits": None, "reason": str(exc), "plan": None}
     fits = available is None or plan.peak_gib <= available
-    return {**row, "fits": fits, "reason": plan.reason, "plan": plan.to_dict(),
-            "weights": weights(plan), "placement": placement(plan)}
+    reason = plan.reason
+    if not plan.host_fits:
+        reason += (f"; system RAM: needs ~{plan.host_peak_gib:.1f} GiB, "
+                   f"{plan.host_available_gib:.1f} available")
+    return {**row, "fits": fits, "host_fits": plan.host_fits, "reason": reason,
+            "plan": plan.to_dict(), "weights": weights(plan), "placement": placement(plan)}
 
 
 def weights(plan: Plan) -> str:
@@ -157,22 +202,25 @@ def placement(plan: Plan) -> str:
     if plan.job == "generate":
         return {"all": "all on GPU", "stream": f"{plan.text_encoder} streamed",
                 "offload": "model offload"}[plan.placement]
-    where = "encoders on GPU" if plan.encoders_on_gpu else f"{plan.text_encoder} streamed"
+    where = "all on GPU" if plan.encoders_on_gpu else f"{plan.text_encoder} streamed"
     return where if plan.gradient_checkpointing else where + ", no ckpt"
 
 
 def table(rows: list[dict]) -> Table:
-    grid = Table(show_edge=False, pad_edge=False)
-    for name in ("card", "job", "px", "weights", "placement", "peak GiB", ""):
-        grid.add_column(name, justify="right" if name in ("px", "peak GiB") else "left",
-                        no_wrap=True)
+    """One row per card and job, in 80 columns (a phone's SSH client is no wider)."""
+    grid = Table(box=None, pad_edge=False, padding=(0, 1), header_style="bold")
+    numbers = ("GPU", "RAM")
+    for name in ("card", "job", "weights", "placement", *numbers, ""):
+        grid.add_column(name, justify="right" if name in numbers else "left", no_wrap=True)
     for row in rows:
         plan = row["plan"]
+        job = f"{row['job']} {row['resolution']}"
         if plan is None:
-            grid.add_row(plain(row["card"]), row["job"], str(row["resolution"]), "-", "-",
-                         "-", plain("does not fit", "red"))
+            grid.add_row(plain(row["card"]), job, "-", "-", "-", "-",
+                         plain("does not fit", "red"))
             continue
-        grid.add_row(plain(row["card"]), row["job"], str(row["resolution"]), row["weights"],
-                     row["placement"], f"{plan['peak_gib']:.1f}",
-                     plain("fits", "green") if row["fits"] else plain("too big", "red"))
+        verdict = (plain("too big", "red") if not row["fits"] else
+                   plain("RAM short", "red") if not row["host_fits"] else plain("fits", "green"))
+        grid.add_row(plain(row["card"]), job, row["weights"], row["placement"],
+                     f"{plan['peak_gib']:.1f}", f"{plan['host_peak_gib']:.1f}", verdict)
     return grid

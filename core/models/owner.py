@@ -42,6 +42,25 @@ class ModelOwner:
             return False
         return dtype is None or self.pipe.transformer.dtype == dtype
 
+    def host_gib(self) -> float:
+        """GiB of weights the loaded pipeline holds in CPU memory (a model waiting there, T5
+        pinned to stream from it, models under offload): freed or reused by the next job, so
+        they count as available to it."""
+        if self.pipe is None:
+            return 0.0
+        import torch
+
+        seen: set[int] = set()
+        total = 0
+        for module in self.pipe.components.values():
+            if not isinstance(module, torch.nn.Module):
+                continue
+            for tensor in (*module.parameters(), *module.buffers()):
+                if tensor.device.type == "cpu" and id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    total += tensor.numel() * tensor.element_size()
+        return total / 2**30
+
     def drop(self) -> None:
         """Free the loaded pipeline (and the GPU memory it held)."""
         if self.pipe is None:
@@ -118,7 +137,12 @@ class ModelOwner:
             placement = plan.placement
         else:  # whatever is resident, as it is
             placement = "offload" if self.offload else "all"
-        if not self.resident(source, dtype, quantize):
+        resident = self.resident(source, dtype, quantize)
+        if plan is not None:  # before loading: a killed process would say nothing
+            from .sizes import require_system_memory
+
+            require_system_memory(plan, self.host_gib(), loading=not resident)
+        if not resident:
             self._load(source, dtype, None, quantize, placement)
         elif not (self.offload and placement == "offload"):
             # Training may have left models where it wanted them (T5 in CPU memory), and an

@@ -120,25 +120,112 @@ def cpu_has_bf16() -> bool:
 
 def training_plan(config: Config, folder: Path, text_tokens: int, device: torch.device,
                   available: float | None = None, bnb: bool | None = None,
-                  bf16: bool | None = None) -> Plan:
-    """`available`, `bnb` and `bf16` default to this machine's; `lorabooth plan` names a card."""
+                  bf16: bool | None = None, host: float | None = None) -> Plan:
+    """`available`, `bnb`, `bf16` and `host` (system RAM) default to this machine's;
+    `lorabooth plan` names a card and a machine."""
     t = config.train
     available, note = _memory_here(available, device)
-    return _with_note(lambda: plan_training(
-        t.memory, model_size(folder, t.rank, t.targets), max(t.resolution),
+    size = model_size(folder, t.rank, t.targets)
+    plan = _with_note(lambda: plan_training(
+        t.memory, size, max(t.resolution),
         device=device.type, available_gib=available, batch=t.batch_size,
         text_tokens=text_tokens, sample_resolution=min(t.resolution),
         have_bitsandbytes=have_bitsandbytes() if bnb is None else bnb,
         bf16_supported=bf16_supported(device) if bf16 is None else bf16,
         checkpointing=t.checkpointing), note)
+    return _with_host(plan, size, device, folder, host, t.batch_size, text_tokens)
 
 
 def generation_plan(config: Config, folder: Path, resolution: int, text_tokens: int,
                     device: torch.device, available: float | None = None,
-                    bnb: bool | None = None, bf16: bool | None = None) -> Plan:
+                    bnb: bool | None = None, bf16: bool | None = None,
+                    host: float | None = None) -> Plan:
     available, note = _memory_here(available, device)
-    return _with_note(lambda: plan_generation(
-        config.generate.memory, model_size(folder), resolution, device=device.type,
+    size = model_size(folder)
+    plan = _with_note(lambda: plan_generation(
+        config.generate.memory, size, resolution, device=device.type,
         available_gib=available, text_tokens=text_tokens,
         have_bitsandbytes=have_bitsandbytes() if bnb is None else bnb,
         bf16_supported=bf16_supported(device) if bf16 is None else bf16), note)
+    return _with_host(plan, size, device, folder, host, 1, text_tokens)
+
+
+# -- system RAM -----------------------------------------------------------------------------
+
+def _with_host(plan: Plan, size: ModelSize, device: torch.device, folder: Path,
+               host: float | None, batch: int, text_tokens: int) -> Plan:
+    from ..system_memory import host_phases
+
+    phases = host_phases(size, plan, device.type != "cuda", files_precision(folder), batch,
+                         text_tokens)
+    return dataclasses.replace(plan, host=phases,
+                               host_available_gib=system_memory() if host is None else host)
+
+
+def system_memory() -> float | None:
+    """GiB of system RAM a new allocation can have here: the kernel's estimate of what is
+    available without swapping (page cache it may drop included), and free swap; None where
+    /proc/meminfo is not there to say (not Linux)."""
+    fields = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                name, _, rest = line.partition(":")
+                if name in ("MemAvailable", "SwapFree"):
+                    fields[name] = int(rest.split()[0]) * 1024 / 2**30  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    if "MemAvailable" not in fields:
+        return None
+    return fields["MemAvailable"] + fields.get("SwapFree", 0.0)
+
+
+def files_precision(folder: Path) -> str:
+    """The precision the transformer's weights are stored in ("bf16" for every Flux repo; the
+    shipped configs have no weights, and a file that cannot be read is taken to be so)."""
+    from safetensors import safe_open
+
+    names = {"BF16": "bf16", "F16": "fp16", "F32": "fp32"}
+    for path in sorted((folder / "transformer").glob("*.safetensors"))[:1]:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                first = next(iter(handle.keys()), None)
+                if first is not None:
+                    return names.get(handle.get_slice(first).get_dtype(), "bf16")
+        except Exception:  # safetensors raises its own error types for a forged file
+            return "bf16"
+    return "bf16"
+
+
+def require_system_memory(plan: Plan, held: float = 0.0, loading: bool = True) -> None:
+    """Refuse a job whose system RAM would run out, before anything is loaded: the kernel's
+    out-of-memory killer would end the engine without a word, mid-load. `held`: GiB of CPU
+    memory the resident model holds (freed or reused: it counts as available); `loading`:
+    False when the resident model is reused, so the loading phase does not happen."""
+    from ..memory import HOST_BASE_GIB
+
+    if plan.host_available_gib is None:
+        return
+    phases = [p for p in plan.host if loading or p.name != "loading"]
+    need = max((p.gib for p in phases), default=0.0)
+    have = plan.host_available_gib + held
+    if need <= have:
+        return
+    worst = max(phases, key=lambda p: p.gib)
+    job = "training" if plan.job == "train" else "generating"
+    raise MemoryPlanError(
+        f"{job} at {plan.resolution} px needs "
+        f"~{need:.1f} GiB of system RAM beyond lorabooth's own ~{HOST_BASE_GIB:.1f} "
+        f"({worst.name}: {worst.resident}), and {have:.1f} GiB is available here (free memory "
+        "and swap): the system would end the engine mid-way. Close other programs, add swap, "
+        "or use a machine with more RAM; `lorabooth plan` shows every phase")
+
+
+def system_ram_words(plan: Plan) -> str:
+    """The log's words for the system RAM the job adds (none when it adds little)."""
+    worst = max(plan.host, key=lambda p: p.gib, default=None)
+    if worst is None or worst.gib < 0.5:
+        return ""
+    free = "" if plan.host_available_gib is None else \
+        f" of {plan.host_available_gib:.1f} GiB available"
+    return f"; ~{worst.gib:.1f} GiB of system RAM at {worst.name} ({worst.resident}){free}"

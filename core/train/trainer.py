@@ -29,7 +29,7 @@ from ..models.load import big_text_encoder, default_device, default_dtype, use_s
 from ..models.owner import ModelOwner
 from ..models.registry import require_supported, require_trainable
 from ..models.resolve import ModelSource, resolve_model
-from ..models.sizes import training_plan
+from ..models.sizes import require_system_memory, system_ram_words, training_plan
 from ..models.stream import stream_from_cpu
 from ..workspace import LORA_FILE, Workspace
 from . import TrainingError, flow
@@ -144,14 +144,17 @@ class Trainer:
         self.examples = collect_examples(self.ws, self.config)
         plan = self.plan = self.plan_memory()
         self.dtype = getattr(torch, plan.dtype)
-        self.log(f"{len(self.examples)} training examples on {self.device}; {plan.reason}")
+        resident = self.owner.resident(self.source, self.dtype, plan.quantize)
+        require_system_memory(plan, self.owner.host_gib(), loading=not resident)
+        self.log(f"{len(self.examples)} training examples on {self.device}; {plan.reason}"
+                 f"{system_ram_words(plan)}")
         if self.device.type == "cpu" and self.dtype == torch.bfloat16:
             from ..kernels.cpu_attention import install, needs_building
 
             if needs_building():
                 self.log("compiling lorabooth's CPU attention backward (once on this machine)")
             self.log(install())
-        if not self.owner.resident(self.source, self.dtype, plan.quantize):
+        if not resident:
             self.log(f"loading the model {self.source.spec}")  # the UI's state until step 1
         self.pipe, self.loaded_model = self.owner.borrow_for_training(
             self.source, self.dtype, self.device, plan.quantize,

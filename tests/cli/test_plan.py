@@ -138,3 +138,30 @@ def test_klein_lora_targets_reach_its_single_blocks():
     assert target_modules(dev, "attention") == ATTENTION_TARGETS  # FLUX.1 unchanged
     double_only = lora_parameters(klein, ATTENTION_TARGETS, 16)
     assert lora_parameters(klein, targets, 16) > 3 * double_only
+
+
+def test_plan_says_what_system_ram_each_job_needs(tmp_path: Path, photos: Path):
+    """A 24 GB card in a machine with 8 GB free is told its fp8 runs are short of system RAM
+    (the float8 copy, T5 pinned to stream), not only whether the card fits; with 64 GB they
+    fit. The table is whole in 80 columns."""
+    ws = workspace(tmp_path, photos, "flux-dev")
+    short = run_cli("plan", str(ws), "--gpu-memory", "24", "--host-memory", "8", "--json")
+    assert short.returncode == 0, short.stderr
+    data = json.loads(short.stdout)
+    assert data["host_memory_gib"] == 8.0
+    rows = {(r["job"], r["resolution"]): r for r in data["plans"]}
+    assert rows["train", 1024]["fits"] and rows["train", 1024]["host_fits"] is False
+    assert rows["train", 1024]["plan"]["host_peak_gib"] > 8.0
+    assert "system RAM: needs ~" in rows["train", 1024]["reason"]
+    roomy = json.loads(run_cli("plan", str(ws), "--gpu-memory", "24", "--host-memory", "64",
+                               "--json").stdout)
+    assert all(r["host_fits"] for r in roomy["plans"])
+    text = run_cli("plan", str(ws), "--gpu-memory", "24", "--gpu-memory", "80",
+                   "--host-memory", "8")
+    assert "RAM short" in text.stdout and "system RAM: 8.0 GiB as asked" in text.stdout
+    assert "…" not in text.stdout
+    table = [line for line in text.stdout.splitlines() if line.startswith(("card", "24 GB",
+                                                                           "80 GB"))]
+    assert len(table) == 1 + 2 * 4 and max(len(line.rstrip()) for line in table) <= 80
+    one = run_cli("plan", str(ws), "--gpu-memory", "24", "--host-memory", "8")
+    assert "system RAM: ~1.5 GiB of its own; loading +" in one.stdout

@@ -233,6 +233,26 @@ def test_nf4_on_a_cpu_is_a_clear_training_error(demo_workspace):
         Trainer(ws, device="cpu").prepare()
 
 
+def test_a_run_that_would_exhaust_system_ram_is_refused_before_loading(demo_workspace,
+                                                                        monkeypatch):
+    """Where the system would kill the engine mid-load (fluxgym's users meet this as a silent
+    exit), the run is refused first, saying how much RAM it needs and has; nothing is loaded
+    and the run starts once the memory is there."""
+    from lorabooth.core.memory import MemoryPlanError
+    from lorabooth.core.models import sizes
+
+    ws = demo_workspace(train_checkpoint_every=1000)
+    monkeypatch.setattr(sizes, "system_memory", lambda: 0.001)
+    trainer = Trainer(ws, device="cpu")
+    with pytest.raises(MemoryPlanError, match=r"of system RAM .*0\.0 GiB is available here"):
+        trainer.prepare()
+    assert trainer.owner.pipe is None
+    monkeypatch.setattr(sizes, "system_memory", lambda: 64.0)
+    lines: list[str] = []
+    Trainer(ws, device="cpu", log=lines.append).run(steps=1)
+    assert any("training examples on cpu" in line for line in lines)
+
+
 def test_text_encoder_lora_trains_saves_loads_and_resumes(demo_model, demo_workspace):
     from diffusers import FluxPipeline
 

@@ -306,3 +306,66 @@ def test_an_nf4_plan_covers_what_a_capped_h200_measured(dev):
     made = plan_generation("nf4", dev, 1024, device="cuda", available_gib=row["cap_gib"],
                            have_bitsandbytes=True)
     assert row["generate_peak_gib"] <= made.peak_gib <= row["generate_peak_gib"] + 3
+
+
+# -- system RAM -------------------------------------------------------------------------------
+
+def host(plan) -> dict[str, float]:
+    return {p.name: round(p.gib, 1) for p in plan.host}
+
+
+def test_system_ram_counts_only_what_the_page_cache_does_not_hold(dev):
+    """bf16 weights from bf16 files stay the page cache's (the system may drop them): an 80 GB
+    card adds nothing to lorabooth's own RAM; the fp8 plans hold the transformer's float8
+    copy while it waits, and T5 pinned to stream from CPU memory."""
+    from lorabooth.core.memory import HOST_BASE_GIB, Plan
+    from lorabooth.core.system_memory import host_phases
+
+    def phases(plan: Plan) -> dict[str, float]:
+        return {p.name: round(p.gib, 1) for p in host_phases(dev, plan, on_cpu=False)}
+
+    big = train(dev, 80, 1024)
+    assert max(phases(big).values()) == 0.0
+    fp8 = dev.gib("transformer", "fp8")
+    t5 = dev.gib("text_encoder_2", "bf16")
+    assert fp8 == pytest.approx(11.1, abs=0.1) and t5 == pytest.approx(8.9, abs=0.1)
+    small = phases(train(dev, 24, 1024))  # fp8, T5 streamed
+    assert small["loading"] == round(fp8, 1)
+    assert small["training"] == round(t5, 1)
+    streamed = phases(generate(dev, 32, 1024))  # bf16, T5 streamed
+    assert streamed == {"loading": 0.0, "generation": round(t5, 1)}
+    offload = plan_generation("bf16", dev, 1024, device="cuda", available_gib=10.0)
+    assert offload.placement == "offload"
+    # every model waits in CPU memory between its turns
+    assert phases(offload)["generation"] == pytest.approx(dev.gib("transformer", "bf16") + t5,
+                                                          abs=0.5)
+    # A card without bf16 converts every weight from the files' bf16 as it loads.
+    fp16 = phases(plan_training("auto", dev, 512, device="cuda", available_gib=79.0,
+                                bf16_supported=False))
+    assert fp16["loading"] == pytest.approx(dev.gib("transformer", "fp16") + t5, abs=0.5)
+    assert HOST_BASE_GIB >= 1.0
+
+
+def test_training_flux_dev_on_this_cpu_is_refused_before_loading(dev):
+    """On a CPU every weight and activation lives in system RAM: FLUX.1-dev in float32 needs
+    far more than a 24 GiB machine has, and is refused with the phase that would not fit,
+    rather than killed by the system mid-load; a model already resident counts as free."""
+    import dataclasses
+
+    from lorabooth.core.models.sizes import require_system_memory
+    from lorabooth.core.system_memory import host_phases
+
+    plan = plan_training("auto", dev, 512, device="cpu", available_gib=None)
+    plan = dataclasses.replace(plan, host=host_phases(dev, plan, on_cpu=True),
+                               host_available_gib=24.0)
+    assert host(plan)["loading"] == pytest.approx(4 * (11.9 + 4.76 + 0.12 + 0.08) / 1.074,
+                                                  abs=1.0)  # every weight converted to fp32
+    with pytest.raises(MemoryPlanError, match=r"needs ~\d+\.\d GiB of system RAM .*"
+                                              r"\(training: every model.*24\.0 GiB is avail"):
+        require_system_memory(plan)
+    require_system_memory(plan, held=200.0)  # the resident model's memory is freed first
+    tight = dataclasses.replace(plan, host_available_gib=host(plan)["loading"] + 1)
+    with pytest.raises(MemoryPlanError):
+        require_system_memory(tight)
+    big_step = max(host(plan).values())
+    require_system_memory(dataclasses.replace(plan, host_available_gib=big_step + 1))
