@@ -475,7 +475,7 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
     from lorabooth.core.generate.generator import plan_for
     from lorabooth.core.memory import card_gib
     from lorabooth.core.models.compile import uncompile
-    from lorabooth.core.models.load import place, store_in_fp8, stored_in_fp8
+    from lorabooth.core.models.load import place
     from lorabooth.core.models.owner import ModelOwner
     from lorabooth.core.models.stream import stop_streaming
     from lorabooth.core.train.trainer import Trainer
@@ -500,8 +500,7 @@ def capped_phase(state: dict, root: Path, resolution: int, card_gb: float, warmu
 
     def load(src, dtype=None, dev=None, quantize=None, placement="all"):
         loads.append(f"{dtype} {quantize} {placement}")
-        if quantize == "fp8" and not stored_in_fp8(pipe.transformer):
-            store_in_fp8(pipe.transformer, dtype)
+        # fp8: as load_pipeline, cast where the transformer is placed (a layer at a time)
         if quantize == "nf4" and not getattr(pipe.transformer, "is_quantized", False):
             extra["nf4_load_s"] = nf4_transformer(pipe, root / "nf4", dtype, source)
         pipe.lorabooth_offload = place(pipe, torch.device(dev or device), placement, quantize)

@@ -7,12 +7,13 @@ drops those pages under pressure and reads them again, so loading FLUX.1-dev in 
 need 33 GiB free. Measured here with `load_pipeline` on a 0.91 GiB bf16 pipeline (a 0.53 GiB
 transformer, a 0.38 GiB T5), as anonymous memory added:
 - bf16 from bf16 files: +0.02 GiB;
-- fp8 storage: +0.28 GiB, the float8 copy of the transformer (0.26) cast on the CPU before it
-  moves (FLUX.1-dev's: 11.1 GiB);
+- fp8 storage cast on the CPU: +0.28 GiB, the float8 copy of the transformer (0.26; FLUX.1-dev's
+  11.1 GiB), which is why the transformer is cast as it moves to the GPU instead, a layer at a
+  time (load.store_in_fp8), and only a transformer under model offload keeps a float8 copy;
 - float32 or float16: +1.84 or +1.03 GiB, every weight converted.
 After loading, what is held in CPU memory: the large text encoder pinned there to stream to the
 GPU (a page-locked copy, which also cannot be swapped), the transformer waiting while the
-captions encode (its float8 or converted copy), every model under diffusers' model CPU offload
+captions encode (where it was converted), every model under diffusers' model CPU offload
 (each returns to the CPU after it runs), and on a CPU, everything, activations included.
 
 The users of other trainers meet this as a process killed without a word while loading or
@@ -47,13 +48,12 @@ def host_phases(size: ModelSize, plan: Plan, on_cpu: bool, files: str = "bf16", 
     converted = 0.0 if half == files else (
         size.encoders_gib(half) + size.gib("vae", half)
         + (0.0 if nf4 else size.gib("transformer", half)))
-    fp8_copy = size.gib("transformer", "fp8") if plan.quantize == "fp8" else 0.0
-    # The transformer as it waits on the CPU: its own copy once cast or converted.
-    waiting = fp8_copy or (0.0 if nf4 or half == files else size.gib("transformer", half))
+    # The transformer as it waits on the CPU: the files' pages until it is placed (an fp8
+    # one is cast as it moves to the GPU: load.store_in_fp8), its own copy once converted.
+    waiting = 0.0 if nf4 or half == files else size.gib("transformer", half)
     pinned = size.gib("text_encoder_2", half)
-    loading = Phase("loading", converted + fp8_copy,
-                    _words(("fp8 copy of the transformer", fp8_copy),
-                           (f"weights converted from {files} to {half}", converted)))
+    loading = Phase("loading", converted,
+                    _words((f"weights converted from {files} to {half}", converted)))
     if plan.job == "generate":
         if plan.placement == "offload":
             stored = (size.encoders_gib(half) + size.gib("vae", half)

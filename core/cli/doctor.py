@@ -49,7 +49,21 @@ def check_python() -> list[Check]:
               "" if ok else "lorabooth needs Python 3.11 or newer"),
         Check("system", "platform", INFO, f"{platform.system()} {platform.machine()}"),
         Check("system", "cpu cores", INFO, str(os.cpu_count() or "?")),
+        *check_ram(),
     ]
+
+
+def check_ram() -> list[Check]:
+    """System RAM: the big models wait or stream from it (lorabooth plan says how much)."""
+    from ..models.sizes import meminfo
+
+    fields = meminfo()
+    if "MemAvailable" not in fields:
+        return []
+    swap = fields.get("SwapTotal", 0.0)
+    value = (f"{fields['MemTotal']:.1f} GiB ({fields['MemAvailable']:.1f} GiB available)"
+             + (f", swap {swap:.1f} GiB" if swap else ", no swap"))
+    return [Check("system", "memory", INFO, value)]
 
 
 def check_torch() -> list[Check]:

@@ -166,18 +166,24 @@ def system_memory() -> float | None:
     """GiB of system RAM a new allocation can have here: the kernel's estimate of what is
     available without swapping (page cache it may drop included), and free swap; None where
     /proc/meminfo is not there to say (not Linux)."""
+    fields = meminfo()
+    if "MemAvailable" not in fields:
+        return None
+    return fields["MemAvailable"] + fields.get("SwapFree", 0.0)
+
+
+def meminfo() -> dict[str, float]:
+    """/proc/meminfo's memory and swap figures, in GiB; empty where it cannot be read."""
     fields = {}
     try:
         with open("/proc/meminfo", encoding="ascii", errors="replace") as handle:
             for line in handle:
                 name, _, rest = line.partition(":")
-                if name in ("MemAvailable", "SwapFree"):
+                if name in ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree"):
                     fields[name] = int(rest.split()[0]) * 1024 / 2**30  # kB
     except (OSError, ValueError, IndexError):
-        return None
-    if "MemAvailable" not in fields:
-        return None
-    return fields["MemAvailable"] + fields.get("SwapFree", 0.0)
+        return {}
+    return fields
 
 
 def files_precision(folder: Path) -> str:
@@ -187,6 +193,8 @@ def files_precision(folder: Path) -> str:
 
     names = {"BF16": "bf16", "F16": "fp16", "F32": "fp32"}
     for path in sorted((folder / "transformer").glob("*.safetensors"))[:1]:
+        if not path.is_file():  # a FIFO would block the open
+            return "bf16"
         try:
             with safe_open(str(path), framework="pt") as handle:
                 first = next(iter(handle.keys()), None)
@@ -197,25 +205,28 @@ def files_precision(folder: Path) -> str:
     return "bf16"
 
 
-def require_system_memory(plan: Plan, held: float = 0.0, loading: bool = True) -> None:
+def require_system_memory(plan: Plan, held: float = 0.0, loading: bool = True,
+                          processes: int = 1) -> None:
     """Refuse a job whose system RAM would run out, before anything is loaded: the kernel's
     out-of-memory killer would end the engine without a word, mid-load. `held`: GiB of CPU
     memory the resident model holds (freed or reused: it counts as available); `loading`:
-    False when the resident model is reused, so the loading phase does not happen."""
+    False when the resident model is reused, so the loading phase does not happen;
+    `processes`: the training processes on this machine (one per GPU), each with its own."""
     from ..memory import HOST_BASE_GIB
 
     if plan.host_available_gib is None:
         return
     phases = [p for p in plan.host if loading or p.name != "loading"]
-    need = max((p.gib for p in phases), default=0.0)
-    have = plan.host_available_gib + held
+    need = max((p.gib for p in phases), default=0.0) * processes
+    have = plan.host_available_gib + held * processes
     if need <= have:
         return
     worst = max(phases, key=lambda p: p.gib)
     job = "training" if plan.job == "train" else "generating"
+    each = f" ({processes} processes, one per GPU)" if processes > 1 else ""
     raise MemoryPlanError(
         f"{job} at {plan.resolution} px needs "
-        f"~{need:.1f} GiB of system RAM beyond lorabooth's own ~{HOST_BASE_GIB:.1f} "
+        f"~{need:.1f} GiB of system RAM{each} beyond lorabooth's own ~{HOST_BASE_GIB:.1f} "
         f"({worst.name}: {worst.resident}), and {have:.1f} GiB is available here (free memory "
         "and swap): the system would end the engine mid-way. Close other programs, add swap, "
         "or use a machine with more RAM; `lorabooth plan` shows every phase")

@@ -26,6 +26,15 @@ class Team:
             self.rank = self.accelerator.process_index
 
     @property
+    def local_world(self) -> int:
+        """The processes on this machine (torchrun and accelerate set LOCAL_WORLD_SIZE): each
+        loads its own copy of the models into this machine's RAM."""
+        try:
+            return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        except ValueError:
+            return 1
+
+    @property
     def main(self) -> bool:
         return self.rank == 0
 

@@ -25,7 +25,13 @@ from ..models.autocompile import AutoCompile, record_key
 from ..models.compile import apply as compile_transformer
 from ..models.compile import begin_step
 from ..models.family import family_of
-from ..models.load import big_text_encoder, default_device, default_dtype, use_safe_attention
+from ..models.load import (
+    big_text_encoder,
+    default_device,
+    default_dtype,
+    place_transformer,
+    use_safe_attention,
+)
 from ..models.owner import ModelOwner
 from ..models.registry import require_supported, require_trainable
 from ..models.resolve import ModelSource, resolve_model
@@ -145,7 +151,8 @@ class Trainer:
         plan = self.plan = self.plan_memory()
         self.dtype = getattr(torch, plan.dtype)
         resident = self.owner.resident(self.source, self.dtype, plan.quantize)
-        require_system_memory(plan, self.owner.host_gib(), loading=not resident)
+        require_system_memory(plan, self.owner.host_gib(), loading=not resident,
+                              processes=self.team.local_world)
         self.log(f"{len(self.examples)} training examples on {self.device}; {plan.reason}"
                  f"{system_ram_words(plan)}")
         if self.device.type == "cpu" and self.dtype == torch.bfloat16:
@@ -276,13 +283,11 @@ class Trainer:
         beside the transformer, streaming to the GPU a layer at a time for a prompt queued
         while training (stream.py); CLIP, 0.2 GiB, stays: it may train, and a queued prompt
         needs it. Then the transformer comes to the GPU."""
-        if self.device.type != "cuda":
-            return
-        if not self.plan.encoders_on_gpu:
+        if self.device.type == "cuda" and not self.plan.encoders_on_gpu:
             stream_from_cpu(getattr(self.pipe, big_text_encoder(self.pipe)), self.device)
             torch.cuda.empty_cache()
         if self.plan.quantize != "nf4":  # bitsandbytes placed it at load
-            self.pipe.transformer.to(self.device)
+            place_transformer(self.pipe.transformer, self.device, self.plan.quantize)
 
     # -- one step -----------------------------------------------------------------------
 

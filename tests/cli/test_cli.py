@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from support import run_cli
@@ -64,6 +65,9 @@ def test_doctor_json():
     checks = {c["name"]: c for c in json.loads(result.stdout)}
     assert checks["python"]["status"] == "ok"
     assert checks["torch"]["status"] == "ok"
+    # system RAM, which the plan counts: "23.5 GiB (21.8 GiB available), no swap"
+    assert re.fullmatch(r"\d+\.\d GiB \(\d+\.\d GiB available\), (no swap|swap \d+\.\d GiB)",
+                        checks["memory"]["value"])
 
 
 def test_demo_without_ui_makes_a_workspace(tmp_path: Path):

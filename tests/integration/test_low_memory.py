@@ -207,3 +207,128 @@ def test_fp8_storage_is_never_compiled_and_the_line_says_why(demo_model):
         line = apply(transformer, mode, torch.device("cuda"))
         assert line.startswith("compile: off (") and "fp8" in line
     assert not any(getattr(m, "_compiled_call_impl", None) for m in transformer.modules())
+
+
+def test_an_fp8_transformer_waits_uncast_and_is_cast_a_layer_at_a_time_as_it_is_placed(
+        demo_model, monkeypatch):
+    """Cast on the CPU as it loaded, the float8 copy of FLUX.1-dev's transformer took 11 GiB of
+    system RAM for as long as it waited there (and beside T5, pinned, while T5 was parked).
+    Now it waits in the files' precision (the page cache's) and each layer moves to the
+    device and is cast there in turn: the same weights and the same image as casting it
+    whole."""
+    from lorabooth.core.models import load
+    from lorabooth.core.models.resolve import resolve_model
+
+    source = resolve_model("demo")
+    waiting = load.load_pipeline(source, torch.float32, "cpu", "fp8", "caching")
+    assert not load.stored_in_fp8(waiting.transformer)
+    whole = load.load_pipeline(source, torch.float32, "cpu", None, "all")
+    load.store_in_fp8(whole.transformer, torch.float32)
+
+    order: list[str] = []
+    real = load.store_in_fp8
+
+    def traced(transformer, compute_dtype, device=None):
+        hook = torch.nn.Module.to
+        names = {id(m): n for n, m in transformer.named_modules()}
+
+        def to(module, *args, **kwargs):
+            order.append(names.get(id(module), "?"))
+            return hook(module, *args, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.nn.Module, "to", to)
+            real(transformer, compute_dtype, device)
+
+    monkeypatch.setattr(load, "store_in_fp8", traced)
+    load.place_transformer(waiting.transformer, torch.device("cpu"), "fp8")
+    # moved a layer at a time (then the whole, for what no layer holds), each cast as it went
+    assert order[-1] == "" and len(order) > 50
+    assert "transformer_blocks.0.attn.to_q" in order and "transformer_blocks" not in order
+
+    def dtypes(transformer) -> dict[str, torch.dtype]:
+        return {n: p.dtype for n, p in transformer.named_parameters()}
+
+    assert dtypes(waiting.transformer) == dtypes(whole.transformer)
+    assert torch.float8_e4m3fn in set(dtypes(whole.transformer).values())
+
+    def image(pipe) -> np.ndarray:
+        return np.asarray(pipe(prompt="zorb on the moon", width=64, height=64,
+                               num_inference_steps=2, max_sequence_length=32,
+                               generator=torch.Generator().manual_seed(0)).images[0])
+
+    assert np.array_equal(image(waiting), image(whole))
+
+
+RSS_PROBE = r"""
+import gc, json, sys
+from pathlib import Path
+import torch
+from lorabooth.core.models.load import load_pipeline, stored_in_fp8
+from lorabooth.core.models.resolve import ModelSource
+
+def anon():  # memory the system cannot drop: not the page cache's
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon"):
+            return int(line.split()[1]) / 2**20
+
+source = ModelSource("big", Path(sys.argv[1]), is_demo=True)
+grown = {}
+warm = load_pipeline(source, torch.bfloat16, "cpu")  # the first load imports and caches
+del warm
+for name, dtype, quantize, placement in [("bf16", torch.bfloat16, None, "all"),
+                                         ("fp8-waiting", torch.bfloat16, "fp8", "caching"),
+                                         ("fp32", torch.float32, None, "all")]:
+    gc.collect()
+    before = anon()
+    pipe = load_pipeline(source, dtype, "cpu", quantize, placement)
+    assert not stored_in_fp8(pipe.transformer)
+    grown[name] = anon() - before
+    del pipe
+print(json.dumps(grown))
+"""
+
+
+def test_system_ram_a_load_takes_is_what_the_plan_counts(tmp_path):
+    """The system RAM plan rests on a measurement: weights loaded in their files' precision
+    are the page cache's (safetensors maps the files), an fp8 transformer waits uncast, and
+    converted weights are new memory. Measured in a fresh process with a 0.15 GiB bf16
+    pipeline; the plan's loading phase for each must match what the process grew by."""
+    import json
+    import subprocess
+    import sys
+
+    from diffusers import FluxTransformer2DModel
+
+    from lorabooth.core.memory import Plan
+    from lorabooth.core.models.demo import build_demo_pipeline
+    from lorabooth.core.models.sizes import files_precision, model_size
+    from lorabooth.core.system_memory import host_phases
+
+    pipe = build_demo_pipeline()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        pipe.transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=2, num_single_layers=4,
+            attention_head_dim=128, num_attention_heads=6, joint_attention_dim=64,
+            pooled_projection_dim=64, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+    folder = tmp_path / "model"
+    pipe.to(torch.bfloat16).save_pretrained(folder)
+    size = model_size(folder)
+    assert files_precision(folder) == "bf16" and 0.1 < size.gib("transformer", "bf16") < 0.3
+    done = subprocess.run([sys.executable, "-c", RSS_PROBE, str(folder)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown = json.loads(done.stdout.strip().splitlines()[-1])
+
+    def loading(dtype: str) -> float:
+        plan = Plan("generate", 256, dtype, None, True, False, None)
+        return next(p.gib for p in host_phases(size, plan, on_cpu=True, files="bf16")
+                    if p.name == "loading")
+
+    weights = size.gib("transformer", "fp32") + size.encoders_gib("fp32") + size.gib("vae",
+                                                                                    "fp32")
+    assert loading("bfloat16") == 0.0 and grown["bf16"] < 0.05
+    assert grown["fp8-waiting"] < 0.05  # it casts as it is placed, not as it loads
+    assert loading("float32") == pytest.approx(weights)
+    assert grown["fp32"] == pytest.approx(weights, rel=0.15)
