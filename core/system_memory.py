@@ -105,3 +105,27 @@ def _words(*parts: tuple[str, float]) -> str:
         return held[0][0]
     return ", ".join(f"{name} {gib:.1f}" for name, gib in held) or \
         "nothing beyond the page cache"
+
+
+def system_memory() -> float | None:
+    """GiB of system RAM a new allocation can have here: the kernel's estimate of what is
+    available without swapping (page cache it may drop included), and free swap; None where
+    /proc/meminfo is not there to say (not Linux)."""
+    fields = meminfo()
+    if "MemAvailable" not in fields:
+        return None
+    return fields["MemAvailable"] + fields.get("SwapFree", 0.0)
+
+
+def meminfo() -> dict[str, float]:
+    """/proc/meminfo's memory and swap figures, in GiB; empty where it cannot be read."""
+    fields = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                name, _, rest = line.partition(":")
+                if name in ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree"):
+                    fields[name] = int(rest.split()[0]) * 1024 / 2**30  # kB
+    except (OSError, ValueError, IndexError):
+        return {}
+    return fields

@@ -55,7 +55,7 @@ def check_python() -> list[Check]:
 
 def check_ram() -> list[Check]:
     """System RAM: the big models wait or stream from it (lorabooth plan says how much)."""
-    from ..models.sizes import meminfo
+    from ..system_memory import meminfo
 
     fields = meminfo()
     if "MemAvailable" not in fields:

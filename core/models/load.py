@@ -92,12 +92,13 @@ def store_in_fp8(transformer, compute_dtype, device=None) -> None:
     import torch
     from diffusers.hooks import apply_layerwise_casting_hook
 
+    layers = _fp8_layers()
     for name, module in transformer.named_modules():
         if next(module.children(), None) is not None:
             continue  # layers only: their parents move and cast with them
         if device is not None:
             module.to(device)
-        if isinstance(module, _fp8_layers()) and not fp8_kept(name):
+        if isinstance(module, layers) and not fp8_kept(name):
             apply_layerwise_casting_hook(module, torch.float8_e4m3fn, compute_dtype,
                                          non_blocking=False)
     if device is not None:
@@ -115,7 +116,7 @@ def place_transformer(transformer, device, quantize: str | None) -> None:
     """The transformer onto `device`: one to be stored in fp8 and not cast yet is cast there a
     layer at a time (store_in_fp8)."""
     if quantize == "fp8" and not stored_in_fp8(transformer):
-        store_in_fp8(transformer, next(transformer.parameters()).dtype, device)
+        store_in_fp8(transformer, transformer.dtype, device)
     else:
         transformer.to(device)
 

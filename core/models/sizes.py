@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..memory import MemoryPlanError, ModelSize, Plan, plan_generation, plan_training
+from ..system_memory import system_memory
 from .shipped import build_component, component_params
 
 if TYPE_CHECKING:
@@ -160,30 +161,6 @@ def _with_host(plan: Plan, size: ModelSize, device: torch.device, folder: Path,
                          text_tokens)
     return dataclasses.replace(plan, host=phases,
                                host_available_gib=system_memory() if host is None else host)
-
-
-def system_memory() -> float | None:
-    """GiB of system RAM a new allocation can have here: the kernel's estimate of what is
-    available without swapping (page cache it may drop included), and free swap; None where
-    /proc/meminfo is not there to say (not Linux)."""
-    fields = meminfo()
-    if "MemAvailable" not in fields:
-        return None
-    return fields["MemAvailable"] + fields.get("SwapFree", 0.0)
-
-
-def meminfo() -> dict[str, float]:
-    """/proc/meminfo's memory and swap figures, in GiB; empty where it cannot be read."""
-    fields = {}
-    try:
-        with open("/proc/meminfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                name, _, rest = line.partition(":")
-                if name in ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree"):
-                    fields[name] = int(rest.split()[0]) * 1024 / 2**30  # kB
-    except (OSError, ValueError, IndexError):
-        return {}
-    return fields
 
 
 def files_precision(folder: Path) -> str:

@@ -141,9 +141,9 @@ def test_klein_lora_targets_reach_its_single_blocks():
 
 
 def test_plan_says_what_system_ram_each_job_needs(tmp_path: Path, photos: Path):
-    """A 24 GB card in a machine with 8 GB free is told its fp8 runs are short of system RAM
-    (the float8 copy, T5 pinned to stream), not only whether the card fits; with 64 GB they
-    fit. The table is whole in 80 columns."""
+    """A 24 GB card in a machine with 8 GB free is told its 1024 px runs are short of system
+    RAM (T5 pinned there to stream to the card), not only whether the card fits; with 64 GB
+    they fit. The table is whole in 80 columns."""
     ws = workspace(tmp_path, photos, "flux-dev")
     short = run_cli("plan", str(ws), "--gpu-memory", "24", "--host-memory", "8", "--json")
     assert short.returncode == 0, short.stderr
@@ -164,4 +164,5 @@ def test_plan_says_what_system_ram_each_job_needs(tmp_path: Path, photos: Path):
                                                                            "80 GB"))]
     assert len(table) == 1 + 2 * 4 and max(len(line.rstrip()) for line in table) <= 80
     one = run_cli("plan", str(ws), "--gpu-memory", "24", "--host-memory", "8")
-    assert "system RAM: ~1.5 GiB of its own; loading +" in one.stdout
+    assert "system RAM: ~1.5 GiB of its own; parking +8.9 (T5 pinned)" in one.stdout
+    assert "system RAM: ~1.5 GiB of its own, no weights beyond the page cache" in one.stdout
