@@ -23,6 +23,8 @@ names what would fit, is the answer here.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .memory import (
     GIB,
     LORA_STATE_BYTES,
@@ -109,12 +111,15 @@ def _words(*parts: tuple[str, float]) -> str:
 
 def system_memory() -> float | None:
     """GiB of system RAM a new allocation can have here: the kernel's estimate of what is
-    available without swapping (page cache it may drop included), and free swap; None where
-    /proc/meminfo is not there to say (not Linux)."""
+    available without swapping (page cache it may drop included) and free swap, or less where
+    this process's container is limited (cgroup_memory); None where /proc/meminfo is not there
+    to say (not Linux)."""
     fields = meminfo()
     if "MemAvailable" not in fields:
         return None
-    return fields["MemAvailable"] + fields.get("SwapFree", 0.0)
+    here = fields["MemAvailable"] + fields.get("SwapFree", 0.0)
+    limited = cgroup_memory()
+    return here if limited is None else min(here, limited[1])
 
 
 def meminfo() -> dict[str, float]:
@@ -129,3 +134,93 @@ def meminfo() -> dict[str, float]:
     except (OSError, ValueError, IndexError):
         return {}
     return fields
+
+
+CGROUPS = Path("/sys/fs/cgroup")
+UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def cgroup_memory(root: Path = CGROUPS, membership: Path = Path("/proc/self/cgroup")
+                  ) -> tuple[float, float] | None:
+    """(limit, available) in GiB of the memory cgroup this process runs in, where one limits
+    it, else None. Rented GPU machines are mostly containers: /proc/meminfo there shows the
+    host's memory (hundreds of GiB), and the container's limit is what the out-of-memory killer
+    enforces. Available is the limit less the usage, plus the group's page cache (charged to
+    it, and reclaimed before anything is killed); the tightest level of the hierarchy counts.
+    cgroup v2 (memory.max) and v1 (the memory controller's hierarchical limit)."""
+    try:
+        lines = membership.read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" and controllers == "" and (root / "cgroup.controllers").exists():
+            return _tightest(_v2_level(d) for d in _levels(root, path))
+        if "memory" in controllers.split(","):
+            mount = root / "memory"
+            inside = mount / path.lstrip("/")
+            return _tightest([_v1_level(inside if inside.is_dir() else mount)])
+    return None
+
+
+def _levels(root: Path, path: str) -> list[Path]:
+    """The cgroup's folder and each one above it, up to the mount (a container sees its own
+    group at the mount's root)."""
+    folder = root / path.lstrip("/")
+    if not folder.is_dir():
+        folder = root
+    levels = [folder]
+    while levels[-1] != root and root in levels[-1].parents:
+        levels.append(levels[-1].parent)
+    return levels
+
+
+def _v2_level(folder: Path) -> tuple[int, int] | None:
+    limit = _read(folder / "memory.max")
+    if limit is None or limit >= UNLIMITED:
+        return None
+    usage = _read(folder / "memory.current")
+    if usage is None:
+        return None
+    return limit, limit - usage + _stat(folder / "memory.stat", "file")
+
+
+def _v1_level(folder: Path) -> tuple[int, int] | None:
+    limit = _stat(folder / "memory.stat", "hierarchical_memory_limit") or \
+        _read(folder / "memory.limit_in_bytes")
+    if not limit or limit >= UNLIMITED:
+        return None
+    usage = _read(folder / "memory.usage_in_bytes")
+    if usage is None:
+        return None
+    return limit, limit - usage + _stat(folder / "memory.stat", "total_cache")
+
+
+def _tightest(levels) -> tuple[float, float] | None:
+    found = [level for level in levels if level is not None]
+    if not found:
+        return None
+    limit, available = min(found, key=lambda level: level[1])
+    return limit / 2**30, max(0, available) / 2**30
+
+
+def _read(path: Path) -> int | None:
+    """A cgroup file's number; None for "max", a missing file or anything else."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")[:64].strip()
+        return int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def _stat(path: Path, key: str) -> int:
+    try:
+        with path.open(encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value.strip() or 0)
+    except (OSError, ValueError):
+        pass
+    return 0

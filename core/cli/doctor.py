@@ -55,7 +55,7 @@ def check_python() -> list[Check]:
 
 def check_ram() -> list[Check]:
     """System RAM: the big models wait or stream from it (lorabooth plan says how much)."""
-    from ..system_memory import meminfo
+    from ..system_memory import cgroup_memory, meminfo
 
     fields = meminfo()
     if "MemAvailable" not in fields:
@@ -63,6 +63,9 @@ def check_ram() -> list[Check]:
     swap = fields.get("SwapTotal", 0.0)
     value = (f"{fields['MemTotal']:.1f} GiB ({fields['MemAvailable']:.1f} GiB available)"
              + (f", swap {swap:.1f} GiB" if swap else ", no swap"))
+    limited = cgroup_memory()
+    if limited is not None:  # a container: its limit is what the out-of-memory killer enforces
+        value += f"; this container may use {limited[0]:.1f} GiB ({limited[1]:.1f} available)"
     return [Check("system", "memory", INFO, value)]
 
 
