@@ -27,7 +27,9 @@ from pathlib import Path
 
 from .memory import (
     GIB,
+    HOST_BASE_GIB,
     LORA_STATE_BYTES,
+    MemoryPlanError,
     ModelSize,
     Phase,
     Plan,
@@ -109,6 +111,41 @@ def _words(*parts: tuple[str, float]) -> str:
         "nothing beyond the page cache"
 
 
+def require_system_memory(plan: Plan, held: float = 0.0, loading: bool = True,
+                          processes: int = 1) -> None:
+    """Refuse a job whose system RAM would run out, before anything is loaded: the kernel's
+    out-of-memory killer would end the engine without a word, mid-load. `held`: GiB of CPU
+    memory the resident model holds (freed or reused: it counts as available); `loading`:
+    False when the resident model is reused, so the loading phase does not happen;
+    `processes`: the training processes on this machine (one per GPU), each with its own."""
+    if plan.host_available_gib is None:
+        return
+    phases = [p for p in plan.host if loading or p.name != "loading"]
+    need = max((p.gib for p in phases), default=0.0) * processes
+    have = plan.host_available_gib + held * processes
+    if need <= have:
+        return
+    worst = max(phases, key=lambda p: p.gib)
+    job = "training" if plan.job == "train" else "generating"
+    each = f" ({processes} processes, one per GPU)" if processes > 1 else ""
+    raise MemoryPlanError(
+        f"{job} at {plan.resolution} px needs "
+        f"~{need:.1f} GiB of system RAM{each} beyond lorabooth's own ~{HOST_BASE_GIB:.1f} "
+        f"({worst.name}: {worst.resident}), and {have:.1f} GiB is available here (free memory "
+        "and swap): the system would end the engine mid-way. Close other programs, add swap, "
+        "or use a machine with more RAM; `lorabooth plan` shows every phase")
+
+
+def system_ram_words(plan: Plan) -> str:
+    """The log's words for the system RAM the job adds (none when it adds little)."""
+    worst = max(plan.host, key=lambda p: p.gib, default=None)
+    if worst is None or worst.gib < 0.5:
+        return ""
+    free = "" if plan.host_available_gib is None else \
+        f" of {plan.host_available_gib:.1f} GiB available"
+    return f"; ~{worst.gib:.1f} GiB of system RAM at {worst.name} ({worst.resident}){free}"
+
+
 def system_memory() -> float | None:
     """GiB of system RAM a new allocation can have here: the kernel's estimate of what is
     available without swapping (page cache it may drop included) and free swap, or less where
@@ -183,18 +220,18 @@ def _v2_level(folder: Path) -> tuple[int, int] | None:
     usage = _read(folder / "memory.current")
     if usage is None:
         return None
-    return limit, limit - usage + _stat(folder / "memory.stat", "file")
+    return limit, limit - usage + _stats(folder / "memory.stat").get("file", 0)
 
 
 def _v1_level(folder: Path) -> tuple[int, int] | None:
-    limit = _stat(folder / "memory.stat", "hierarchical_memory_limit") or \
-        _read(folder / "memory.limit_in_bytes")
+    stats = _stats(folder / "memory.stat")
+    limit = stats.get("hierarchical_memory_limit") or _read(folder / "memory.limit_in_bytes")
     if not limit or limit >= UNLIMITED:
         return None
     usage = _read(folder / "memory.usage_in_bytes")
     if usage is None:
         return None
-    return limit, limit - usage + _stat(folder / "memory.stat", "total_cache")
+    return limit, limit - usage + stats.get("total_cache", 0)
 
 
 def _tightest(levels) -> tuple[float, float] | None:
@@ -214,13 +251,14 @@ def _read(path: Path) -> int | None:
         return None
 
 
-def _stat(path: Path, key: str) -> int:
+def _stats(path: Path) -> dict[str, int]:
+    """A cgroup memory.stat file's counters; empty where it cannot be read."""
+    stats = {}
     try:
         with path.open(encoding="ascii", errors="replace") as handle:
             for line in handle:
                 name, _, value = line.partition(" ")
-                if name == key:
-                    return int(value.strip() or 0)
+                stats[name] = int(value.strip() or 0)
     except (OSError, ValueError):
-        pass
-    return 0
+        return {}
+    return stats

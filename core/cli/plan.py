@@ -96,7 +96,7 @@ def host_to_plan(asked: float | None) -> float | None:
     (None where it cannot be read)."""
     if asked is not None:
         return float(asked)
-    from ..models.sizes import system_memory
+    from ..system_memory import system_memory
 
     return system_memory()
 

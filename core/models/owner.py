@@ -139,7 +139,7 @@ class ModelOwner:
             placement = "offload" if self.offload else "all"
         resident = self.resident(source, dtype, quantize)
         if plan is not None:  # before loading: a killed process would say nothing
-            from .sizes import require_system_memory
+            from ..system_memory import require_system_memory
 
             require_system_memory(plan, self.host_gib(), loading=not resident)
         if not resident:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..memory import MemoryPlanError, ModelSize, Plan, plan_generation, plan_training
-from ..system_memory import system_memory
+from ..system_memory import host_phases, system_memory
 from .shipped import build_component, component_params
 
 if TYPE_CHECKING:
@@ -155,8 +155,6 @@ def generation_plan(config: Config, folder: Path, resolution: int, text_tokens: 
 
 def _with_host(plan: Plan, size: ModelSize, device: torch.device, folder: Path,
                host: float | None, batch: int, text_tokens: int) -> Plan:
-    from ..system_memory import host_phases
-
     phases = host_phases(size, plan, device.type != "cuda", files_precision(folder), batch,
                          text_tokens)
     return dataclasses.replace(plan, host=phases,
@@ -180,40 +178,3 @@ def files_precision(folder: Path) -> str:
         except Exception:  # safetensors raises its own error types for a forged file
             return "bf16"
     return "bf16"
-
-
-def require_system_memory(plan: Plan, held: float = 0.0, loading: bool = True,
-                          processes: int = 1) -> None:
-    """Refuse a job whose system RAM would run out, before anything is loaded: the kernel's
-    out-of-memory killer would end the engine without a word, mid-load. `held`: GiB of CPU
-    memory the resident model holds (freed or reused: it counts as available); `loading`:
-    False when the resident model is reused, so the loading phase does not happen;
-    `processes`: the training processes on this machine (one per GPU), each with its own."""
-    from ..memory import HOST_BASE_GIB
-
-    if plan.host_available_gib is None:
-        return
-    phases = [p for p in plan.host if loading or p.name != "loading"]
-    need = max((p.gib for p in phases), default=0.0) * processes
-    have = plan.host_available_gib + held * processes
-    if need <= have:
-        return
-    worst = max(phases, key=lambda p: p.gib)
-    job = "training" if plan.job == "train" else "generating"
-    each = f" ({processes} processes, one per GPU)" if processes > 1 else ""
-    raise MemoryPlanError(
-        f"{job} at {plan.resolution} px needs "
-        f"~{need:.1f} GiB of system RAM{each} beyond lorabooth's own ~{HOST_BASE_GIB:.1f} "
-        f"({worst.name}: {worst.resident}), and {have:.1f} GiB is available here (free memory "
-        "and swap): the system would end the engine mid-way. Close other programs, add swap, "
-        "or use a machine with more RAM; `lorabooth plan` shows every phase")
-
-
-def system_ram_words(plan: Plan) -> str:
-    """The log's words for the system RAM the job adds (none when it adds little)."""
-    worst = max(plan.host, key=lambda p: p.gib, default=None)
-    if worst is None or worst.gib < 0.5:
-        return ""
-    free = "" if plan.host_available_gib is None else \
-        f" of {plan.host_available_gib:.1f} GiB available"
-    return f"; ~{worst.gib:.1f} GiB of system RAM at {worst.name} ({worst.resident}){free}"

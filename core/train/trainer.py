@@ -35,8 +35,9 @@ from ..models.load import (
 from ..models.owner import ModelOwner
 from ..models.registry import require_supported, require_trainable
 from ..models.resolve import ModelSource, resolve_model
-from ..models.sizes import require_system_memory, system_ram_words, training_plan
+from ..models.sizes import training_plan
 from ..models.stream import stream_from_cpu
+from ..system_memory import require_system_memory, system_ram_words
 from ..workspace import LORA_FILE, Workspace
 from . import TrainingError, flow
 from .checkpoint import (

@@ -377,8 +377,7 @@ def test_training_flux_dev_on_this_cpu_is_refused_before_loading(dev):
     rather than killed by the system mid-load; a model already resident counts as free."""
     import dataclasses
 
-    from lorabooth.core.models.sizes import require_system_memory
-    from lorabooth.core.system_memory import host_phases
+    from lorabooth.core.system_memory import host_phases, require_system_memory
 
     plan = plan_training("auto", dev, 512, device="cpu", available_gib=None)
     plan = dataclasses.replace(plan, host=host_phases(dev, plan, on_cpu=True),
