@@ -7,6 +7,10 @@ caption (fixed seed, the user's generation path: `lorabooth generate`'s recipe, 
 LoRA) and the photo as training saw it (cropped to its bucket). Passing: under half the base
 model's error, and under 0.03.
 
+It trains twice, as is and with `train.preserve_class` (differential output preservation), and
+also reports each LoRA's class bleed: how far it moves the render of the caption with the class
+in the trigger's place from the base model's, and what preservation costs a step.
+
     python -m bench.learn [--max-steps 600] [--every 25]
 """
 
@@ -78,9 +82,9 @@ class Renderer:
         self.owner = ModelOwner()
 
     def __call__(self, ws, scale: float | None, lora: Path | None = None,
-                 seed: int = 7) -> np.ndarray:
-        """The workspace LoRA (or the file `lora`) at `scale`; none (`--no-lora`) when scale
-        is None."""
+                 seed: int = 7, prompt: str | None = None) -> np.ndarray:
+        """The photo's caption (or `prompt`) with the workspace LoRA (or the file `lora`) at
+        `scale`; with none (`--no-lora`) when scale is None."""
         from lorabooth.core.generate.recipe import LoraRef, Recipe
         from lorabooth.core.generate.request import complete_recipe
         from lorabooth.core.models.resolve import resolve_model
@@ -91,27 +95,71 @@ class Renderer:
             loras = (LoraRef("workspace", scale),) if lora is None else (
                 LoraRef(lora.name, scale, str(lora),
                         hashlib.sha256(lora.read_bytes()).hexdigest()),)
-        recipe = Recipe(caption(ws), seed=seed, width=target.shape[1], height=target.shape[0],
-                        steps=RENDER_STEPS, loras=loras)
+        recipe = Recipe(prompt or caption(ws), seed=seed, width=target.shape[1],
+                        height=target.shape[0], steps=RENDER_STEPS, loras=loras)
         recipe = complete_recipe(ws, recipe) if lora is None else replace(
             recipe, model=ws.config().model)
         generator = self.owner.generator(resolve_model(recipe.model))
         return np.asarray(generator.render(recipe), dtype=np.float32) / 255
 
 
-def mse(image: np.ndarray, ws) -> float:
-    return float(((image - photo_as_trained(ws)) ** 2).mean())
+def mse(image: np.ndarray, ws, reference: np.ndarray | None = None) -> float:
+    """The error against the photo as trained (or against `reference`, another render)."""
+    target = photo_as_trained(ws) if reference is None else reference
+    return float(((image - target) ** 2).mean())
 
 
 def passes(learned: float, base: float) -> bool:
     return learned < PASS_RATIO * base and learned < PASS_MSE
 
 
+PRESERVED = "plush toy"  # the class the bench's preserving run keeps (its photo's subject)
+
+
+def class_bleed(render: Renderer, ws, lora: Path) -> float:
+    """How far the LoRA moves a render of the caption with the class in the trigger's place
+    from the base model's render of it: the subject bleeding onto its whole class."""
+    from lorabooth.core.dataset.captions import class_caption
+
+    prompt = class_caption(caption(ws), ws.config().trigger, PRESERVED)
+    return mse(render(ws, 1.0, lora=lora, prompt=prompt), ws,
+               render(ws, None, prompt=prompt))
+
+
+def until_it_passes(root: Path, render: Renderer, base: float, max_steps: int, every: int,
+                    **settings) -> dict[str, object]:
+    """Train until the probe passes (or `max_steps`): when, how fast, and the class bleed."""
+    from lorabooth.core.train.trainer import Trainer
+
+    ws = workspace(root, **{"train.steps": max_steps, **settings})
+    state = {"seconds": 0.0, "passed": None, "mse": None, "steps": 0}
+    probe = root / "probe.safetensors"
+    trainer: Trainer | None = None
+
+    def on_step(metrics) -> None:
+        state["seconds"] += metrics.seconds  # training time only, not the probes
+        state["steps"] = metrics.step
+        if state["passed"] or metrics.step % every:
+            return
+        probe.write_bytes(trainer.lora_bytes())
+        state["mse"] = mse(render(ws, 1.0, lora=probe), ws)
+        if passes(state["mse"], base):
+            state["passed"] = (metrics.step, state["seconds"])
+
+    trainer = Trainer(ws, device="cpu", on_step=on_step,
+                      should_stop=lambda: state["passed"] is not None)
+    trainer.run()
+    step, seconds = state["passed"] or (None, state["seconds"])
+    return {"base_mse": round(base, 4), "lora_mse": round(state["mse"], 4),
+            "steps_to_pass": step, "train_seconds_to_pass": round(seconds, 1),
+            "s_per_step": round(state["seconds"] / state["steps"], 4),
+            "class_bleed_mse": round(class_bleed(render, ws, probe), 4)}
+
+
 def main() -> None:
     import os
 
     from bench._common import report
-    from lorabooth.core.train.trainer import Trainer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-steps", type=int, default=600)
@@ -119,34 +167,27 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="lorabooth-bench-learn-"))
     os.environ.setdefault("LORABOOTH_CACHE", str(root / "cache"))
+    case = f"one photo, {RESOLUTION} px, all-linear rank 16"
     try:
-        ws = workspace(root / "ws", **{"train.steps": args.max_steps})
         render = Renderer()
-        base = mse(render(ws, None), ws)
-        state = {"seconds": 0.0, "passed": None, "mse": None}
-        probe = root / "probe.safetensors"
-        trainer: Trainer | None = None
-
-        def on_step(metrics) -> None:
-            state["seconds"] += metrics.seconds  # training time only, not the probes
-            if state["passed"] or metrics.step % args.every:
-                return
-            probe.write_bytes(trainer.lora_bytes())
-            state["mse"] = mse(render(ws, 1.0, lora=probe), ws)
-            if passes(state["mse"], base):
-                state["passed"] = (metrics.step, state["seconds"])
-
-        trainer = Trainer(ws, device="cpu", on_step=on_step,
-                          should_stop=lambda: state["passed"] is not None)
-        trainer.run()
+        plain_ws = workspace(root / "base")
+        base = mse(render(plain_ws, None), plain_ws)
+        rows = [{"case": case, **until_it_passes(root / "plain", render, base, args.max_steps,
+                                                  args.every)},
+                {"case": f"{case}, preserve_class {PRESERVED!r}",
+                 **until_it_passes(root / "preserve", render, base, args.max_steps,
+                                   args.every, **{"train.preserve_class": PRESERVED})}]
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    step, seconds = state["passed"] or (None, state["seconds"])
-    report("learn", [{"case": f"one photo, {RESOLUTION} px, all-linear rank 16",
-                      "base_mse": round(base, 4), "lora_mse": round(state["mse"], 4),
-                      "steps_to_pass": step, "train_seconds_to_pass": round(seconds, 1)}],
+    plain, kept = rows
+    report("learn", rows,
            {"pass": f"lora_mse < {PASS_RATIO} x base_mse and < {PASS_MSE}",
-            "probe_every": args.every})
+            "probe_every": args.every,
+            "class_bleed": "mean squared error between renders, with and without the LoRA, "
+                           "of the caption with the class in the trigger's place",
+            "preserve_vs_plain": {
+                "s_per_step": round(kept["s_per_step"] / plain["s_per_step"], 2),
+                "class_bleed": round(kept["class_bleed_mse"] / plain["class_bleed_mse"], 3)}})
 
 
 if __name__ == "__main__":

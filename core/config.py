@@ -100,6 +100,16 @@ class TrainSettings:
     text_encoder_lora: bool = _opt("Also train a LoRA on the CLIP text encoder's attention "
                                    "(T5 stays frozen and cached, as kohya does).",
                                    default=False)
+    preserve_class: str = _opt(
+        "Keep the subject off everyone else (ai-toolkit's differential output preservation): "
+        "the class your trigger word names (person, woman, man, dog). Each step also trains "
+        "each caption with the trigger replaced by this word to give what the base model "
+        "gives, so people who are not your subject keep their own faces. A step takes ~2.3x "
+        "as long (the model runs twice more: once without the LoRA). Empty: off.",
+        default="", max_length=100)
+    preserve_weight: float = _opt("How strongly preserve_class holds the class to the base "
+                                  "model: the weight of its loss beside the training loss.",
+                                  default=1.0, min=0.01, max=100)
     guidance: float = _opt("Guidance value fed to Flux-dev while training (1.0 recommended).",
                            default=1.0, min=0, max=20)
     memory: str = _opt("Precision and quantisation: auto (from the GPU's free memory; "
@@ -296,6 +306,8 @@ def _check_rules(key: str, value: Any, tp: Any, rules: dict[str, Any]) -> list[C
             problems.append(ConfigProblem(key, f"{what} is not one of: {', '.join(choices)}"))
         if rules.get("non_empty") and isinstance(item, str) and not item.strip():
             problems.append(ConfigProblem(key, "must not be empty"))
+        if (n := rules.get("max_length")) and isinstance(item, str) and len(item) > n:
+            problems.append(ConfigProblem(key, f"is {len(item)} characters long; at most {n}"))
         if rules.get("no_spaces") and isinstance(item, str) and any(c.isspace() for c in item):
             problems.append(ConfigProblem(key, f"{what} must be one word, without spaces"))
     return problems
@@ -347,6 +359,7 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     problems: list[ConfigProblem] = []
     config = _build(Config, data, "", problems)
     if not problems:
+        problems += _check_preservation(config)
         problems += _check_model(config.model, path)
         if config.generate.model:
             problems += [ConfigProblem("generate.model", p.message)
@@ -354,6 +367,21 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     if problems:
         raise ConfigError(problems, path)
     return config
+
+
+def _check_preservation(config: Config) -> list[ConfigProblem]:
+    """The class must name something other than the trigger word: a caption holding the class
+    in its place would be trained both to change and to stay as the base model draws it."""
+    word = " ".join(config.train.preserve_class.split())
+    if not word and config.train.preserve_class:
+        return [ConfigProblem("train.preserve_class", "is only spaces; leave it empty to turn "
+                                                      "preservation off")]
+    words = word.lower().replace(",", " ").replace(".", " ").split()
+    if config.trigger.lower() in words or "{trigger}" in word or "[trigger]" in word:
+        return [ConfigProblem("train.preserve_class",
+                              f"{_show(config.train.preserve_class)} holds the trigger word; "
+                              "name the class of your subject (person, woman, man, dog)")]
+    return []
 
 
 def _check_model(model: str, path: Path | None) -> list[ConfigProblem]:

@@ -4,6 +4,7 @@ keeping the encoding and line endings, and the trigger word put in."""
 from __future__ import annotations
 
 import codecs
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,15 @@ def effective_caption(raw: str | None, trigger: str, template: str = DEFAULT_TEM
     if trigger and trigger.lower() not in words:
         text = f"{trigger}, {text}"
     return text
+
+
+def class_caption(caption: str, trigger: str, word: str) -> str:
+    """`caption` with its subject named by its class instead of the trigger word ("photo of
+    ohwx smiling" -> "photo of person smiling"): the prompt whose output differential output
+    preservation holds to the base model's. The trigger is matched as a whole word in any case,
+    as `effective_caption` finds it."""
+    pattern = re.compile(rf"(?<!\w){re.escape(trigger)}(?!\w)", re.IGNORECASE)
+    return " ".join(pattern.sub(lambda _: word, caption).split())
 
 
 def write_caption(photo: Path, text: str) -> Path:

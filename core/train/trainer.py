@@ -19,6 +19,7 @@ import torch
 
 from .. import version
 from ..config import Config
+from ..dataset.captions import class_caption
 from ..fsutil import atomic_write_bytes
 from ..memory import Plan
 from ..models.autocompile import AutoCompile, record_key
@@ -60,6 +61,7 @@ from .ema import Ema
 from .encode import Encoder, EncodeStats
 from .lora import (
     CLIP_TARGETS,
+    adapters_off,
     add_lora,
     lora_file_bytes,
     skip_input_casts,
@@ -81,6 +83,19 @@ class StepMetrics:
     seconds: float  # wall time of this step
     images_per_s: float
     gpu_memory_gb: float | None
+
+
+@dataclass
+class Draw:
+    """One batch as a step draws it: every pass of the step (training, preservation) sees the
+    same noisy latents at the same noise levels."""
+
+    subjects: list[str]  # the examples' captions
+    captions: list[str]  # what this step trains them with (a dropped caption is empty)
+    noisy: torch.Tensor
+    sigmas: torch.Tensor
+    target: torch.Tensor  # the true velocity
+    guidance: torch.Tensor | None
 
 
 @dataclass
@@ -175,6 +190,11 @@ class Trainer:
                                self.family)
         self.log(f"encoding {len(self.examples)} photos and their captions (cached)")
         self._encode_all()
+        if self.preserving:
+            example = next(iter(self.class_captions.values()))
+            self.log(f"preserving the class: each step also trains the captions with "
+                     f"{' '.join(t.preserve_class.split())!r} for the trigger word (as "
+                     f"{example!r}) to give the base model's output")
         self._park_encoders()
         transformer = self.pipe.transformer
         self.components = {"transformer": transformer}
@@ -234,7 +254,11 @@ class Trainer:
 
     def _encode_all(self) -> None:
         self.latents = [self.encoder.latent(e.photo, e.sha256, e.bucket) for e in self.examples]
-        captions = sorted({e.caption for e in self.examples} | {""})
+        captions = {e.caption for e in self.examples}
+        word = " ".join(self.config.train.preserve_class.split())
+        self.class_captions = {c: class_caption(c, self.config.trigger, word)
+                               for c in captions} if word else {}
+        captions = sorted(captions | {""} | set(self.class_captions.values()))
         self.texts = {c: self.encoder.text(c) for c in captions}
         self._warn_long_captions(captions)
         self.sample_prompts = sample_prompts(self.config)
@@ -245,8 +269,6 @@ class Trainer:
         lives), the pooled CLIP embedding live when the CLIP LoRA trains."""
         if not self.config.train.text_encoder_lora:
             return self.encoder.text(prompt)
-        from .lora import adapters_off
-
         clip = self.pipe.text_encoder
         with adapters_off(clip):  # the cache keeps the base's encoding
             embeds, _ = self.encoder.text(prompt)
@@ -292,38 +314,72 @@ class Trainer:
 
     # -- one step -----------------------------------------------------------------------
 
-    def _batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def draw(self, indices: list[int]) -> Draw:
+        """A batch with its captions (some dropped), noise levels and noise, on the device."""
         t = self.config.train
         x0 = torch.stack([self.latents[i] for i in indices])
         captions = [self.examples[i].caption for i in indices]
         drop = torch.rand(len(indices), generator=self.generator) < t.caption_dropout
         captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-        embeds = torch.stack([self.texts[c][0] for c in captions])
-        if self.config.train.text_encoder_lora:
-            # The CLIP LoRA changes the pooled embedding: computed live, with gradients.
-            ids = upload(torch.stack([self.clip_ids[c] for c in captions]), self.device)
-            pooled = self.clip(ids, output_hidden_states=False).pooler_output
-        else:
-            pooled = torch.stack([self.texts[c][1] for c in captions])
-        return x0, embeds, pooled
-
-    def loss_on(self, indices: list[int]) -> torch.Tensor:
-        t = self.config.train
-        x0, embeds, pooled = self._batch(indices)
         b, _, h, w = x0.shape
         sigmas = flow.sample_sigmas(t.timestep_sampling, b, self.generator,
                                     self.family.tokens(h, w), t.logit_mean, t.logit_std)
         noise = torch.randn(x0.shape, generator=self.generator)
-        dev, dt = self.device, self.dtype
-        x0, noise, sigmas, embeds, pooled = (upload(v, dev)
-                                             for v in (x0, noise, sigmas, embeds, pooled))
-        noisy = flow.noisy_latents(x0, noise, sigmas)
-        transformer = self.pipe.transformer
+        dev = self.device
+        x0, noise, sigmas = (upload(v, dev) for v in (x0, noise, sigmas))
         guidance = (torch.full((b,), t.guidance, device=dev, dtype=torch.float32)
-                    if transformer.config.guidance_embeds else None)
+                    if self.pipe.transformer.config.guidance_embeds else None)
+        return Draw([self.examples[i].caption for i in indices], captions,
+                    flow.noisy_latents(x0, noise, sigmas), sigmas,
+                    flow.velocity_target(x0, noise), guidance)
+
+    def _text(self, captions: list[str], live_clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The captions' embeddings on the device: T5 from the cache; the pooled CLIP embedding
+        computed live, with gradients, where the CLIP LoRA trains (`live_clip`), else cached
+        (the base's)."""
+        embeds = torch.stack([self.texts[c][0] for c in captions])
+        if live_clip:
+            ids = upload(torch.stack([self.clip_ids[c] for c in captions]), self.device)
+            pooled = self.clip(ids, output_hidden_states=False).pooler_output
+        else:
+            pooled = upload(torch.stack([self.texts[c][1] for c in captions]), self.device)
+        return upload(embeds, self.device), pooled
+
+    def predict(self, model: torch.nn.Module, d: Draw, captions: list[str],
+                live_clip: bool) -> torch.Tensor:
+        embeds, pooled = self._text(captions, live_clip)
         with self.precision():
-            pred = self.family.predict(self.model, noisy, sigmas, embeds, pooled, guidance, dt)
-        return torch.nn.functional.mse_loss(pred, flow.velocity_target(x0, noise))
+            return self.family.predict(model, d.noisy, d.sigmas, embeds, pooled, d.guidance,
+                                       self.dtype)
+
+    def flow_loss(self, d: Draw) -> torch.Tensor:
+        """The rectified-flow loss: the model's velocity against the true one."""
+        pred = self.predict(self.model, d, d.captions, self.config.train.text_encoder_lora)
+        return torch.nn.functional.mse_loss(pred, d.target)
+
+    def loss_on(self, indices: list[int]) -> torch.Tensor:
+        return self.flow_loss(self.draw(indices))
+
+    @property
+    def preserving(self) -> bool:
+        return bool(self.class_captions)
+
+    def base_prediction(self, d: Draw) -> torch.Tensor:
+        """What the base model (no LoRA) predicts for the batch's class captions. Made before
+        the step's forward passes: with gradient checkpointing the backward pass runs each
+        block again, and must find the LoRA on (ai-toolkit learned this the hard way)."""
+        classes = [self.class_captions[c] for c in d.subjects]
+        transformer = self.pipe.transformer
+        with torch.no_grad(), adapters_off(transformer):
+            prior = self.predict(transformer, d, classes, live_clip=False)
+        begin_step(transformer)  # a render began a CUDA-graph step; the training one follows
+        return prior
+
+    def preservation_loss(self, d: Draw, prior: torch.Tensor) -> torch.Tensor:
+        """How far the LoRA moves the class captions' prediction from the base model's."""
+        classes = [self.class_captions[c] for c in d.subjects]
+        pred = self.predict(self.model, d, classes, self.config.train.text_encoder_lora)
+        return torch.nn.functional.mse_loss(pred, prior)
 
     def precision(self) -> contextlib.AbstractContextManager:
         """The precision the transformer runs in, for training steps and for every render
@@ -352,9 +408,16 @@ class Trainer:
             # Several processes take interleaved batches; one takes them all, in order.
             number = (self.step * t.grad_accum + micro) * self.team.world + self.team.rank
             indices = self.order[number]
-            loss = self.loss_on(indices) / t.grad_accum
+            d = self.draw(indices)
+            prior = self.base_prediction(d) if self.preserving else None
+            loss = self.flow_loss(d) / t.grad_accum
             self.scaler.scale(loss).backward()
             losses.append(loss.detach().float())
+            if prior is not None:
+                # Its own backward pass, after the first: the step's peak memory stays one
+                # pass's, as without preservation.
+                kept = self.preservation_loss(d, prior) * (t.preserve_weight / t.grad_accum)
+                self.scaler.scale(kept).backward()
             images += len(indices)
         self.scaler.unscale_(self.optimizer)
         limit = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
@@ -425,7 +488,9 @@ class Trainer:
         return {"base_model": self.config.model, "trigger": self.config.trigger,
                 "rank": t.rank, "alpha": t.alpha, "steps": self.step,
                 "resolution": ",".join(map(str, t.resolution)),
-                "dataset": dataset_fingerprint(self.examples), "version": version()}
+                "dataset": dataset_fingerprint(self.examples), "version": version(),
+                **({"preserve_class": " ".join(t.preserve_class.split())}
+                   if t.preserve_class.strip() else {})}
 
     def saved_weights(self) -> contextlib.AbstractContextManager:
         """The weights the LoRA file holds, in place while the block runs: the averaged ones

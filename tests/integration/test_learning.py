@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.learn import STEPS, Renderer, mse, passes, workspace
+from bench.learn import STEPS, Renderer, caption, mse, passes, workspace
 
 RENDER = Renderer()
 
@@ -92,3 +92,23 @@ def test_the_metric_catches_a_broken_trainer(broken, overfit, tmp_path, monkeypa
         monkeypatch.setattr(Generator, "use_loras", lambda self, loras: None)
     learned = mse(render(ws, 1.0), ws)
     assert not passes(learned, base), (broken, learned, base)
+
+
+def test_preserving_the_class_keeps_the_subject_off_it_and_still_learns(overfit, tmp_path):
+    """Differential output preservation (train.preserve_class). Trained plainly, the LoRA also
+    draws the subject for the caption that names its class instead of the trigger: every plush
+    toy becomes this one, as every person in a poster gets the trained face. Preserving the
+    class, that caption renders as the base model renders it, while the trigger still renders
+    the photo."""
+    from lorabooth.core.dataset.captions import class_caption
+
+    plain, base, _ = overfit
+    prompt = class_caption(caption(plain), "zorb", "plush toy")
+    assert "zorb" not in prompt and "plush toy" in prompt
+    bled = mse(RENDER(plain, 1.0, prompt=prompt), plain, RENDER(plain, None, prompt=prompt))
+    ws = trained(tmp_path / "ws", **{"train.preserve_class": "plush toy"})
+    kept = mse(RENDER(ws, 1.0, prompt=prompt), ws, RENDER(ws, None, prompt=prompt))
+    assert bled > 0.05, bled  # without preservation the class takes the subject's look
+    assert kept < bled / 10, (kept, bled)
+    learned = mse(RENDER(ws, 1.0), ws)
+    assert passes(learned, base), (learned, base)

@@ -287,6 +287,30 @@ def test_text_encoder_lora_trains_saves_loads_and_resumes(demo_model, demo_works
     torch.testing.assert_close(loaded[name].float(), a[key].float())  # loaded, not zeros
 
 
+def test_preserving_the_class_trains_the_same_lora_with_checkpointing_and_says_so(
+        demo_workspace):
+    """Preservation's base-model pass turns the LoRA off; with gradient checkpointing the
+    backward pass runs every block again, and must find it on (else the LoRA's gradients are
+    lost). Recomputed or kept, the activations and so the LoRA are the same."""
+    loras, logs = [], []
+    for checkpointing in ("off", "on"):
+        ws = demo_workspace(checkpointing, train_preserve_class="plush toy",
+                            train_checkpointing=checkpointing, train_checkpoint_every=100)
+        plain = demo_workspace(f"{checkpointing}-plain", train_checkpointing=checkpointing,
+                               train_checkpoint_every=100)
+        lines: list[str] = []
+        result = Trainer(ws, device="cpu", log=lines.append).run(steps=6)
+        loras.append(load_file(result.lora_path))
+        logs.append(lines)
+        assert read_metadata(result.lora_path)["lorabooth.preserve_class"] == "plush toy"
+        without = load_file(Trainer(plain, device="cpu").run(steps=6).lora_path)
+        assert any(not torch.allclose(without[k], v) for k, v in loras[-1].items())
+    for key in loras[0]:
+        torch.testing.assert_close(loras[0][key], loras[1][key], rtol=1e-4, atol=1e-6)
+    said = next(line for line in logs[0] if line.startswith("preserving the class"))
+    assert "'plush toy'" in said and "as 'photo of plush toy" in said
+
+
 def test_a_longer_run_than_the_config_keeps_its_learning_rate(demo_workspace):
     """Cosine is laid over the run's own total: steps past train.steps do not train at 0."""
     ws = demo_workspace(train_steps=10, train_lr_schedule="cosine",

@@ -415,3 +415,19 @@ async def test_training_figures_wrap_between_figures_at_80_columns(studio: Works
         assert "0.512 s/step" in figures and "GPU 21.4 GiB" in figures
         assert any(re.fullmatch(r"ETA \d+h\d\dm", figure) for figure in figures), figures
         assert all(len(line) <= stats.content_size.width for line in lines)
+
+
+async def test_the_train_pane_says_when_the_class_is_preserved(studio: Workspace):
+    """train.preserve_class is set in the file; the pane says so, as text (the class is the
+    user's words, never markup)."""
+    from lorabooth.core.config import set_config_value
+
+    app = studio_app(studio, engine=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_pane(pilot, "2", TrainPane)
+        note = app.query_one("#train-config-note", Static)
+        assert "preserves" not in str(note.render())
+        set_config_value(studio.root, "train.preserve_class", "[bold]person[/bold]")
+        app.query_one(TrainPane).load_settings()
+        await pilot.pause()
+        assert "optimizer adamw · preserves '[bold]person[/bold]'" in str(note.render())

@@ -53,6 +53,20 @@ def test_out_of_range_and_choices_are_reported_together():
     assert len(found) == 4
 
 
+def test_the_preserved_class_must_not_be_the_trigger_and_stays_short():
+    assert problems('trigger = "ohwx"\n[train]\npreserve_class = "ohwx man"\n') == [
+        'train.preserve_class: "ohwx man" holds the trigger word; name the class of your '
+        "subject (person, woman, man, dog)"]
+    assert problems('[train]\npreserve_class = "[trigger]"\n')[0].endswith(
+        "holds the trigger word; name the class of your subject (person, woman, man, dog)")
+    assert problems('[train]\npreserve_class = "   "\n') == [
+        "train.preserve_class: is only spaces; leave it empty to turn preservation off"]
+    assert problems('[train]\npreserve_class = "' + "x" * 101 + '"\n') == [
+        "train.preserve_class: is 101 characters long; at most 100"]
+    train = parse_config('[train]\npreserve_class = "young woman"\n').train
+    assert (train.preserve_class, train.preserve_weight) == ("young woman", 1.0)
+
+
 def test_bool_is_not_an_integer():
     assert problems("[train]\nsteps = true\n") == [
         "train.steps: true is not an integer; allowed: 1 to 1000000"]

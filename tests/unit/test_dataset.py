@@ -176,6 +176,20 @@ def test_captions_sidecar_template_and_trigger(zoo: Path, records):
     assert effective_caption("[trigger] at night", "zorb") == "zorb at night"
 
 
+def test_the_class_caption_names_the_class_wherever_the_caption_names_the_subject():
+    from lorabooth.core.dataset.captions import class_caption
+
+    assert class_caption("zorb, a plush toy on a beach", "zorb", "plush toy") == \
+        "plush toy, a plush toy on a beach"
+    # Any case, possessives, punctuation; a word that merely starts with it is left alone.
+    assert class_caption("Zorb's scarf. ZORB waves at zorbland", "zorb", "person") == \
+        "person's scarf. person waves at zorbland"
+    # The class is text, never a regex replacement pattern.
+    assert class_caption("photo of ohwx", "ohwx", r"a \1 \g<0> dog") == r"photo of a \1 \g<0> dog"
+    assert class_caption("photo of o.w", "o.w", "man") == "photo of man"
+    assert class_caption("photo of oxw", "o.w", "man") == "photo of oxw"
+
+
 def test_check_json_reports_every_file(zoo: Path):
     from support import run_cli
 

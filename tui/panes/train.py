@@ -146,9 +146,11 @@ class TrainPane(Vertical):
         for key, label, _ in FIELDS:
             self.query_one(f"#field-{label}", Input).value = field_value(config, key)
         base = model_of(config.model)
-        self.query_one("#train-config-note", Static).update(
-            plain(f"model {config.model} ({base.title}) · alpha {config.train.alpha:g} · "
-                  f"optimizer {config.train.optimizer}"))
+        t = config.train
+        note = f"model {config.model} ({base.title}) · alpha {t.alpha:g} · optimizer {t.optimizer}"
+        if word := " ".join(t.preserve_class.split()):  # train.preserve_class, set in the file
+            note += f" · preserves {word!r}"
+        self.query_one("#train-config-note", Static).update(plain(note))
 
     # -- live state -----------------------------------------------------------------------
 
