@@ -52,7 +52,15 @@ from .panes.gallery import GalleryPane
 from .panes.queue import QueuePane
 from .panes.train import TrainPane
 from .settings import UISettings
-from .store_io import ERRORS_SEEN, AddJob, SetSetting, StorePoller, StoreWorker, describe
+from .store_io import (
+    ERRORS_SEEN,
+    AddJob,
+    SaveSettings,
+    SetSetting,
+    StorePoller,
+    StoreWorker,
+    describe,
+)
 from .widgets.footer import KeyFooter
 from .widgets.inputs import PaneInput, focus_at_once
 from .widgets.text import set_text
@@ -250,6 +258,9 @@ class LoraboothApp(App):
         text = describe(message.command, message.result)
         if text:
             self.notify(text, markup=False, timeout=4)
+        if isinstance(message.command, SaveSettings):  # from the palette: the pane shows it
+            for pane in self.query(TrainPane):
+                pane.load_settings()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """A worker that failed is said, never dropped."""
@@ -361,9 +372,16 @@ class LoraboothApp(App):
         except LoraboothError:
             return []
 
-    def set_workspace_value(self, key: str, value: object) -> None:
-        from .store_io import SaveSettings
+    def preserved_class(self) -> str | None:
+        """train.preserve_class as the file has it ("" when off), None when it cannot be read."""
+        from lorabooth.core.errors import LoraboothError
 
+        try:
+            return " ".join(self.ws.config(check_photos=False).train.preserve_class.split())
+        except LoraboothError:
+            return None
+
+    def set_workspace_value(self, key: str, value: object) -> None:
         self.writer.submit(SaveSettings({key: value}, f"{key} = {value} (lorabooth.toml)"),
                            None)
 

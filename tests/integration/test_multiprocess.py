@@ -19,10 +19,13 @@ ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate's launcher is not installed")
-def test_two_processes_train_one_lora(tmp_path: Path, photos: Path, demo_model):
+@pytest.mark.parametrize("preserve", ["", "plush toy"], ids=["plain", "preserving"])
+def test_two_processes_train_one_lora(tmp_path: Path, photos: Path, demo_model, preserve):
+    """Preserving a class, each step runs two backward passes through DDP (each averages)."""
     ws = init_workspace(tmp_path / "ws", photos, model="demo", trigger="zorb")
     for key, value in {"train.resolution": [256], "train.learning_rate": 1e-3,
-                       "train.checkpoint_every": 10, "sample.every": 0}.items():
+                       "train.checkpoint_every": 10, "sample.every": 0,
+                       "train.preserve_class": preserve}.items():
         set_config_value(ws.root, key, value)
     result = subprocess.run(
         [str(ACCELERATE), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
@@ -36,3 +39,4 @@ def test_two_processes_train_one_lora(tmp_path: Path, photos: Path, demo_model):
                                                                          "step-000020"]
     lora = load_file(ws.loras / "pytorch_lora_weights.safetensors")
     assert lora and all(np.isfinite(v.float().numpy()).all() for v in lora.values())
+    assert ("preserving the class" in result.stdout + result.stderr) == bool(preserve)

@@ -76,3 +76,26 @@ async def test_a_frozen_engine_is_told_once_and_restarted_from_the_palette(demo_
             await wait_for(pilot, lambda: any("a new engine started" in n.message
                                               for n in app._notifications), timeout=30)
             await wait_for(pilot, lambda: client.status(ws).state != client.UNRESPONSIVE)
+
+
+async def test_the_class_is_preserved_and_let_go_from_the_palette(demo_workspace):
+    """train.preserve_class from the palette: written to lorabooth.toml, shown in the Train
+    pane at once, and the palette then offers to turn it off."""
+    from textual.widgets import Static
+
+    ws = demo_workspace()
+    app = LoraboothApp(ws.root, start_engine=False, poll=False,
+                       settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.query(TrainPane))
+        note = app.query_one("#train-config-note", Static)
+        await palette_run(pilot, "preserve woman",
+                          "Train: preserve the class woman (keep the subject off other women)")
+        app.writer.wait_idle()
+        await wait_for(pilot, lambda: "preserves 'woman'" in str(note.render()))
+        assert 'preserve_class = "woman"' in (ws.root / "lorabooth.toml").read_text()
+        await palette_run(pilot, "stop preserving", "Train: stop preserving the class woman")
+        app.writer.wait_idle()
+        await wait_for(pilot, lambda: "preserves" not in str(note.render()))
+        assert 'preserve_class = ""' in (ws.root / "lorabooth.toml").read_text()
