@@ -17,6 +17,7 @@ PANE_COMMANDS = [
     ("Train: promote the selected checkpoint", "train", "promote", "P in the Train pane"),
     ("Train: edit the settings", "train", "edit", "e in the Train pane"),
     ("Train: open the samples", "train", "open_samples", "o in the Train pane"),
+    ("Train: compare the checkpoints on a prompt", "train", "compare", "c in the Train pane"),
     ("Loss plot: toggle log scale", "train", "log_scale", "l in the Train pane"),
     ("Loss plot: toggle the learning rate", "train", "learning_rate", "r in the Train pane"),
     ("Queue: type a prompt", "queue", "focus_prompt", "i in the Queue pane"),

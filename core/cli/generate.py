@@ -25,7 +25,9 @@ from ..generate.request import (
     Asked,
     Request,
     build_request,
+    checkpoint_sweep,
     complete_recipe,
+    complete_request,
     parse_lora,
     request_to_params,
     training_underway,
@@ -73,6 +75,9 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help="a named template from lorabooth.toml")
     p.add_argument("--scales", default="", metavar="S1,S2,...",
                    help="sweep the first LoRA's scale over these values")
+    p.add_argument("--checkpoints", nargs="?", const="", default=None, metavar="RUN",
+                   help="compare the checkpoints of a training run (default the newest): one "
+                        "image each, same prompt and seed, side by side in a sheet")
     p.add_argument("--init-image", default="", metavar="FILE", help="image-to-image source")
     p.add_argument("--strength", type=number(0.01, 1), default=0.8)
     p.add_argument("--mask", default="", metavar="FILE", help="inpaint where the mask is white")
@@ -90,12 +95,14 @@ def _scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-def asked_from_args(prompt: str, args: argparse.Namespace) -> Asked:
+def asked_from_args(ws: Workspace, prompt: str, args: argparse.Namespace) -> Asked:
     if args.no_lora:
         loras: tuple[LoraRef, ...] | None = ()
     else:
         loras = tuple(parse_lora(text) for text in args.lora) or None
+    sweep = () if args.checkpoints is None else checkpoint_sweep(ws, args.checkpoints or None)
     return Asked(prompt, preset=args.preset, loras=loras, seed=args.seed, count=args.count,
+                 sweep=sweep,
                  scales=_scales(args.scales), width=args.width, height=args.height,
                  steps=args.steps, guidance=args.guidance, step_cache=args.step_cache,
                  init_image=_abs(args.init_image),
@@ -116,7 +123,8 @@ def request_for(ws: Workspace, prompt: str | None, args: argparse.Namespace) -> 
         raise UsageError("a prompt is needed (or --from-image PNG)")
     config = ws.config(check_photos=False)
     training = training_underway(Store(ws.db_path).jobs(ACTIVE))
-    return build_request(ws, config, asked_from_args(prompt, args), training=training)
+    return build_request(ws, config, asked_from_args(ws, prompt, args),
+                         training=training)
 
 
 def _abs(path: str) -> str:
@@ -153,8 +161,9 @@ def _generate_here(ws: Workspace, request: Request) -> list[Path]:
     from ..models.autocompile import for_generation
     from ..models.owner import ModelOwner
 
-    base = complete_recipe(ws, request.recipe)
-    recipes = replace(request, recipe=base).expand()
+    request = complete_request(ws, request)
+    base = request.recipe
+    recipes = request.expand()
     source = resolve_model(base.model)
     plan = plan_for(ws, source, recipes)
     err = console(stderr=True)

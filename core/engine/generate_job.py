@@ -35,13 +35,13 @@ def denoise_hook(engine: Engine, job_id: int) -> Callable[[int, int], bool]:
 
 def run(engine: Engine, job: Job) -> str:
     from ..generate.generator import Cancelled, plan_for, run_request
-    from ..generate.request import complete_recipe, request_from_params
+    from ..generate.request import complete_request, request_from_params
     from ..models.autocompile import for_generation
     from ..models.resolve import resolve_model
 
-    request = request_from_params(job.params)
-    base = complete_recipe(engine.ws, request.recipe)
-    recipes = replace(request, recipe=base).expand()
+    request = complete_request(engine.ws, request_from_params(job.params))
+    base = request.recipe
+    recipes = request.expand()
     for recipe in recipes:
         recipe.check()
     # An interrupted job resumes at the image it reached: those already saved are kept.
@@ -72,10 +72,12 @@ def fits_training(job: Job, trainer: Trainer) -> bool:
     from ..generate.request import request_from_params
 
     try:
-        recipe = request_from_params(job.params).recipe
+        request = request_from_params(job.params)
     except (KeyError, TypeError, ValueError):
         return False
+    recipe = request.recipe
     return (recipe.model in ("", trainer.config.model) and not recipe.init_image
+            and not request.sweep  # other checkpoints' LoRAs wait for the model to be free
             and all(lora.name in ("", "workspace") for lora in recipe.loras))
 
 

@@ -250,5 +250,5 @@ def run_request(generator: Generator, ws: Workspace, request_recipes: list[Recip
         on_image(index, path, recipe)
     if len(paths) > 1:
         name = paths[0].name.replace("-00.png", "-sheet.png")
-        job_sheet(paths, folder / "sheets" / name)
+        job_sheet(paths, folder / "sheets" / name, request_recipes)
     return paths

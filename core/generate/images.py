@@ -86,7 +86,26 @@ def contact_sheet(rows: Sequence[Sequence[Path]], target: Path, cell: int = 256,
     return save_png(sheet, target)
 
 
-def job_sheet(paths: Sequence[Path], target: Path, per_row: int = 4) -> Path | None:
-    """One job's images side by side, for comparing a sweep or a prompt matrix."""
+def job_sheet(paths: Sequence[Path], target: Path, recipes: Sequence[Recipe] = (),
+              per_row: int = 4) -> Path | None:
+    """One job's images side by side, for comparing a sweep or a prompt matrix. Where the
+    images' first LoRA differs (checkpoints compared), one row per LoRA, labelled with it as
+    the training samples' sheet labels its steps."""
+    firsts = [r.loras[0].name if r.loras else "no LoRA" for r in recipes]
+    if len(recipes) == len(paths) and len(set(firsts)) > 1:
+        groups: dict[str, list[Path]] = {}
+        for first, path in zip(firsts, paths, strict=True):
+            groups.setdefault(first, []).append(path)
+        labels = [lora_label(name) for name in groups]
+        return contact_sheet(list(groups.values()), target, labels=labels)
     rows = [paths[i:i + per_row] for i in range(0, len(paths), per_row)]
     return contact_sheet(rows, target)
+
+
+def lora_label(name: str) -> str:
+    """A LoRA as a sheet's row names it: `run-001/step-000250` is "step-250"; a file, its name
+    cut to the label column."""
+    from ..train.checkpoint import step_label
+
+    label = step_label(name.rpartition("/")[2]) if name.startswith("run-") else Path(name).name
+    return label if len(label) <= 14 else label[:11] + "..."

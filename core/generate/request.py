@@ -46,31 +46,39 @@ class Request:
     recipe: Recipe
     count: int = 1  # seeds seed, seed+1, ...
     scales: tuple[float, ...] = ()  # a sweep of the first LoRA's scale
+    # A sweep of LoRAs (a run's checkpoints): each image stacks one of them first, before the
+    # recipe's own LoRAs, so the same prompt and seed compare them side by side.
+    sweep: tuple[LoraRef, ...] = ()
     params: dict[str, Any] = field(default_factory=dict)
 
     def size(self) -> int:
-        return matrix_size(self.recipe.prompt) * max(1, len(self.scales)) * self.count
+        return (matrix_size(self.recipe.prompt) * max(1, len(self.sweep))
+                * max(1, len(self.scales)) * self.count)
 
     def check_size(self) -> None:
         if self.size() > MAX_IMAGES:
+            sweep = f" x LoRAs {len(self.sweep)}" if self.sweep else ""
             raise RecipeError(
                 f"this request would make {self.size():,} images (prompt matrix "
-                f"{matrix_size(self.recipe.prompt):,} x scales {max(1, len(self.scales))} x "
-                f"count {self.count}); one request makes at most {MAX_IMAGES}")
+                f"{matrix_size(self.recipe.prompt):,}{sweep} x scales "
+                f"{max(1, len(self.scales))} x count {self.count}); one request makes at "
+                f"most {MAX_IMAGES}")
 
     def expand(self) -> list[Recipe]:
-        """Every image the request makes: prompt matrix x scale sweep x seeds."""
+        """Every image the request makes: prompt matrix x LoRA sweep x scale sweep x seeds."""
         self.check_size()
         recipes = []
         scales = self.scales or (None,)
         for prompt in expand_matrix(self.recipe.prompt):
-            for scale in scales:
-                loras = self.recipe.loras
-                if scale is not None and loras:
-                    loras = (replace(loras[0], scale=scale), *loras[1:])
-                for n in range(self.count):
-                    recipes.append(replace(self.recipe, prompt=prompt, loras=loras,
-                                           seed=self.recipe.seed + n))
+            for swept in self.sweep or (None,):
+                stack = self.recipe.loras if swept is None else (swept, *self.recipe.loras)
+                for scale in scales:
+                    loras = stack
+                    if scale is not None and loras:
+                        loras = (replace(loras[0], scale=scale), *loras[1:])
+                    for n in range(self.count):
+                        recipes.append(replace(self.recipe, prompt=prompt, loras=loras,
+                                               seed=self.recipe.seed + n))
         return recipes
 
 
@@ -98,8 +106,21 @@ def recipe_from_settings(settings: GenerateSettings, model: str, prompt: str, se
 
 
 def request_to_params(request: Request) -> dict[str, Any]:
+    sweep = {"sweep": [[ref.name, ref.scale] for ref in request.sweep]} if request.sweep else {}
     return {"recipe": json.loads(request.recipe.to_json()), "count": request.count,
-            "scales": list(request.scales), **request.params}
+            "scales": list(request.scales), **sweep, **request.params}
+
+
+def _sweep_from_params(sweep: Any) -> tuple[LoraRef, ...]:
+    """A queued job's LoRA sweep, [[name, scale], ...], checked (a job row may come from
+    anywhere); paths and hashes are found again when the job runs."""
+    if not isinstance(sweep, list) or len(sweep) > MAX_IMAGES or not all(
+            isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+            and 0 < len(item[0]) <= 4096 and isinstance(item[1], int | float)
+            and not isinstance(item[1], bool) and lora_scale_ok(item[1]) for item in sweep):
+        raise RecipeError(f"sweep {str(sweep)[:200]} must be a list of [LoRA name, scale] "
+                          f"pairs, each scale from {SCALE_RANGE}")
+    return tuple(LoraRef(name, float(scale)) for name, scale in sweep)
 
 
 def request_from_params(params: Any) -> Request:
@@ -113,9 +134,11 @@ def request_from_params(params: Any) -> Request:
             isinstance(v, int | float) and not isinstance(v, bool) and lora_scale_ok(v)
             for v in scales):
         raise RecipeError(f"scales {scales!r} must be numbers from {SCALE_RANGE}")
-    extra = {k: v for k, v in params.items() if k not in ("recipe", "count", "scales")}
+    extra = {k: v for k, v in params.items()
+             if k not in ("recipe", "count", "scales", "sweep")}
     request = Request(Recipe.from_dict(params["recipe"]), count,
-                      tuple(float(s) for s in scales), extra)
+                      tuple(float(s) for s in scales), _sweep_from_params(params.get("sweep", [])),
+                      extra)
     request.check_size()
     return request
 
@@ -140,6 +163,7 @@ class Asked:
     strength: float = 0.8
     mask: str = ""
     refs: tuple[str, ...] = ()  # reference images (FLUX.2 [klein] editing)
+    sweep: tuple[LoraRef, ...] = ()  # LoRAs compared side by side (checkpoint_sweep)
 
 
 def split_preset(text: str, presets: dict[str, str]) -> tuple[str | None, str]:
@@ -275,6 +299,8 @@ def build_request(ws: Workspace, config: Config, asked: Asked, *, training: bool
     text = apply_template(asked.prompt, config.trigger, g.presets, asked.preset)
     if asked.loras is not None:
         loras = asked.loras
+    elif asked.sweep:
+        loras = ()  # the checkpoints compared stand for the workspace's LoRA
     elif ws.lora_path.is_file() or training:
         scale = g.lora_scale if asked.lora_scale is None else asked.lora_scale
         loras = (LoraRef("workspace", scale),)
@@ -304,9 +330,48 @@ def build_request(ws: Workspace, config: Config, asked: Asked, *, training: bool
         step_cache=step_cache, init_image=asked.init_image or None,
         strength=asked.strength, mask=asked.mask or None,
         refs=asked.refs or None)
-    request = Request(recipe, asked.count, asked.scales)
+    for ref in asked.sweep:
+        lora_file(ws, ref)
+    request = Request(recipe, asked.count, asked.scales, asked.sweep)
     request.check_size()
     return request
+
+
+SWEEP_WORD = "checkpoints"  # in the LoRAs box: `checkpoints`, `run-002/checkpoints:0.8`
+SWEEP_TOKEN = re.compile(rf"^(?:(run-\d{{3,}})/)?{SWEEP_WORD}(?::(.*))?$", re.IGNORECASE)
+
+
+def checkpoint_sweep(ws: Workspace, run: str | None = None,
+                     scale: float = 1.0) -> tuple[LoraRef, ...]:
+    """Every checkpoint of `run` (default the newest run that has any), oldest first, as LoRAs
+    to compare (`--checkpoints`, or `checkpoints` in the Queue pane's LoRAs box): faces peak
+    early and then overfit, and the run's own samples show only its sample prompts."""
+    from ..train.checkpoint import all_checkpoints
+
+    found = [c for c in all_checkpoints(ws.checkpoints) if run is None or c.run == run]
+    if not found:
+        where = f" in {run}" if run else ""
+        raise RecipeError(f"no checkpoints{where} to compare yet: train first (a checkpoint "
+                          f"is saved every train.checkpoint_every steps)")
+    newest = found[-1].run
+    return tuple(LoraRef(c.label, scale) for c in found if c.run == newest)
+
+
+def typed_sweep(ws: Workspace, text: str) -> tuple[str, tuple[LoraRef, ...]]:
+    """The LoRAs box with its sweep taken out: `checkpoints` (or `run-002/checkpoints`, with
+    `:SCALE`) compares every checkpoint of the run; the rest of the box stacks as typed."""
+    rest, sweep = [], ()
+    for part in (p for p in LORA_SEPARATORS.split(text) if p):
+        match = SWEEP_TOKEN.match(part)
+        if match is None:
+            rest.append(part)
+            continue
+        scale = typed_scale(match.group(2)) if match.group(2) else 1.0
+        if scale is None:
+            raise RecipeError(f"LoRA {part}: the scale after ':' must be a number from "
+                              f"{SCALE_RANGE}")
+        sweep = checkpoint_sweep(ws, match.group(1), scale)
+    return " ".join(rest), sweep
 
 
 CHECKPOINT_NAME = re.compile(r"^(?:(run-\d{3,})/)?(?:step-)?(\d+)$")
@@ -396,6 +461,12 @@ def lora_file(ws: Workspace, ref: LoraRef) -> Path:
         where = "" if str(path) == name else f" ({path})"
         raise RecipeError(f"LoRA {name or 'workspace'}{where}: {problem}")
     return path
+
+
+def complete_request(ws: Workspace, request: Request) -> Request:
+    """The request with its recipe completed and its swept LoRAs' files found and hashed."""
+    return replace(request, recipe=complete_recipe(ws, request.recipe),
+                   sweep=tuple(resolve_lora(ws, ref) for ref in request.sweep))
 
 
 def complete_recipe(ws: Workspace, recipe: Recipe) -> Recipe:

@@ -16,6 +16,7 @@ from lorabooth.core.engine import running_pid
 from lorabooth.core.generate.recipe import LoraRef, Recipe, expand_matrix, read_recipe, slug
 from lorabooth.core.generate.request import Request, request_to_params
 from lorabooth.core.store import Store
+from lorabooth.core.train.checkpoint import all_checkpoints
 from lorabooth.core.train.trainer import Trainer
 from lorabooth.core.workspace import Workspace
 
@@ -73,6 +74,31 @@ def test_checkpoint_loras_stack_and_sweep_with_a_contact_sheet(trained: Workspac
     assert all(r.loras[1].scale == 0.5 for r in recipes)
     sheets = list((trained.outputs / "images" / "sheets").glob("*.png"))
     assert sheets
+
+
+def test_checkpoints_are_compared_side_by_side_in_one_labelled_row_each(trained: Workspace):
+    """--checkpoints: the same prompt and seed with each checkpoint of the newest run, each
+    image's recipe naming its checkpoint's file, and a sheet with a row per checkpoint (as the
+    training samples' sheet has a row per step)."""
+    from lorabooth.core.generate.images import LABEL_WIDTH
+
+    checkpoints = all_checkpoints(trained.checkpoints)
+    assert len(checkpoints) >= 2
+    paths = generate(trained, "zorb on a boat", "--checkpoints", "--seed", "3", *SMALL)
+    recipes = [read_recipe(p) for p in paths]
+    assert [[(lora.name, lora.scale) for lora in r.loras] for r in recipes] == [
+        [(c.label, 1.0)] for c in checkpoints]
+    assert {r.seed for r in recipes} == {3} and {r.prompt for r in recipes} == {"zorb on a boat"}
+    assert len({r.loras[0].sha256 for r in recipes}) == len(checkpoints)
+    assert not np.array_equal(pixels(paths[0]), pixels(paths[-1]))
+    (first,) = generate(trained, "zorb on a boat", "--seed", "3", "--lora",
+                        f"{checkpoints[0].label}:1", *SMALL)
+    assert np.array_equal(pixels(first), pixels(paths[0]))  # what --lora step-N makes
+    sheet = trained.outputs / "images" / "sheets" / paths[0].name.replace("-00.png", "-sheet.png")
+    with Image.open(sheet) as img:
+        assert img.size == (LABEL_WIDTH + 256, 256 * len(checkpoints))
+    result = run_cli("generate", str(trained.root), "zorb", "--checkpoints", "run-999")
+    assert result.returncode == 2 and "no checkpoints in run-999" in result.stderr
 
 
 def test_img2img_and_inpaint(trained: Workspace, tmp_path: Path):
@@ -192,6 +218,10 @@ def test_queue_runs_in_order_obeys_cancel_and_move_and_survives_restart(trained:
                          *SMALL)
         assert result.returncode == 0, result.stderr
         ids.append(json.loads(result.stdout)["id"])
+    compared = run_cli("queue", str(trained.root), "add", "zorb compared", "--checkpoints",
+                       "--json", *SMALL)
+    assert compared.returncode == 0, compared.stderr
+    compare_id = json.loads(compared.stdout)["id"]
     assert run_cli("queue", str(trained.root), "cancel", str(ids[2])).returncode == 0
     assert run_cli("queue", str(trained.root), "move", str(ids[9]), "1").returncode == 0
     store.set_setting("queue_paused", "0")
@@ -209,6 +239,10 @@ def test_queue_runs_in_order_obeys_cancel_and_move_and_survives_restart(trained:
     # (The module's workspace also holds images that other tests made without the engine.)
     prompts = [o.recipe["prompt"] for o in store.outputs() if o.kind == "image" and o.job in ids]
     assert sorted(set(prompts)) == sorted(f"zorb number {i}" for i in range(10) if i != 2)
+    # The engine renders a checkpoint comparison queued from the command line, too.
+    wait_until(lambda: store.job(compare_id).state == "done", timeout=90)
+    swept = [o.recipe["loras"][0]["name"] for o in store.outputs() if o.job == compare_id]
+    assert swept == [c.label for c in all_checkpoints(trained.checkpoints)]
 
 
 def test_prompt_during_training_runs_between_steps_and_leaves_the_loss_curve(

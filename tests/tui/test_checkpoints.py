@@ -31,3 +31,39 @@ async def test_p_promotes_the_selected_checkpoint_and_marks_it(demo_workspace):
         await wait_for(pilot, lambda: marks() == [" ", "★"])
         step5 = ws.checkpoints / "run-001" / "step-000005" / LORA_FILE
         assert ws.lora_path.read_bytes() == step5.read_bytes()
+
+
+async def test_c_compares_the_runs_checkpoints_on_a_typed_prompt(demo_workspace):
+    """c on a checkpoint opens the Queue with that run's checkpoints in the LoRAs box; the
+    prompt typed there queues one job that renders it with each of them."""
+    from textual.widgets import Input
+
+    from lorabooth.core.generate.request import request_from_params
+    from lorabooth.core.store import Store
+    from lorabooth.tui.panes.queue import QueuePane
+
+    ws = demo_workspace(train_checkpoint_every=5)
+    Trainer(ws, device="cpu").run(steps=10)
+    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.query(TrainPane))
+        table = app.query_one("#checkpoints", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 2)
+        table.focus()
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.query(QueuePane)
+                       and app.query_one("#loras", Input).value == "run-001/checkpoints")
+        assert app.focused is app.query_one("#prompt")
+        await pilot.press(*"zorb in the snow", "enter")
+        app.writer.wait_idle()
+        store = Store(ws.db_path)
+        await wait_for(pilot, lambda: store.jobs())
+        (job,) = store.jobs()
+        request = request_from_params(job.params)
+        assert [lora.name for lora in request.sweep] == ["run-001/step-000005",
+                                                         "run-001/step-000010"]
+        assert job.total == 2
+        rows = app.query_one("#jobs", DataTable)
+        await wait_for(pilot, lambda: rows.row_count == 1 and "2 checkpoints · zorb in the snow"
+                       in str(rows.get_row_at(0)[-1]))

@@ -165,3 +165,66 @@ def test_the_loras_box_reads_back_what_an_image_was_made_with():
     assert typed_loras(loras_as_typed([("workspace", 0.8)])) == (None, 0.8)
     assert typed_loras(loras_as_typed([])) == ((), None)
     assert loras_as_typed([("my style.safetensors", 1.0)]) is None  # the box would split it
+
+
+def fake_checkpoints(ws: Workspace, run: str, steps: list[int]) -> None:
+    """Checkpoint folders as training leaves them, each with a LoRA file (a header is all a
+    request reads)."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from lorabooth.core.workspace import LORA_FILE
+
+    for step in steps:
+        folder = ws.checkpoints / run / f"step-{step:06d}"
+        folder.mkdir(parents=True)
+        (folder / "state.pt").write_bytes(b"")
+        (folder / "meta.json").write_text(json.dumps({"step": step}))
+        save_file({"transformer.x.lora_A.weight": np.full((2, 2), step, np.float32)},
+                  folder / LORA_FILE)
+
+
+def test_the_loras_box_compares_a_runs_checkpoints(ws: Workspace):
+    """`checkpoints` in the LoRAs box (or `run-NNN/checkpoints:SCALE`): one image per
+    checkpoint of the run, stacked before the LoRAs typed beside it, in place of the
+    workspace's own; it survives the trip through the store, and a forged one does not."""
+    from lorabooth.core.generate.request import (
+        request_from_params,
+        request_to_params,
+        typed_loras,
+        typed_sweep,
+    )
+
+    with pytest.raises(RecipeError, match="no checkpoints to compare yet: train first"):
+        typed_sweep(ws, "checkpoints")
+    fake_checkpoints(ws, "run-001", [100, 200])
+    fake_checkpoints(ws, "run-002", [50, 100, 150])
+    stack, sweep = typed_sweep(ws, "checkpoints")
+    assert stack == "" and [(r.name, r.scale) for r in sweep] == [
+        ("run-002/step-000050", 1.0), ("run-002/step-000100", 1.0), ("run-002/step-000150", 1.0)]
+    stack, sweep = typed_sweep(ws, "style.safetensors:0.5, run-001/Checkpoints:0.8")
+    assert stack == "style.safetensors:0.5"
+    assert [(r.name, r.scale) for r in sweep] == [("run-001/step-000100", 0.8),
+                                                  ("run-001/step-000200", 0.8)]
+    with pytest.raises(RecipeError, match="scale after ':' must be a number"):
+        typed_sweep(ws, "checkpoints:lots")
+    ws.loras.mkdir(parents=True, exist_ok=True)
+    ws.lora_path.write_bytes(b"")  # the workspace's LoRA exists, and is not stacked
+    loras, _ = typed_loras("")
+    request = build_request(ws, ws.config(), Asked("zorb {a|b}", loras=loras, count=2,
+                                                   sweep=sweep), training=True)
+    assert request.recipe.loras == () and request.size() == 8
+    made = [(r.prompt, r.loras[0].name, r.seed) for r in request.expand()]
+    assert made[:4] == [("zorb a", "run-001/step-000100", 0), ("zorb a", "run-001/step-000100", 1),
+                        ("zorb a", "run-001/step-000200", 0), ("zorb a", "run-001/step-000200", 1)]
+    again = request_from_params(request_to_params(request))
+    assert again.sweep == request.sweep and again.expand() == request.expand()
+    for forged in (["run-001/step-000100"], [["x", True]], [["x", float("nan")]], "x",
+                   [["", 1.0]], [["x", 1.0, 2]]):
+        with pytest.raises(RecipeError, match="must be a list of"):
+            request_from_params({**request_to_params(request), "sweep": forged})
+    too_many = Asked("{" + "|".join(map(str, range(600))) + "}", loras=(), sweep=sweep)
+    with pytest.raises(RecipeError, match=r"1,200 images .* x LoRAs 2 x scales 1"):
+        build_request(ws, ws.config(), too_many, training=False)

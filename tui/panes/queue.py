@@ -28,6 +28,7 @@ from lorabooth.core.generate.request import (
     typed_path,
     typed_refs,
     typed_start,
+    typed_sweep,
 )
 from lorabooth.core.models.registry import model_of
 from lorabooth.core.safetext import plain, printable
@@ -81,9 +82,11 @@ def describe_job(job: Job) -> str:
             f" ({job.params['run']})" if isinstance(job.params, dict) and job.params.get("run")
             else "")
     try:
-        return request_from_params(job.params).recipe.prompt
+        request = request_from_params(job.params)
     except (KeyError, TypeError, ValueError):
         return "?"
+    swept = f"{len(request.sweep)} checkpoints · " if request.sweep else ""
+    return swept + request.recipe.prompt
 
 
 class QueuePane(Vertical):
@@ -120,7 +123,8 @@ class QueuePane(Vertical):
             loras = PaneInput(value="1.0", id="loras", placeholder="1.0 · none · step-750:0.8")
             loras.border_title = "LoRAs"
             loras.tooltip = ("a number: the workspace LoRA at that scale; none: no LoRA; or "
-                             "NAME[:SCALE] ... (step-750, a file in .lorabooth/loras, a path)")
+                             "NAME[:SCALE] ... (step-750, a file in .lorabooth/loras, a path); "
+                             "checkpoints: each checkpoint of the newest run, side by side")
             yield loras
             start = PaneInput(id="start", placeholder="me.jpg 0.8")
             start.border_title = "start image"
@@ -260,7 +264,8 @@ class QueuePane(Vertical):
     def build_request(self, text: str) -> Request:
         config = self.ws.config(check_photos=False)
         preset, prompt = split_preset(text, config.generate.presets)
-        loras, scale = typed_loras(self.query_one("#loras", Input).value)
+        stack, sweep = typed_sweep(self.ws, self.query_one("#loras", Input).value)
+        loras, scale = typed_loras(stack)
         refs = typed_refs(self.ws, config, self.query_one("#refs", Input).value)
         start, strength = typed_start(self.ws, config, self.query_one("#start", Input).value)
         mask_text = self.query_one("#mask", Input).value.strip()
@@ -268,7 +273,7 @@ class QueuePane(Vertical):
         request = build_request(self.ws, config,
                                 Asked(prompt, preset=preset, loras=loras, lora_scale=scale,
                                       refs=refs, init_image=start, strength=strength,
-                                      mask=mask),
+                                      mask=mask, sweep=sweep),
                                 training=self.training())
         check_typed_loras(self.ws, loras or (), self.training())
         return request

@@ -85,6 +85,7 @@ class TrainPane(Vertical):
         Binding("ctrl+s", "save", "Save", id="train.save"),
         Binding("P", "promote", "Promote", id="train.promote"),
         Binding("o", "open_samples", "Samples", id="train.samples"),
+        Binding("c", "compare", "Compare checkpoints", show=False, id="train.compare"),
     ]
 
     def __init__(self, ws: Workspace, protocol: str, **kwargs):
@@ -357,6 +358,17 @@ class TrainPane(Vertical):
         for key, label, _ in FIELDS:
             if key in error or key.split(".")[-1] in error:
                 self.query_one(f"#field-{label}", Input).set_class(True, "-invalid")
+
+    def action_compare(self) -> None:
+        """A prompt in the Queue that renders with each checkpoint of the selected run, side by
+        side (same seed): the way to pick one when the samples' prompts are not yours."""
+        table = self.query_one("#checkpoints", DataTable)
+        if table.row_count == 0:
+            self.notify("no checkpoints to compare yet", markup=False)
+            return
+        label = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        run = label.partition("/")[0]
+        self.app.use_prompt("", loras=f"{run}/checkpoints")
 
     def action_promote(self) -> None:
         table = self.query_one("#checkpoints", DataTable)
