@@ -8,6 +8,10 @@ from collections.abc import Callable
 from functools import partial
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.content import Content
+from textual.fuzzy import Matcher
+
+from lorabooth.core.safetext import printable
 
 # (name, pane, action in that pane, help)
 PANE_COMMANDS = [
@@ -41,7 +45,7 @@ def preservation_commands(app) -> list[tuple[str, Callable[[], object], str]]:
         return []
     set_class = partial(app.set_workspace_value, "train.preserve_class")
     if current:
-        return [(f"Train: stop preserving the class {current}", partial(set_class, ""),
+        return [(f"Train: stop preserving the class {printable(current)}", partial(set_class, ""),
                  "train.preserve_class = \"\" (steps take their plain time again)")]
     return [(f"Train: preserve the class {word} (keep the subject off other {many})",
              partial(set_class, word),
@@ -65,18 +69,30 @@ class LoraboothCommands(Provider):
                       "stops the engine (a frozen one is killed; training resumes from its last "
                       "checkpoint) and starts a fresh one"))
         for preset in app.preset_names():
-            found.append((f"Queue: a prompt with the preset {preset}",
+            found.append((f"Queue: a prompt with the preset {printable(preset)}",
                           partial(app.use_prompt, f"{preset}: "),
                           "puts the preset in the prompt box"))
         return found
 
     async def discover(self) -> Hits:
         for name, run, help_text in self.commands():
-            yield DiscoveryHit(name, run, help=help_text)
+            yield DiscoveryHit(Content(name), run, text=name, help=help_text)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for name, run, help_text in self.commands():
             score = matcher.match(name)
             if score > 0:
-                yield Hit(score, matcher.highlight(name), run, help=help_text)
+                yield Hit(score, highlighted(matcher, name), run, text=name, help=help_text)
+
+
+def highlighted(matcher: Matcher, name: str) -> Content:
+    """`name` with the letters the query matched marked, as Matcher.highlight marks them, but
+    as plain text: a name may hold the user's words (a preset's, a class's), and Textual reads
+    a string given to it as markup ("[bold]" would vanish, "[/x]" would raise)."""
+    content = Content(name)
+    _, offsets = matcher.fuzzy_search.match(matcher.query, name)
+    for offset in offsets:
+        if not name[offset].isspace():
+            content = content.stylize(matcher.match_style, offset, offset + 1)
+    return content

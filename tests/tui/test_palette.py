@@ -99,3 +99,29 @@ async def test_the_class_is_preserved_and_let_go_from_the_palette(demo_workspace
         app.writer.wait_idle()
         await wait_for(pilot, lambda: "preserves" not in str(note.render()))
         assert 'preserve_class = ""' in (ws.root / "lorabooth.toml").read_text()
+
+
+async def test_names_from_the_users_config_show_as_typed_in_the_palette(demo_workspace):
+    """A preset's name is the user's words: "[/x]" would make Textual's markup raise and
+    "[bold]" would vanish, were it read as markup."""
+    from lorabooth.core.config import set_config_value
+
+    ws = demo_workspace()
+    set_config_value(ws.root, "generate.presets", {"[/x]": "{prompt}",
+                                                   "[bold]loud[/bold]": "{prompt}!"})
+    app = LoraboothApp(ws.root, start_engine=False, poll=False,
+                       settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(120, 30)) as pilot:
+        for words in ("", "preset"):  # discovery (nothing typed), then a search
+            await pilot.press("ctrl+p")
+            await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
+            await pilot.press(*words)
+
+            def shown() -> list[str]:
+                return [str(o.prompt).split("\n")[0]
+                        for o in app.screen.query_one("CommandList").options]
+
+            await wait_for(pilot, lambda: "Queue: a prompt with the preset [/x]" in shown())
+            assert "Queue: a prompt with the preset [bold]loud[/bold]" in shown()
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, CommandPalette))
