@@ -51,12 +51,22 @@ def state_of(trainer: Trainer) -> dict:
         "fingerprint": dataset_fingerprint(trainer.examples),
         "ema": trainer.ema.averages if trainer.ema else None,
         "scaler": trainer.scaler.state_dict(),
+        "preserve_class": preserved(trainer),
     }
+
+
+def preserved(trainer: Trainer) -> str:
+    return " ".join(trainer.config.train.preserve_class.split())
 
 
 def restore(trainer: Trainer, state: dict) -> None:
     if state["fingerprint"] != dataset_fingerprint(trainer.examples):
         trainer.log("the photos or captions changed since this checkpoint; resuming anyway")
+    before, now = state.get("preserve_class", ""), preserved(trainer)
+    if before != now:
+        said = {"": "without preserving a class"}
+        trainer.log(f"this run trained {said.get(before, f'preserving {before!r}')}; it goes "
+                    f"on {said.get(now, f'preserving {now!r}')} (train.preserve_class)")
     set_lora_weights(trainer.components, state["lora"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])

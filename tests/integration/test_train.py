@@ -311,6 +311,23 @@ def test_preserving_the_class_trains_the_same_lora_with_checkpointing_and_says_s
     assert "'plush toy'" in said and "as 'photo of plush toy" in said
 
 
+def test_a_run_resumed_with_another_preserved_class_says_so(demo_workspace):
+    from lorabooth.core.config import set_config_value
+
+    ws = demo_workspace(train_checkpoint_every=2)
+    seen = {"step": 0}
+    Trainer(ws, device="cpu", on_step=lambda m: seen.update(step=m.step),
+            should_stop=lambda: seen["step"] >= 2).run(steps=6)
+    set_config_value(ws.root, "train.preserve_class", "plush toy")
+    lines: list[str] = []
+    Trainer(ws, device="cpu", log=lines.append).run(resume=True)
+    assert ("this run trained without preserving a class; it goes on preserving 'plush toy' "
+            "(train.preserve_class)") in lines
+    lines.clear()
+    Trainer(ws, device="cpu", log=lines.append).run(steps=8, resume=True)
+    assert not [line for line in lines if line.startswith("this run trained")]
+
+
 def test_a_longer_run_than_the_config_keeps_its_learning_rate(demo_workspace):
     """Cosine is laid over the run's own total: steps past train.steps do not train at 0."""
     ws = demo_workspace(train_steps=10, train_lr_schedule="cosine",

@@ -7,21 +7,32 @@ from support import wait_for
 from textual.widgets import DataTable
 
 from lorabooth.core.train.trainer import Trainer
-from lorabooth.core.workspace import LORA_FILE
+from lorabooth.core.workspace import LORA_FILE, Workspace
 from lorabooth.tui.app import LoraboothApp
 from lorabooth.tui.panes.train import TrainPane
 from lorabooth.tui.settings import UISettings
 
 
-async def test_p_promotes_the_selected_checkpoint_and_marks_it(demo_workspace):
+def two_checkpoints(demo_workspace) -> tuple[Workspace, LoraboothApp]:
+    """A run with checkpoints at steps 5 and 10, and the app on its workspace."""
     ws = demo_workspace(train_checkpoint_every=5)
     Trainer(ws, device="cpu").run(steps=10)
-    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    return ws, LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+
+
+async def checkpoint_list(pilot) -> DataTable:
+    """The Train pane's checkpoints, opened, once both are listed."""
+    await pilot.press("2")
+    await wait_for(pilot, lambda: pilot.app.query(TrainPane))
+    table = pilot.app.query_one("#checkpoints", DataTable)
+    await wait_for(pilot, lambda: table.row_count == 2)
+    return table
+
+
+async def test_p_promotes_the_selected_checkpoint_and_marks_it(demo_workspace):
+    ws, app = two_checkpoints(demo_workspace)
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: app.query(TrainPane))
-        table = app.query_one("#checkpoints", DataTable)
-        await wait_for(pilot, lambda: table.row_count == 2)
+        table = await checkpoint_list(pilot)
         marks = lambda: [str(table.get_row_at(i)[0]) for i in range(table.row_count)]  # noqa: E731
         assert marks() == [" ", " "]  # the finished run's LoRA is no checkpoint's promotion
         table.focus()
@@ -42,14 +53,9 @@ async def test_c_compares_the_runs_checkpoints_on_a_typed_prompt(demo_workspace)
     from lorabooth.core.store import Store
     from lorabooth.tui.panes.queue import QueuePane
 
-    ws = demo_workspace(train_checkpoint_every=5)
-    Trainer(ws, device="cpu").run(steps=10)
-    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    ws, app = two_checkpoints(demo_workspace)
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: app.query(TrainPane))
-        table = app.query_one("#checkpoints", DataTable)
-        await wait_for(pilot, lambda: table.row_count == 2)
+        table = await checkpoint_list(pilot)
         table.focus()
         await pilot.press("c")
         await wait_for(pilot, lambda: app.query(QueuePane)

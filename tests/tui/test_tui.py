@@ -384,7 +384,7 @@ async def test_the_loras_box_takes_names_scales_and_none(studio: Workspace, monk
         assert [(lora["name"], lora["scale"]) for lora in styled] == [("style.safetensors", 0.5)]
 
 
-@pytest.mark.parametrize("wait", [0, 0.05])
+@pytest.mark.parametrize("wait", [0, 0.02, 0.05, 0.1])
 async def test_quitting_while_the_panes_still_mount_is_no_error(studio: Workspace, wait: float):
     """`q` pressed the instant the app opens: the lazily mounted panes find their children
     already gone, and that must close quietly rather than end in a traceback."""

@@ -23,6 +23,7 @@ from ..store_io import SaveCaption
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
 from ..widgets.text import fit_end, fit_middle
+from . import filling
 
 # The scanner (numpy, Pillow) is imported in the scan worker, off the start-up path.
 ICONS = {OK: ("✓", "green"), WARN: ("!", "yellow"), SKIPPED: ("✗", "red")}
@@ -81,9 +82,10 @@ class DatasetPane(Vertical):
             yield Static(id="report-text")
 
     def on_mount(self) -> None:
-        self.query_one("#photos", DataTable).add_columns(" ", "photo", "size / why")
-        self.rescan()
-        self.post_message(PaneReady(self))
+        with filling(self):
+            self.query_one("#photos", DataTable).add_columns(" ", "photo", "size / why")
+            self.rescan()
+            self.post_message(PaneReady(self))
 
     @on(PaneUpdate)
     def store_changed(self, message: PaneUpdate) -> None:

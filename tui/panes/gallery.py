@@ -21,6 +21,7 @@ from ..viewer import Shown, recipe_lines
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
 from ..widgets.text import fit_middle
+from . import filling
 
 
 class GalleryPane(Vertical):
@@ -49,8 +50,9 @@ class GalleryPane(Vertical):
                 yield Static(id="recipe")
 
     def on_mount(self) -> None:
-        self.redraw()  # the empty state says what will appear here
-        self.post_message(PaneReady(self))
+        with filling(self):
+            self.redraw()  # the empty state says what will appear here
+            self.post_message(PaneReady(self))
 
     @on(PaneUpdate)
     def apply(self, message: PaneUpdate) -> None:

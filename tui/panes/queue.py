@@ -41,6 +41,7 @@ from ..widgets.inputs import PaneInput, focus_at_once
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
 from ..widgets.text import set_text
+from . import filling
 
 STATE_STYLE = {QUEUED: "", RUNNING: "bold", PAUSED: "yellow", DONE: "green", FAILED: "red",
                CANCELLED: "dim"}
@@ -145,18 +146,21 @@ class QueuePane(Vertical):
                 yield Static(id="job-text")  # the whole prompt the list cuts
 
     def on_mount(self) -> None:
-        self.query_one("#jobs", DataTable).add_columns("id", "state", "progress", "prompt")
+        with filling(self):
+            self.query_one("#jobs", DataTable).add_columns("id", "state", "progress", "prompt")
+            self.fill_from_config()
+            self.post_message(PaneReady(self))
+
+    def fill_from_config(self) -> None:
+        """What the config decides: completions, the LoRA scale, the reference images' box."""
         try:
             config = self.ws.config(check_photos=False)
-            words = ["{trigger}", config.trigger] + [f"{name}: " for name in
-                                                      config.generate.presets]
-            self.query_one("#prompt", Input).suggester = SuggestFromList(words,
-                                                                         case_sensitive=False)
-            self.query_one("#loras", Input).value = f"{config.generate.lora_scale:g}"
-            self.query_one("#refs", Input).display = model_of(config.image_model).family == "flux2"
         except LoraboothError:
-            pass
-        self.post_message(PaneReady(self))
+            return
+        words = ["{trigger}", config.trigger] + [f"{name}: " for name in config.generate.presets]
+        self.query_one("#prompt", Input).suggester = SuggestFromList(words, case_sensitive=False)
+        self.query_one("#loras", Input).value = f"{config.generate.lora_scale:g}"
+        self.query_one("#refs", Input).display = model_of(config.image_model).family == "flux2"
 
     # -- live state -----------------------------------------------------------------------
 

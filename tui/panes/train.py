@@ -11,7 +11,6 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.css.query import NoMatches
 from textual.widgets import DataTable, Input, Label, Static
 
 from lorabooth.core.config import ConfigError
@@ -27,6 +26,7 @@ from ..widgets.inputs import PaneInput
 from ..widgets.lossplot import LossPlot
 from ..widgets.preview import Preview
 from ..widgets.text import join_fitting, set_text
+from . import filling
 
 # (config key, label, parse)
 FIELDS = [
@@ -122,20 +122,14 @@ class TrainPane(Vertical):
             yield DataTable(id="checkpoints", cursor_type="row")
 
     def on_mount(self) -> None:
-        try:
+        with filling(self):
             # ★ marks the promoted checkpoint: the workspace's LoRA, kept until you promote
             # another
             self.query_one("#checkpoints", DataTable).add_columns("", "checkpoint", "loss")
             self.load_settings()
             self.update_stats()
             self.refresh_checkpoints()
-        except NoMatches:
-            # A lazy pane can mount while the app is quitting and its children are already
-            # being removed; then there is nothing to fill in, and that is no error.
-            if self.is_attached and not (self._closing or self._pruning):
-                raise
-            return
-        self.post_message(PaneReady(self))
+            self.post_message(PaneReady(self))
 
     def load_settings(self) -> None:
         try:
