@@ -35,23 +35,28 @@ class UISettings:
 
     @classmethod
     def load(cls) -> UISettings:
+        """The file's settings, with LORABOOTH_IMAGES over its `images` (also where there is
+        no file: the way to skip the terminal probe on a slow link, for one session)."""
         path = settings_path()
         settings = cls()
         try:
             data = tomlkit.parse(path.read_text(encoding="utf-8")).unwrap()
         except FileNotFoundError:
-            return settings
+            data = {}
         except (OSError, ValueError) as exc:
             settings.problems.append(f"{path}: {exc}; using defaults")
-            return settings
+            data = {}
         theme = data.get("theme")
         if isinstance(theme, str):
             settings.theme = theme
-        images = os.environ.get("LORABOOTH_IMAGES") or data.get("images", "auto")
+        if forced := os.environ.get("LORABOOTH_IMAGES"):
+            images, where = forced, "LORABOOTH_IMAGES"
+        else:
+            images, where = data.get("images", "auto"), f"{path}: images"
         if images in IMAGE_PROTOCOLS:
             settings.images = images
         else:
-            settings.problems.append(f"{path}: images = {images!r} is not one of "
+            settings.problems.append(f"{where} = {images!r} is not one of "
                                      f"{', '.join(IMAGE_PROTOCOLS)}")
         keys = data.get("keys", {})
         if isinstance(keys, dict):

@@ -52,3 +52,22 @@ def test_a_reason_naming_a_cjk_photo_fits_its_column_in_cells():
     assert why.startswith("exact duplicate of 写") and why.endswith("…")
     assert WHY_WIDTH - 1 <= cell_len(why) <= WHY_WIDTH
     assert headline("too small: 100x80, under 512 on its short side") == "too small"
+
+
+def test_lorabooth_images_is_obeyed_with_or_without_a_settings_file(tmp_path: Path,
+                                                                    monkeypatch):
+    """LORABOOTH_IMAGES=halfcell skips textual-image's terminal probe (0.2 s locally, more over
+    SSH). It was read only beside a ui.toml, so a fresh user who set it still paid the probe."""
+    monkeypatch.setenv("LORABOOTH_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("LORABOOTH_IMAGES", "halfcell")
+    assert UISettings.load().images == "halfcell"  # no ui.toml at all
+    (tmp_path / "ui.toml").write_text('images = "kitty"\ntheme = "nord"\n')
+    loaded = UISettings.load()
+    assert (loaded.images, loaded.theme) == ("halfcell", "nord")
+    monkeypatch.setenv("LORABOOTH_IMAGES", "jpeg")
+    loaded = UISettings.load()
+    assert loaded.images == "auto"
+    assert loaded.problems == ["LORABOOTH_IMAGES = 'jpeg' is not one of auto, kitty, sixel, "
+                               "halfcell, unicode"]
+    monkeypatch.delenv("LORABOOTH_IMAGES")
+    assert UISettings.load().images == "kitty"
