@@ -218,7 +218,7 @@ def draw_photos(folder: Path, size: int, count: int = 4) -> None:
 
 
 def workspace(root: Path, model: str, resolution: int, steps: int, compile: str = "off",
-              checkpointing: str = "on"):
+              checkpointing: str = "on", preserve_class: str = ""):
     from lorabooth.core.config import set_config_values
     from lorabooth.core.workspace import Workspace, init_workspace
 
@@ -228,7 +228,8 @@ def workspace(root: Path, model: str, resolution: int, steps: int, compile: str 
     set_config_values(ws_root, {
         "train.resolution": [resolution], "train.steps": steps, "train.rank": 16,
         "train.optimizer": "adamw", "train.memory": "bf16", "train.checkpoint_every": 100000,
-        "train.compile": compile, "train.checkpointing": checkpointing, "sample.every": 0})
+        "train.compile": compile, "train.checkpointing": checkpointing,
+        "train.preserve_class": preserve_class, "sample.every": 0})
     return Workspace.at(ws_root)
 
 
@@ -287,7 +288,8 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
     (the blocks replayed as CUDA graphs, train.compile = "blocks-cudagraphs"), "nockpt" (no
     gradient checkpointing), "auto" (lorabooth's defaults: what a user gets), "sync" (each
     step's numbers read as it ends, with the unfused AdamW, as before core/train/pending.py:
-    the baseline for the step queued ahead)."""
+    the baseline for the step queued ahead), "preserve" (train.preserve_class: each step also
+    runs the base model and a second pass with the LoRA; against the plain train-R row)."""
     from lorabooth.core.train.trainer import Trainer
 
     source, owner = state["source"], state["owner"]
@@ -299,7 +301,8 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
         compile_mode = "blocks" if "compile" in words else "off"
         compile_mode = "blocks-cudagraphs" if "cudagraphs" in words else compile_mode
         ckpt = "off" if "nockpt" in words else "on"
-    ws = workspace(root, source.spec, resolution, steps, compile_mode, ckpt)
+    ws = workspace(root, source.spec, resolution, steps, compile_mode, ckpt,
+                   "person" if "preserve" in words else "")
     seconds: list[float] = []
     logs: list[str] = []
     extra: dict = {}
@@ -338,7 +341,7 @@ def train_phase(state: dict, root: Path, resolution: int, warmup: int, timed_ste
             "images_per_s": round(1 / ours, 3), **flops(trainer, resolution, ours), **extra,
             "train_peak_gib": train_peak, "planned_gib": round(trainer.plan.peak_gib, 2),
             "checkpointing": trainer.plan.gradient_checkpointing,
-            "loss_first": round(losses[0], 4),
+            "preserving": trainer.preserving, "loss_first": round(losses[0], 4),
             "loss_last": round(losses[-1], 4), "dtype": str(trainer.dtype), "log": logs[:3]}
 
 
@@ -431,6 +434,8 @@ def flops(trainer, resolution: int, step_s: float) -> dict:
     if trainer.device.type != "cuda":
         return {}
     forwards = 3.3 if trainer.plan.gradient_checkpointing else 2.3
+    if trainer.preserving:  # the base model's forward, then the class's own forward and back
+        forwards = 2 * forwards + 1
     step = forwards * forward_flops(trainer.owner.pipe.transformer, image_tokens(resolution),
                                     trainer.source.max_sequence_length)
     tflops = step / step_s / 1e12
@@ -845,7 +850,7 @@ def default_phases(resolutions: list[int]) -> list[str]:
             + [f"generate-{r}" for r in reversed(resolutions)] + [f"compile-{max(resolutions)}"]
             + [f"cache-{max(resolutions)}"]
             + [f"train-{min(resolutions)}-between", f"train-{min(resolutions)}-compile",
-               f"offload-{max(resolutions)}"])
+               f"offload-{max(resolutions)}", f"train-{min(resolutions)}-preserve"])
 
 
 def run_phase(bench: Bench, name: str, state: dict, root: Path, resolutions: list[int],

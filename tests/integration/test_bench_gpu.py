@@ -13,7 +13,7 @@ from tests.support import REPO
 def test_gpu_bench_dry_run_trains_generates_and_renders_between_steps(tmp_path):
     out = tmp_path / "out"
     phases = ("encode,train-64,train-64-nockpt,train-64-between,train-64-sync,generate-64,"
-              "cache-64,bare-64,bare-64-nockpt")
+              "cache-64,bare-64,bare-64-nockpt,train-64-preserve")
     done = subprocess.run([sys.executable, "-m", "bench.gpu", "--dry-run", "--out", str(out),
                            "--phases", phases], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
@@ -30,6 +30,8 @@ def test_gpu_bench_dry_run_trains_generates_and_renders_between_steps(tmp_path):
     assert rows["generate-64"]["lora"] is True
     assert rows["generate-64"]["image_size"] == [64, 64]
     assert rows["cache-64"]["threshold_1_computed"] >= 1  # the first step is always computed
+    # The next device session times a step that preserves a class against a plain one.
+    assert rows["train-64-preserve"]["preserving"] and not rows["train-64"]["preserving"]
 
 
 def test_gpu_bench_refuses_to_overwrite_results_with_a_dry_run():
