@@ -370,7 +370,8 @@ def typed_sweep(ws: Workspace, text: str) -> tuple[str, tuple[LoraRef, ...]]:
         if scale is None:
             raise RecipeError(f"LoRA {part}: the scale after ':' must be a number from "
                               f"{SCALE_RANGE}")
-        sweep = checkpoint_sweep(ws, match.group(1), scale)
+        run = match.group(1).lower() if match.group(1) else None
+        sweep = checkpoint_sweep(ws, run, scale)
     return " ".join(rest), sweep
 
 

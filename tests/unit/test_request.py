@@ -204,7 +204,7 @@ def test_the_loras_box_compares_a_runs_checkpoints(ws: Workspace):
     stack, sweep = typed_sweep(ws, "checkpoints")
     assert stack == "" and [(r.name, r.scale) for r in sweep] == [
         ("run-002/step-000050", 1.0), ("run-002/step-000100", 1.0), ("run-002/step-000150", 1.0)]
-    stack, sweep = typed_sweep(ws, "style.safetensors:0.5, run-001/Checkpoints:0.8")
+    stack, sweep = typed_sweep(ws, "style.safetensors:0.5, Run-001/Checkpoints:0.8")
     assert stack == "style.safetensors:0.5"
     assert [(r.name, r.scale) for r in sweep] == [("run-001/step-000100", 0.8),
                                                   ("run-001/step-000200", 0.8)]
