@@ -104,8 +104,9 @@ class TrainSettings:
         "Keep the subject off everyone else (ai-toolkit's differential output preservation): "
         "the class your trigger word names (person, woman, man, dog). Each step also trains "
         "each caption with the trigger replaced by this word to give what the base model "
-        "gives, so people who are not your subject keep their own faces. A step takes ~2.3x "
-        "as long (the model runs twice more: once without the LoRA). Empty: off.",
+        "gives, so people who are not your subject keep their own faces; the samples gain the "
+        "first prompt with the class, to watch it. A step takes ~2.3x as long (the model runs "
+        "twice more: once without the LoRA). Empty: off.",
         default="", max_length=100)
     preserve_weight: float = _opt("How strongly preserve_class holds the class to the base "
                                   "model: the weight of its loss beside the training loss.",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..config import Config
-from ..dataset.captions import substitute_trigger
+from ..dataset.captions import class_caption, substitute_trigger
 from ..generate.images import contact_sheet, save_png
 from .checkpoint import step_label
 
@@ -22,7 +22,16 @@ SHEET_CELL = 192
 
 
 def sample_prompts(config: Config) -> list[str]:
-    return [substitute_trigger(p, config.trigger) for p in config.sample.prompts]
+    """The sample prompts with the trigger word in them; preserving a class, one more: the
+    first with the class in the trigger's place, so the sheet's column for it shows, step by
+    step, whether the subject bleeds onto the class (it should look as at step 0)."""
+    prompts = [substitute_trigger(p, config.trigger) for p in config.sample.prompts]
+    word = " ".join(config.train.preserve_class.split())
+    if word and prompts:
+        kept = class_caption(prompts[0], config.trigger, word)
+        if kept not in prompts:
+            prompts.append(kept)
+    return prompts
 
 
 def step_folder(samples: Path, step: int) -> Path:

@@ -30,6 +30,11 @@ def test_both_trigger_spellings_work_everywhere(ws: Workspace, tmp_path: Path):
     assert effective_caption("[trigger] at night", "zorb") == "zorb at night"
     set_config_values(ws.root, {"sample.prompts": ["[trigger] on a boat", "{trigger} skiing"]})
     assert sample_prompts(ws.config()) == ["zorb on a boat", "zorb skiing"]
+    # Preserving a class, the samples show it too: the first prompt with the class instead.
+    set_config_values(ws.root, {"train.preserve_class": "plush toy"})
+    assert sample_prompts(ws.config()) == ["zorb on a boat", "zorb skiing",
+                                           "plush toy on a boat"]
+    set_config_values(ws.root, {"train.preserve_class": ""})
     photos = tmp_path / "bare"
     photos.mkdir()
     for jpg in sorted((ws.root.parent / "photos").glob("*.jpg"))[:3]:
