@@ -145,6 +145,12 @@ class TrainSettings:
     keep_checkpoints: int = _opt("How many recent checkpoints to keep on disk.",
                                  default=8, min=1, max=1000)
 
+    @property
+    def preserved(self) -> str:
+        """The class preserve_class names, its words single-spaced ("" when off): what takes
+        the trigger word's place in captions."""
+        return " ".join(self.preserve_class.split())
+
 
 @dataclass(frozen=True)
 class SampleSettings:
@@ -373,7 +379,7 @@ def parse_config(text: str, path: Path | None = None) -> Config:
 def _check_preservation(config: Config) -> list[ConfigProblem]:
     """The class must name something other than the trigger word: a caption holding the class
     in its place would be trained both to change and to stay as the base model draws it."""
-    word = " ".join(config.train.preserve_class.split())
+    word = config.train.preserved
     if not word and config.train.preserve_class:
         return [ConfigProblem("train.preserve_class", "is only spaces; leave it empty to turn "
                                                       "preservation off")]

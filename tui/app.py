@@ -377,7 +377,7 @@ class LoraboothApp(App):
         from lorabooth.core.errors import LoraboothError
 
         try:
-            return " ".join(self.ws.config(check_photos=False).train.preserve_class.split())
+            return self.ws.config(check_photos=False).train.preserved
         except LoraboothError:
             return None
 

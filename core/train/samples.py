@@ -26,7 +26,7 @@ def sample_prompts(config: Config) -> list[str]:
     first with the class in the trigger's place, so the sheet's column for it shows, step by
     step, whether the subject bleeds onto the class (it should look as at step 0)."""
     prompts = [substitute_trigger(p, config.trigger) for p in config.sample.prompts]
-    word = " ".join(config.train.preserve_class.split())
+    word = config.train.preserved
     if word and prompts:
         kept = class_caption(prompts[0], config.trigger, word)
         if kept not in prompts:

@@ -56,7 +56,7 @@ def state_of(trainer: Trainer) -> dict:
 
 
 def preserved(trainer: Trainer) -> str:
-    return " ".join(trainer.config.train.preserve_class.split())
+    return trainer.config.train.preserved
 
 
 def restore(trainer: Trainer, state: dict) -> None:

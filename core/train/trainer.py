@@ -193,7 +193,7 @@ class Trainer:
         if self.preserving:
             example = next(iter(self.class_captions.values()))
             self.log(f"preserving the class: each step also trains the captions with "
-                     f"{' '.join(t.preserve_class.split())!r} for the trigger word (as "
+                     f"{t.preserved!r} for the trigger word (as "
                      f"{example!r}) to give the base model's output")
         self._park_encoders()
         transformer = self.pipe.transformer
@@ -255,7 +255,7 @@ class Trainer:
     def _encode_all(self) -> None:
         self.latents = [self.encoder.latent(e.photo, e.sha256, e.bucket) for e in self.examples]
         captions = {e.caption for e in self.examples}
-        word = " ".join(self.config.train.preserve_class.split())
+        word = self.config.train.preserved
         self.class_captions = {c: class_caption(c, self.config.trigger, word)
                                for c in captions} if word else {}
         captions = sorted(captions | {""} | set(self.class_captions.values()))
@@ -489,8 +489,7 @@ class Trainer:
                 "rank": t.rank, "alpha": t.alpha, "steps": self.step,
                 "resolution": ",".join(map(str, t.resolution)),
                 "dataset": dataset_fingerprint(self.examples), "version": version(),
-                **({"preserve_class": " ".join(t.preserve_class.split())}
-                   if t.preserve_class.strip() else {})}
+                **({"preserve_class": t.preserved} if t.preserved else {})}
 
     def saved_weights(self) -> contextlib.AbstractContextManager:
         """The weights the LoRA file holds, in place while the block runs: the averaged ones

@@ -143,7 +143,7 @@ class TrainPane(Vertical):
         base = model_of(config.model)
         t = config.train
         note = f"model {config.model} ({base.title}) · alpha {t.alpha:g} · optimizer {t.optimizer}"
-        if word := " ".join(t.preserve_class.split()):  # train.preserve_class, set in the file
+        if word := t.preserved:  # train.preserve_class, set in the file
             note += f" · preserves {word!r}"
         self.query_one("#train-config-note", Static).update(plain(note))
 
