@@ -258,7 +258,7 @@ class LoraboothApp(App):
         text = describe(message.command, message.result)
         if text:
             self.notify(text, markup=False, timeout=4)
-        if isinstance(message.command, SaveSettings):  # from the palette: the pane shows it
+        if isinstance(message.command, SaveSettings):  # the palette's or the pane's own
             for pane in self.query(TrainPane):
                 pane.load_settings()
 

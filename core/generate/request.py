@@ -346,9 +346,9 @@ def checkpoint_sweep(ws: Workspace, run: str | None = None,
     """Every checkpoint of `run` (default the newest run that has any), oldest first, as LoRAs
     to compare (`--checkpoints`, or `checkpoints` in the Queue pane's LoRAs box): faces peak
     early and then overfit, and the run's own samples show only its sample prompts."""
-    from ..train.checkpoint import all_checkpoints
+    from ..train.checkpoint import run_checkpoints
 
-    found = [c for c in all_checkpoints(ws.checkpoints) if run is None or c.run == run]
+    found = run_checkpoints(ws, run)
     if not found:
         where = f" in {run}" if run else ""
         raise RecipeError(f"no checkpoints{where} to compare yet: train first (a checkpoint "

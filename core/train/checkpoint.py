@@ -208,9 +208,14 @@ def prune(root: Path, keep: int, protect: Path | None = None) -> None:
             shutil.rmtree(entry)
 
 
+def run_checkpoints(ws: Workspace, run: str | None = None) -> list[CheckpointInfo]:
+    """The checkpoints of `run` (every run's when None), as all_checkpoints orders them."""
+    return [c for c in all_checkpoints(ws.checkpoints) if run is None or c.run == run]
+
+
 def find_checkpoint(ws: Workspace, step: int, run: str | None = None) -> CheckpointInfo:
     """The checkpoint at `step` of `run`, or of the newest run that has that step."""
-    found = [c for c in all_checkpoints(ws.checkpoints) if run is None or c.run == run]
+    found = run_checkpoints(ws, run)
     match = [c for c in found if c.step == step]
     if not match:
         where = f" in {run}" if run else ""

@@ -51,18 +51,14 @@ def state_of(trainer: Trainer) -> dict:
         "fingerprint": dataset_fingerprint(trainer.examples),
         "ema": trainer.ema.averages if trainer.ema else None,
         "scaler": trainer.scaler.state_dict(),
-        "preserve_class": preserved(trainer),
+        "preserve_class": trainer.config.train.preserved,
     }
-
-
-def preserved(trainer: Trainer) -> str:
-    return trainer.config.train.preserved
 
 
 def restore(trainer: Trainer, state: dict) -> None:
     if state["fingerprint"] != dataset_fingerprint(trainer.examples):
         trainer.log("the photos or captions changed since this checkpoint; resuming anyway")
-    before, now = state.get("preserve_class", ""), preserved(trainer)
+    before, now = state.get("preserve_class", ""), trainer.config.train.preserved
     if before != now:
         said = {"": "without preserving a class"}
         trainer.log(f"this run trained {said.get(before, f'preserving {before!r}')}; it goes "

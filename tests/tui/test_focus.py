@@ -94,11 +94,13 @@ async def test_a_failed_settings_save_writes_nothing_and_marks_the_fields(demo_w
         assert any("lr: 'x'" in n.message and "steps: 'many'" in n.message
                    for n in app._notifications)
         # Fixed, the same save goes through and the marks go away.
-        train.query_one("#field-lr", Input).value = "0.0002"
+        train.query_one("#field-lr", Input).value = "2e-4"
         train.query_one("#field-steps", Input).value = "300"
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: config_file.read_bytes() != before)
         assert not any(f.has_class("-invalid") for f in train.query(Input))
+        # The fields read back what the file now holds.
+        await wait_for(pilot, lambda: train.query_one("#field-lr", Input).value == "0.0002")
         text = config_file.read_text()
         assert "rank = 140" in text and "steps = 300" in text
 

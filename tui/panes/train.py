@@ -210,11 +210,9 @@ class TrainPane(Vertical):
                     self.by_job[job_id] = rows
                 self.join_run()
                 self.update_stats()
-        elif isinstance(command, SaveSettings):
-            if message.error:
-                self.mark_refused(message.error)
-            else:
-                self.load_settings()
+        elif isinstance(command, SaveSettings) and message.error:
+            # Saved, the app reloads every Train pane's settings (the Done bubbles up to it).
+            self.mark_refused(message.error)
         elif isinstance(command, Promote):
             self.refresh_checkpoints()
 
