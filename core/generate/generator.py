@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -45,7 +46,7 @@ class Generator:
             if lora.sha256 not in self.adapters:
                 self._check_family(lora)
                 name = f"lora_{lora.sha256[:12]}"
-                self.pipe.load_lora_weights(lora.path, adapter_name=name)
+                self._load_lora(lora, name)
                 self._full_precision_lora(name, lora.path)
                 self.adapters[lora.sha256] = name
         if not loras:
@@ -73,6 +74,28 @@ class Generator:
             words = {"flux1": "FLUX.1", "flux2": "FLUX.2 [klein]"}
             raise RecipeError(f"LoRA {lora.name} was trained on {words[family]}; "
                               f"{self.source.model.title} cannot use it")
+
+    def _load_lora(self, lora: LoraRef, name: str) -> None:
+        """Load one LoRA as adapter `name`, or refuse it in words and leave the pipeline as it
+        was: a warm engine keeps rendering everyone else's prompts after a bad file."""
+        from ..train.lora import adapter_is_finite, delete_adapter
+
+        components = [getattr(self.pipe, c, None) for c in ("transformer", "text_encoder")]
+        components = [c for c in components if c is not None]
+        try:
+            with diffusers_silent():  # it logs the failure we are about to put in words
+                self.pipe.load_lora_weights(lora.path, adapter_name=name)
+            if not all(adapter_is_finite(c, name) for c in components):
+                raise RecipeError(f"LoRA {lora.name} holds weights that are not numbers "
+                                  "(NaN or infinity): it was saved from a training that "
+                                  "diverged, or it is damaged")
+        except Exception as exc:
+            for component in components:
+                delete_adapter(component, name)
+            if isinstance(exc, RecipeError):
+                raise
+            raise RecipeError(f"LoRA {lora.name} does not fit {self.source.model.title}: "
+                              f"{unfit_reason(exc)}") from None
 
     def _full_precision_lora(self, name: str, path: str) -> None:
         """Over a transformer stored in fp8 the loaded LoRA came in fp8 too: put it back in the
@@ -136,9 +159,11 @@ class Generator:
                 size = (recipe.width, recipe.height)
                 kwargs["image"] = kwargs["image"].resize(size, Image.Resampling.LANCZOS)
                 kwargs["mask_image"] = kwargs["mask_image"].resize(size, Image.Resampling.NEAREST)
+        kwargs["output_type"] = "np"
         with torch.no_grad(), self.precision(), step_cache(self.pipe.transformer,
                                                             recipe.step_cache):
-            return pipe(**kwargs).images[0]
+            pixels = pipe(**kwargs).images[0]
+        return picture(pixels, recipe)
 
     @property
     def family(self):
@@ -163,6 +188,43 @@ class Generator:
         pipe = getattr(diffusers, name).from_pipe(self.pipe)
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+
+@contextmanager
+def diffusers_silent() -> Iterator[None]:
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity(dlogging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(level)
+
+
+def unfit_reason(exc: Exception) -> str:
+    """Why diffusers or peft could not load a LoRA, in words (theirs name internals)."""
+    text = str(exc)
+    if "size mismatch" in text:
+        return "its layers have other sizes than this model's (was it made for another model?)"
+    if "not found in the base model" in text:
+        return "none of its layers is in this model (was it made for another model?)"
+    if isinstance(exc, KeyError):
+        return f"it is incomplete or in a layout lorabooth cannot read (no {exc.args[0]!r})"
+    line = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return line.strip()[:300]
+
+
+def picture(pixels: np.ndarray, recipe: Recipe) -> Image.Image:
+    """A pipeline's float output as an image (as diffusers' `numpy_to_pil`), refused when the
+    model produced no numbers: diffusers would save it as a black picture."""
+    if not np.isfinite(pixels).all():
+        loras = ", ".join(f"{lora.name} at scale {lora.scale:g}" for lora in recipe.loras)
+        why = (f"the LoRA ({loras}) drives the model out of range; try a smaller scale"
+               if loras else "the model's weights or the precision overflowed")
+        raise RecipeError(f"the image came out as NaN (not a number), so it was not saved: "
+                          f"{why}")
+    return Image.fromarray((pixels * 255).round().astype("uint8"))
 
 
 def plan_for(ws: Workspace, source: ModelSource, recipes: Sequence[Recipe]):

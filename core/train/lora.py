@@ -159,16 +159,37 @@ def set_lora_weights(components: dict[str, torch.nn.Module],
                              f"(unexpected {unexpected[:3]})")
 
 
-def adapter_to(model: torch.nn.Module, adapter: str, dtype: torch.dtype) -> None:
-    """Store one adapter's weights in `dtype`. peft gives a new adapter the dtype of the layer
-    it wraps, which for a transformer stored in fp8 would keep the LoRA in 3 mantissa bits."""
+def adapter_layers(model: torch.nn.Module, adapter: str) -> Iterator[torch.nn.Module]:
+    """The down and up projections one adapter added to `model`."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             for layers in (module.lora_A, module.lora_B):
                 if adapter in layers:
-                    layers[adapter].to(dtype)
+                    yield layers[adapter]
+
+
+def adapter_to(model: torch.nn.Module, adapter: str, dtype: torch.dtype) -> None:
+    """Store one adapter's weights in `dtype`. peft gives a new adapter the dtype of the layer
+    it wraps, which for a transformer stored in fp8 would keep the LoRA in 3 mantissa bits."""
+    for layer in adapter_layers(model, adapter):
+        layer.to(dtype)
+
+
+def adapter_is_finite(model: torch.nn.Module, adapter: str) -> bool:
+    return all(bool(torch.isfinite(layer.weight).all())
+               for layer in adapter_layers(model, adapter))
+
+
+def delete_adapter(model: torch.nn.Module, adapter: str) -> None:
+    """Take one adapter out of `model`, wherever a load that failed half-way left it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and adapter in module.lora_A:
+            module.delete_adapter(adapter)
+    getattr(model, "peft_config", {}).pop(adapter, None)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,49 @@ def test_lora_scale_zero_is_the_base_model(trained: Workspace):
     (one,) = generate(trained, "zorb in a park", "--lora", "workspace:1", *SMALL)
     assert np.array_equal(pixels(base), pixels(zero))
     assert not np.array_equal(pixels(base), pixels(one))
+
+
+def test_a_lora_that_does_not_fit_is_refused_in_words_and_the_warm_pipeline_stays_as_it_was(
+        trained: Workspace, tmp_path: Path):
+    """A warm engine keeps rendering after a bad LoRA file: each is refused with a reason a
+    person can act on, nothing of it stays in the model, and the next image is unchanged."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from lorabooth.core.generate.generator import plan_for
+    from lorabooth.core.generate.recipe import RecipeError
+    from lorabooth.core.generate.request import complete_recipe
+    from lorabooth.core.models.owner import ModelOwner
+    from lorabooth.core.models.resolve import resolve_model
+
+    good = load_file(trained.lora_path)
+    forged = {
+        "other-model": ({k: torch.zeros(v.shape[0] + 3, v.shape[1]) for k, v in good.items()},
+                        "does not fit .* other sizes than this model's"),
+        "diverged": ({k: torch.full_like(v, float("nan")) for k, v in good.items()},
+                     "not numbers"),
+        "half": ({k: v for k, v in good.items() if "lora_A" in k},
+                 "incomplete or in a layout"),
+        "elsewhere": ({"transformer.nowhere.lora_A.weight": torch.zeros(4, 8),
+                       "transformer.nowhere.lora_B.weight": torch.zeros(8, 4)},
+                      "none of its layers is in this model"),
+        "too-strong": ({k: torch.full_like(v, 1e30) for k, v in good.items()},
+                       "came out as NaN .* try a smaller scale"),
+    }
+    recipe = complete_recipe(trained, Recipe("zorb in a park", width=64, height=64, steps=2,
+                                             loras=(LoraRef("workspace"),)))
+    source = resolve_model(recipe.model)
+    generator = ModelOwner().generator(source, plan_for(trained, source, [recipe]))
+    before = np.asarray(generator.render(recipe))
+    for name, (tensors, words) in forged.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, path)
+        bad = complete_recipe(trained, replace(recipe, loras=(LoraRef(str(path)),)))
+        with pytest.raises(RecipeError, match=words):
+            generator.render(bad)
+    loaded = set(generator.pipe.transformer.peft_config)
+    assert loaded == set(generator.adapters.values()) and len(loaded) == 2  # good, too-strong
+    assert np.array_equal(np.asarray(generator.render(recipe)), before)
 
 
 def test_checkpoint_loras_stack_and_sweep_with_a_contact_sheet(trained: Workspace):
