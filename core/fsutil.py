@@ -94,16 +94,27 @@ def read_regular_file(path: Path, limit: int, what: str = "a photo"
         kind = "a FIFO" if S_ISFIFO(stat.st_mode) else "a device or other special file"
         raise NotRegular(f"not a regular file ({kind}): skipped")
     if stat.st_size > limit:
-        raise NotRegular(f"too large for {what} ({stat.st_size / 2**20:.0f} MiB; the limit "
-                         f"is {limit // 2**20} MiB)")
+        raise NotRegular(f"too large for {what} ({byte_size(stat.st_size)}; the limit "
+                         f"is {byte_size(limit)})")
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as handle:
         if not S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped after the stat
             raise NotRegular("not a regular file: skipped")
         data = handle.read(limit + 1)
     if len(data) > limit:
-        raise NotRegular(f"too large for {what} (over {limit // 2**20} MiB)")
+        raise NotRegular(f"too large for {what} (over {byte_size(limit)})")
     return data, stat
+
+
+def byte_size(count: int) -> str:
+    """A size in the unit that shows it best: 900 bytes, 64 KiB, 1.5 MiB, 2 GiB."""
+    if count < 1024:
+        return f"{count} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        count /= 1024
+        if count < 1024 or unit == "TiB":
+            return f"{count:.1f} {unit}".replace(".0 ", " ")
+    raise AssertionError("unreachable")
 
 
 def json_number(value: Any) -> float | None:

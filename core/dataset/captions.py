@@ -36,7 +36,7 @@ def _decode(data: bytes) -> tuple[str, str]:
 def read_caption(photo: Path) -> Caption:
     sidecar = sidecar_path(photo)
     try:
-        data, _ = read_regular_file(sidecar, MAX_CAPTION_BYTES)
+        data, _ = read_regular_file(sidecar, MAX_CAPTION_BYTES, "a caption")
     except FileNotFoundError:
         return Caption(None)
     except NotRegular as exc:

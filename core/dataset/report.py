@@ -137,8 +137,8 @@ def advise(report: DatasetReport, usable: list[PhotoRecord], options: ScanOption
         # "photo of " with nothing where the subject's word goes.
         template = (substitute_trigger(options.template, options.trigger) if options.trigger
                     else options.template)
-        advice.append(f"{templated} photo{'s have' if templated != 1 else ' has'} no caption "
-                      f"file and use {template!r}: describe what must stay changeable "
+        advice.append(f"{templated} photo{'s have' if templated != 1 else ' has'} no usable "
+                      f"caption file and use {template!r}: describe what must stay changeable "
                       "(clothes, background) in a .txt beside each.")
     dupes = sum(len(g) - 1 for g in report.duplicate_groups)
     if dupes:

@@ -176,6 +176,17 @@ def test_captions_sidecar_template_and_trigger(zoo: Path, records):
     assert effective_caption("[trigger] at night", "zorb") == "zorb at night"
 
 
+def test_a_caption_too_large_says_its_size_and_the_limit_and_the_template_is_used(
+        tmp_path: Path):
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"")
+    (tmp_path / "a.txt").write_text("zorb " * 20_000)  # 100,000 bytes
+    caption = read_caption(photo)
+    assert caption.text is None
+    assert caption.problem == ("caption a.txt: too large for a caption (97.7 KiB; the limit is "
+                               "64 KiB); using the template")
+
+
 def test_the_class_caption_names_the_class_wherever_the_caption_names_the_subject():
     from lorabooth.core.dataset.captions import class_caption
 
@@ -311,7 +322,7 @@ def test_report_says_what_the_set_is_short_of(tmp_path: Path):
             "describe it in the captions.") in report.advice
     assert report.orientation["portrait"] == 14
     assert any("All photos are portrait" in a for a in report.advice)
-    assert any("14 photos have no caption file" in a for a in report.advice)
+    assert any("14 photos have no usable caption file" in a for a in report.advice)
     # With no trigger word known (a plain folder checked) the template is shown as written.
     from dataclasses import replace
 
