@@ -298,6 +298,19 @@ class Store:
             rows = self.read("SELECT * FROM jobs ORDER BY position, id")
         return [_job(r) for r in rows]
 
+    def jobs_in_view(self, finished: int) -> tuple[list[Job], int]:
+        """Every job not finished, every training (a run's jobs are joined into one curve), and
+        the newest `finished` others, in queue order; and how many jobs there are in all. A
+        workspace used for months holds thousands of finished prompts, and a UI that read and
+        drew them all four times a second would freeze."""
+        marks = ",".join("?" * len(FINISHED))
+        rows = self.read(
+            f"SELECT * FROM jobs WHERE state NOT IN ({marks}) OR kind = 'train' OR id IN "
+            f"(SELECT id FROM jobs WHERE state IN ({marks}) ORDER BY id DESC LIMIT ?) "
+            "ORDER BY position, id", (*FINISHED, *FINISHED, finished))
+        total = self.read("SELECT COUNT(*) FROM jobs")[0][0]
+        return [_job(r) for r in rows], int(total)
+
     def next_queued(self) -> Job | None:
         rows = self.read("SELECT * FROM jobs WHERE state = ? ORDER BY position, id LIMIT 1",
                          (QUEUED,))

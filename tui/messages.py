@@ -23,7 +23,8 @@ class StoreDelta:
     engine_state: str  # running | idle | stopped | unreachable
     engine_pid: int | None
     device: str | None
-    jobs: list[Job]
+    jobs: list[Job]  # the jobs in view: the store's `jobs_in_view`
+    jobs_total: int = 0  # every job the store holds, finished ones out of view too
     metrics: dict[int, list[Metric]] = field(default_factory=dict)  # job -> new rows
     events: list[Event] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)

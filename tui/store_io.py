@@ -24,6 +24,8 @@ from .messages import Done, StoreDelta
 
 # -- reading ----------------------------------------------------------------------------------
 
+FINISHED_IN_VIEW = 200  # finished prompts the Queue lists; `lorabooth queue list` has them all
+
 
 class StorePoller:
     def __init__(self, ws: Workspace):
@@ -46,9 +48,9 @@ class StorePoller:
 
     def _read(self, store: Store) -> StoreDelta:
         status = engine.status(self.ws, store)
-        jobs = store.jobs()
+        jobs, total = store.jobs_in_view(FINISHED_IN_VIEW)
         delta = StoreDelta(status.state, status.pid, gpu_line() or status.device, jobs,
-                           interrupted=status.interrupted)
+                           jobs_total=total, interrupted=status.interrupted)
         trainer = training_pid(self.ws)
         if trainer is not None and trainer != status.pid:
             delta.training_elsewhere = trainer

@@ -431,3 +431,50 @@ async def test_the_train_pane_says_when_the_class_is_preserved(studio: Workspace
         app.query_one(TrainPane).load_settings()
         await pilot.pause()
         assert "optimizer adamw · preserves '[bold]person[/bold]'" in str(note.render())
+
+
+async def test_a_long_history_lists_the_newest_and_a_running_job_changes_only_its_row(
+        studio: Workspace, monkeypatch):
+    """Months of prompts: the Queue lists every unfinished job, every training and the newest
+    finished ones, and says how many more there are; the Gallery lists the newest outputs and
+    says of how many. A running job's progress changes its own row, the cursor stays put."""
+    from PIL import Image
+
+    from lorabooth.tui.panes import gallery
+
+    monkeypatch.setattr("lorabooth.tui.store_io.FINISHED_IN_VIEW", 5)
+    monkeypatch.setattr(gallery, "LISTED", 4)
+    store = Store(studio.db_path)
+    trained = store.add_job("train", {"steps": 10}, total=10)
+    store.update_job(trained, state="done", step=10)
+    for n in range(8):
+        done = store.add_job("generate", {"prompt": f"old {n}"}, total=1)
+        store.update_job(done, state="done", step=1)
+        image = studio.outputs / "images" / f"old-{n}.png"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (n * 30, 0, 0)).save(image)
+        store.add_output(done, image, "image", {"prompt": f"old {n}", "seed": 0})
+    running = store.add_job("generate", {"prompt": "now"}, total=28)
+    store.update_job(running, state="running", step=1)
+    app = studio_app(studio, engine=False)
+    async with app.run_test(size=(120, 30)) as pilot:
+        pane = await open_pane(pilot, "3", QueuePane)
+        await wait_for(pilot, lambda: len(pane.jobs) == 7)  # 5 newest finished, train, running
+        assert trained in [j.id for j in pane.jobs]
+        assert "3 older finished jobs not listed" in str(
+            pane.query_one("#queue-state").render())
+        table = pane.query_one("#jobs", DataTable)
+        table.focus()
+        table.move_cursor(row=[j.id for j in pane.jobs].index(running))
+        await pilot.pause()
+        store.update_job(running, step=9)
+        row = table.cursor_row
+        await wait_for(pilot, lambda: str(table.get_row_at(row)[2]) == "9/28")
+        assert pane.selected().id == running and table.row_count == 7
+
+        gallery_pane = await open_pane(pilot, "4", gallery.GalleryPane)
+        outputs = gallery_pane.query_one("#outputs", DataTable)
+        await wait_for(pilot, lambda: outputs.row_count == 4)
+        assert [str(c.label) for c in outputs.columns.values()] == ["kind",
+                                                                    "file · newest 4 of 8"]
+        assert "old-7" in str(outputs.get_row_at(0)[1])  # newest first

@@ -23,6 +23,11 @@ from ..widgets.preview import Preview
 from ..widgets.text import fit_middle
 from . import filling
 
+# The newest outputs listed. The table is rebuilt when one arrives (its rows are newest
+# first), at ~0.15 ms a row on a small CPU: a workspace of 20,000 images froze the UI for a
+# second per new image. Older ones stay in .lorabooth/outputs.
+LISTED = 500
+
 
 class GalleryPane(Vertical):
     BINDINGS = [
@@ -39,7 +44,8 @@ class GalleryPane(Vertical):
         super().__init__(**kwargs)
         self.ws = ws
         self.protocol = protocol
-        self.items: list[Output] = []  # newest first
+        self.items: list[Output] = []  # newest first, at most LISTED
+        self.total = 0  # every output seen, listed or not
         self.name_room = 0  # cells the file column had at the last redraw
 
     def compose(self) -> ComposeResult:
@@ -61,14 +67,18 @@ class GalleryPane(Vertical):
             return
         fresh = [o for o in delta.outputs if o.kind in ("image", "sample")]
         if fresh:
-            self.items[:0] = reversed(fresh)
+            self.items[:0] = reversed(fresh[-LISTED:])
+            del self.items[LISTED:]
+            self.total += len(fresh)
             self.redraw()
 
     def redraw(self) -> None:
         table = self.query_one("#outputs", DataTable)
         row = table.cursor_row
         table.clear(columns=True)  # the columns fitted anew: a narrower window narrows them
-        table.add_columns("kind", "file")
+        unlisted = self.total - len(self.items)
+        table.add_columns("kind", f"file · newest {len(self.items):,} of {self.total:,}"
+                          if unlisted else "file")
         self.name_room = self.room_for_names(table)
         for output in self.items:
             path = Path(output.path)
