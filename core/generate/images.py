@@ -56,7 +56,11 @@ def save_image(image: Image.Image, recipe: Recipe, folder: Path, job_id: int | N
         except FileExistsError:
             n += 1
             path = folder / base.replace(".png", f"-{n}.png")
-    atomic_write_bytes(path, data)
+    try:
+        atomic_write_bytes(path, data)
+    except BaseException:  # a full disk: no empty PNG left where the image was to be
+        path.unlink(missing_ok=True)
+        raise
     with atomic_open(path.with_suffix(".json"), "w", encoding="utf-8") as handle:
         handle.write(json.dumps(json.loads(recipe.to_json()), indent=2, ensure_ascii=False))
     return path

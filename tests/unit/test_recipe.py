@@ -50,3 +50,29 @@ def test_a_pasted_novel_is_refused_as_a_prompt_with_its_length():
     with pytest.raises(RecipeError, match="a prompt of 80,000 characters: at most 10,000"):
         Recipe("x" * 80_000).check()
     Recipe("zorb " * 400).check()  # a long but real prompt is fine
+
+
+def test_a_full_disk_leaves_no_empty_image_behind(tmp_path, monkeypatch):
+    """The name is claimed before the PNG is written: a write that fails gives it back, so
+    the gallery never lists an empty file, and the next image takes the name."""
+    import errno
+
+    from PIL import Image
+
+    from lorabooth.core.generate import images
+
+    picture = Image.new("RGB", (16, 16), (200, 30, 30))
+    recipe = Recipe("zorb", width=64, height=64)
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(images, "atomic_write_bytes", full)
+        with pytest.raises(OSError):
+            images.save_image(picture, recipe, tmp_path, 7, 0)
+    assert list(tmp_path.iterdir()) == []
+    saved = images.save_image(picture, recipe, tmp_path, 7, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [saved.name, saved.with_suffix(".json").name])
+    assert "-2" not in saved.name
