@@ -47,7 +47,6 @@ class Generator:
                 self._check_family(lora)
                 name = f"lora_{lora.sha256[:12]}"
                 self._load_lora(lora, name)
-                self._full_precision_lora(name, lora.path)
                 self.adapters[lora.sha256] = name
         if not loras:
             if self.adapters:
@@ -85,6 +84,7 @@ class Generator:
         try:
             with diffusers_silent():  # it logs the failure we are about to put in words
                 self.pipe.load_lora_weights(lora.path, adapter_name=name)
+            self._full_precision_lora(name, lora.path)
             if not all(adapter_is_finite(c, name) for c in components):
                 raise RecipeError(f"LoRA {lora.name} holds weights that are not numbers "
                                   "(NaN or infinity): it was saved from a training that "

@@ -178,7 +178,8 @@ def adapter_to(model: torch.nn.Module, adapter: str, dtype: torch.dtype) -> None
 
 
 def adapter_is_finite(model: torch.nn.Module, adapter: str) -> bool:
-    return all(bool(torch.isfinite(layer.weight).all())
+    # In float: an adapter loaded over an fp8 transformer may still be fp8 (no isfinite).
+    return all(bool(torch.isfinite(layer.weight.float()).all())
                for layer in adapter_layers(model, adapter))
 
 
