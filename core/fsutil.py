@@ -61,9 +61,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs) -> Ite
         else:
             os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(target)  # a write that failed names no file: say which
         raise
     fsync_dir(target.parent)
 

@@ -20,6 +20,7 @@ import torch
 from .. import version
 from ..config import Config
 from ..dataset.captions import class_caption
+from ..errors import describe_os_error
 from ..fsutil import atomic_write_bytes
 from ..memory import Plan
 from ..models.autocompile import AutoCompile, record_key
@@ -571,7 +572,22 @@ class Trainer:
         the folder `run` names, when the engine chose it beforehand). Refused at once, before
         any loading, while another training holds the workspace."""
         with TrainingClaim(self.ws) if self.team.main else contextlib.nullcontext():
-            return self._train(steps, resume, run)
+            try:
+                return self._train(steps, resume, run)
+            except OSError as exc:  # a full or read-only disk, most often
+                if getattr(self, "run_dir", None) is None or self.step == 0:
+                    raise
+                raise TrainingError(f"{describe_os_error(exc)}. {self.where_it_stopped()}") \
+                    from exc
+
+    def where_it_stopped(self) -> str:
+        """The step a failed run reached and the checkpoint it resumes from."""
+        run = self.run_dir.name
+        saved = list_checkpoints(self.run_dir)
+        if not saved:
+            return f"Training stopped at step {self.step}; {run} had no checkpoint yet"
+        return (f"Training stopped at step {self.step}; {run} resumes from its checkpoint of "
+                f"step {saved[-1].step}: lorabooth train {self.ws.root} --resume --run {run}")
 
     def _train(self, steps: int | None, resume: bool, run: str | None) -> TrainResult:
         if self.pipe is None:

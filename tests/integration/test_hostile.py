@@ -101,6 +101,38 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(v).all() for v in saved["lora"].values())
 
 
+def test_a_full_disk_stops_training_saying_which_checkpoint_it_resumes_from(
+        demo_workspace, monkeypatch):
+    """The disk fills between two checkpoints: the run stops in words that name the file it
+    could not write, the checkpoint it resumes from and the command, and it does resume."""
+    import contextlib
+    import errno
+
+    from lorabooth.core import fsutil
+
+    ws = demo_workspace(train_checkpoint_every=3)
+    Trainer(ws, device="cpu").run(steps=3)
+    real = fsutil.atomic_open
+
+    @contextlib.contextmanager
+    def full(path, *args, **kwargs):
+        with real(path, *args, **kwargs) as handle:
+            if "step-000006" in str(path):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            yield handle
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fsutil, "atomic_open", full)
+        with pytest.raises(TrainingError) as stopped:
+            Trainer(ws, device="cpu").run(steps=9, resume=True)
+    words = str(stopped.value)
+    assert "the disk is full" in words and "step-000006" in words
+    assert (f"Training stopped at step 6; run-001 resumes from its checkpoint of step 3: "
+            f"lorabooth train {ws.root} --resume --run run-001") in words
+    assert [c.step for c in all_checkpoints(ws.checkpoints)] == [3]
+    assert Trainer(ws, device="cpu").run(steps=9, resume=True).step == 9
+
+
 # 4. A FIFO or a device named like a photo is skipped, never opened.
 def test_fifo_and_device_named_like_photos_are_skipped(photos: Path):
     os.mkfifo(photos / "trap.jpg")
