@@ -45,6 +45,8 @@ class Engine:
         self.new_photos = 0
         self.dataset_primed = False  # the watcher's first report is the folder as it was
         self.waiting: set[int] = set()  # train jobs told to wait for another training
+        # A job's end the database could not take (a full disk): recorded when it can.
+        self.unrecorded: tuple[int, dict, str, str] | None = None
 
     def log(self, text: str) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}", flush=True)
@@ -70,6 +72,9 @@ class Engine:
         self.watch_photos()
         try:
             while not self.stopping:
+                if self.unrecorded is not None and not self.record_unrecorded():
+                    time.sleep(1.0)  # nothing new starts until the last job's end is written
+                    continue
                 job = self.next_job()
                 if job is None:  # the heartbeat thread keeps saying we are alive
                     time.sleep(IDLE_POLL)
@@ -199,8 +204,7 @@ class Engine:
         except Exception as exc:
             self.fail(job, exc)
         else:
-            self.store.update_job(job.id, state=outcome, finished=time.time(), control=None)
-            self.event(f"job {job.id} {outcome}", job=job.id)
+            self.finish(job.id, f"job {job.id} {outcome}", "info", state=outcome)
         finally:
             self.current = None
             self.store.set_engine(state="idle", job=None)
@@ -208,9 +212,30 @@ class Engine:
     def fail(self, job: Job, exc: BaseException) -> None:
         message = explain_failure(exc)
         self.log(traceback.format_exc())
-        self.store.update_job(job.id, state=FAILED, error=message, finished=time.time(),
-                              control=None)
-        self.event(f"job {job.id} failed: {message}", "error", job.id)
+        self.finish(job.id, f"job {job.id} failed: {message}", "error", state=FAILED,
+                    error=message)
+
+    def finish(self, job_id: int, message: str, level: str, **fields) -> None:
+        """Record a job's end; a database that takes no write (its disk full) keeps it
+        pending, or the job would read `running` forever once space is freed."""
+        fields.update(finished=time.time(), control=None)
+        try:
+            self.store.update_job(job_id, **fields)
+        except StoreError:
+            self.unrecorded = (job_id, fields, message, level)
+            raise
+        self.event(message, level, job_id)
+
+    def record_unrecorded(self) -> bool:
+        job_id, fields, message, level = self.unrecorded
+        try:
+            self.store.update_job(job_id, **fields)
+            self.store.set_engine(state="idle", job=None)
+        except StoreError:
+            return False
+        self.unrecorded = None
+        self.event(message, level, job_id)
+        return True
 
     def between_steps(self, job_id: int) -> str | None:
         """Between two steps of a job: obey pause (wait here, model in memory), cancel and

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..store import DONE, Job
+from ..store import DONE, Job, StoreError
 from . import generate_job
 
 if TYPE_CHECKING:
@@ -90,6 +90,10 @@ def run(engine: Engine, job: Job) -> str:
             engine.model_loaded(trainer.source.spec, trainer.device)
         result = trainer.run(steps=job.params["steps"], resume=bool(job.params.get("resume")),
                              run=job.params["run"])
+    except StoreError as exc:  # the database's disk filled while the run wrote its numbers
+        if not trainer.step:
+            raise
+        raise StoreError(f"{exc}. {trainer.where_it_stopped()}") from None
     finally:
         trainer.release()  # the model stays loaded, ready for the next job
     if result.stopped:

@@ -203,6 +203,38 @@ def test_disk_full_fails_the_job_and_keeps_the_engine(tmp_path, photos, engines,
         assert running_pid(ws)  # the engine is still up
 
 
+def test_a_disk_that_fills_mid_training_ends_the_job_in_words_once_space_is_freed(
+        tmp_path, photos, engines):
+    """The disk fills while the engine trains, so the database cannot take the job's end
+    either: once space is freed the job reads failed, with the checkpoint it resumes from,
+    never `running` forever; and it resumes from there."""
+    with small_tmpfs(tmp_path / "small", "48m", engines) as mount:
+        ws = make_demo_workspace(mount / "ws", photos, train_checkpoint_every=5)
+        engines.append(ws)
+        store = Store(ws.db_path)
+        job = store.add_job("train", {"steps": 100000})
+        assert run_cli("engine", str(ws.root), "start").returncode == 0
+        wait_until(lambda: all_checkpoints(ws.checkpoints), timeout=120)
+        ballast = mount / "ballast"
+        with contextlib.suppress(OSError), open(ballast, "wb") as handle:
+            while True:
+                handle.write(b"\0" * 2**20)
+                handle.flush()
+        log = ws.state / "engine.log"
+        wait_until(lambda: "is full" in log.read_text(errors="replace"), timeout=60)
+        ballast.unlink()
+        wait_until(lambda: store.job(job).state == "failed", timeout=30)
+        error = store.job(job).error
+        kept = all_checkpoints(ws.checkpoints)[-1].step
+        assert "is full" in error
+        assert f"run-001 resumes from its checkpoint of step {kept}" in error
+        assert running_pid(ws)
+        resumed = store.add_job("train", {"steps": kept + 5, "resume": True})
+        wait_until(lambda: store.job(resumed).state in ("done", "failed"), timeout=120)
+        assert store.job(resumed).state == "done", store.job(resumed).error
+        assert f"resumed from step-{kept:06d}" in log.read_text(errors="replace")
+
+
 def test_new_photos_become_dataset_events_and_can_continue_training(photos, engines,
                                                                     demo_workspace):
     import shutil
