@@ -28,6 +28,7 @@ from textual.widgets import Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from lorabooth.core import engine
+from lorabooth.core.fsutil import byte_size
 from lorabooth.core.safetext import plain
 from lorabooth.core.store import LIVE, Job
 from lorabooth.core.workspace import Workspace
@@ -71,14 +72,27 @@ EVENTS_KEPT = 200
 MAX_ERROR_TOASTS = 2  # more new errors at once are said in one toast
 
 
+# Below this the status bar warns: a checkpoint of a full-size LoRA with its optimizer state
+# takes ~100 MB, and SQLite needs room for the next metric.
+LOW_DISK = 512 * 2**20
+
+
+def disk_is_low(free: int | None) -> bool:
+    return free is not None and free < LOW_DISK
+
+
 class StatusBar(Static):
-    """workspace · engine state · current job · GPU"""
+    """workspace · disk space when low · current job · engine state · GPU"""
 
     def show(self, ws: Workspace, state: str, pid: int | None, job: Job | None,
-             device: str | None, interrupted: bool = False) -> None:
+             device: str | None, interrupted: bool = False,
+             disk_free: int | None = None) -> None:
         # What matters most first: a narrow terminal cuts the end of the line, and the step
         # count was what 80 columns lost.
         parts = [ws.root.name]
+        low = disk_is_low(disk_free)
+        if low:
+            parts.append(f"disk nearly full: {byte_size(disk_free)} free")
         if job is not None:
             shown = "interrupted" if interrupted else job.state  # its engine is gone
             parts.append(f"job {job.id} {job.kind} {job.step}/{job.total} {shown}")
@@ -86,7 +100,7 @@ class StatusBar(Static):
         if device:
             parts.append(device)
         set_text(self, plain("  ·  ".join(parts)))
-        self.set_class(state in ("stopped", "unreachable", "unresponsive"), "-down")
+        self.set_class(low or state in ("stopped", "unreachable", "unresponsive"), "-down")
 
 
 class HelpScreen(ModalScreen):
@@ -190,12 +204,21 @@ class LoraboothApp(App):
         interrupted = delta.interrupted
         current = interrupted or next((j for j in delta.jobs if j.state in LIVE), None)
         bars.first().show(self.ws, delta.engine_state, delta.engine_pid, current, delta.device,
-                          interrupted=interrupted is not None)
+                          interrupted=interrupted is not None, disk_free=delta.disk_free)
         if delta.engine_state == engine.UNRESPONSIVE and not self.said_frozen:
-            self.notify(f"the engine (pid {delta.engine_pid}) has not answered for "
-                        f"{engine.client.STALE_HEARTBEAT:.0f} s: it may be frozen. ctrl+p, "
-                        "Engine: restart (training resumes from its last checkpoint)",
-                        severity="warning", markup=False, timeout=15)
+            if disk_is_low(delta.disk_free):
+                # Its heartbeat is a write: on a full disk a working engine looks frozen, and
+                # a restart would not help.
+                self.notify(f"the engine (pid {delta.engine_pid}) cannot write to the "
+                            f"workspace: the disk holding {self.ws.state} has "
+                            f"{byte_size(delta.disk_free)} free. Free some space (the engine "
+                            "stays up; training resumes from its last checkpoint)",
+                            severity="warning", markup=False, timeout=15)
+            else:
+                self.notify(f"the engine (pid {delta.engine_pid}) has not answered for "
+                            f"{engine.client.STALE_HEARTBEAT:.0f} s: it may be frozen. "
+                            "ctrl+p, Engine: restart (training resumes from its last "
+                            "checkpoint)", severity="warning", markup=False, timeout=15)
         self.said_frozen = delta.engine_state == engine.UNRESPONSIVE
         if interrupted is not None and interrupted.id != self.said_interrupted:
             self.notify(f"{engine.interrupted_text(interrupted)}: ctrl+p, Engine: restart",

@@ -35,6 +35,9 @@ class StoreDelta:
     training_elsewhere: int | None = None
     # The job an engine that ended without a word left marked running (engine.Status's).
     interrupted: Job | None = None
+    # Bytes free on the disk holding .lorabooth (None: not known). A full disk stops the
+    # engine's writes, heartbeat included, so it would otherwise read as frozen.
+    disk_free: int | None = None
 
 
 class StoreUpdated(Message):

@@ -5,7 +5,9 @@ thread, and posts `Done` back). Nothing else in `tui/` opens the store or writes
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +53,8 @@ class StorePoller:
         jobs, total = store.jobs_in_view(FINISHED_IN_VIEW)
         delta = StoreDelta(status.state, status.pid, gpu_line() or status.device, jobs,
                            jobs_total=total, interrupted=status.interrupted)
+        with contextlib.suppress(OSError):
+            delta.disk_free = shutil.disk_usage(self.ws.state).free
         trainer = training_pid(self.ws)
         if trainer is not None and trainer != status.pid:
             delta.training_elsewhere = trainer

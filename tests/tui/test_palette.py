@@ -78,6 +78,30 @@ async def test_a_frozen_engine_is_told_once_and_restarted_from_the_palette(demo_
             await wait_for(pilot, lambda: client.status(ws).state != client.UNRESPONSIVE)
 
 
+async def test_a_full_disk_is_shown_and_not_taken_for_a_frozen_engine(demo_workspace, engines,
+                                                                    monkeypatch):
+    """An engine on a full disk cannot write its heartbeat: the status bar says how little
+    space is left, and the toast says to free space, not to restart a working engine."""
+    import shutil
+    from collections import namedtuple
+
+    from textual.widgets import Static
+
+    ws = demo_workspace()
+    engines.append(ws)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12, 3 * 2**20))
+    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    with frozen_engine(ws, monkeypatch):
+        async with app.run_test(size=(100, 30)) as pilot:
+            bar = app.query_one("#status", Static)
+            await wait_for(pilot, lambda: "disk nearly full: 3 MiB free" in str(bar.render()))
+            assert bar.has_class("-down")
+            await wait_for(pilot, lambda: any("cannot write to the workspace" in n.message
+                                              for n in app._notifications), timeout=30)
+            assert not any("may be frozen" in n.message for n in app._notifications)
+
+
 async def test_the_class_is_preserved_and_let_go_from_the_palette(demo_workspace):
     """train.preserve_class from the palette: written to lorabooth.toml, shown in the Train
     pane at once, and the palette then offers to turn it off."""
