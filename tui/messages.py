@@ -77,11 +77,13 @@ class Write(Message):
 class Done(Message):
     """The store worker finished a command: its result, or the error in words."""
 
-    def __init__(self, command: Command, result: Any = None, error: str = ""):
+    def __init__(self, command: Command, result: Any = None, error: str = "",
+                 failure: type[Exception] | None = None):
         super().__init__()
         self.command = command
         self.result = result
         self.error = error
+        self.failure = failure  # the error's type, for a pane that acts on one kind
 
 
 class EngineWanted(Message):

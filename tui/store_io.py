@@ -144,6 +144,7 @@ class Promote:
 class SaveCaption:
     photo: Path
     text: str
+    since: str | None = None  # the sidecar's caption_stamp when the edit began
 
 
 @dataclass(frozen=True)
@@ -185,10 +186,10 @@ def perform(command: Command, ws: Workspace, store: Store) -> Any:
             from lorabooth.core.train.checkpoint import promote
 
             return promote(ws, step, run)
-        case SaveCaption(photo, text):
+        case SaveCaption(photo, text, since):
             from lorabooth.core.dataset.captions import write_caption
 
-            return write_caption(photo, text)
+            return write_caption(photo, text, since)
         case SaveSettings(values, _):
             from lorabooth.core.config import set_config_values
 
@@ -262,7 +263,7 @@ class StoreWorker:
                 self.store = Store(self.ws.db_path)
             return Done(command, perform(command, self.ws, self.store))
         except LoraboothError as exc:
-            return Done(command, error=str(exc))
+            return Done(command, error=str(exc), failure=type(exc))
         except OSError as exc:
             return Done(command, error=describe_os_error(exc))
         except Exception as exc:  # shown to the user, never dropped

@@ -4,10 +4,12 @@ keeping the encoding and line endings, and the trigger word put in."""
 from __future__ import annotations
 
 import codecs
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import LoraboothError
 from ..fsutil import NotRegular, atomic_write_bytes, read_regular_file
 
 DEFAULT_TEMPLATE = "photo of {trigger}"
@@ -78,9 +80,30 @@ def class_caption(caption: str, trigger: str, word: str) -> str:
     return " ".join(pattern.sub(lambda _: word, caption).split())
 
 
-def write_caption(photo: Path, text: str) -> Path:
-    """Save a caption sidecar atomically, keeping the old file's encoding and line endings."""
+class CaptionChanged(LoraboothError):
+    """The sidecar changed on disk after its editing began."""
+
+
+def caption_stamp(photo: Path) -> str:
+    """What the sidecar holds now, in short: compared when an edit is saved."""
+    try:
+        data, _ = read_regular_file(sidecar_path(photo), MAX_CAPTION_BYTES, "a caption")
+    except FileNotFoundError:
+        return "none"
+    except OSError:  # not a regular file, too large, unreadable: replaced by a save
+        return "unreadable"
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_caption(photo: Path, text: str, since: str | None = None) -> Path:
+    """Save a caption sidecar atomically, keeping the old file's encoding and line endings.
+    With `since` (its `caption_stamp` when the edit began), a sidecar changed meanwhile (by
+    another window, an editor, a sync) is not overwritten: CaptionChanged."""
     sidecar = sidecar_path(photo)
+    if since is not None and caption_stamp(photo) != since:
+        raise CaptionChanged(f"{sidecar.name} changed on disk since you began editing it "
+                             "(another window or program): your text is kept; ctrl+s again "
+                             "saves it over the file")
     encoding, newline, trailing = "utf-8", "\n", True
     try:
         old, _ = read_regular_file(sidecar, MAX_CAPTION_BYTES, "a caption")

@@ -66,6 +66,29 @@ async def test_caption_edit_survives_a_rescan_and_lands_in_the_sidecar(studio: W
         await wait_for(pilot, lambda: caption.read_only)  # saved: back to the list
 
 
+async def test_a_caption_changed_on_disk_while_typed_is_not_overwritten_unasked(
+        studio: Workspace, photos: Path):
+    """Another window (or an editor, or a sync) rewrites the sidecar while its caption is
+    typed here: ctrl+s says so and keeps both texts; a second ctrl+s saves over it, as an
+    editor asks before it overwrites a file changed on disk."""
+    app = studio_app(studio, engine=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await photo_list(pilot, 16)
+        await pilot.press("j", "e")
+        caption = app.query_one("#caption", TextArea)
+        caption.load_text("zorb surfing a big wave")
+        sidecar = photos / "02_beach_scarf.txt"
+        sidecar.write_text("zorb on the beach, edited in vim\n")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: any("changed on disk" in n.message
+                                          for n in app._notifications))
+        assert sidecar.read_text() == "zorb on the beach, edited in vim\n"
+        assert caption.text == "zorb surfing a big wave" and not caption.read_only
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: sidecar.read_text() == "zorb surfing a big wave\n")
+        await wait_for(pilot, lambda: caption.read_only)
+
+
 async def test_a_skipped_photo_says_why_in_the_list_at_80_columns(studio: Workspace,
                                                                  photos: Path):
     """At 80 columns the list beside the preview keeps each skipped file's reason in view (it

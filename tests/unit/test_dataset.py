@@ -388,3 +388,19 @@ def test_a_forged_scan_cache_is_measured_again_not_trusted(tmp_path: Path):
         again = done[0].records
         assert [(r.path, r.status, r.width) for r in again] == fresh
         assert all(len(r.measurement.sha256) == 64 for r in again)
+
+
+def test_a_caption_saved_since_a_stamp_refuses_a_file_changed_meanwhile(tmp_path: Path):
+    from lorabooth.core.dataset.captions import CaptionChanged, caption_stamp
+
+    photo = tmp_path / "a.jpg"
+    since = caption_stamp(photo)  # no sidecar yet
+    write_caption(photo, "first", since)
+    stamp = caption_stamp(photo)
+    assert stamp != since
+    (tmp_path / "a.txt").write_text("changed elsewhere\n")
+    with pytest.raises(CaptionChanged, match=r"a\.txt changed on disk"):
+        write_caption(photo, "mine", stamp)
+    assert (tmp_path / "a.txt").read_text() == "changed elsewhere\n"
+    write_caption(photo, "mine")  # asked again: saved over it
+    assert (tmp_path / "a.txt").read_text() == "mine\n"

@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Label, Static, TextArea
 
 from lorabooth.core.config import ConfigError
 from lorabooth.core.dataset import OK, SKIPPED, WARN
+from lorabooth.core.dataset.captions import CaptionChanged, caption_stamp
 from lorabooth.core.safetext import plain, printable
 from lorabooth.core.workspace import Workspace
 
@@ -66,6 +67,7 @@ class DatasetPane(Vertical):
         self.folder: Path | None = None
         self.thumbs = ws.cache / "thumbs"
         self.editing: str | None = None  # the photo whose caption is being typed
+        self.edit_since: str | None = None  # its sidecar's caption_stamp when editing began
         self.counts = {OK: 0, WARN: 0, SKIPPED: 0}
 
     def compose(self) -> ComposeResult:
@@ -214,6 +216,8 @@ class DatasetPane(Vertical):
         if record is None:
             return
         self.editing = record.path
+        if self.folder is not None:
+            self.edit_since = caption_stamp(self.folder / record.path)
         caption = self.query_one("#caption", TextArea)
         caption.read_only = False
         caption.focus()
@@ -240,14 +244,18 @@ class DatasetPane(Vertical):
         caption = self.query_one("#caption", TextArea)
         if record is None or caption.read_only or self.folder is None:
             return
-        self.post_message(Write(SaveCaption(self.folder / record.path, caption.text.strip()),
-                                self))
+        self.post_message(Write(SaveCaption(self.folder / record.path, caption.text.strip(),
+                                            self.edit_since), self))
 
     @on(Done)
     def caption_saved(self, message: Done) -> None:
         command = message.command
-        if not isinstance(command, SaveCaption) or message.error:
-            return  # a failed save keeps the text and the editor open; the app says why
+        if not isinstance(command, SaveCaption):
+            return
+        if message.error:  # a failed save keeps the text and the editor open; the app says why
+            if message.failure is CaptionChanged:
+                self.edit_since = None  # told once: the next ctrl+s saves over the file
+            return
         record = self.current_record()
         if record is not None and self.folder / record.path == command.photo:
             record.caption = command.text
