@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     trainers: list = []  # the trainer, once made: has it taken a step?
 
     def on_interrupt(signum, frame) -> None:
-        if not trainers or getattr(trainers[0], "step", 0) == 0:
+        if not trainers or trainers[0].step == 0:
             # Still loading or encoding (minutes for a full-size model): nothing to save yet,
             # and every cache file is written atomically, so quit now rather than after a step.
             out.print(plain("interrupted before the first step: nothing to save", "yellow"))

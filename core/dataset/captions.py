@@ -84,15 +84,23 @@ class CaptionChanged(LoraboothError):
     """The sidecar changed on disk after its editing began."""
 
 
-def caption_stamp(photo: Path) -> str:
-    """What the sidecar holds now, in short: compared when an edit is saved."""
+def _sidecar(photo: Path) -> tuple[bytes | None, str]:
+    """The sidecar's bytes (None: none to keep) and its stamp."""
     try:
         data, _ = read_regular_file(sidecar_path(photo), MAX_CAPTION_BYTES, "a caption")
     except FileNotFoundError:
-        return "none"
-    except OSError:  # not a regular file, too large, unreadable: replaced by a save
+        return None, "none"
+    except NotRegular:  # a FIFO there would hang the save; too large: replaced by a save
+        return None, "unreadable"
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def caption_stamp(photo: Path) -> str:
+    """What the sidecar holds now, in short: compared when an edit is saved."""
+    try:
+        return _sidecar(photo)[1]
+    except OSError:  # unreadable now; the save will say why
         return "unreadable"
-    return hashlib.sha256(data).hexdigest()
 
 
 def write_caption(photo: Path, text: str, since: str | None = None) -> Path:
@@ -100,15 +108,12 @@ def write_caption(photo: Path, text: str, since: str | None = None) -> Path:
     With `since` (its `caption_stamp` when the edit began), a sidecar changed meanwhile (by
     another window, an editor, a sync) is not overwritten: CaptionChanged."""
     sidecar = sidecar_path(photo)
-    if since is not None and caption_stamp(photo) != since:
+    old, stamp = _sidecar(photo)
+    if since is not None and stamp != since:
         raise CaptionChanged(f"{sidecar.name} changed on disk since you began editing it "
                              "(another window or program): your text is kept; ctrl+s again "
                              "saves it over the file")
     encoding, newline, trailing = "utf-8", "\n", True
-    try:
-        old, _ = read_regular_file(sidecar, MAX_CAPTION_BYTES, "a caption")
-    except (FileNotFoundError, NotRegular):  # a FIFO there would hang the save: replaced
-        old = None
     if old is not None:
         try:
             old_text, encoding = _decode(old)

@@ -91,9 +91,10 @@ def run(engine: Engine, job: Job) -> str:
         result = trainer.run(steps=job.params["steps"], resume=bool(job.params.get("resume")),
                              run=job.params["run"])
     except StoreError as exc:  # the database's disk filled while the run wrote its numbers
-        if not trainer.step:
+        stopped = trainer.where_it_stopped()
+        if not stopped:
             raise
-        raise StoreError(f"{exc}. {trainer.where_it_stopped()}") from None
+        raise StoreError(f"{exc}. {stopped}") from None
     finally:
         trainer.release()  # the model stays loaded, ready for the next job
     if result.stopped:

@@ -216,15 +216,17 @@ def unfit_reason(exc: Exception) -> str:
 
 
 def picture(pixels: np.ndarray, recipe: Recipe) -> Image.Image:
-    """A pipeline's float output as an image (as diffusers' `numpy_to_pil`), refused when the
-    model produced no numbers: diffusers would save it as a black picture."""
+    """A pipeline's float output as an image, refused when the model produced no numbers:
+    diffusers would save it as a black picture."""
+    from diffusers.image_processor import VaeImageProcessor
+
     if not np.isfinite(pixels).all():
         loras = ", ".join(f"{lora.name} at scale {lora.scale:g}" for lora in recipe.loras)
         why = (f"the LoRA ({loras}) drives the model out of range; try a smaller scale"
                if loras else "the model's weights or the precision overflowed")
         raise RecipeError(f"the image came out as NaN (not a number), so it was not saved: "
                           f"{why}")
-    return Image.fromarray((pixels * 255).round().astype("uint8"))
+    return VaeImageProcessor.numpy_to_pil(pixels)[0]
 
 
 def plan_for(ws: Workspace, source: ModelSource, recipes: Sequence[Recipe]):

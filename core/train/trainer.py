@@ -152,6 +152,8 @@ class Trainer:
         self.autocompile = None
         self.examples: list[Example] = []
         self.encoder: Encoder | None = None
+        self.step = 0
+        self.run_dir: Path | None = None  # chosen when a run starts
 
     # -- setup --------------------------------------------------------------------------
 
@@ -575,13 +577,16 @@ class Trainer:
             try:
                 return self._train(steps, resume, run)
             except OSError as exc:  # a full or read-only disk, most often
-                if getattr(self, "run_dir", None) is None or self.step == 0:
+                stopped = self.where_it_stopped()
+                if not stopped:
                     raise
-                raise TrainingError(f"{describe_os_error(exc)}. {self.where_it_stopped()}") \
-                    from exc
+                raise TrainingError(f"{describe_os_error(exc)}. {stopped}") from exc
 
     def where_it_stopped(self) -> str:
-        """The step a failed run reached and the checkpoint it resumes from."""
+        """The step a failed run reached and the checkpoint it resumes from; "" before it
+        took a step."""
+        if self.run_dir is None or not self.step:
+            return ""
         run = self.run_dir.name
         saved = list_checkpoints(self.run_dir)
         if not saved:

@@ -216,8 +216,7 @@ class DatasetPane(Vertical):
         if record is None:
             return
         self.editing = record.path
-        if self.folder is not None:
-            self.edit_since = caption_stamp(self.folder / record.path)
+        self.edit_since = caption_stamp(self.folder / record.path) if self.folder else None
         caption = self.query_one("#caption", TextArea)
         caption.read_only = False
         caption.focus()

@@ -117,7 +117,6 @@ class QueuePane(Vertical):
         self.ws = ws
         self.protocol = protocol
         self.jobs: list[Job] = []
-        self.all_jobs: list[Job] = []
         self.images: dict[int, list[str]] = {}  # paths as text: 20,000 Paths cost 0.3 s
         self.recipes: dict[str, dict] = {}  # image path -> the recipe it was made with
         self.paused = False
@@ -174,7 +173,6 @@ class QueuePane(Vertical):
     @on(PaneUpdate)
     def apply(self, message: PaneUpdate) -> None:
         delta = message.delta
-        self.all_jobs = delta.jobs
         for output in delta.outputs:
             if output.kind == "image" and output.job is not None:
                 self.images.setdefault(output.job, []).append(output.path)
@@ -309,7 +307,7 @@ class QueuePane(Vertical):
         self.query_one("#mask", Input).display = bool(event.value.strip())
 
     def training(self) -> bool:
-        return training_underway(self.all_jobs)
+        return training_underway(self.jobs)
 
     def use_prompt(self, prompt: str, start: str = "", loras: str | None = None) -> None:
         if start:
