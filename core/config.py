@@ -144,6 +144,18 @@ class TrainSettings:
                                  default=250, min=1, max=1_000_000)
     keep_checkpoints: int = _opt("How many recent checkpoints to keep on disk.",
                                  default=8, min=1, max=1000)
+    validate: bool = _opt(
+        "Measure each checkpoint (and the base model, before the first step) by the loss at "
+        "fixed noise levels with fixed noise: the 'val' column and the dots on the loss "
+        "curve. Training's own loss jumps ten-fold from step to step with the noise level it "
+        "draws; this one moves only when the weights do, so checkpoints compare by it.",
+        default=True)
+    validation_photos: int = _opt(
+        "Photos held out of training and measured instead (kohya's validation split, as a "
+        "count): their loss falls while the LoRA learns the subject and turns up when it "
+        "starts to learn its own photos instead. 0: measured on 4 of the training photos "
+        "(a steady curve, which keeps falling as the LoRA memorises them).",
+        default=0, min=0, max=64)
 
     @property
     def preserved(self) -> str:

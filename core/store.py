@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 from .errors import LoraboothError
 
-SCHEMA_VERSION = 1
 T = TypeVar("T")
 
 QUEUED, RUNNING, PAUSED, DONE, FAILED, CANCELLED = (
@@ -84,7 +83,20 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: the validation loss, measured at checkpoints and on the base model (step 0)
+    """
+    CREATE TABLE validations (
+        job INTEGER NOT NULL,
+        step INTEGER NOT NULL,
+        loss REAL,
+        time REAL NOT NULL,
+        PRIMARY KEY (job, step)
+    );
+    """,
 ]
+
+
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class StoreError(LoraboothError):
@@ -124,6 +136,14 @@ class Metric:
     seconds: float | None
     images_per_s: float | None
     memory_gb: float | None
+    time: float
+
+
+@dataclass(frozen=True)
+class Validation:
+    job: int
+    step: int  # 0: the base model, before the first step
+    loss: float | None
     time: float
 
 
@@ -374,6 +394,16 @@ class Store:
         rows = self.read("SELECT * FROM metrics WHERE job = ? AND step > ? ORDER BY step",
                          (job_id, after_step))
         return [Metric(**dict(r)) for r in rows]
+
+    def add_validation(self, job_id: int, step: int, loss: float) -> None:
+        self.write(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO validations (job, step, loss, time) VALUES (?, ?, ?, ?)",
+            (job_id, step, loss, time.time())))
+
+    def validations(self, job_id: int, after_step: int = -1) -> list[Validation]:
+        rows = self.read("SELECT * FROM validations WHERE job = ? AND step > ? ORDER BY step",
+                         (job_id, after_step))
+        return [Validation(**dict(r)) for r in rows]
 
     def add_output(self, job_id: int | None, path: Path, kind: str,
                    recipe: dict[str, Any] | None = None) -> int:

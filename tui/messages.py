@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
-from lorabooth.core.store import Event, Job, Metric, Output
+from lorabooth.core.store import Event, Job, Metric, Output, Validation
 
 if TYPE_CHECKING:
     from textual.widget import Widget
@@ -26,6 +26,7 @@ class StoreDelta:
     jobs: list[Job]  # the jobs in view: the store's `jobs_in_view`
     jobs_total: int = 0  # every job the store holds, finished ones out of view too
     metrics: dict[int, list[Metric]] = field(default_factory=dict)  # job -> new rows
+    validations: dict[int, list[Validation]] = field(default_factory=dict)  # job -> new rows
     events: list[Event] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
     error: str = ""

@@ -17,7 +17,7 @@ from typing import Any
 
 from lorabooth.core import engine
 from lorabooth.core.errors import LoraboothError, describe_os_error
-from lorabooth.core.store import ACTIVE, LIVE, PAUSED, Store, StoreError
+from lorabooth.core.store import ACTIVE, LIVE, PAUSED, Metric, Store, StoreError, Validation
 from lorabooth.core.train.claim import training_pid
 from lorabooth.core.workspace import Workspace
 
@@ -34,6 +34,7 @@ class StorePoller:
         self.ws = ws
         self.store: Store | None = None
         self.last_step: dict[int, int] = {}
+        self.last_validation: dict[int, int] = {}
         self.settled: set[int] = set()  # finished train jobs whose metrics were all read
         self.last_event = 0
         self.last_output = 0
@@ -65,6 +66,10 @@ class StorePoller:
             if rows:
                 self.last_step[job.id] = rows[-1].step
                 delta.metrics[job.id] = rows
+            measured = store.validations(job.id, self.last_validation.get(job.id, -1))
+            if measured:
+                self.last_validation[job.id] = measured[-1].step
+                delta.validations[job.id] = measured
             if job.state not in ACTIVE:
                 self.settled.add(job.id)  # a finished run's metrics never change again
         events = store.events(self.last_event)
@@ -155,9 +160,16 @@ class SaveSettings:
 
 @dataclass(frozen=True)
 class ReadMetrics:
-    """Every metric of these jobs (the jobs of one run: its start and its resumes)."""
+    """Every metric and validation loss of these jobs (the jobs of one run: its start and its
+    resumes): a RunNumbers."""
 
     job_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RunNumbers:
+    metrics: dict[int, list[Metric]]  # job -> its rows
+    validations: dict[int, list[Validation]]
 
 
 Command = (AddJob | Control | TogglePause | Move | SetSetting | Promote | SaveCaption
@@ -195,7 +207,8 @@ def perform(command: Command, ws: Workspace, store: Store) -> Any:
 
             return set_config_values(ws.root, values)
         case ReadMetrics(job_ids):
-            return {job_id: store.metrics(job_id) for job_id in job_ids}
+            return RunNumbers({job_id: store.metrics(job_id) for job_id in job_ids},
+                              {job_id: store.validations(job_id) for job_id in job_ids})
     raise TypeError(f"not a store command: {command!r}")
 
 

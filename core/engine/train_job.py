@@ -31,6 +31,9 @@ class TrainJob:
                          memory_gb=m.gpu_memory_gb)
         store.update_job(self.job.id, step=m.step)
 
+    def on_validation(self, step: int, loss: float) -> None:
+        self.engine.store.add_validation(self.job.id, step, loss)
+
     def on_sample(self, step: int, paths: list[Path]) -> None:
         """Each sample with what made it, so the UI can show it, reuse its prompt, re-make it."""
         from ..train.samples import sample_recipe
@@ -82,7 +85,8 @@ def run(engine: Engine, job: Job) -> str:
     job = settle_run(engine, job, config.train.steps)
     hooks = TrainJob(engine, job)
     trainer = Trainer(engine.ws, config, on_step=hooks.on_step, should_stop=hooks.should_stop,
-                      log=hooks.log, on_sample=hooks.on_sample, owner=engine.model)
+                      log=hooks.log, on_sample=hooks.on_sample, owner=engine.model,
+                      on_validation=hooks.on_validation)
     hooks.trainer = trainer
     try:
         trainer.prepare()

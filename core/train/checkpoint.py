@@ -109,6 +109,11 @@ def recorded_loss(folder: Path) -> float | None:
     return _recorded(folder, "loss")
 
 
+def recorded_validation(folder: Path) -> float | None:
+    """The checkpoint's validation loss (train.validate), None where it was not measured."""
+    return _recorded(folder, "validation")
+
+
 def recorded_total(run: Path) -> int | None:
     """The step a run was training to, as its newest checkpoint records it (a resume with no
     step count given aims there, so a run started with --steps 300 does not run on to the

@@ -65,24 +65,15 @@ def render_samples(trainer: Trainer) -> list[Path]:
     pipe, device = trainer.pipe, trainer.device
     size = min(trainer.config.train.resolution)
     folder = step_folder(run_samples(trainer), trainer.step)
-    clip_trains = trainer.config.train.text_encoder_lora
-    pipe.transformer.eval()
-    pipe.text_encoder.eval()
     paths = []
-    try:
-        with (torch.random.fork_rng(devices=[]), torch.no_grad(), trainer.saved_weights(),
-              trainer.precision()):
-            for index, prompt in enumerate(trainer.sample_prompts):
-                image = pipe(
-                    **trainer.pipe_text(prompt), guidance_scale=trainer.source.model.guidance,
-                    height=size, width=size, num_inference_steps=s.steps,
-                    generator=torch.Generator(device).manual_seed(s.seed + index),
-                ).images[0]
-                paths.append(save_png(image, folder / f"prompt-{index:02d}.png"))
-    finally:
-        pipe.transformer.train()
-        if clip_trains:
-            pipe.text_encoder.train()
+    with trainer.evaluating():
+        for index, prompt in enumerate(trainer.sample_prompts):
+            image = pipe(
+                **trainer.pipe_text(prompt), guidance_scale=trainer.source.model.guidance,
+                height=size, width=size, num_inference_steps=s.steps,
+                generator=torch.Generator(device).manual_seed(s.seed + index),
+            ).images[0]
+            paths.append(save_png(image, folder / f"prompt-{index:02d}.png"))
     write_sample_sheet(run_samples(trainer))
     return paths
 

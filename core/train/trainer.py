@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from .. import version
 from ..config import Config
 from ..dataset.captions import class_caption
 from ..errors import describe_os_error
-from ..fsutil import atomic_write_bytes
+from ..fsutil import atomic_write_bytes, json_number
 from ..memory import Plan
 from ..models.autocompile import AutoCompile, record_key
 from ..models.compile import apply as compile_transformer
@@ -72,6 +72,7 @@ from .optim import lr_lambda, make_optimizer
 from .pending import PendingStep, guards_on_device, step_guarded, upload
 from .samples import render_samples, sample_prompts
 from .state import choose_run, restore, state_of
+from .validation import SIGMAS, describe, fixed_noise, split_examples
 
 
 @dataclass
@@ -128,7 +129,8 @@ class Trainer:
                  should_stop: Callable[[], bool] | None = None,
                  log: Callable[[str], None] | None = None,
                  on_sample: Callable[[int, list[Path]], None] | None = None,
-                 owner: ModelOwner | None = None):
+                 owner: ModelOwner | None = None,
+                 on_validation: Callable[[int, float], None] | None = None):
         """`owner` holds the loaded pipeline (the engine's, shared with generation); without
         one the trainer has its own."""
         self.ws = ws
@@ -146,6 +148,7 @@ class Trainer:
         self.should_stop = should_stop or (lambda: False)
         self.log = log or (lambda text: None)
         self.on_sample = on_sample or (lambda step, paths: None)
+        self.on_validation = on_validation or (lambda step, loss: None)
         self.owner = owner or ModelOwner()
         self.loaded_model = False  # whether prepare() loaded weights from disk
         self.pipe = None
@@ -166,7 +169,10 @@ class Trainer:
     def prepare(self) -> None:
         """Load the model, encode the data set into the cache, attach a fresh LoRA."""
         t = self.config.train
-        self.examples = collect_examples(self.ws, self.config)
+        held_out = t.validation_photos if t.validate else 0
+        self.split = split_examples(collect_examples(self.ws, self.config), held_out, t.seed,
+                                    min(t.resolution))
+        self.examples = self.split.train
         plan = self.plan = self.plan_memory()
         self.dtype = getattr(torch, plan.dtype)
         resident = self.owner.resident(self.source, self.dtype, plan.quantize)
@@ -193,6 +199,9 @@ class Trainer:
                                self.family)
         self.log(f"encoding {len(self.examples)} photos and their captions (cached)")
         self._encode_all()
+        if t.validate:
+            self.log(f"validation loss: measured on {describe(self.split)} at each "
+                     "checkpoint, and on the base model before the first step")
         if self.preserving:
             example = next(iter(self.class_captions.values()))
             self.log(f"preserving the class: each step also trains the captions with "
@@ -257,7 +266,9 @@ class Trainer:
 
     def _encode_all(self) -> None:
         self.latents = [self.encoder.latent(e.photo, e.sha256, e.bucket) for e in self.examples]
-        captions = {e.caption for e in self.examples}
+        self.measured = ([(e, self.encoder.latent(e.photo, e.sha256, e.bucket))
+                          for e in self.split.measured] if self.config.train.validate else [])
+        captions = {e.caption for e in self.examples} | {e.caption for e, _ in self.measured}
         word = self.config.train.preserved
         self.class_captions = {c: class_caption(c, self.config.trigger, word)
                                for c in captions} if word else {}
@@ -384,6 +395,52 @@ class Trainer:
         pred = self.predict(self.model, d, classes, self.config.train.text_encoder_lora)
         return torch.nn.functional.mse_loss(pred, prior)
 
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """The weights a checkpoint saves, run to look rather than to learn: eval mode (no
+        dropout), no gradients, the RNGs left as they were, training's precision; then back to
+        training. Samples and the validation loss are made so."""
+        pipe = self.pipe
+        pipe.transformer.eval()
+        pipe.text_encoder.eval()
+        try:
+            with (torch.random.fork_rng(devices=[]), torch.no_grad(), self.saved_weights(),
+                  self.precision()):
+                yield
+        finally:
+            pipe.transformer.train()
+            if self.config.train.text_encoder_lora:
+                pipe.text_encoder.train()
+
+    def validation_loss(self) -> float:
+        """The loss at fixed noise levels with fixed noise on the measured photos
+        (validation.py): comparable between checkpoints, as training's own loss is not."""
+        t = self.config.train
+        model = self.pipe.transformer
+        guidance = (torch.ones(1, device=self.device) * t.guidance
+                    if model.config.guidance_embeds else None)
+        total = torch.zeros((), device=self.device)
+        with self.evaluating():
+            for example, latent in self.measured:
+                embeds, pooled = self.prompt_embeds(example.caption)
+                x0 = upload(latent[None], self.device)
+                noise = upload(fixed_noise(example.sha256, t.seed, x0.shape), self.device)
+                target = flow.velocity_target(x0, noise)
+                for sigma in SIGMAS:
+                    sigmas = torch.full((1,), sigma, device=self.device)
+                    pred = self.family.predict(model, flow.noisy_latents(x0, noise, sigmas),
+                                               sigmas, embeds[None], pooled[None], guidance,
+                                               self.dtype)
+                    total += torch.nn.functional.mse_loss(pred, target)
+        return total.item() / (len(self.measured) * len(SIGMAS))
+
+    def report_validation(self) -> float:
+        loss = self.validation_loss()
+        self.on_validation(self.step, loss)
+        what = "the base model" if self.step == 0 else f"step {self.step}"
+        self.log(f"validation loss {loss:.4f} at {what} ({describe(self.split)})")
+        return loss
+
     def precision(self) -> contextlib.AbstractContextManager:
         """The precision the transformer runs in, for training steps and for every render
         between them (samples, queued prompts), so a sample shows the float32 LoRA over the
@@ -505,13 +562,16 @@ class Trainer:
             return lora_file_bytes(self.components, self.adapters, self._info(), self.dtype)
 
     def save_checkpoint(self, loss: float | None = None) -> CheckpointInfo | None:
+        """This step's checkpoint, measured first when validation is on."""
         if not self.team.main:  # the weights are the same everywhere; one process writes
             self.team.wait()
             return None
+        validation = self.report_validation() if self.config.train.validate else None
         info = write_checkpoint(self.run_dir, self.step, state_of(self),
                                 {LORA_FILE: self.lora_bytes()},
                                 {"step": self.step, "loss": loss, "time": time.time(),
-                                 "total": self.total})
+                                 "total": self.total,
+                                 "validation": json_number(validation)})
         chosen = promoted(self.ws)
         prune(self.run_dir, self.config.train.keep_checkpoints,
               protect=self.ws.checkpoints / chosen.label if chosen else None)
@@ -611,9 +671,12 @@ class Trainer:
         every = self.config.train.checkpoint_every
         loss = None
         s = self.config.sample
-        if s.every and s.before_training and self.step == 0 and self.team.main:
-            # As ai-toolkit does: the sheet's first row is the base, before any learning.
-            self.on_sample(0, render_samples(self))
+        if self.step == 0 and self.team.main:
+            if self.config.train.validate:  # where the curve of checkpoints starts from
+                self.report_validation()
+            if s.every and s.before_training:
+                # As ai-toolkit does: the sheet's first row is the base, before any learning.
+                self.on_sample(0, render_samples(self))
         pending: PendingStep | None = None
         while self.step < total:
             launched = self.launch_step()

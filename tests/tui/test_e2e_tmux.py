@@ -107,6 +107,11 @@ def test_demo_in_a_real_terminal(tmux: Tmux, tmp_path: Path, demo_model):
         tmux.wait_for(r"engine (idle|running)", timeout=30)
         tmux.keys("2")
         tmux.wait_for(r"job 1 (running|done)", timeout=30)
+        # The engine measures the base model, then each checkpoint (every 750 steps): a ● on
+        # the curve, the best named above it and its value in the checkpoints' list.
+        tmux.wait_for(r"● val ", timeout=30)
+        best = tmux.wait_for(r"best val (\d\.\d{4}) at step 750", timeout=90).group(1)
+        tmux.wait_for(rf"run-001/step-000750 +\d\.\d{{4}} +{best}")
         # The samples (the base's before step 1, then every 500 steps) open full-screen with
         # their recipe.
         deadline = time.monotonic() + 120

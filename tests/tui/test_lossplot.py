@@ -69,6 +69,38 @@ async def test_a_resumed_run_is_one_curve_with_the_resume_marked(demo_workspace)
         assert "▲" in text and "resumed" in text
 
 
+async def test_validation_losses_show_on_the_curve_and_name_the_best_step(demo_workspace):
+    """Each checkpoint's validation loss is a ● on the curve, the best is named above it, and a
+    resume replaces what the stopped job measured after the checkpoint it resumed from."""
+    ws = demo_workspace()
+    store = Store(ws.db_path)
+    # Stopped at 60 (its step-60 measure taken, its checkpoint never written), resumed from
+    # the step-40 checkpoint.
+    for first, last, state, measured in (
+            (1, 60, "cancelled", {0: 0.8, 20: 0.5, 40: 0.4, 60: 0.9}),
+            (41, 100, "done", {60: 0.35, 80: 0.3, 100: 0.45})):
+        job = store.add_job("train", {"steps": 100, "run": "run-001"}, total=100)
+        for step in range(first, last + 1):
+            store.add_metric(job, step, loss=1.0 / step, lr=1e-4, grad_norm=1.0, seconds=0.5,
+                             images_per_s=2.0, memory_gb=None)
+        for step, loss in measured.items():
+            store.add_validation(job, step, loss)
+        store.update_job(job, state=state, step=last)
+    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.query(TrainPane))
+        pane = app.query_one(TrainPane)
+        await wait_for(pilot, lambda: len(pane.validation) == 6)
+        assert pane.validation == [(0, 0.8), (20, 0.5), (40, 0.4), (60, 0.35), (80, 0.3),
+                                   (100, 0.45)]
+        text = plot_text(app.query_one(LossPlot))
+        assert text.count("●") == 7  # six measures and the legend's
+        assert "● val" in text
+        stats = str(app.query_one("#train-stats").render())
+        assert "best val 0.3000 at step 80" in stats
+
+
 HOSTILE = {
     "nan and inf": [math.nan, math.inf, 1.0, -math.inf, 0.5],
     "huge": [1e308, 1e-300, 5.0, 1e308],

@@ -30,18 +30,24 @@ def fixed_workspace(root: Path) -> Path:
     store = Store(ws.db_path)
     # A run stopped at step 180 and resumed from its step-150 checkpoint: one curve, the
     # resume marked.
+    # Validation losses at the base model and each checkpoint; the best is step 200's.
+    measured = {0: 1.1, 50: 0.9, 100: 0.8, 150: 0.75, 200: 0.72, 250: 0.74, 300: 0.78}
     for first, last, state in ((1, 180, "cancelled"), (151, 300, "done")):
         train = store.add_job("train", {"steps": 300, "run": "run-001"}, total=300)
         for step in range(first, last + 1):
             loss = 0.6 + 0.5 * math.exp(-step / 80) + 0.05 * math.sin(step * 1.7)
             store.add_metric(train, step, loss=loss, lr=1e-4 * min(1, step / 50),
                              grad_norm=1.0, seconds=0.5, images_per_s=2.0, memory_gb=None)
+        for step, value in measured.items():
+            if first <= step <= last or (step == 0 and first == 1):
+                store.add_validation(train, step, value)
         store.update_job(train, state=state, step=last)
     for step in (100, 200, 300):
         folder = ws.checkpoints / "run-001" / f"step-{step:06d}"
         folder.mkdir(parents=True)
         (folder / "state.pt").write_bytes(b"")
-        (folder / "meta.json").write_text(json.dumps({"step": step, "loss": 0.6 + 1 / step}))
+        (folder / "meta.json").write_text(json.dumps({"step": step, "loss": 0.6 + 1 / step,
+                                                      "validation": measured[step]}))
     ws.loras.mkdir(parents=True, exist_ok=True)  # step 200 was promoted: marked with a star
     (ws.loras / "promoted.json").write_text(json.dumps({"run": "run-001", "step": 200,
                                                         "sha256": "0" * 64}))

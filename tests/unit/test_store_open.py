@@ -40,3 +40,24 @@ def test_a_database_locked_while_opening_is_waited_out(tmp_path, monkeypatch):
     job = store.add_job("generate", {"x": 1})
     assert [j.id for j in store.jobs()] == [job]
     assert LockedOnce.failed == 2  # it was locked, twice, and that was no error
+
+
+def test_a_workspace_from_before_validation_losses_opens_with_its_history(tmp_path):
+    """A database of the first schema (made by an earlier lorabooth) gains the validations
+    table on opening, and keeps its jobs and metrics."""
+    from lorabooth.core.store import MIGRATIONS
+
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.execute("INSERT INTO jobs (kind, state, position, created, updated) "
+                 "VALUES ('train', 'done', 1, 0, 0)")
+    conn.execute("INSERT INTO metrics (job, step, loss, time) VALUES (1, 5, 0.25, 0)")
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    assert [m.loss for m in store.metrics(1)] == [0.25]
+    store.add_validation(1, 0, 0.5)
+    store.add_validation(1, 5, 0.4)
+    assert [(v.step, v.loss) for v in store.validations(1)] == [(0, 0.5), (5, 0.4)]
+    assert [v.step for v in store.validations(1, after_step=0)] == [5]

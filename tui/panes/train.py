@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -16,12 +17,25 @@ from textual.widgets import DataTable, Input, Label, Static
 from lorabooth.core.config import ConfigError
 from lorabooth.core.models.registry import model_of
 from lorabooth.core.safetext import plain
-from lorabooth.core.store import ACTIVE, CANCELLED, LIVE, RUNNING, Job, Metric
-from lorabooth.core.train.checkpoint import all_checkpoints, promoted, recorded_loss
+from lorabooth.core.store import ACTIVE, CANCELLED, LIVE, RUNNING, Job, Metric, Validation
+from lorabooth.core.train.checkpoint import (
+    all_checkpoints,
+    promoted,
+    recorded_loss,
+    recorded_validation,
+)
 from lorabooth.core.workspace import Workspace
 
 from ..messages import Done, EngineWanted, Notice, OpenViewer, PaneReady, PaneUpdate, Write
-from ..store_io import AddJob, Control, Promote, ReadMetrics, SaveSettings, TogglePause
+from ..store_io import (
+    AddJob,
+    Control,
+    Promote,
+    ReadMetrics,
+    RunNumbers,
+    SaveSettings,
+    TogglePause,
+)
 from ..widgets.inputs import PaneInput
 from ..widgets.lossplot import LossPlot
 from ..widgets.preview import Preview
@@ -66,6 +80,25 @@ def run_of(job: Job | None, trains: list[Job]) -> tuple[int, ...]:
                  and j.params.get("run") == run and j.id <= job.id)
 
 
+def run_validations(by_job: dict[int, list[Validation]], run_jobs: tuple[int, ...],
+                    starts: dict[int, int]) -> list[tuple[int, float]]:
+    """The run's validation losses as (step, loss): a resume that re-trained from step S
+    replaces what earlier jobs measured after S."""
+    points: list[tuple[int, float]] = []
+    for job_id in run_jobs:
+        if job_id in starts:
+            points = [p for p in points if p[0] < starts[job_id]]
+        points += [(v.step, v.loss) for v in by_job.get(job_id, [])
+                   if v.loss is not None and math.isfinite(v.loss)]
+    return points
+
+
+def best_of(points: list[tuple[int, float]]) -> tuple[int, float] | None:
+    """The lowest validation loss of the run's checkpoints (the base model's excluded)."""
+    trained = [p for p in points if p[0] > 0]
+    return min(trained, key=lambda p: p[1]) if trained else None
+
+
 def add_rows(rows: list[Metric], new: list[Metric]) -> None:
     """Append `new` to `rows`; a step seen again (a retried step) replaces what followed it."""
     for row in new:
@@ -95,6 +128,8 @@ class TrainPane(Vertical):
         self.job: Job | None = None
         self.run_jobs: tuple[int, ...] = ()  # the shown job's run: its start and resumes
         self.by_job: dict[int, list[Metric]] = {}
+        self.val_by_job: dict[int, list[Validation]] = {}
+        self.validation: list[tuple[int, float]] = []  # the run's, as (step, loss)
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.lrs: list[float] = []
@@ -125,7 +160,10 @@ class TrainPane(Vertical):
         with filling(self):
             # ★ marks the promoted checkpoint: the workspace's LoRA, kept until you promote
             # another
-            self.query_one("#checkpoints", DataTable).add_columns("", "checkpoint", "loss")
+            # val: the validation loss (train.validate), which compares checkpoints as their
+            # one step's loss cannot
+            self.query_one("#checkpoints", DataTable).add_columns("", "checkpoint", "loss",
+                                                                  "val")
             self.load_settings()
             self.update_stats()
             self.refresh_checkpoints()
@@ -159,13 +197,16 @@ class TrainPane(Vertical):
         self.elsewhere = delta.training_elsewhere
         run_jobs = run_of(job, trains)
         if run_jobs != self.run_jobs:
-            self.run_jobs, self.by_job = run_jobs, {}
+            self.run_jobs, self.by_job, self.val_by_job = run_jobs, {}, {}
             if run_jobs:
                 self.post_message(Write(ReadMetrics(run_jobs), self))
         changed = False
         for job_id in self.run_jobs:
             if delta.metrics.get(job_id):
                 add_rows(self.by_job.setdefault(job_id, []), delta.metrics[job_id])
+                changed = True
+            if delta.validations.get(job_id):
+                self.val_by_job.setdefault(job_id, []).extend(delta.validations[job_id])
                 changed = True
         if changed:
             self.join_run()
@@ -185,18 +226,19 @@ class TrainPane(Vertical):
         """One series for the run: a resume re-trains from its checkpoint's step, so each job's
         rows replace the earlier jobs' rows from its first step on."""
         rows: list[Metric] = []
-        starts = []
+        starts = {}
         for job_id in self.run_jobs:
             mine = self.by_job.get(job_id, [])
             if not mine:
                 continue
-            starts.append(mine[0].step)
+            starts[job_id] = mine[0].step
             add_rows(rows, mine)
+        self.validation = run_validations(self.val_by_job, self.run_jobs, starts)
         self.steps = [r.step for r in rows]
         self.losses = [r.loss if r.loss is not None else math.nan for r in rows]
         self.lrs = [r.lr if r.lr is not None else math.nan for r in rows]
         self.seconds = [r.seconds or 0.0 for r in rows[-20:]]
-        self.starts = starts
+        self.starts = list(starts.values())
         self.memory = rows[-1].memory_gb if rows else None
 
     @on(Done)
@@ -204,10 +246,15 @@ class TrainPane(Vertical):
         command = message.command
         if isinstance(command, ReadMetrics) and not message.error:
             if command.job_ids == self.run_jobs:
-                for job_id, rows in message.result.items():
+                numbers: RunNumbers = message.result
+                for job_id, rows in numbers.metrics.items():
                     # Rows the poller delivered meanwhile are newer than this read's.
                     add_rows(rows := list(rows), self.by_job.get(job_id, []))
                     self.by_job[job_id] = rows
+                for job_id, measured in numbers.validations.items():
+                    later = [v for v in self.val_by_job.get(job_id, [])
+                             if not measured or v.step > measured[-1].step]
+                    self.val_by_job[job_id] = list(measured) + later
                 self.join_run()
                 self.update_stats()
         elif isinstance(command, SaveSettings) and message.error:
@@ -228,7 +275,7 @@ class TrainPane(Vertical):
         if job is not None and job.state in LIVE and not self.by_job.get(job.id):
             empty = f"job {job.id}: " + self.doing.get(job.id, f"{job.state}, no step yet")
         plot.set_data(self.steps, self.losses, job.total if job else 0, lrs=self.lrs,
-                      starts=self.starts, empty=empty)
+                      starts=self.starts, empty=empty, validation=self.validation)
         if job is None:
             text = "no training yet · s starts it"
         else:
@@ -241,6 +288,9 @@ class TrainPane(Vertical):
                     figures.append(f"ETA {eta_text(speed, job.total - done)}")
                 if self.memory:
                     figures.append(f"GPU {self.memory:.1f} GiB")
+            best = best_of(self.validation)
+            if best is not None:
+                figures.append(f"best val {best[1]:.4f} at step {best[0]}")
             stats = self.query_one("#train-stats", Static)
             text = join_fitting(figures, stats.content_size.width)
             if self.carries_on():
@@ -256,10 +306,19 @@ class TrainPane(Vertical):
         table = self.query_one("#checkpoints", DataTable)
         table.clear()
         chosen = promoted(self.ws, verify=False)
-        for info in reversed(all_checkpoints(self.ws.checkpoints)):
-            loss = recorded_loss(info.path)
+        listed = list(reversed(all_checkpoints(self.ws.checkpoints)))
+        measured = {info.label: recorded_validation(info.path) for info in listed}
+        best: dict[str, float] = {}  # run -> its lowest validation loss
+        for info in listed:
+            value = measured[info.label]
+            if value is not None and value < best.get(info.run, math.inf):
+                best[info.run] = value
+        for info in listed:
+            loss, value = recorded_loss(info.path), measured[info.label]
             mark = "★" if chosen is not None and chosen.label == info.label else " "
-            table.add_row(mark, info.label, f"{loss:.4f}" if loss is not None else "-",
+            val = Text("-") if value is None else Text(
+                f"{value:.4f}", "bold green" if value == best.get(info.run) else "")
+            table.add_row(mark, info.label, f"{loss:.4f}" if loss is not None else "-", val,
                           key=info.label)
 
     # -- actions --------------------------------------------------------------------------

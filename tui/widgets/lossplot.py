@@ -1,7 +1,7 @@
 """A live loss curve drawn with braille dots: the raw loss as scattered dots, its smoothed line
-as a connected line (told apart without colour), y ticks at round values, step ticks, a mark
-where each resume of the run began, a one-line legend, and the learning rate as an optional
-second series.
+as a connected line (told apart without colour), the validation loss of each checkpoint as ●,
+y ticks at round values, step ticks, a mark where each resume of the run began, a one-line
+legend, and the learning rate as an optional second series.
 
 The data is downsampled to two points per dot column before drawing, so 100k steps cost the
 same to draw as 200. The y range snaps to round tick values, so a new step usually changes a
@@ -89,13 +89,14 @@ def _label(value: float, log: bool) -> str:
 
 class LossPlot(Widget):
     COMPONENT_CLASSES = {"lossplot--raw", "lossplot--smooth", "lossplot--axis",
-                         "lossplot--mark"}
+                         "lossplot--mark", "lossplot--val"}
     DEFAULT_CSS = """
     LossPlot { height: 1fr; min-height: 6; }
     LossPlot > .lossplot--raw { color: $foreground-muted; }
     LossPlot > .lossplot--smooth { color: $accent; text-style: bold; }
     LossPlot > .lossplot--axis { color: $foreground-muted; }
     LossPlot > .lossplot--mark { color: $warning; }
+    LossPlot > .lossplot--val { color: $success; text-style: bold; }
     """
     log_scale: reactive[bool] = reactive(False)
     show_lr: reactive[bool] = reactive(False)
@@ -106,6 +107,7 @@ class LossPlot(Widget):
         self.losses: list[float] = []
         self.lrs: list[float] = []
         self.starts: list[int] = []
+        self.validation: list[tuple[int, float]] = []
         self.total = 0
         self.empty = "no loss yet: start training (s)"
         self._smoothed: list[float] = []
@@ -115,10 +117,12 @@ class LossPlot(Widget):
 
     def set_data(self, steps: list[int], losses: list[float], total: int, *,
                  lrs: list[float] | None = None, starts: Sequence[int] = (),
-                 empty: str | None = None) -> None:
-        """New data; repaints only the lines that changed, and nothing if nothing did."""
+                 empty: str | None = None,
+                 validation: Sequence[tuple[int, float]] = ()) -> None:
+        """New data; repaints only the lines that changed, and nothing if nothing did.
+        `validation`: (step, loss) of each measured checkpoint (step 0: the base model)."""
         data = (len(steps), steps[:1], steps[-1:], losses[:1], losses[-1:], total,
-                tuple(starts), len(lrs or ()), empty or self.empty)
+                tuple(starts), len(lrs or ()), empty or self.empty, tuple(validation))
         if data == self._data:
             return
         self._data = data
@@ -127,6 +131,7 @@ class LossPlot(Widget):
             self._smoothed = []
         self.steps, self.losses, self.total = list(steps), list(losses), total
         self.lrs, self.starts = list(lrs or ()), list(starts)
+        self.validation = [p for p in validation if math.isfinite(p[1])]
         self.empty = empty or self.empty
         # The moving average is extended, not recomputed, as rows arrive.
         self._smoothed = extend_smooth(self._smoothed, self.losses)
@@ -175,11 +180,13 @@ class LossPlot(Widget):
         scale = (lambda v: math.log10(max(v, 1e-8))) if self.log_scale else (lambda v: v)
         raw = [(s, scale(v)) for s, v in downsample(self.steps, self.losses, columns)]
         smoothed = [(s, scale(v)) for s, v in downsample(self.steps, self._smoothed, columns)]
-        values = [v for _, v in raw] + [v for _, v in smoothed]
+        measured = [(s, scale(v)) for s, v in self.validation]
+        values = [v for _, v in raw] + [v for _, v in smoothed] + [v for _, v in measured]
         if not all(math.isfinite(v) for v in values):
             values = [v for v in values if math.isfinite(v)] or [0.0]
         lo, hi, y_ticks = ticks(min(values), max(values), max(1, height // 3))
-        first_step = 0 if self.total or self.steps[0] <= 1 else self.steps[0]
+        first_step = 0 if self.total or self.steps[0] <= 1 else min(
+            [self.steps[0]] + [s for s, _ in self.validation])
         last_step = max(self.total, self.steps[-1], first_step + 1)
 
         def column(step: int) -> int:
@@ -194,6 +201,9 @@ class LossPlot(Widget):
 
         grid = [[0] * width for _ in range(height)]
         bright = [[False] * width for _ in range(height)]
+        # A validation loss is a whole cell (●), drawn over the dots: a few points a run.
+        marks = {(min(height - 1, row(v) // 4), min(width - 1, column(s) // 2))
+                 for s, v in measured if s >= first_step}
 
         def dot(x: int, y: int, strong: bool) -> None:
             cell_x, cell_y = min(x // 2, width - 1), min(y // 4, height - 1)
@@ -218,21 +228,26 @@ class LossPlot(Widget):
             labels.setdefault(min(height - 1, row(value) // 4), _label(value, self.log_scale))
         raw_style = self.get_component_rich_style("lossplot--raw")
         smooth_style = self.get_component_rich_style("lossplot--smooth")
+        val_style = self.get_component_rich_style("lossplot--val")
         lines = []
         for r in range(height):
             segments = [Segment(labels.get(r, "").rjust(GUTTER - 1)[:GUTTER - 1] + " ", axis)]
-            run, run_bright = [], False
+            run, run_style = [], raw_style
             for c in range(width):
-                if run and bright[r][c] != run_bright:
-                    segments.append(Segment("".join(run),
-                                            smooth_style if run_bright else raw_style))
+                if (r, c) in marks:
+                    style, char = val_style, "●"
+                else:  # U+2800 is a blank of the same width
+                    style, char = smooth_style if bright[r][c] else raw_style, \
+                        chr(BRAILLE + grid[r][c])
+                if run and style is not run_style:
+                    segments.append(Segment("".join(run), run_style))
                     run = []
-                run_bright = bright[r][c]
-                run.append(chr(BRAILLE + grid[r][c]))  # U+2800 is a blank of the same width
-            segments.append(Segment("".join(run), smooth_style if run_bright else raw_style))
+                run_style = style
+                run.append(char)
+            segments.append(Segment("".join(run), run_style))
             lines.append(Strip(segments))
         lines.append(self._step_axis(width, first_step, last_step, column))
-        lines.append(self._legend(raw_style, smooth_style))
+        lines.append(self._legend(raw_style, smooth_style, val_style))
         if self.show_lr:
             lines.append(self._lr_line(width))
         return lines
@@ -260,12 +275,14 @@ class LossPlot(Widget):
         segments += [Segment(c, s) for c, s in zip(cells, styles, strict=True)]
         return Strip(segments).simplify()
 
-    def _legend(self, raw_style, smooth_style) -> Strip:
+    def _legend(self, raw_style, smooth_style, val_style) -> Strip:
         axis = self.get_component_rich_style("lossplot--axis")
         mark = self.get_component_rich_style("lossplot--mark")
         segments = [Segment(" " * GUTTER, axis), Segment("⠂⠄ ", raw_style),
                     Segment("raw  ", axis), Segment("⠒⠒ ", smooth_style),
                     Segment("smoothed  ", axis)]
+        if self.validation:  # its values are in the checkpoints' list, the best above
+            segments += [Segment("● ", val_style), Segment("val  ", axis)]
         if len(self.starts) > 1:
             segments += [Segment("▲ ", mark), Segment("resumed  ", axis)]
         text = f"loss {self.losses[-1]:.4g}"  # the step is in the line above the plot

@@ -1,0 +1,75 @@
+"""The validation loss tells a person which checkpoint to keep. Measured on photos held out of
+training, it falls as the LoRA learns the subject (from photos it never saw: that is the
+subject learned, not the photos) and turns up again once the LoRA memorises its own photos,
+so the best checkpoint is not the last. Measuring changes nothing about the training."""
+
+from __future__ import annotations
+
+import pytest
+
+from lorabooth.core.cli.demo import DEMO_SETTINGS
+from lorabooth.core.train import TrainingError
+from lorabooth.core.train.checkpoint import all_checkpoints, recorded_validation
+from lorabooth.core.train.trainer import Trainer
+
+
+def settings(**more) -> dict:
+    """The demo's training (four photos a step at its rate), at a constant rate so that it
+    overfits within a test's time; checkpoints every 125 steps."""
+    keys = {**DEMO_SETTINGS, "train.lr_schedule": "constant", "train.compile": "off",
+            "train.checkpoint_every": 125, "sample.every": 0}
+    keys.update({k.replace("_", ".", 1): v for k, v in more.items()})
+    return {k.replace(".", "_", 1): v for k, v in keys.items()}
+
+
+def test_held_out_photos_show_the_subject_learned_then_memorised(demo_workspace):
+    ws = demo_workspace(**settings(train_steps=1000, train_validation_photos=3))
+    measured: list[tuple[int, float]] = []
+    trainer = Trainer(ws, device="cpu", on_validation=lambda s, v: measured.append((s, v)))
+    trainer.run()
+    held = {e.sha256 for e in trainer.split.measured}
+    assert len(held) == 3 and not held & {e.sha256 for e in trainer.examples}
+    assert len({e.sha256 for e in trainer.examples}) == 13  # 16 sample photos, 3 held out
+
+    assert [s for s, _ in measured] == list(range(0, 1001, 125))  # the base, then each one
+    base = measured[0][1]
+    best_step, best = min(measured[1:], key=lambda p: p[1])
+    # Seen here: 0.808 for the base model, 0.574 at step 375, 0.650 at step 1000.
+    assert best < 0.8 * base, measured  # the subject, learned from other photos of it
+    assert measured[-1][1] > 1.08 * best, measured  # then its photos, memorised
+    assert best_step < 1000
+
+    # Each checkpoint records its own, for the Train pane's list.
+    kept = all_checkpoints(ws.checkpoints)
+    assert kept and all(recorded_validation(info.path) == pytest.approx(dict(measured)[info.step])
+                        for info in kept)
+
+
+def test_measuring_changes_nothing_about_the_training(demo_workspace):
+    """The same run with validation on and off: the same losses, the same LoRA file."""
+    runs = []
+    for name, validate in (("on", True), ("off", False)):
+        ws = demo_workspace(name, **settings(train_steps=30, train_checkpoint_every=10,
+                                             train_validate=validate))
+        seen: list = []
+        result = Trainer(ws, device="cpu",
+                         on_validation=lambda s, v, seen=seen: seen.append(s)).run()
+        runs.append((result.losses, lora_file(result.lora_path), seen))
+    (losses_on, lora_on, seen_on), (losses_off, lora_off, seen_off) = runs
+    assert seen_on == [0, 10, 20, 30] and seen_off == []
+    assert losses_on == losses_off
+    # The same weights and header (safetensors orders a header's keys as it likes).
+    assert lora_on == lora_off
+
+
+def lora_file(path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        return {k: f.get_tensor(k).tolist() for k in f.keys()}, f.metadata()
+
+
+def test_holding_out_every_photo_is_refused_before_loading(demo_workspace):
+    ws = demo_workspace(train_validation_photos=16)
+    with pytest.raises(TrainingError, match="hold out every one of the 16 usable photos"):
+        Trainer(ws, device="cpu").prepare()
