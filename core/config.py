@@ -142,7 +142,8 @@ class TrainSettings:
         default=0, min=0, max=100_000)
     checkpoint_every: int = _opt("Save a resumable checkpoint every N steps.",
                                  default=250, min=1, max=1_000_000)
-    keep_checkpoints: int = _opt("How many recent checkpoints to keep on disk.",
+    keep_checkpoints: int = _opt("How many recent checkpoints to keep on disk (and the "
+                                 "promoted one, and the run's best by validation loss).",
                                  default=8, min=1, max=1000)
     validate: bool = _opt(
         "Measure each checkpoint (and the base model, before the first step) by the loss at "

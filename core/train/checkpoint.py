@@ -203,14 +203,27 @@ def read_state(info: CheckpointInfo) -> dict:
 
 
 def prune(root: Path, keep: int, protect: Path | None = None) -> None:
-    """Keep the newest `keep` checkpoints, and `protect` (the promoted one) whatever its age;
-    remove leftovers of interrupted writes."""
-    for info in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        if protect is None or info.path.resolve() != protect.resolve():
+    """Keep the newest `keep` checkpoints, `protect` (the promoted one) and the run's best by
+    validation loss (held-out photos often peak early: the one to promote) whatever their
+    age; remove leftovers of interrupted writes."""
+    saved = list_checkpoints(root)
+    kept = {info.path.resolve() for info in saved[-keep:]} if keep > 0 else set()
+    best = best_measured(saved)
+    kept |= {p.resolve() for p in (protect, best.path if best else None) if p is not None}
+    for info in saved:
+        if info.path.resolve() not in kept:
             shutil.rmtree(info.path, ignore_errors=True)
     for entry in root.glob(".step-*.tmp"):
         with contextlib.suppress(OSError):
             shutil.rmtree(entry)
+
+
+def best_measured(saved: list[CheckpointInfo]) -> CheckpointInfo | None:
+    """The checkpoint of lowest validation loss (the earliest of equals), None when none
+    records one."""
+    measured = [(value, info) for info in saved
+                if (value := recorded_validation(info.path)) is not None]
+    return min(measured, key=lambda pair: pair[0])[1] if measured else None
 
 
 def run_checkpoints(ws: Workspace, run: str | None = None) -> list[CheckpointInfo]:

@@ -45,6 +45,7 @@ from . import TrainingError, flow
 from .checkpoint import (
     CheckpointInfo,
     CheckpointUnreadable,
+    best_measured,
     comfyui_copy,
     forget_promotion,
     list_checkpoints,
@@ -52,6 +53,7 @@ from .checkpoint import (
     prune,
     read_state,
     recorded_total,
+    recorded_validation,
     step_dir_name,
     write_checkpoint,
 )
@@ -722,5 +724,21 @@ class Trainer:
                 self.log(f"the workspace's LoRA stays {chosen.label}, which you promoted; "
                          f"this run's is {self.run_dir.name}/{step_dir_name(self.step)} "
                          f"(promote it with P in the Train pane)")
+            if advice := self.best_checkpoint_advice():
+                self.log(advice)
         return result
+
+    def best_checkpoint_advice(self) -> str:
+        """Where the run's last checkpoint is not its best by validation loss: which is, and
+        how to use it ("" otherwise)."""
+        saved = list_checkpoints(self.run_dir)
+        best = best_measured(saved)
+        if best is None or best.step == saved[-1].step:
+            return ""
+        last = recorded_validation(saved[-1].path)
+        then = f"; {last:.4f} at step {saved[-1].step}" if last is not None else ""
+        return (f"the validation loss was lowest at step {best.step} "
+                f"({recorded_validation(best.path):.4f}{then}): try that checkpoint with "
+                f"lorabooth generate {self.ws.root} PROMPT --lora {best.label}, and promote it "
+                f"with P in the Train pane if it is better")
 

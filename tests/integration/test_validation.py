@@ -23,9 +23,12 @@ def settings(**more) -> dict:
 
 
 def test_held_out_photos_show_the_subject_learned_then_memorised(demo_workspace):
-    ws = demo_workspace(**settings(train_steps=1000, train_validation_photos=3))
+    ws = demo_workspace(**settings(train_steps=1000, train_validation_photos=3,
+                                   train_keep_checkpoints=2))
     measured: list[tuple[int, float]] = []
-    trainer = Trainer(ws, device="cpu", on_validation=lambda s, v: measured.append((s, v)))
+    logs: list[str] = []
+    trainer = Trainer(ws, device="cpu", on_validation=lambda s, v: measured.append((s, v)),
+                      log=logs.append)
     trainer.run()
     held = {e.sha256 for e in trainer.split.measured}
     assert len(held) == 3 and not held & {e.sha256 for e in trainer.examples}
@@ -39,10 +42,15 @@ def test_held_out_photos_show_the_subject_learned_then_memorised(demo_workspace)
     assert measured[-1][1] > 1.08 * best, measured  # then its photos, memorised
     assert best_step < 1000
 
-    # Each checkpoint records its own, for the Train pane's list.
+    # The best is kept beside the newest two, each records its own value for the Train
+    # pane's list, and the run ends by naming it.
     kept = all_checkpoints(ws.checkpoints)
-    assert kept and all(recorded_validation(info.path) == pytest.approx(dict(measured)[info.step])
-                        for info in kept)
+    assert [info.step for info in kept] == [best_step, 875, 1000]
+    assert all(recorded_validation(info.path) == pytest.approx(dict(measured)[info.step])
+               for info in kept)
+    label = f"run-001/step-{best_step:06d}"
+    assert f"validation loss was lowest at step {best_step}" in logs[-1]
+    assert f"--lora {label}" in logs[-1]
 
 
 def test_measuring_changes_nothing_about_the_training(demo_workspace):
