@@ -23,7 +23,7 @@ from ..messages import DatasetScanned, Done, Notice, PaneReady, PaneUpdate, Writ
 from ..store_io import SaveCaption
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
-from ..widgets.text import fit_end, fit_middle
+from ..widgets.text import fit_end, fit_middle, set_text
 from . import filling
 
 # The scanner (numpy, Pillow) is imported in the scan worker, off the start-up path.
@@ -197,9 +197,11 @@ class DatasetPane(Vertical):
             return  # a re-scan while typing must not take the text away
         self.editing = None
         caption.read_only = True
-        self.query_one("#caption-label", Label).update(CAPTION_READ)
-        caption.load_text(printable(record.caption or "", keep_newlines=True))
-        reasons.update(plain("\n".join(record.reasons), keep_newlines=True))
+        set_text(self.query_one("#caption-label", Label), CAPTION_READ)
+        text = printable(record.caption or "", keep_newlines=True)
+        if caption.text != text:
+            caption.load_text(text)
+        set_text(reasons, plain("\n".join(record.reasons), keep_newlines=True))
 
     def action_cursor(self, direction: str) -> None:
         table = self.query_one("#photos", DataTable)

@@ -18,8 +18,11 @@ from textual.widget import Widget
 
 
 class HalfcellImage(Widget):
+    """The image fitted into the widget's whole area and centred in it: another image (a key
+    in a list of photos) is a repaint, never a new layout of the screen."""
+
     DEFAULT_CSS = """
-    HalfcellImage { width: auto; height: auto; }
+    HalfcellImage { width: 1fr; height: 1fr; }
     """
 
     def __init__(self, path: str | Path, **kwargs):
@@ -29,6 +32,12 @@ class HalfcellImage(Widget):
         self._lines: list[Strip] = []
         self._for: tuple[int, int] | None = None
 
+    def show(self, path: str | Path) -> None:
+        """Another image in this widget, where a new widget would be mounted, styled and laid
+        out at each key."""
+        self.path, self._source, self._for = Path(path), None, None
+        self.refresh()
+
     def _image(self):
         if self._source is None:
             from PIL import Image
@@ -37,34 +46,40 @@ class HalfcellImage(Widget):
                 self._source = img.convert("RGB")
         return self._source
 
-    def get_content_width(self, container, viewport) -> int:
+    def fitted(self, width: int, height: int) -> tuple[int, int]:
+        """The image's size in cells within `width` x `height` (a cell: two pixels high)."""
         img = self._image()
-        height = max(1, container.height)
-        return max(1, min(container.width, round(img.width / img.height * height * 2)))
-
-    def get_content_height(self, container, viewport, width: int) -> int:
-        img = self._image()
-        return max(1, min(container.height, round(img.height / img.width * width / 2)))
+        w = max(1, min(width, round(img.width / img.height * height * 2)))
+        return w, max(1, min(height, round(img.height / img.width * w / 2)))
 
     def render_line(self, y: int) -> Strip:
         size = (self.size.width, self.size.height)
         if size != self._for:
             self._lines = self._draw(*size)
             self._for = size
-        return self._lines[y] if y < len(self._lines) else Strip.blank(self.size.width)
+        return self._lines[y] if y < len(self._lines) else Strip.blank(self.size.width,
+                                                                          self.rich_style)
 
     def _draw(self, width: int, height: int) -> list[Strip]:
         if width < 1 or height < 1:
             return []
         from PIL import Image
 
-        pixels = self._image().resize((width, height * 2), Image.Resampling.BOX).load()
-        lines = []
-        for row in range(height):
-            segments = []
-            for column in range(width):
-                top, bottom = pixels[column, row * 2], pixels[column, row * 2 + 1]
-                segments.append(Segment("▀", Style(color=Color.from_rgb(*top),
-                                                   bgcolor=Color.from_rgb(*bottom))))
+        w, h = self.fitted(width, height)
+        left, top = (width - w) // 2, (height - h) // 2
+        pixels = self._image().resize((w, h * 2), Image.Resampling.BOX).load()
+        colors: dict[tuple[int, int, int], Color] = {}  # photos repeat colours: made once
+        blank = self.rich_style
+        lines = [Strip.blank(width, blank)] * top
+        for row in range(h):
+            segments = [Segment(" " * left, blank)] if left else []
+            for column in range(w):
+                top_px, bottom_px = pixels[column, row * 2], pixels[column, row * 2 + 1]
+                fg = colors.get(top_px) or colors.setdefault(top_px, Color.from_rgb(*top_px))
+                bg = colors.get(bottom_px) or colors.setdefault(bottom_px,
+                                                                Color.from_rgb(*bottom_px))
+                segments.append(Segment("▀", Style(color=fg, bgcolor=bg)))
+            if width - left - w:
+                segments.append(Segment(" " * (width - left - w), blank))
             lines.append(Strip(segments, width))
         return lines

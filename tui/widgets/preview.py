@@ -32,6 +32,7 @@ class Preview(Container):
     Preview { height: 1fr; align: center middle; }
     Preview > Static { width: 100%; color: $foreground-muted; text-align: center; }
     Preview > .image { width: auto; height: 100%; max-width: 100%; }
+    Preview > HalfcellImage.image { width: 100%; height: 100%; }
     """
 
     def __init__(self, protocol: str = "auto", **kwargs):
@@ -46,6 +47,10 @@ class Preview(Container):
         if path == self.path and path is not None:
             return
         self.path = path
+        shown = self.query(".image")
+        if path is not None and path.is_file() and shown and hasattr(shown[0], "show"):
+            shown[0].show(path)
+            return
         self.remove_children()
         if path is None or not path.is_file():
             self.mount(Static(plain(note)))
