@@ -1,0 +1,51 @@
+"""The half-cell preview keeps a picture's shape: fitted into its box and centred, never
+stretched to the box; and showing the next picture repaints it in place."""
+
+from __future__ import annotations
+
+from PIL import Image
+from textual.app import App
+
+from lorabooth.tui.widgets.halfcell import HalfcellImage
+from lorabooth.tui.widgets.preview import Preview
+
+
+class OnePreview(App):
+    CSS = "Preview { width: 40; height: 20; }"
+
+    def compose(self):
+        yield Preview("halfcell")
+
+
+def picture(path, size) -> str:
+    Image.new("RGB", size, (200, 30, 30)).save(path)
+    return path
+
+
+def drawn(widget: HalfcellImage) -> list[str]:
+    """The widget's lines as the screen gets them."""
+    return [widget.render_line(y).text for y in range(widget.size.height)]
+
+
+async def test_a_wide_picture_is_letterboxed_and_the_next_one_replaces_it(tmp_path):
+    wide = picture(tmp_path / "wide.png", (800, 200))  # 4:1
+    tall = picture(tmp_path / "tall.png", (200, 400))  # 1:2
+    app = OnePreview()
+    async with app.run_test(size=(60, 30)) as pilot:
+        preview = app.query_one(Preview)
+        preview.show(wide)
+        await pilot.pause()
+        widget = app.query_one(HalfcellImage)
+        assert (widget.size.width, widget.size.height) == (40, 20)  # the whole box
+        lines = drawn(widget)
+        rows = [line for line in lines if "▀" in line]
+        # 40 cells wide is 40 x 80 pixels of height 2: a 4:1 picture takes 5 rows, centred.
+        assert len(rows) == 5 and all(r.count("▀") == 40 for r in rows)
+        assert lines.index(rows[0]) == (20 - 5) // 2
+        preview.show(tall)
+        await pilot.pause()
+        assert app.query_one(HalfcellImage) is widget  # repainted, not mounted anew
+        rows = [line for line in drawn(widget) if "▀" in line]
+        # 20 rows are 40 pixels high: a 1:2 picture is 20 cells wide, centred.
+        assert len(rows) == 20 and all(r.count("▀") == 20 for r in rows)
+        assert all(r.index("▀") == 10 for r in rows)
