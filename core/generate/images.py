@@ -100,10 +100,26 @@ def job_sheet(paths: Sequence[Path], target: Path, recipes: Sequence[Recipe] = (
         groups: dict[str, list[Path]] = {}
         for first, path in zip(firsts, paths, strict=True):
             groups.setdefault(first, []).append(path)
-        labels = [lora_label(name) for name in groups]
-        return contact_sheet(list(groups.values()), target, labels=labels)
+        return contact_sheet(list(groups.values()), target, labels=row_labels(recipes))
     rows = [paths[i:i + per_row] for i in range(0, len(paths), per_row)]
     return contact_sheet(rows, target)
+
+
+def row_labels(recipes: Sequence[Recipe]) -> list[str]:
+    """A comparison sheet's row labels, one per first LoRA in order: its name, and under it
+    the checkpoint's validation loss where training measured one."""
+    from ..train.checkpoint import recorded_validation
+
+    labels: dict[str, str] = {}
+    for recipe in recipes:
+        first = recipe.loras[0] if recipe.loras else None
+        name = first.name if first else "no LoRA"
+        if name not in labels:
+            value = recorded_validation(Path(first.path).parent) if first and first.path \
+                else None
+            labels[name] = lora_label(name) + (f"\nval {value:.4f}" if value is not None
+                                               else "")
+    return list(labels.values())
 
 
 def lora_label(name: str) -> str:

@@ -124,7 +124,8 @@ def test_checkpoints_are_compared_side_by_side_in_one_labelled_row_each(trained:
     """--checkpoints: the same prompt and seed with each checkpoint of the newest run, each
     image's recipe naming its checkpoint's file, and a sheet with a row per checkpoint (as the
     training samples' sheet has a row per step)."""
-    from lorabooth.core.generate.images import LABEL_WIDTH
+    from lorabooth.core.generate.images import LABEL_WIDTH, row_labels
+    from lorabooth.core.train.checkpoint import recorded_validation, step_label
 
     checkpoints = all_checkpoints(trained.checkpoints)
     assert len(checkpoints) >= 2
@@ -141,6 +142,9 @@ def test_checkpoints_are_compared_side_by_side_in_one_labelled_row_each(trained:
     sheet = trained.outputs / "images" / "sheets" / paths[0].name.replace("-00.png", "-sheet.png")
     with Image.open(sheet) as img:
         assert img.size == (LABEL_WIDTH + 256, 256 * len(checkpoints))
+    # Each row says its checkpoint's validation loss under its name.
+    assert row_labels(recipes) == [
+        f"{step_label(c.path.name)}\nval {recorded_validation(c.path):.4f}" for c in checkpoints]
     result = run_cli("generate", str(trained.root), "zorb", "--checkpoints", "run-999")
     assert result.returncode == 2 and "no checkpoints in run-999" in result.stderr
 
