@@ -42,6 +42,11 @@ MODEL_HELP = (
 )
 
 
+# With no photo held out (train.validation_photos = 0), the validation loss is measured on
+# this many training photos: 20 forward passes a checkpoint.
+MEASURED_TRAINING_PHOTOS = 4
+
+
 def _opt(help: str, **rules: Any) -> Any:
     """A schema field: its default comes from `default` or `default_factory` in rules."""
     kwargs: dict[str, Any] = {}
@@ -154,7 +159,8 @@ class TrainSettings:
     validation_photos: int = _opt(
         "Photos held out of training and measured instead (kohya's validation split, as a "
         "count): their loss falls while the LoRA learns the subject and turns up when it "
-        "starts to learn its own photos instead. 0: measured on 4 of the training photos "
+        f"starts to learn its own photos instead. 0: measured on {MEASURED_TRAINING_PHOTOS} "
+        "of the training photos "
         "(a steady curve, which keeps falling as the LoRA memorises them).",
         default=0, min=0, max=64)
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..config import MEASURED_TRAINING_PHOTOS
 from ..dataset.buckets import Bucket
 from . import TrainingError
 from .data import Example
 
 SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9)
-ON_TRAINING_PHOTOS = 4  # measured when none is held out: 20 forward passes a checkpoint
 
 
 def _rank(sha256: str, seed: int) -> str:
@@ -51,7 +51,7 @@ def split_examples(examples: list[Example], held_out: int, seed: int,
             f"{len(photos)} usable photos, leaving none to train on: hold out fewer "
             f"(a set of 20 or more can spare 2), or set it to 0")
     out = {e.sha256 for e in photos[:held_out]}
-    measured = photos[:held_out] if held_out else photos[:ON_TRAINING_PHOTOS]
+    measured = photos[:held_out] if held_out else photos[:MEASURED_TRAINING_PHOTOS]
     square = Bucket(resolution, resolution)
     return Split([e for e in examples if e.sha256 not in out],
                  [replace(e, bucket=square) for e in measured], held_out)

@@ -14,7 +14,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, Static
 
-from lorabooth.core.config import ConfigError
+from lorabooth.core.config import MEASURED_TRAINING_PHOTOS, ConfigError
 from lorabooth.core.models.registry import model_of
 from lorabooth.core.safetext import plain
 from lorabooth.core.store import ACTIVE, CANCELLED, LIVE, RUNNING, Job, Metric, Validation
@@ -183,6 +183,10 @@ class TrainPane(Vertical):
         note = f"model {config.model} ({base.title}) · alpha {t.alpha:g} · optimizer {t.optimizer}"
         if word := t.preserved:  # train.preserve_class, set in the file
             note += f" · preserves {word!r}"
+        # What the val column measures: held-out photos tell overfitting, training ones cannot.
+        note += (" · val: off" if not t.validate else
+                 f" · val: {t.validation_photos} held-out photos" if t.validation_photos else
+                 f" · val: {MEASURED_TRAINING_PHOTOS} training photos")
         self.query_one("#train-config-note", Static).update(plain(note))
 
     # -- live state -----------------------------------------------------------------------
