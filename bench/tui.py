@@ -6,7 +6,10 @@ the same harness in the same run:
   loss plot's log scale (`l`) until the screen shows it, against a minimal app toggling a label;
 - bytes written to the terminal per second (a pty, what SSH carries) at 80x24 and 160x48: idle
   on each pane with a finished run in the store, and on the Train pane while a run adds one
-  metric per step at 2 steps/s; against a bare app idle, and one updating a label per step.
+  metric per step at 2 steps/s; against a bare app idle, and one updating a label per step;
+- browsing the photo list (j/k, each key let settle), CPU ms and bytes per key, the half-cell
+  preview drawn each time, at both sizes; against a bare app moving a cursor in a list of
+  the same names (no preview). Ours also polls the store 4 times a second meanwhile.
 
     python -m bench.tui [--presses 40] [--seconds 10]
 """
@@ -50,6 +53,27 @@ class Bare(App):
         self.step += 1
         self.query_one("#l", Label).update(f"bare ready step {self.step}")
 Bare().run()
+"""
+BARE_LIST = """
+from pathlib import Path
+import sys
+from textual.app import App
+from textual.widgets import DataTable
+class BareList(App):
+    BINDINGS = [("j", "down", "down"), ("k", "up", "up")]
+    def compose(self):
+        yield DataTable(cursor_type="row")
+    def on_mount(self):
+        table = self.query_one(DataTable)
+        table.add_columns("photo")
+        for path in sorted(Path(sys.argv[1]).glob("*.jpg")):
+            table.add_row(path.name)
+        table.add_row("bare list ready")
+    def action_down(self):
+        self.query_one(DataTable).action_cursor_down()
+    def action_up(self):
+        self.query_one(DataTable).action_cursor_up()
+BareList().run()
 """
 SIZES = ((80, 24), (160, 48))
 STEPS_PER_S = 2.0
@@ -160,6 +184,28 @@ def byte_rate(argv: list[str], env: dict[str, str], size: tuple[int, int], ready
         return program.count(seconds) / seconds
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def browse_cost(argv: list[str], env: dict[str, str], size: tuple[int, int], ready: str,
+                presses: int) -> tuple[float, float]:
+    """CPU ms and bytes per key moving through a list: down 8 rows, up 8, and so on, each key
+    given 0.15 s to be drawn."""
+    with PtyProgram(argv, env, *size) as program:
+        program.wait_for(ready)
+        program.settle(1.0)
+        cpu, written = cpu_seconds(program.pid), program.total
+        for i in range(presses):
+            program.send("j" if (i // 8) % 2 == 0 else "k")
+            program.settle(0.15)
+        program.settle(0.5)
+        return ((cpu_seconds(program.pid) - cpu) / presses * 1000,
+                (program.total - written) / presses)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presses", type=int, default=40)
@@ -179,13 +225,18 @@ def main() -> None:
         ws = init_workspace(root / "ws", photos, model="demo", trigger="zorb")
         bare_file = root / "bare.py"
         bare_file.write_text(BARE_APP)
+        bare_list = root / "bare_list.py"
+        bare_list.write_text(BARE_LIST)
         ours_cmd = f"{env_prefix(env)} {python} -m lorabooth.core.cli {shlex.quote(str(ws.root))}"
         bare_cmd = f"{env_prefix(env)} {python} {shlex.quote(str(bare_file))}"
         ours_start = min(first_frame(ours_cmd, "16 photos:") for _ in range(args.starts))
         bare_start = min(first_frame(bare_cmd, "bare ready") for _ in range(args.starts))
-        seed_finished_run(ws.db_path)
         ours_argv = [sys.executable, "-m", "lorabooth.core.cli", str(ws.root)]
         bare_argv = [sys.executable, str(bare_file)]
+        browsing = [(size, browse_cost(ours_argv, env, size, "16 photos:", args.presses),
+                     browse_cost([sys.executable, str(bare_list), str(photos)], env, size,
+                                 "bare list ready", args.presses)) for size in SIZES]
+        seed_finished_run(ws.db_path)
         rates = []
         for size in SIZES:
             bare_idle = byte_rate(bare_argv, env, size, "bare ready", "", args.seconds)
@@ -231,6 +282,12 @@ def main() -> None:
          "baseline": "bare Textual app", "baseline_value": p95(bare) * 1000,
          "ratio": p95(ours) / p95(bare)},
     ]
+    for (columns, lines), (ours_cpu, ours_bytes), (bare_cpu, bare_bytes) in browsing:
+        for unit, mine, theirs in (("CPU ms", ours_cpu, bare_cpu),
+                                   ("bytes", ours_bytes, bare_bytes)):
+            rows.append({"case": f"browse photos {columns}x{lines}, {unit} per key",
+                         "lorabooth": mine, "baseline": "bare app, a list of the names",
+                         "baseline_value": theirs, "ratio": mine / theirs if theirs else "-"})
     for case, pane, (columns, lines), ours_rate, bare_rate in rates:
         baseline = "bare app idle" if case == "idle" else "bare app, a label per step"
         rows.append({"case": f"{case} {pane} {columns}x{lines}, B/s", "lorabooth": ours_rate,

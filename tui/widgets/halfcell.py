@@ -81,5 +81,6 @@ class HalfcellImage(Widget):
                 segments.append(Segment("▀", Style(color=fg, bgcolor=bg)))
             if width - left - w:
                 segments.append(Segment(" " * (width - left - w), blank))
-            lines.append(Strip(segments, width))
+            # Runs of one colour pair become one segment: one escape sequence, not one a cell.
+            lines.append(Strip(segments, width).simplify())
         return lines
