@@ -59,7 +59,7 @@ class PtyProgram:
             if time.monotonic() > end:
                 raise TimeoutError(f"{text!r} never written; last output: "
                                    f"{bytes(self.screen[-400:])!r}")
-            self._pump(0.1)
+            self._pump(0.005)  # short reads: the time it was written is what a caller reads
 
     def settle(self, seconds: float) -> None:
         self._pump(seconds)

@@ -101,6 +101,27 @@ async def test_validation_losses_show_on_the_curve_and_name_the_best_step(demo_w
         assert "best val 0.3000 at step 80" in stats
 
 
+async def test_forged_validation_losses_are_shown_in_a_column_width(demo_workspace):
+    ws = demo_workspace()
+    store = Store(ws.db_path)
+    job = store.add_job("train", {"steps": 30, "run": "run-001"}, total=30)
+    for step in range(1, 31):
+        store.add_metric(job, step, loss=0.5, lr=1e-4, grad_norm=1.0, seconds=0.5,
+                         images_per_s=2.0, memory_gb=None)
+    for step, value in ((0, 1e308), (10, -1e308), (20, math.nan), (30, 0.25)):
+        store.add_validation(job, step, value)  # NaN is stored as no value
+    store.update_job(job, state="done", step=30)
+    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.query(TrainPane))
+        pane = app.query_one(TrainPane)
+        await wait_for(pilot, lambda: len(pane.validation) == 3)
+        stats = str(app.query_one("#train-stats").render())
+        assert "best val -1e+308 at step 10" in stats
+        assert "●" in plot_text(app.query_one(LossPlot))
+
+
 HOSTILE = {
     "nan and inf": [math.nan, math.inf, 1.0, -math.inf, 0.5],
     "huge": [1e308, 1e-300, 5.0, 1e308],

@@ -80,6 +80,12 @@ def run_of(job: Job | None, trains: list[Job]) -> tuple[int, ...]:
                  and j.params.get("run") == run and j.id <= job.id)
 
 
+def loss_text(value: float) -> str:
+    """A loss in a column's width: four decimals, or three figures where that would not fit
+    (a forged or diverged record of 1e308 is 309 digits with four decimals)."""
+    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.3g}"
+
+
 def run_validations(by_job: dict[int, list[Validation]], run_jobs: tuple[int, ...],
                     starts: dict[int, int]) -> list[tuple[int, float]]:
     """The run's validation losses as (step, loss): a resume that re-trained from step S
@@ -294,7 +300,7 @@ class TrainPane(Vertical):
                     figures.append(f"GPU {self.memory:.1f} GiB")
             best = best_of(self.validation)
             if best is not None:
-                figures.append(f"best val {best[1]:.4f} at step {best[0]}")
+                figures.append(f"best val {loss_text(best[1])} at step {best[0]}")
             stats = self.query_one("#train-stats", Static)
             text = join_fitting(figures, stats.content_size.width)
             if self.carries_on():
@@ -321,8 +327,8 @@ class TrainPane(Vertical):
             loss, value = recorded_loss(info.path), measured[info.label]
             mark = "★" if chosen is not None and chosen.label == info.label else " "
             val = Text("-") if value is None else Text(
-                f"{value:.4f}", "bold green" if value == best.get(info.run) else "")
-            table.add_row(mark, info.label, f"{loss:.4f}" if loss is not None else "-", val,
+                loss_text(value), "bold green" if value == best.get(info.run) else "")
+            table.add_row(mark, info.label, loss_text(loss) if loss is not None else "-", val,
                           key=info.label)
 
     # -- actions --------------------------------------------------------------------------
