@@ -73,3 +73,23 @@ async def test_c_compares_the_runs_checkpoints_on_a_typed_prompt(demo_workspace)
         rows = app.query_one("#jobs", DataTable)
         await wait_for(pilot, lambda: rows.row_count == 1 and "2 checkpoints · zorb in the snow"
                        in str(rows.get_row_at(0)[-1]))
+
+
+async def test_b_selects_the_best_checkpoint_by_validation_loss_and_p_promotes_it(
+        demo_workspace):
+    from lorabooth.core.train.checkpoint import all_checkpoints, promoted, recorded_validation
+
+    ws, app = two_checkpoints(demo_workspace)
+    kept = all_checkpoints(ws.checkpoints)
+    best = min(kept, key=lambda info: recorded_validation(info.path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        table = await checkpoint_list(pilot)
+        table.move_cursor(row=1 - table.get_row_index(best.label))  # on the other one
+        await pilot.press("b")
+        label = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        assert label == best.label and app.focused is table
+        assert str(table.get_row_at(table.cursor_row)[3]) == f"{recorded_validation(best.path):.4f}"
+        await pilot.press("P")
+        app.writer.wait_idle()
+        await wait_for(pilot, lambda: (chosen := promoted(ws)) is not None
+                       and chosen.label == best.label)

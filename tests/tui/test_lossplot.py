@@ -3,17 +3,30 @@ training"), and a stopped and resumed run is one curve with the resume marked.""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import AsyncIterator
 
 import pytest
 from support import wait_for
 from textual.app import App
+from textual.pilot import Pilot
 
 from lorabooth.core.store import Store
 from lorabooth.tui.app import LoraboothApp
 from lorabooth.tui.panes.train import TrainPane
 from lorabooth.tui.settings import UISettings
 from lorabooth.tui.widgets.lossplot import LossPlot
+
+
+@contextlib.asynccontextmanager
+async def train_pane(ws) -> AsyncIterator[tuple[LoraboothApp, Pilot]]:
+    """The app on `ws`, its Train pane shown."""
+    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.query(TrainPane))
+        yield app, pilot
 
 
 def plot_text(plot: LossPlot) -> str:
@@ -26,10 +39,7 @@ async def test_the_plot_says_what_the_engine_is_doing_before_the_first_step(demo
     job = store.add_job("train", {"steps": 100, "run": "run-001"}, total=100)
     store.update_job(job, state="running")
     store.event("loading the model demo", job=job)
-    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
-    async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: app.query(TrainPane))
+    async with train_pane(ws) as (app, pilot):
         plot = app.query_one(LossPlot)
         await wait_for(pilot, lambda: "loading the model" in plot_text(plot))
         assert plot_text(plot) == f"job {job}: loading the model demo"
@@ -55,10 +65,7 @@ async def test_a_resumed_run_is_one_curve_with_the_resume_marked(demo_workspace)
                              lr=1e-4, grad_norm=1.0, seconds=0.5, images_per_s=2.0,
                              memory_gb=None)
         store.update_job(job, state=state, step=last)
-    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
-    async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: app.query(TrainPane))
+    async with train_pane(ws) as (app, pilot):
         pane = app.query_one(TrainPane)
         await wait_for(pilot, lambda: pane.steps == list(range(1, 101)))
         assert pane.starts == [1, 41]
@@ -86,10 +93,7 @@ async def test_validation_losses_show_on_the_curve_and_name_the_best_step(demo_w
         for step, loss in measured.items():
             store.add_validation(job, step, loss)
         store.update_job(job, state=state, step=last)
-    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
-    async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: app.query(TrainPane))
+    async with train_pane(ws) as (app, pilot):
         pane = app.query_one(TrainPane)
         await wait_for(pilot, lambda: len(pane.validation) == 6)
         assert pane.validation == [(0, 0.8), (20, 0.5), (40, 0.4), (60, 0.35), (80, 0.3),
@@ -111,10 +115,7 @@ async def test_forged_validation_losses_are_shown_in_a_column_width(demo_workspa
     for step, value in ((0, 1e308), (10, -1e308), (20, math.nan), (30, 0.25)):
         store.add_validation(job, step, value)  # NaN is stored as no value
     store.update_job(job, state="done", step=30)
-    app = LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
-    async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: app.query(TrainPane))
+    async with train_pane(ws) as (app, pilot):
         pane = app.query_one(TrainPane)
         await wait_for(pilot, lambda: len(pane.validation) == 3)
         stats = str(app.query_one("#train-stats").render())

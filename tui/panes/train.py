@@ -123,6 +123,7 @@ class TrainPane(Vertical):
         Binding("e", "edit", "Settings", id="train.edit"),
         Binding("ctrl+s", "save", "Save", id="train.save"),
         Binding("P", "promote", "Promote", id="train.promote"),
+        Binding("b", "best", "Best checkpoint", show=False, id="train.best"),
         Binding("o", "open_samples", "Samples", id="train.samples"),
         Binding("c", "compare", "Compare checkpoints", show=False, id="train.compare"),
     ]
@@ -146,6 +147,7 @@ class TrainPane(Vertical):
         self.samples: list = []  # every sample output, oldest first
         self.doing: dict[int, str] = {}  # job id -> what its last event said
         self.elsewhere: int | None = None  # pid of a training the engine does not run
+        self.best_rows: dict[str, str] = {}  # run -> label of its best checkpoint (val)
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="train-top"):
@@ -319,10 +321,11 @@ class TrainPane(Vertical):
         listed = list(reversed(all_checkpoints(self.ws.checkpoints)))
         measured = {info.label: recorded_validation(info.path) for info in listed}
         best: dict[str, float] = {}  # run -> its lowest validation loss
-        for info in listed:
+        self.best_rows = {}  # run -> the label of its checkpoint of lowest validation loss
+        for info in reversed(listed):  # oldest first: the earliest of equals is the best
             value = measured[info.label]
             if value is not None and value < best.get(info.run, math.inf):
-                best[info.run] = value
+                best[info.run], self.best_rows[info.run] = value, info.label
         for info in listed:
             loss, value = recorded_loss(info.path), measured[info.label]
             mark = "★" if chosen is not None and chosen.label == info.label else " "
@@ -430,6 +433,23 @@ class TrainPane(Vertical):
         label = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         run = label.partition("/")[0]
         self.app.use_prompt("", loras=f"{run}/checkpoints")
+
+    def action_best(self) -> None:
+        """The cursor to the shown run's checkpoint of lowest validation loss (the newest
+        run's when none is shown): P then promotes it."""
+        run = self.job.params.get("run") if self.job and isinstance(self.job.params, dict) \
+            else None
+        newest = list(self.best_rows.values())[-1] if self.best_rows else None
+        label = self.best_rows.get(run, newest)
+        if label is None:
+            self.notify("no checkpoint has a validation loss yet (train.validate)",
+                        markup=False)
+            return
+        table = self.query_one("#checkpoints", DataTable)
+        table.focus()
+        table.move_cursor(row=table.get_row_index(label))
+        self.notify(f"{label}: the lowest validation loss of its run · P promotes it",
+                    markup=False)
 
     def action_promote(self) -> None:
         table = self.query_one("#checkpoints", DataTable)
