@@ -28,7 +28,7 @@ def job_json(ws: Workspace) -> list[dict]:
 
 
 def test_detached_training_survives_the_cli(engines, demo_workspace):
-    ws = demo_workspace()
+    ws = demo_workspace(train_validate=True, train_checkpoint_every=100)
     engines.append(ws)
     result = run_cli("train", str(ws.root), "--detach", "--steps", "300")
     assert result.returncode == 0, result.stderr
@@ -42,6 +42,8 @@ def test_detached_training_survives_the_cli(engines, demo_workspace):
     wait_until(lambda: job_json(ws)[0]["state"] == "done", timeout=120, every=0.3)
     assert (ws.loras / "pytorch_lora_weights.safetensors").is_file()
     assert len(Store(ws.db_path).metrics(1)) == 300
+    # The base model and each checkpoint measured, for the Train pane's curve.
+    assert [v.step for v in Store(ws.db_path).validations(1)] == [0, 100, 200, 300]
     assert run_cli("engine", str(ws.root), "stop").returncode == 0
     assert running_pid(ws) is None
 

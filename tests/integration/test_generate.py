@@ -30,7 +30,8 @@ SMALL = ["--width", "64", "--height", "64", "--steps", "3"]
 def trained(tmp_path_factory, demo_model) -> Workspace:
     """A workspace with a LoRA trained for a few steps."""
     root = tmp_path_factory.mktemp("trained")
-    ws = make_demo_workspace(root / "ws", copy_sample_photos(root / "photos"))
+    ws = make_demo_workspace(root / "ws", copy_sample_photos(root / "photos"),
+                             train_validate=True)  # its checkpoints' sheet labels say it
     Trainer(ws, device="cpu").run(steps=30)
     return ws
 

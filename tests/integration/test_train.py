@@ -82,9 +82,7 @@ def test_changed_caption_re_encodes_one_entry(photos: Path, demo_workspace):
     ws = demo_workspace(train_checkpoint_every=10)
     first = Trainer(ws, device="cpu")
     first.prepare()
-    # Each photo once, and the validation loss's square crops that no training bucket is.
-    latents = {(e.sha256, e.bucket) for e in first.examples + first.split.measured}
-    assert len(first.examples) == 16 and first.encoder.stats.latents_encoded == len(latents)
+    assert first.encoder.stats.latents_encoded == 16
     (photos / "07_park.txt").write_text("photo of zorb juggling in the park\n")
     second = Trainer(ws, device="cpu")
     second.prepare()

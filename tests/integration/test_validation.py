@@ -17,7 +17,7 @@ def settings(**more) -> dict:
     """The demo's training (four photos a step at its rate), at a constant rate so that it
     overfits within a test's time; checkpoints every 125 steps."""
     keys = {**DEMO_SETTINGS, "train.lr_schedule": "constant", "train.compile": "off",
-            "train.checkpoint_every": 125, "sample.every": 0}
+            "train.checkpoint_every": 125, "sample.every": 0, "train.validate": True}
     keys.update({k.replace("_", ".", 1): v for k, v in more.items()})
     return {k.replace(".", "_", 1): v for k, v in keys.items()}
 
@@ -78,6 +78,6 @@ def lora_file(path) -> tuple[dict, dict]:
 
 
 def test_holding_out_every_photo_is_refused_before_loading(demo_workspace):
-    ws = demo_workspace(train_validation_photos=16)
+    ws = demo_workspace(train_validation_photos=16, train_validate=True)
     with pytest.raises(TrainingError, match="hold out every one of the 16 usable photos"):
         Trainer(ws, device="cpu").prepare()

@@ -15,7 +15,7 @@ from lorabooth.tui.settings import UISettings
 
 def two_checkpoints(demo_workspace) -> tuple[Workspace, LoraboothApp]:
     """A run with checkpoints at steps 5 and 10, and the app on its workspace."""
-    ws = demo_workspace(train_checkpoint_every=5)
+    ws = demo_workspace(train_checkpoint_every=5, train_validate=True)
     Trainer(ws, device="cpu").run(steps=10)
     return ws, LoraboothApp(ws.root, start_engine=False, settings=UISettings(images="halfcell"))
 
