@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,8 +209,8 @@ def prune(root: Path, keep: int, protect: Path | None = None) -> None:
     age; remove leftovers of interrupted writes."""
     saved = list_checkpoints(root)
     kept = {info.path.resolve() for info in saved[-keep:]} if keep > 0 else set()
-    best = best_measured(saved)
-    kept |= {p.resolve() for p in (protect, best.path if best else None) if p is not None}
+    best = lowest_validation(validations_of(saved))
+    kept |= {p.resolve() for p in (protect, best[0].path if best else None) if p is not None}
     for info in saved:
         if info.path.resolve() not in kept:
             shutil.rmtree(info.path, ignore_errors=True)
@@ -218,12 +219,17 @@ def prune(root: Path, keep: int, protect: Path | None = None) -> None:
             shutil.rmtree(entry)
 
 
-def best_measured(saved: list[CheckpointInfo]) -> CheckpointInfo | None:
-    """The checkpoint of lowest validation loss (the earliest of equals), None when none
-    records one."""
-    measured = [(value, info) for info in saved
-                if (value := recorded_validation(info.path)) is not None]
-    return min(measured, key=lambda pair: pair[0])[1] if measured else None
+def validations_of(saved: list[CheckpointInfo]) -> list[tuple[CheckpointInfo, float | None]]:
+    """Each checkpoint with its recorded validation loss (None: not measured)."""
+    return [(info, recorded_validation(info.path)) for info in saved]
+
+
+def lowest_validation(pairs: Iterable[tuple[CheckpointInfo, float | None]]
+                      ) -> tuple[CheckpointInfo, float] | None:
+    """Of (checkpoint, validation loss) pairs, oldest first, the one of lowest loss (the
+    earliest of equals); None when none was measured."""
+    found = [(info, value) for info, value in pairs if value is not None]
+    return min(found, key=lambda pair: pair[1]) if found else None
 
 
 def run_checkpoints(ws: Workspace, run: str | None = None) -> list[CheckpointInfo]:

@@ -45,16 +45,16 @@ from . import TrainingError, flow
 from .checkpoint import (
     CheckpointInfo,
     CheckpointUnreadable,
-    best_measured,
     comfyui_copy,
     forget_promotion,
     list_checkpoints,
+    lowest_validation,
     promoted,
     prune,
     read_state,
     recorded_total,
-    recorded_validation,
     step_dir_name,
+    validations_of,
     write_checkpoint,
 )
 from .claim import TrainingClaim
@@ -419,7 +419,7 @@ class Trainer:
         (validation.py): comparable between checkpoints, as training's own loss is not."""
         t = self.config.train
         model = self.pipe.transformer
-        guidance = (torch.ones(1, device=self.device) * t.guidance
+        guidance = (torch.full((1,), t.guidance, device=self.device, dtype=torch.float32)
                     if model.config.guidance_embeds else None)
         total = torch.zeros((), device=self.device)
         with self.evaluating():
@@ -731,14 +731,14 @@ class Trainer:
     def best_checkpoint_advice(self) -> str:
         """Where the run's last checkpoint is not its best by validation loss: which is, and
         how to use it ("" otherwise)."""
-        saved = list_checkpoints(self.run_dir)
-        best = best_measured(saved)
-        if best is None or best.step == saved[-1].step:
+        pairs = validations_of(list_checkpoints(self.run_dir))
+        found = lowest_validation(pairs)
+        (last, last_value) = pairs[-1] if pairs else (None, None)
+        if found is None or found[0].step == last.step:
             return ""
-        last = recorded_validation(saved[-1].path)
-        then = f"; {last:.4f} at step {saved[-1].step}" if last is not None else ""
-        return (f"the validation loss was lowest at step {best.step} "
-                f"({recorded_validation(best.path):.4f}{then}): try that checkpoint with "
-                f"lorabooth generate {self.ws.root} PROMPT --lora {best.label}, and promote it "
-                f"with P in the Train pane if it is better")
+        best, value = found
+        then = f"; {last_value:.4f} at step {last.step}" if last_value is not None else ""
+        return (f"the validation loss was lowest at step {best.step} ({value:.4f}{then}): try "
+                f"that checkpoint with lorabooth generate {self.ws.root} PROMPT --lora "
+                f"{best.label}, and promote it with P in the Train pane if it is better")
 

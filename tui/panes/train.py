@@ -20,9 +20,10 @@ from lorabooth.core.safetext import plain
 from lorabooth.core.store import ACTIVE, CANCELLED, LIVE, RUNNING, Job, Metric, Validation
 from lorabooth.core.train.checkpoint import (
     all_checkpoints,
+    lowest_validation,
     promoted,
     recorded_loss,
-    recorded_validation,
+    validations_of,
 )
 from lorabooth.core.workspace import Workspace
 
@@ -105,7 +106,7 @@ def best_of(points: list[tuple[int, float]]) -> tuple[int, float] | None:
     return min(trained, key=lambda p: p[1]) if trained else None
 
 
-def add_rows(rows: list[Metric], new: list[Metric]) -> None:
+def add_rows(rows: list[Metric | Validation], new: list[Metric | Validation]) -> None:
     """Append `new` to `rows`; a step seen again (a retried step) replaces what followed it."""
     for row in new:
         while rows and rows[-1].step >= row.step:
@@ -218,7 +219,7 @@ class TrainPane(Vertical):
                 add_rows(self.by_job.setdefault(job_id, []), delta.metrics[job_id])
                 changed = True
             if delta.validations.get(job_id):
-                self.val_by_job.setdefault(job_id, []).extend(delta.validations[job_id])
+                add_rows(self.val_by_job.setdefault(job_id, []), delta.validations[job_id])
                 changed = True
         if changed:
             self.join_run()
@@ -264,9 +265,8 @@ class TrainPane(Vertical):
                     add_rows(rows := list(rows), self.by_job.get(job_id, []))
                     self.by_job[job_id] = rows
                 for job_id, measured in numbers.validations.items():
-                    later = [v for v in self.val_by_job.get(job_id, [])
-                             if not measured or v.step > measured[-1].step]
-                    self.val_by_job[job_id] = list(measured) + later
+                    add_rows(measured := list(measured), self.val_by_job.get(job_id, []))
+                    self.val_by_job[job_id] = measured
                 self.join_run()
                 self.update_stats()
         elif isinstance(command, SaveSettings) and message.error:
@@ -318,19 +318,18 @@ class TrainPane(Vertical):
         table = self.query_one("#checkpoints", DataTable)
         table.clear()
         chosen = promoted(self.ws, verify=False)
-        listed = list(reversed(all_checkpoints(self.ws.checkpoints)))
-        measured = {info.label: recorded_validation(info.path) for info in listed}
-        best: dict[str, float] = {}  # run -> its lowest validation loss
+        pairs = validations_of(all_checkpoints(self.ws.checkpoints))  # oldest first
         self.best_rows = {}  # run -> the label of its checkpoint of lowest validation loss
-        for info in reversed(listed):  # oldest first: the earliest of equals is the best
-            value = measured[info.label]
-            if value is not None and value < best.get(info.run, math.inf):
-                best[info.run], self.best_rows[info.run] = value, info.label
-        for info in listed:
-            loss, value = recorded_loss(info.path), measured[info.label]
+        for run in dict.fromkeys(info.run for info, _ in pairs):
+            found = lowest_validation(p for p in pairs if p[0].run == run)
+            if found is not None:
+                self.best_rows[run] = found[0].label
+        for info, value in reversed(pairs):
+            loss = recorded_loss(info.path)
             mark = "★" if chosen is not None and chosen.label == info.label else " "
-            val = Text("-") if value is None else Text(
-                loss_text(value), "bold green" if value == best.get(info.run) else "")
+            best = self.best_rows.get(info.run) == info.label
+            val = Text("-") if value is None else Text(loss_text(value),
+                                                       "bold green" if best else "")
             table.add_row(mark, info.label, loss_text(loss) if loss is not None else "-", val,
                           key=info.label)
 
