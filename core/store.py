@@ -28,6 +28,9 @@ QUEUED, RUNNING, PAUSED, DONE, FAILED, CANCELLED = (
 ACTIVE = (QUEUED, RUNNING, PAUSED)
 LIVE = (RUNNING, PAUSED)  # a job the engine holds now
 FINISHED = (DONE, FAILED, CANCELLED)
+# The job param of a training started in a terminal (`lorabooth train`): the pid of the
+# process that trains it and writes its rows; the engine never runs such a job.
+TERMINAL_PID = "terminal_pid"
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -118,6 +121,12 @@ class Job:
     created: float
     started: float | None
     finished: float | None
+
+    @property
+    def terminal_pid(self) -> int | None:
+        """For a training started in a terminal, the pid of its process; else None."""
+        pid = self.params.get(TERMINAL_PID) if isinstance(self.params, dict) else None
+        return pid if type(pid) is int and pid > 0 else None
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "state": self.state, "step": self.step,
@@ -293,15 +302,22 @@ class Store:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def add_job(self, kind: str, params: dict[str, Any] | None = None, total: int = 0) -> int:
+    def add_job(self, kind: str, params: dict[str, Any] | None = None, total: int = 0,
+                running_from: int | None = None) -> int:
+        """A job queued last; or, with `running_from` (its first step), one already running
+        in the process that adds it (a training in a terminal), never queued for the engine
+        to take."""
         now = time.time()
+        state, step, started = ((QUEUED, 0, None) if running_from is None
+                                else (RUNNING, running_from, now))
 
         def insert(conn: sqlite3.Connection) -> int:
             last = conn.execute("SELECT COALESCE(MAX(position), 0) FROM jobs").fetchone()[0]
             cur = conn.execute(
-                "INSERT INTO jobs (kind, state, params, position, total, created, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (kind, QUEUED, json.dumps(params or {}), last + 1, total, now, now))
+                "INSERT INTO jobs (kind, state, params, position, step, total, created, "
+                "started, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, state, json.dumps(params or {}), last + 1, step, total, now, started,
+                 now))
             return int(cur.lastrowid)
         return self.write(insert)
 

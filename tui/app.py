@@ -95,6 +95,8 @@ class StatusBar(Static):
             parts.append(f"disk nearly full: {byte_size(disk_free)} free")
         if job is not None:
             shown = "interrupted" if interrupted else job.state  # its engine is gone
+            if job.terminal_pid is not None:
+                shown += " in a terminal"
             parts.append(f"job {job.id} {job.kind} {job.step}/{job.total} {shown}")
         parts.append(f"engine {state}" + (f" ({pid})" if pid else ""))
         if device:

@@ -9,7 +9,7 @@ import json
 from .. import engine
 from ..errors import EXIT_OK, UsageError
 from ..safetext import plain
-from ..store import QUEUED, Store
+from ..store import LIVE, QUEUED, Store
 from ..workspace import Workspace, require_workspace
 from .console import console
 
@@ -88,6 +88,8 @@ def run_queue(args: argparse.Namespace) -> int:
             note = f"  {j.error}" if j.error else ""
             if outside and j.kind == "train" and j.state == QUEUED:
                 note = f"  waits for {outside}"
+            if j.terminal_pid is not None and j.state in LIVE:
+                note = f"  in a terminal (pid {j.terminal_pid})"
             state = j.state
             if left is not None and j.id == left.id:  # its engine is gone: it runs no more
                 state, note = "interrupted", "  the engine resumes it when started"

@@ -7,12 +7,11 @@ from __future__ import annotations
 import argparse
 import signal
 from collections.abc import Callable
-from pathlib import Path
 
 from ..config import MAX_STEPS
 from ..errors import EXIT_OK, UsageError
 from ..safetext import plain
-from ..workspace import Workspace, require_workspace
+from ..workspace import require_workspace
 from .args import whole
 from .console import console, train_view
 
@@ -38,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         from .engine import detach_training
 
         return detach_training(ws, args.steps, args.resume, args.run)
+    from ..engine.terminal_job import TerminalJob
     from ..train.trainer import Trainer
 
     out = console()
@@ -56,15 +56,28 @@ def run(args: argparse.Namespace) -> int:
         out.print(plain("stopping after this step; writing a checkpoint "
                         "(Ctrl-C again to quit at once)", "yellow"))
 
+    def say(text: str) -> None:
+        out.print(plain(text, "yellow"))
+
+    # The run is a job in the store, so the UI (`lorabooth WORKSPACE`) shows it live.
+    record = TerminalJob(ws, warn=say, interrupted=lambda: stop["asked"], say=say)
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         view = train_view(out, args.steps or config.train.steps)
-        trainer = Trainer(ws, config, on_step=view.step, should_stop=lambda: stop["asked"],
-                          log=lambda text: out.print(plain(text, "dim")),
-                          on_sample=samples_recorded(ws, trainers))
+        trainer = Trainer(ws, config, on_step=chained(view.step, record.on_step),
+                          should_stop=record.should_stop, log=chained(
+                              lambda text: out.print(plain(text, "dim")), record.log),
+                          on_sample=record.on_sample, on_validation=record.on_validation,
+                          on_run_start=record.on_run_start)
         trainers.append(trainer)
-        with view:
-            result = trainer.run(steps=args.steps, resume=args.resume, run=args.run)
+        record.trainer = trainer
+        try:
+            with view:
+                result = trainer.run(steps=args.steps, resume=args.resume, run=args.run)
+        except BaseException as exc:
+            record.failed(exc)
+            raise
+        record.finished(result)
     finally:
         signal.signal(signal.SIGINT, previous)
     if not trainer.team.main:  # under `accelerate launch` the first process reports
@@ -77,15 +90,8 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def samples_recorded(ws: Workspace, trainers: list) -> Callable[[int, list[Path]], None]:
-    """Each sample in the workspace's store as the engine records it, so the UI's Gallery,
-    opened now or later, shows a foreground run's samples too. The store is opened where a
-    sample is made: under `accelerate launch` only the first process makes them."""
-    from ..store import Store
-    from ..train.samples import sample_recipe
-
-    def on_sample(step: int, paths: list[Path]) -> None:
-        store = Store(ws.db_path)
-        for index, path in enumerate(paths):
-            store.add_output(None, path, "sample", sample_recipe(trainers[0], step, index))
-    return on_sample
+def chained(*calls: Callable) -> Callable:
+    def call(*args) -> None:
+        for each in calls:
+            each(*args)
+    return call

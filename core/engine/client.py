@@ -169,7 +169,8 @@ def status(ws: Workspace, store: Store | None = None) -> Status:
     store = store or Store(ws.db_path)
     pid = running_pid(ws)
     if not pid:
-        left = store.jobs(LIVE)
+        # A training in a terminal is its own process's, not a job the engine left.
+        left = [j for j in store.jobs(LIVE) if j.terminal_pid is None]
         return Status(None, "stopped", None, None, interrupted=left[0] if left else None)
     row = store.engine()
     job = store.job(row.job) if row and row.job else None

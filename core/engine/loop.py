@@ -22,11 +22,13 @@ from ..safetext import printable
 from ..store import ACTIVE, CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, Job, Store, StoreError
 from ..train.claim import TrainingBusy, training_pid
 from ..workspace import Workspace
+from .controls import obey
 from .failures import explain_failure
 from .lock import EngineLock
 
 IDLE_POLL = 0.05  # seconds between looks at the queue when idle: the pick-up latency
 HEARTBEAT = 1.0
+ORPHANS_EVERY = 2.0  # seconds between looks for terminal trainings whose process died
 
 
 class Stop(Exception):
@@ -45,6 +47,7 @@ class Engine:
         self.new_photos = 0
         self.dataset_primed = False  # the watcher's first report is the folder as it was
         self.waiting: set[int] = set()  # train jobs told to wait for another training
+        self.orphans_due = 0.0  # when to look again for terminal trainings that died
         # A job's end the database could not take (a full disk): recorded when it can.
         self.unrecorded: tuple[int, dict, str, str] | None = None
 
@@ -154,8 +157,12 @@ class Engine:
 
     def recover(self) -> None:
         """Jobs left running or paused by an engine that died are queued again; training
-        resumes from its last checkpoint."""
+        resumes from its last checkpoint. A training running in a terminal is its process's,
+        left alone while that process lives."""
+        self.close_orphans()
         for job in self.store.jobs((RUNNING, PAUSED)):
+            if job.terminal_pid is not None:
+                continue
             params = {**job.params, "resume": True}
             self.store.update_job(job.id, state=QUEUED, control=None, params=params)
             self.event(f"job {job.id} ({job.kind}) was interrupted at step {job.step}; "
@@ -165,6 +172,8 @@ class Engine:
         """The first queued job that can run now. A training waits, queued, while another
         process (`lorabooth train` in a terminal) trains this workspace; jobs behind it that
         are not trainings go ahead."""
+        if time.monotonic() > self.orphans_due:
+            self.close_orphans()
         if self.store.setting("queue_paused") == "1":
             return None
         busy = training_pid(self.ws)  # between jobs the engine itself holds no claim
@@ -174,6 +183,15 @@ class Engine:
                 return job
             self.say_waiting(job, busy)
         return None
+
+    def close_orphans(self) -> None:
+        """A training in a terminal whose process died without a word is closed as stopped,
+        so the UI does not show it running forever."""
+        from .terminal_job import close_orphans
+
+        self.orphans_due = time.monotonic() + ORPHANS_EVERY
+        for job_id in close_orphans(self.store, self.ws):
+            self.log(f"warning: job {job_id}, a training in a terminal, lost its process")
 
     def say_waiting(self, job: Job, pid: int) -> None:
         if job.id not in self.waiting:
@@ -238,26 +256,9 @@ class Engine:
         return True
 
     def between_steps(self, job_id: int) -> str | None:
-        """Between two steps of a job: obey pause (wait here, model in memory), cancel and
-        shutdown. Returns "cancel" or "stop" when the job must end, None to carry on."""
-        paused = False
-        while True:
-            if self.stopping:
-                return "stop"
-            control = self.store.control(job_id)
-            if control == "cancel":
-                return "cancel"
-            if control == "pause":
-                if not paused:
-                    self.store.update_job(job_id, state=PAUSED)
-                    self.event(f"job {job_id} paused", job=job_id)
-                    paused = True
-                time.sleep(IDLE_POLL)
-                continue
-            if paused:
-                self.store.update_job(job_id, state=RUNNING)
-                self.event(f"job {job_id} resumed", job=job_id)
-            return None
+        """Between two steps of a job: obey pause, cancel and shutdown (see controls.py)."""
+        return obey(self.store, job_id, lambda: self.stopping,
+                    lambda text: self.event(text, job=job_id))
 
     def ended(self, verdict: str | None) -> str:
         """The outcome of a job its hook ended: a shutdown re-queues it, a cancel ends it."""

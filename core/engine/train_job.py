@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..store import DONE, Job, StoreError
+from ..store import DONE, Job, Store, StoreError
 from . import generate_job
 
 if TYPE_CHECKING:
@@ -15,24 +15,23 @@ if TYPE_CHECKING:
     from .loop import Engine
 
 
-class TrainJob:
-    """One training job's callbacks: what the Trainer reports goes to the store; between steps
-    the engine's controls are obeyed and a queued prompt may render."""
+class RunRecorder:
+    """What a training reports, written to the store under its job: each step's numbers, each
+    validation measure, each sample with its recipe. The engine's jobs and a training in a
+    terminal (terminal_job.py) record the same rows, so the UI shows both alike."""
 
-    def __init__(self, engine: Engine, job: Job):
-        self.engine, self.job = engine, job
-        self.verdict: str | None = None  # "cancel" or "stop" once the job must end
+    def __init__(self, store: Store, job_id: int):
+        self.store, self.job_id = store, job_id
         self.trainer: Trainer | None = None
 
     def on_step(self, m: StepMetrics) -> None:
-        store = self.engine.store
-        store.add_metric(self.job.id, m.step, loss=m.loss, lr=m.lr, grad_norm=m.grad_norm,
-                         seconds=m.seconds, images_per_s=m.images_per_s,
-                         memory_gb=m.gpu_memory_gb)
-        store.update_job(self.job.id, step=m.step)
+        self.store.add_metric(self.job_id, m.step, loss=m.loss, lr=m.lr, grad_norm=m.grad_norm,
+                              seconds=m.seconds, images_per_s=m.images_per_s,
+                              memory_gb=m.gpu_memory_gb)
+        self.store.update_job(self.job_id, step=m.step)
 
     def on_validation(self, step: int, loss: float) -> None:
-        self.engine.store.add_validation(self.job.id, step, loss)
+        self.store.add_validation(self.job_id, step, loss)
 
     def on_sample(self, step: int, paths: list[Path]) -> None:
         """Each sample with what made it, so the UI can show it, reuse its prompt, re-make it."""
@@ -41,7 +40,17 @@ class TrainJob:
         trainer = self.trainer
         for index, path in enumerate(paths):
             recipe = {"step": step} if trainer is None else sample_recipe(trainer, step, index)
-            self.engine.store.add_output(self.job.id, path, "sample", recipe)
+            self.store.add_output(self.job_id, path, "sample", recipe)
+
+
+class TrainJob(RunRecorder):
+    """One engine training job's callbacks: what the Trainer reports goes to the store; between
+    steps the engine's controls are obeyed and a queued prompt may render."""
+
+    def __init__(self, engine: Engine, job: Job):
+        super().__init__(engine.store, job.id)
+        self.engine, self.job = engine, job
+        self.verdict: str | None = None  # "cancel" or "stop" once the job must end
 
     def should_stop(self) -> bool:
         self.verdict = self.engine.between_steps(self.job.id)

@@ -132,9 +132,11 @@ class Trainer:
                  log: Callable[[str], None] | None = None,
                  on_sample: Callable[[int, list[Path]], None] | None = None,
                  owner: ModelOwner | None = None,
-                 on_validation: Callable[[int, float], None] | None = None):
+                 on_validation: Callable[[int, float], None] | None = None,
+                 on_run_start: Callable[[str, int, int], None] | None = None):
         """`owner` holds the loaded pipeline (the engine's, shared with generation); without
-        one the trainer has its own."""
+        one the trainer has its own. `on_run_start(run, step, total)` is told, on the first
+        process, which run trains from which step to which once a resume has loaded."""
         self.ws = ws
         self.config = config or ws.config()
         self.source = source or resolve_model(self.config.model)
@@ -151,6 +153,7 @@ class Trainer:
         self.log = log or (lambda text: None)
         self.on_sample = on_sample or (lambda step, paths: None)
         self.on_validation = on_validation or (lambda step, loss: None)
+        self.on_run_start = on_run_start or (lambda run, step, total: None)
         self.owner = owner or ModelOwner()
         self.loaded_model = False  # whether prepare() loaded weights from disk
         self.pipe = None
@@ -668,6 +671,8 @@ class Trainer:
             self.resume_latest_good()
         if self.autocompile is not None:
             self.autocompile.start(self.step, total)
+        if self.team.main:
+            self.on_run_start(self.run_dir.name, self.step, total)
         result = TrainResult(self.step, self.ws.lora_path, encode=self.encoder.stats,
                              run=self.run_dir.name)
         every = self.config.train.checkpoint_every

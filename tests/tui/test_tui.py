@@ -321,6 +321,43 @@ async def test_a_training_in_a_terminal_is_shown_in_the_train_pane(studio: Works
         holder.wait()
 
 
+async def test_a_terminals_training_shows_its_curve_and_obeys_pause_and_stop(
+        studio: Workspace):
+    """`lorabooth train` in one terminal, the UI in another: the UI draws its loss curve live,
+    `p` pauses it and `x` stops it with a checkpoint, and `s` would carry the run on."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "lorabooth.core.cli", "train",
+                             str(studio.root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        app = studio_app(studio, engine=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            pane = await open_pane(pilot, "2", TrainPane)
+            stats = app.query_one("#train-stats", Static)
+            await wait_for(pilot, lambda: "job 1 running in a terminal" in str(stats.render()),
+                           timeout=90)
+            await wait_for(pilot, lambda: len(pane.steps) >= 20)
+            assert pane.steps[:3] == [1, 2, 3]
+            await pilot.press("p")
+            await wait_for(pilot, lambda: "job 1 paused in a terminal" in str(stats.render()))
+            await pilot.press("x")
+            await wait_for(pilot, lambda: proc.poll() is not None)
+            await wait_for(pilot, lambda: "s carries it on to step 3000" in
+                           str(stats.render()))
+            assert "job 1 cancelled in a terminal" in str(stats.render())
+            # With no engine running, the job is not one an engine left behind.
+            said = [str(n.message) for n in app._notifications]
+            assert not any("ended without a word" in m for m in said), said
+        out = proc.stdout.read()
+        assert proc.returncode == 0, out
+        assert "paused from the UI" in out and "stopped at step" in out
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 async def test_start_on_a_stopped_run_carries_it_on_to_its_own_count(studio: Workspace,
                                                                       monkeypatch):
     """A run started for 300 steps (the settings say 3000), stopped at 120: the pane says `s`

@@ -82,7 +82,7 @@ def describe_job(job: Job) -> str:
         steps = job.params.get("steps") if isinstance(job.params, dict) else None
         return f"training {steps or job.total} steps" + (
             f" ({job.params['run']})" if isinstance(job.params, dict) and job.params.get("run")
-            else "")
+            else "") + (" in a terminal" if job.terminal_pid is not None else "")
     try:
         request = request_from_params(job.params)
     except (KeyError, TypeError, ValueError):

@@ -293,7 +293,8 @@ class TrainPane(Vertical):
         else:
             speed = sum(self.seconds) / len(self.seconds) if self.seconds else None
             done = self.steps[-1] if self.steps else job.step
-            figures = [f"job {job.id} {job.state}", f"step {done}/{job.total}"]
+            where = " in a terminal" if job.terminal_pid is not None else ""
+            figures = [f"job {job.id} {job.state}{where}", f"step {done}/{job.total}"]
             if speed:
                 figures.append(f"{speed:.3f} s/step")
                 if job.state == RUNNING and done < job.total:  # paused/ended: no ETA
@@ -310,8 +311,8 @@ class TrainPane(Vertical):
             if job.error:
                 text += f"\n{job.error}"
         if self.elsewhere is not None and (job is None or job.state not in LIVE):
-            text = (f"{elsewhere_text(self.elsewhere)}: its progress shows in its terminal; "
-                    "s queues a run to start when it ends\n" + text)
+            text = (f"{elsewhere_text(self.elsewhere)}: its curve shows here from its first "
+                    "step; s queues a run to start when it ends\n" + text)
         set_text(self.query_one("#train-stats", Static), plain(text, keep_newlines=True))
 
     def refresh_checkpoints(self) -> None:
