@@ -31,6 +31,8 @@ FINISHED = (DONE, FAILED, CANCELLED)
 # The job param of a training started in a terminal (`lorabooth train`): the pid of the
 # process that trains it and writes its rows; the engine never runs such a job.
 TERMINAL_PID = "terminal_pid"
+# ... and the model it renders queued prompts with between its steps, when it does.
+RENDERS = "renders"
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -320,6 +322,21 @@ class Store:
                  now))
             return int(cur.lastrowid)
         return self.write(insert)
+
+    def take(self, job_id: int, params: dict[str, Any] | None = None) -> bool:
+        """Mark a queued job running (with new `params`, when given), atomically: False when
+        another process took it first (the engine and a training in a terminal both render
+        queued prompts)."""
+        def apply(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            cur = conn.execute("UPDATE jobs SET state = ?, started = ?, error = NULL, "
+                               "updated = ? WHERE id = ? AND state = ?",
+                               (RUNNING, now, now, job_id, QUEUED))
+            if cur.rowcount == 1 and params is not None:
+                conn.execute("UPDATE jobs SET params = ? WHERE id = ?",
+                             (json.dumps(params), job_id))
+            return cur.rowcount == 1
+        return self.write(apply)
 
     def job(self, job_id: int) -> Job | None:
         rows = self.read("SELECT * FROM jobs WHERE id = ?", (job_id,))

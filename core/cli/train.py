@@ -68,16 +68,11 @@ def run(args: argparse.Namespace) -> int:
                           should_stop=record.should_stop, log=chained(
                               lambda text: out.print(plain(text, "dim")), record.log),
                           on_sample=record.on_sample, on_validation=record.on_validation,
-                          on_run_start=record.on_run_start)
+                          on_run_start=record.on_run_start, on_run_end=record.on_run_end)
         trainers.append(trainer)
         record.trainer = trainer
-        try:
-            with view:
-                result = trainer.run(steps=args.steps, resume=args.resume, run=args.run)
-        except BaseException as exc:
-            record.failed(exc)
-            raise
-        record.finished(result)
+        with view:
+            result = trainer.run(steps=args.steps, resume=args.resume, run=args.run)
     finally:
         signal.signal(signal.SIGINT, previous)
     if not trainer.team.main:  # under `accelerate launch` the first process reports

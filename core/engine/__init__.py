@@ -2,7 +2,9 @@
 
 `lock` keeps it single, `client` starts, stops and asks after it (the CLI and the UI call
 only this), `loop` is the process's job loop, `train_job` and `generate_job` are its two kinds
-of work, `failures` words a failed job, and `python -m lorabooth.core.engine` runs it.
+of work, `controls` the pause and cancel they obey, `terminal_job` a training in a terminal
+recorded as a job, `failures` words a failed job, and `python -m lorabooth.core.engine` runs
+it.
 Importing this package pulls in no torch.
 """
 

@@ -9,25 +9,27 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from ..store import CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job
+from ..store import CANCELLED, DONE, FAILED, QUEUED, Job, Store
 from .failures import explain_failure
 
 if TYPE_CHECKING:
     from ..generate.recipe import Recipe
+    from ..models.owner import ModelOwner
     from ..train.trainer import Trainer
+    from ..workspace import Workspace
     from .loop import Engine
 
 
-def image_saved(engine: Engine, job_id: int) -> Callable[[int, Path, Recipe], None]:
+def image_saved(engine: Host, job_id: int) -> Callable[[int, Path, Recipe], None]:
     def on_image(index: int, path: Path, recipe: Recipe) -> None:
         engine.store.add_output(job_id, path, "image", json.loads(recipe.to_json()))
         engine.store.update_job(job_id, step=index + 1)
     return on_image
 
 
-def denoise_hook(engine: Engine, job_id: int) -> Callable[[int, int], bool]:
+def denoise_hook(engine: Host, job_id: int) -> Callable[[int, int], bool]:
     def on_step(step: int, total: int) -> bool:
         return engine.between_steps(job_id) is not None
     return on_step
@@ -66,9 +68,9 @@ def run(engine: Engine, job: Job) -> str:
     return DONE
 
 
-def fits_training(job: Job, trainer: Trainer) -> bool:
-    """Plain text-to-image on the workspace's model, with the workspace LoRA or none, can
-    share the trainer's pipeline."""
+def fits_training(job: Job, model: str) -> bool:
+    """Plain text-to-image on `model`, the one being trained, with the workspace LoRA or none,
+    can share the trainer's pipeline."""
     from ..generate.request import request_from_params
 
     try:
@@ -76,14 +78,28 @@ def fits_training(job: Job, trainer: Trainer) -> bool:
     except (KeyError, TypeError, ValueError):
         return False
     recipe = request.recipe
-    return (recipe.model in ("", trainer.config.model) and not recipe.init_image
+    return (recipe.model in ("", model) and not recipe.init_image
             and not request.sweep  # other checkpoints' LoRAs wait for the model to be free
             and all(lora.name in ("", "workspace") for lora in recipe.loras))
 
 
-def between_training_steps(engine: Engine, trainer: Trainer) -> None:
+class Host(Protocol):
+    """Who trains and renders between steps: the engine, or a training in a terminal."""
+
+    ws: Workspace
+    store: Store
+    model: ModelOwner
+    stamp: dict  # params a job it takes is marked with (a terminal's pid)
+
+    def event(self, message: str, level: str = "info", job: int | None = None) -> None: ...
+
+    def between_steps(self, job_id: int) -> str | None: ...
+
+
+def between_training_steps(engine: Host, trainer: Trainer) -> None:
     """Run one queued prompt on the model being trained, with the LoRA as it is now: in eval
-    mode, without gradients, the RNGs restored, so the loss curve is unchanged."""
+    mode, without gradients, the RNGs restored, so the loss curve is unchanged. `engine` is
+    whoever trains: the engine, or a training in a terminal."""
     import torch
 
     from ..generate.generator import Cancelled, run_request
@@ -93,15 +109,16 @@ def between_training_steps(engine: Engine, trainer: Trainer) -> None:
     if store.setting("queue_paused") == "1":
         return
     job = next((j for j in store.jobs((QUEUED,))
-                if j.kind == "generate" and fits_training(j, trainer)), None)
-    if job is None:
+                if j.kind == "generate" and fits_training(j, trainer.config.model)), None)
+    # Stamped with who renders it, so a host that dies mid-render leaves a job others requeue.
+    if job is None or not store.take(job.id, {**job.params, **engine.stamp}):
         return
     request = request_from_params(job.params)
     # No LoRA asked for renders the base: the live adapter at scale 0.
     scale = next((lora.scale for lora in request.recipe.loras), 0.0)
     base = replace(request.recipe, loras=(), model=trainer.config.model)
     recipes = replace(request, recipe=complete_recipe(engine.ws, base)).expand()
-    store.update_job(job.id, state=RUNNING, started=time.time(), total=len(recipes))
+    store.update_job(job.id, total=len(recipes))
     engine.event(f"job {job.id} (generate) runs at training step {trainer.step}", job=job.id)
     transformer = trainer.pipe.transformer
     transformer.eval()

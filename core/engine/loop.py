@@ -19,11 +19,24 @@ import traceback
 from ..config import ConfigError
 from ..models.owner import ModelOwner
 from ..safetext import printable
-from ..store import ACTIVE, CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, Job, Store, StoreError
+from ..store import (
+    ACTIVE,
+    CANCELLED,
+    FAILED,
+    LIVE,
+    PAUSED,
+    QUEUED,
+    RENDERS,
+    RUNNING,
+    Job,
+    Store,
+    StoreError,
+)
 from ..train.claim import TrainingBusy, training_pid
 from ..workspace import Workspace
 from .controls import obey
 from .failures import explain_failure
+from .generate_job import fits_training
 from .lock import EngineLock
 
 IDLE_POLL = 0.05  # seconds between looks at the queue when idle: the pick-up latency
@@ -44,6 +57,7 @@ class Engine:
         self.current: Job | None = None
         self.watcher = None
         self.model = ModelOwner()  # the one loaded pipeline, lent to each job
+        self.stamp: dict = {}  # a job the engine takes needs no mark: recover() knows it
         self.new_photos = 0
         self.dataset_primed = False  # the watcher's first report is the folder as it was
         self.waiting: set[int] = set()  # train jobs told to wait for another training
@@ -177,12 +191,26 @@ class Engine:
         if self.store.setting("queue_paused") == "1":
             return None
         busy = training_pid(self.ws)  # between jobs the engine itself holds no claim
+        renders = self.terminal_renders(busy)
         for job in self.store.jobs((QUEUED,)):
+            if job.kind == "generate" and renders and fits_training(job, renders):
+                continue  # the terminal's training renders it between its steps
             if job.kind != "train" or busy is None:
                 self.waiting.discard(job.id)
                 return job
             self.say_waiting(job, busy)
         return None
+
+    def terminal_renders(self, busy: int | None) -> str:
+        """The model a training in a terminal renders queued prompts with, between its steps,
+        while it runs (its job says so); "" when none does. Those prompts are left to it: here
+        they would load a second copy of the model."""
+        if busy is None or busy <= 0:
+            return ""
+        for job in self.store.jobs(LIVE):
+            if job.terminal_pid == busy and isinstance(job.params.get(RENDERS), str):
+                return job.params[RENDERS]
+        return ""
 
     def close_orphans(self) -> None:
         """A training in a terminal whose process died without a word is closed as stopped,
@@ -203,8 +231,9 @@ class Engine:
     def run_job(self, job: Job) -> None:
         from . import generate_job, train_job
 
+        if not self.store.take(job.id):
+            return  # a training in a terminal took it first, to render between its steps
         self.current = job
-        self.store.update_job(job.id, state=RUNNING, started=time.time(), error=None)
         self.store.set_engine(state="running", job=job.id)
         self.event(f"job {job.id} ({job.kind}) started", job=job.id)
         try:

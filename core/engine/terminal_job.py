@@ -19,14 +19,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..store import CANCELLED, DONE, FAILED, LIVE, TERMINAL_PID, Store, StoreError
+from ..store import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    LIVE,
+    QUEUED,
+    RENDERS,
+    TERMINAL_PID,
+    Store,
+    StoreError,
+)
 from ..train.claim import training_pid
 from ..workspace import Workspace
+from . import generate_job
 from .controls import obey
 from .failures import explain_failure
 from .train_job import RunRecorder
 
 if TYPE_CHECKING:
+    from ..models.owner import ModelOwner
     from ..train.trainer import StepMetrics, TrainResult
 
 EVENT_KIND = "terminal"
@@ -44,14 +56,16 @@ class TerminalJob(RunRecorder):
         self.store: Store | None = None
         self.job_id: int | None = None
         self.warned = False
+        self.stamp = {TERMINAL_PID: os.getpid()}  # on each queued prompt it takes
 
     def on_run_start(self, run: str, step: int, total: int) -> None:
         try:
             store = Store(self.ws.db_path, retry_for=5.0)
             close_orphans(store, self.ws, claimed=True)
-            self.job_id = store.add_job("train", {"run": run, "steps": total,
-                                                  TERMINAL_PID: os.getpid()},
-                                        total=total, running_from=step)
+            params = {"run": run, "steps": total, TERMINAL_PID: os.getpid()}
+            if self.renders():
+                params[RENDERS] = self.trainer.config.model
+            self.job_id = store.add_job("train", params, total=total, running_from=step)
             store.event(f"job {self.job_id} (train) started in a terminal (pid {os.getpid()})",
                         job=self.job_id, kind=EVENT_KIND)
         except (StoreError, sqlite3.Error) as exc:
@@ -87,17 +101,39 @@ class TerminalJob(RunRecorder):
         self.recorded(lambda: self.store.event(text, job=self.job_id, kind=EVENT_KIND))
 
     def should_stop(self) -> bool:
-        """Ctrl-C in the terminal, or stop (`c`) from the UI; pause (`p`) waits here."""
+        """Ctrl-C in the terminal, or stop (`x`) from the UI; pause (`p`) waits here. Carrying
+        on, a queued prompt may render first, as the engine renders one between its steps."""
         if self.store is None:
             return self.interrupted()
         verdict: list[str | None] = [None]
 
         def ask() -> None:
             verdict[0] = obey(self.store, self.job_id, self.interrupted, self.told)
+            if verdict[0] is None and self.renders():
+                generate_job.between_training_steps(self, self.trainer)
         self.recorded(ask)
         if verdict[0] == "cancel":
             self.say("stopping after this step, as the UI asked; writing a checkpoint")
         return verdict[0] is not None or self.interrupted()
+
+    def renders(self) -> bool:
+        """Queued prompts render between this training's steps: on one process (under
+        `accelerate launch` the others would wait at the next step's all-reduce)."""
+        return self.trainer is not None and self.trainer.team.world == 1
+
+    # -- what generate_job.between_training_steps asks of its host ----------------------
+
+    @property
+    def model(self) -> ModelOwner:
+        return self.trainer.owner
+
+    def event(self, message: str, level: str = "info", job: int | None = None) -> None:
+        self.say(message)
+        self.store.event(message, level, job, kind=EVENT_KIND)
+
+    def between_steps(self, job_id: int) -> str | None:
+        """Between two denoising steps of a prompt rendered here: its cancel, or Ctrl-C."""
+        return obey(self.store, job_id, self.interrupted, lambda text: None)
 
     def told(self, text: str) -> None:
         self.say(f"{text} from the UI (p there resumes it; Ctrl-C here stops it)"
@@ -106,11 +142,16 @@ class TerminalJob(RunRecorder):
 
     # -- the end --------------------------------------------------------------------------
 
+    def on_run_end(self, result: TrainResult | None, exc: BaseException | None) -> None:
+        if exc is not None:
+            self.failed(exc)
+        elif result.stopped:
+            self.ended(CANCELLED, f"job {self.job_id} stopped at step {result.step}")
+        else:
+            self.finished(result)
+
     def finished(self, result: TrainResult) -> None:
         job = self.job_id
-        if result.stopped:
-            self.ended(CANCELLED, f"job {job} stopped at step {result.step}")
-            return
 
         def done() -> None:
             self.store.add_output(job, result.lora_path, "lora", {"step": result.step})
@@ -139,33 +180,28 @@ class TerminalJob(RunRecorder):
 
 
 def close_orphans(store: Store, ws: Workspace, *, claimed: bool = False) -> list[int]:
-    """Close the terminal trainings the store says are running whose process is gone; their
-    ids. `claimed`: the caller holds the workspace's training claim, so no other training can
-    be alive. Otherwise a job is alive while its pid holds the claim, or (ending, the claim
-    just released) while its process still exists."""
+    """Close the terminal trainings the store says are running whose process is gone, and
+    queue again the prompts they were rendering; their ids. A training records its end while
+    it holds the workspace's training claim, so one is alive only while its pid holds the
+    claim. `claimed`: the caller holds it (and its pid may be a dead one's, reused)."""
     holder = None if claimed else training_pid(ws)
     closed = []
     for job in store.jobs(LIVE):
         pid = job.terminal_pid
-        if pid is None:
+        if pid is None or (not claimed and holder in (pid, -1)):  # -1: a holder, unnamed
             continue
-        if not claimed and (holder == pid or (holder in (None, -1) and process_exists(pid))):
-            continue
-        message = (f"its terminal's process (pid {pid}) ended without a word at step "
-                   f"{job.step} (killed, or its SSH link closed): it resumes from its last "
-                   f"checkpoint")
-        store.update_job(job.id, state=CANCELLED, finished=time.time(), control=None,
-                         error=message)
-        store.event(f"job {job.id} (train): {message}", "warning", job.id, kind=EVENT_KIND)
+        if job.kind == "train":
+            message = (f"its terminal's process (pid {pid}) ended without a word at step "
+                       f"{job.step} (killed, or its SSH link closed): it resumes from its last "
+                       f"checkpoint")
+            store.update_job(job.id, state=CANCELLED, finished=time.time(), control=None,
+                             error=message)
+        else:  # a prompt it was rendering between its steps: queued again, for anyone
+            message = (f"the training that rendered it (pid {pid}) ended without a word: "
+                       f"queued again")
+            params = {k: v for k, v in job.params.items() if k != TERMINAL_PID}
+            store.update_job(job.id, state=QUEUED, control=None, params=params)
+        store.event(f"job {job.id} ({job.kind}): {message}", "warning", job.id,
+                    kind=EVENT_KIND)
         closed.append(job.id)
     return closed
-
-
-def process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    return True

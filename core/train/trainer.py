@@ -133,10 +133,13 @@ class Trainer:
                  on_sample: Callable[[int, list[Path]], None] | None = None,
                  owner: ModelOwner | None = None,
                  on_validation: Callable[[int, float], None] | None = None,
-                 on_run_start: Callable[[str, int, int], None] | None = None):
+                 on_run_start: Callable[[str, int, int], None] | None = None,
+                 on_run_end: Callable[[TrainResult | None, BaseException | None], None]
+                 | None = None):
         """`owner` holds the loaded pipeline (the engine's, shared with generation); without
         one the trainer has its own. `on_run_start(run, step, total)` is told, on the first
-        process, which run trains from which step to which once a resume has loaded."""
+        process, which run trains from which step to which once a resume has loaded;
+        `on_run_end(result, error)` how `run` ended, before the workspace's claim is let go."""
         self.ws = ws
         self.config = config or ws.config()
         self.source = source or resolve_model(self.config.model)
@@ -154,6 +157,7 @@ class Trainer:
         self.on_sample = on_sample or (lambda step, paths: None)
         self.on_validation = on_validation or (lambda step, loss: None)
         self.on_run_start = on_run_start or (lambda run, step, total: None)
+        self.on_run_end = on_run_end or (lambda result, error: None)
         self.owner = owner or ModelOwner()
         self.loaded_model = False  # whether prepare() loaded weights from disk
         self.pipe = None
@@ -640,12 +644,22 @@ class Trainer:
         any loading, while another training holds the workspace."""
         with TrainingClaim(self.ws) if self.team.main else contextlib.nullcontext():
             try:
-                return self._train(steps, resume, run)
-            except OSError as exc:  # a full or read-only disk, most often
-                stopped = self.where_it_stopped()
-                if not stopped:
-                    raise
-                raise TrainingError(f"{describe_os_error(exc)}. {stopped}") from exc
+                result = self._worded(steps, resume, run)
+            except BaseException as exc:
+                self.on_run_end(None, exc)
+                raise
+            # Told while the claim is held: whoever finds the claim free knows the run ended.
+            self.on_run_end(result, None)
+            return result
+
+    def _worded(self, steps: int | None, resume: bool, run: str | None) -> TrainResult:
+        try:
+            return self._train(steps, resume, run)
+        except OSError as exc:  # a full or read-only disk, most often
+            stopped = self.where_it_stopped()
+            if not stopped:
+                raise
+            raise TrainingError(f"{describe_os_error(exc)}. {stopped}") from exc
 
     def where_it_stopped(self) -> str:
         """The step a failed run reached and the checkpoint it resumes from; "" before it

@@ -95,6 +95,45 @@ def test_stop_from_the_store_ends_a_terminal_training_with_a_checkpoint(demo_wor
     assert (ws.checkpoints / "run-001" / f"step-{held:06d}").is_dir()
 
 
+def prompt(store: Store, **recipe) -> int:
+    from lorabooth.core.generate.recipe import Recipe
+    from lorabooth.core.generate.request import Request, request_to_params
+
+    return store.add_job("generate", request_to_params(Request(Recipe(
+        "zorb on a beach", width=64, height=64, steps=2, model="demo", **recipe))))
+
+
+def test_a_prompt_queued_during_a_terminal_training_renders_between_its_steps(demo_workspace,
+                                                                             engines):
+    """On the model the terminal's process holds, as the engine's training does: the engine,
+    running meanwhile, leaves the prompt to it rather than load a second copy of the model."""
+    ws = demo_workspace()
+    engines.append(ws)
+    store = Store(ws.db_path)
+    assert run_cli("engine", str(ws.root), "start").returncode == 0
+    with terminal_training(ws, "--steps", "3000") as proc:
+        job = the_job(store, step=5)
+        assert job.params["renders"] == "demo"
+        # Paused, it renders nothing; the engine must not take the prompt meanwhile.
+        store.request(job.id, "pause")
+        wait_until(lambda: store.job(job.id).state == "paused")
+        asked = prompt(store)
+        with pytest.raises(AssertionError):
+            wait_until(lambda: store.job(asked).state != "queued", timeout=2.0)
+        store.request(job.id, None)
+        rendered = wait_until(lambda: (j := store.job(asked)).state == "done" and j, timeout=60)
+        at = rendered.result["training_step"]
+        assert 5 < at < 3000 and rendered.params[TERMINAL_PID] == proc.pid
+        images = [o for o in store.outputs(asked) if o.kind == "image"]
+        assert len(images) == 1 and images[0].recipe["training_step"] == at
+        assert store.job(job.id).state == "running"  # training went on
+        store.request(job.id, "cancel")
+        out, _ = proc.communicate(timeout=60)
+    assert f"job {asked} (generate) runs at training step {at}" in out
+    engine_said = [e.message for e in store.events() if e.kind == "engine"]
+    assert not any("loaded" in m or f"job {asked}" in m for m in engine_said), engine_said
+
+
 def test_a_killed_terminal_training_is_closed_and_its_run_resumes(demo_workspace, engines):
     ws = demo_workspace()
     engines.append(ws)
@@ -118,22 +157,47 @@ def test_a_killed_terminal_training_is_closed_and_its_run_resumes(demo_workspace
     assert first in (26, 51)  # from the run's last checkpoint, not from 1
 
 
-def test_only_trainings_whose_process_is_gone_are_closed(demo_workspace):
+HOLD_CLAIM = """
+import sys, time
+from pathlib import Path
+from lorabooth.core.train.claim import TrainingClaim
+from lorabooth.core.workspace import Workspace
+with TrainingClaim(Workspace.at(Path(sys.argv[1]))):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_training_lives_while_its_pid_holds_the_claim(demo_workspace):
+    """A training records its end before it lets the claim go: a job whose pid does not hold
+    the claim is one whose process died without a word (or whose pid is now another's)."""
     ws = demo_workspace()
     store = Store(ws.db_path)
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    dead = store.add_job("train", {"run": "run-001", TERMINAL_PID: gone.pid}, running_from=7)
-    # A live process, holding no claim: a training that is ending (its claim just let go).
-    ending = store.add_job("train", {"run": "run-002", TERMINAL_PID: os.getpid()},
-                           running_from=9)
-    engine_job = store.add_job("train", {"run": "run-003"}, running_from=0)  # the engine's
-    assert close_orphans(store, ws) == [dead]
-    assert store.job(dead).state == "cancelled" and "at step 7" in store.job(dead).error
-    assert store.job(ending).state == "running" and store.job(engine_job).state == "running"
-    # The next training holds the claim, so no other can be alive: it closes the rest.
-    assert close_orphans(store, ws, claimed=True) == [ending]
-    assert store.job(engine_job).state == "running"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(ws.root)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        alive = store.add_job("train", {"run": "run-002", TERMINAL_PID: holder.pid},
+                              running_from=9)
+        # A process that lives (this one) but holds no claim: its pid was reused.
+        reused = store.add_job("train", {"run": "run-001", TERMINAL_PID: os.getpid()},
+                               running_from=7)
+        engine_job = store.add_job("train", {"run": "run-003"}, running_from=0)  # the engine's
+        # A prompt the dead training was rendering between its steps.
+        rendering = prompt(store)
+        assert store.take(rendering, {**store.job(rendering).params, TERMINAL_PID: os.getpid()})
+        assert not store.take(rendering)  # taken once only
+        assert close_orphans(store, ws) == [reused, rendering]
+        closed = store.job(reused)
+        assert closed.state == "cancelled" and "ended without a word at step 7" in closed.error
+        again = store.job(rendering)
+        assert again.state == "queued" and again.terminal_pid is None  # for anyone to render
+        assert store.job(alive).state == "running"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert close_orphans(store, ws) == [alive]
+    assert store.job(engine_job).state == "running"  # never a terminal's to close
 
 
 def test_a_store_that_takes_no_write_costs_the_recording_not_the_training(demo_workspace):
