@@ -88,6 +88,7 @@ def settle_run(engine: Engine, job: Job, configured: int) -> Job:
 
 
 def run(engine: Engine, job: Job) -> str:
+    from ..train.state import choose_run
     from ..train.trainer import Trainer  # torch is imported here, when a GPU job starts
 
     config = engine.ws.config()
@@ -98,7 +99,9 @@ def run(engine: Engine, job: Job) -> str:
                       on_validation=hooks.on_validation)
     hooks.trainer = trainer
     try:
-        trainer.prepare()
+        # A resumed run measures the photos it measured before (its name checked first).
+        trainer.prepare(choose_run(engine.ws.checkpoints, trainer.team, True, job.params["run"])
+                        if job.params.get("resume") else None)
         if trainer.loaded_model:
             engine.model_loaded(trainer.source.spec, trainer.device)
         result = trainer.run(steps=job.params["steps"], resume=bool(job.params.get("resume")),

@@ -97,6 +97,9 @@ def step_label(folder: str) -> str:
     return re.sub(r"^step-0*(?=\d)", "step-", folder)
 
 
+MEASURED_KEY = "measured_photos"  # in meta.json: the photos the validation loss measures
+
+
 def _recorded(folder: Path, key: str) -> float | None:
     """A number a checkpoint's meta.json records, or None when it records none a person could
     read as one (a forged or damaged file: not JSON, not a table, not a finite number)."""
@@ -113,6 +116,19 @@ def recorded_loss(folder: Path) -> float | None:
 def recorded_validation(folder: Path) -> float | None:
     """The checkpoint's validation loss (train.validate), None where it was not measured."""
     return _recorded(folder, "validation")
+
+
+def recorded_measures(run: Path) -> object:
+    """What the newest of a run's checkpoints that records one says it measured its
+    validation loss on (validation.kept_of reads it), or None."""
+    for info in reversed(list_checkpoints(run)):
+        try:
+            found = read_json(info.path / META_FILE).get(MEASURED_KEY)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if found is not None:
+            return found
+    return None
 
 
 def recorded_total(run: Path) -> int | None:

@@ -43,6 +43,7 @@ from ..system_memory import require_system_memory, system_ram_words
 from ..workspace import LORA_FILE, Workspace
 from . import TrainingError, flow
 from .checkpoint import (
+    MEASURED_KEY,
     CheckpointInfo,
     CheckpointUnreadable,
     comfyui_copy,
@@ -52,6 +53,7 @@ from .checkpoint import (
     promoted,
     prune,
     read_state,
+    recorded_measures,
     recorded_total,
     step_dir_name,
     validations_of,
@@ -74,7 +76,7 @@ from .optim import lr_lambda, make_optimizer
 from .pending import PendingStep, guards_on_device, step_guarded, upload
 from .samples import render_samples, sample_prompts
 from .state import choose_run, restore, state_of
-from .validation import SIGMAS, describe, fixed_noise, split_examples
+from .validation import SIGMAS, describe, fixed_noise, kept_of, split_examples
 
 
 @dataclass
@@ -175,12 +177,14 @@ class Trainer:
         return training_plan(self.config, self.source.path, self.source.max_sequence_length,
                              self.device)
 
-    def prepare(self) -> None:
-        """Load the model, encode the data set into the cache, attach a fresh LoRA."""
+    def prepare(self, resuming: Path | None = None) -> None:
+        """Load the model, encode the data set into the cache, attach a fresh LoRA.
+        `resuming`: the run this trainer goes on with, whose measured photos stay the same."""
         t = self.config.train
         held_out = t.validation_photos if t.validate else 0
+        kept = kept_of(recorded_measures(resuming), resuming.name) if resuming else None
         self.split = split_examples(collect_examples(self.ws, self.config), held_out, t.seed,
-                                    min(t.resolution))
+                                    min(t.resolution), kept if t.validate else None)
         self.examples = self.split.train
         plan = self.plan = self.plan_memory()
         self.dtype = getattr(torch, plan.dtype)
@@ -211,6 +215,8 @@ class Trainer:
         if t.validate:
             self.log(f"validation loss: measured on {describe(self.split)} at each "
                      "checkpoint, and on the base model before the first step")
+            if self.split.note:
+                self.log(self.split.note)
         if self.preserving:
             example = next(iter(self.class_captions.values()))
             self.log(f"preserving the class: each step also trains the captions with "
@@ -580,7 +586,9 @@ class Trainer:
                                 {LORA_FILE: self.lora_bytes()},
                                 {"step": self.step, "loss": loss, "time": time.time(),
                                  "total": self.total,
-                                 "validation": json_number(validation)})
+                                 "validation": json_number(validation),
+                                 MEASURED_KEY: self.split.record() if validation is not None
+                                 else None})
         chosen = promoted(self.ws)
         prune(self.run_dir, self.config.train.keep_checkpoints,
               protect=self.ws.checkpoints / chosen.label if chosen else None)
@@ -674,9 +682,12 @@ class Trainer:
                 f"step {saved[-1].step}: lorabooth train {self.ws.root} --resume --run {run}")
 
     def _train(self, steps: int | None, resume: bool, run: str | None) -> TrainResult:
+        if resume:  # its measured photos are read before the data set is split
+            self.run_dir = choose_run(self.ws.checkpoints, self.team, resume, run)
         if self.pipe is None:
-            self.prepare()
-        self.run_dir = choose_run(self.ws.checkpoints, self.team, resume, run)
+            self.prepare(self.run_dir if resume else None)
+        if not resume:  # a new run's folder is made once loading has worked
+            self.run_dir = choose_run(self.ws.checkpoints, self.team, resume, run)
         if resume and steps is None:
             steps = recorded_total(self.run_dir)
         total = self.total = steps or self.config.train.steps

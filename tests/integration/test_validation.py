@@ -5,6 +5,9 @@ so the best checkpoint is not the last. Measuring changes nothing about the trai
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
 from lorabooth.core.cli.demo import DEMO_SETTINGS
@@ -81,3 +84,65 @@ def test_holding_out_every_photo_is_refused_before_loading(demo_workspace):
     ws = demo_workspace(train_validation_photos=16, train_validate=True)
     with pytest.raises(TrainingError, match="hold out every one of the 16 usable photos"):
         Trainer(ws, device="cpu").prepare()
+
+
+def test_a_resumed_run_measures_the_photos_it_started_with(demo_workspace):
+    """Photos arrive and go between a run's stop and its resume (the watched folder's
+    auto-continue does exactly this): the run goes on measuring the held-out photos it started
+    with, those still there, so its curve compares like with like; a newcomer trains, even one
+    a fresh draw would hold out."""
+    from PIL import Image
+
+    from lorabooth.core.train.checkpoint import MEASURED_KEY, latest_checkpoint
+    from lorabooth.core.train.validation import _rank
+
+    ws = demo_workspace(**settings(train_steps=40, train_checkpoint_every=10,
+                                   train_validation_photos=2))
+    first = Trainer(ws, device="cpu")
+    first.should_stop = lambda: first.step >= 20
+    first.run()
+    held = [e.sha256 for e in first.split.measured]
+    seed = ws.config().train.seed
+    photos = ws.config().photos_dir(ws.root)
+    # A new photo that ranks ahead of both: a fresh draw would hold it out and train on one
+    # of the photos this run has measured as unseen.
+    source = Image.open(first.split.measured[0].photo).convert("RGB")
+    for shade in range(256):
+        source.putpixel((0, 0), (shade, 0, 0))
+        source.save(photos / "newcomer.png")
+        new = hashlib.sha256((photos / "newcomer.png").read_bytes()).hexdigest()
+        if _rank(new, seed) < min(_rank(h, seed) for h in held):
+            break
+    else:
+        pytest.fail("no variant ranked first")
+    (photos / "newcomer.txt").write_text("a photo of zorb\n")
+    gone = next(e.photo for e in first.split.measured if e.sha256 == held[1])
+    gone.unlink()
+
+    logs: list[str] = []
+    again = Trainer(ws, device="cpu", log=logs.append)
+    result = again.run(resume=True)
+    assert result.run == "run-001" and result.step == 40
+    assert [e.sha256 for e in again.split.measured] == [held[0]]
+    assert new in {e.sha256 for e in again.examples}
+    assert held[0] not in {e.sha256 for e in again.examples}
+    assert "1 of the 2 held-out photos run-001 started with are left" in logs
+    meta = json.loads((latest_checkpoint(ws.checkpoints / "run-001").path
+                       / "meta.json").read_text())
+    assert meta[MEASURED_KEY] == {"sha256": [held[0]], "held_out": True}
+
+    fresh = Trainer(ws, device="cpu")  # a new run draws again: the newcomer is held out
+    fresh.prepare()
+    assert new in {e.sha256 for e in fresh.split.measured}
+
+
+@pytest.mark.parametrize("record", [
+    None, [], "x", {"sha256": ["0" * 64]}, {"sha256": ["0" * 64], "held_out": 1},
+    {"sha256": ["../../etc"], "held_out": True}, {"sha256": [], "held_out": True},
+    {"sha256": ["0" * 64] * 65, "held_out": False}, {"sha256": "0" * 64, "held_out": True},
+])
+def test_a_forged_record_of_measured_photos_is_ignored(record):
+    from lorabooth.core.train.validation import kept_of
+
+    assert kept_of(record, "run-001") is None
+    assert kept_of({"sha256": ["0" * 64], "held_out": False}, "run-001") is not None
