@@ -118,7 +118,9 @@ def between_training_steps(engine: Host, trainer: Trainer) -> None:
     scale = next((lora.scale for lora in request.recipe.loras), 0.0)
     base = replace(request.recipe, loras=(), model=trainer.config.model)
     recipes = replace(request, recipe=complete_recipe(engine.ws, base)).expand()
-    store.update_job(job.id, total=len(recipes))
+    # One that a stopped training gave back resumes at the image it reached.
+    done = [Path(o.path) for o in store.outputs(job.id) if o.kind == "image"]
+    store.update_job(job.id, total=len(recipes), step=len(done))
     engine.event(f"job {job.id} (generate) runs at training step {trainer.step}", job=job.id)
     transformer = trainer.pipe.transformer
     transformer.eval()
@@ -128,9 +130,14 @@ def between_training_steps(engine: Host, trainer: Trainer) -> None:
             paths = run_request(generator, engine.ws, recipes, job.id,
                                 image_saved(engine, job.id),
                                 on_denoise_step=denoise_hook(engine, job.id),
-                                training_step=trainer.step)
+                                training_step=trainer.step, done=done)
     except Cancelled:
-        store.update_job(job.id, state=CANCELLED, finished=time.time(), control=None)
+        if store.control(job.id) == "cancel":
+            store.update_job(job.id, state=CANCELLED, finished=time.time(), control=None)
+        else:  # the training stopped (Ctrl-C, the engine shutting down): not the prompt
+            store.update_job(job.id, state=QUEUED, control=None, params=job.params)
+            engine.event(f"job {job.id} goes back to the queue: the training rendering it "
+                         "stopped", job=job.id)
         return
     except Exception as exc:
         message = explain_failure(exc)

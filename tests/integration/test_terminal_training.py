@@ -95,12 +95,13 @@ def test_stop_from_the_store_ends_a_terminal_training_with_a_checkpoint(demo_wor
     assert (ws.checkpoints / "run-001" / f"step-{held:06d}").is_dir()
 
 
-def prompt(store: Store, **recipe) -> int:
+def prompt(store: Store, count: int = 1, **recipe) -> int:
     from lorabooth.core.generate.recipe import Recipe
     from lorabooth.core.generate.request import Request, request_to_params
 
+    recipe = {"width": 64, "height": 64, "steps": 2, **recipe}
     return store.add_job("generate", request_to_params(Request(Recipe(
-        "zorb on a beach", width=64, height=64, steps=2, model="demo", **recipe))))
+        "zorb on a beach", model="demo", **recipe), count=count)))
 
 
 def test_a_prompt_queued_during_a_terminal_training_renders_between_its_steps(demo_workspace,
@@ -132,6 +133,34 @@ def test_a_prompt_queued_during_a_terminal_training_renders_between_its_steps(de
     assert f"job {asked} (generate) runs at training step {at}" in out
     engine_said = [e.message for e in store.events() if e.kind == "engine"]
     assert not any("loaded" in m or f"job {asked}" in m for m in engine_said), engine_said
+
+
+def test_ctrl_c_during_a_render_between_steps_gives_the_prompt_back(demo_workspace,
+                                                                   engines):
+    """Ctrl-C stops the training, not the prompt it was rendering: the prompt goes back to
+    the queue with the images it saved, and the engine renders the rest."""
+    ws = demo_workspace()
+    engines.append(ws)
+    store = Store(ws.db_path)
+    with terminal_training(ws, "--steps", "3000") as proc:
+        job = the_job(store, step=5)
+        # Larger and longer than the others, so that Ctrl-C lands during the render.
+        asked = prompt(store, count=3, width=192, height=192, steps=24)
+        wait_until(lambda: store.job(asked).state == "running" and store.job(asked).step >= 1,
+                   timeout=60, every=0.01)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    back = store.job(asked)
+    saved = [o for o in store.outputs(asked) if o.kind == "image"]
+    assert back.state == "queued" and back.terminal_pid is None, (back.state, out)
+    assert 1 <= len(saved) < 3
+    assert f"job {asked} goes back to the queue" in out
+    assert store.job(job.id).state == "cancelled"  # the training stopped with a checkpoint
+    assert run_cli("engine", str(ws.root), "start").returncode == 0
+    wait_until(lambda: store.job(asked).state == "done", timeout=90)
+    images = [o for o in store.outputs(asked) if o.kind == "image"]
+    assert len(images) == 3 and images[:len(saved)] == saved  # the rest, not all again
 
 
 def test_a_killed_terminal_training_is_closed_and_its_run_resumes(demo_workspace, engines):
