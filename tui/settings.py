@@ -10,15 +10,16 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomlkit
 from platformdirs import user_config_path
 
-from lorabooth.core.fsutil import atomic_write_text
+from lorabooth.core.fsutil import NotRegular, atomic_write_text, read_regular_file
 
 IMAGE_PROTOCOLS = ("auto", "kitty", "sixel", "halfcell", "unicode")
+SETTINGS_LIMIT = 2**20  # a settings file of ours is a few hundred bytes
 
 
 def settings_path() -> Path:
@@ -40,10 +41,10 @@ class UISettings:
         path = settings_path()
         settings = cls()
         try:
-            data = tomlkit.parse(path.read_text(encoding="utf-8")).unwrap()
+            data = tomllib.loads(read_settings(path))
         except FileNotFoundError:
             data = {}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # a FIFO there is refused, never opened
             settings.problems.append(f"{path}: {exc}; using defaults")
             data = {}
         theme = data.get("theme")
@@ -65,14 +66,23 @@ class UISettings:
 
     def save_theme(self, theme: str) -> None:
         """Remember the theme, keeping the rest of the file as the user wrote it."""
+        import tomlkit  # only here: it keeps the user's comments, and costs the start 5 ms
+
         path = settings_path()
+        self.theme = theme
         try:
-            doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+            doc = tomlkit.parse(read_settings(path))
+        except NotRegular:
+            return  # a FIFO or a device in its place is left alone: the choice lasts the session
         except (OSError, ValueError):
             doc = tomlkit.document()
         doc["theme"] = theme
-        self.theme = theme
         try:
             atomic_write_text(path, tomlkit.dumps(doc))
         except OSError:
             pass  # a read-only home: the choice lasts this session
+
+
+def read_settings(path: Path) -> str:
+    data, _ = read_regular_file(path, SETTINGS_LIMIT, "a settings file")
+    return data.decode("utf-8")

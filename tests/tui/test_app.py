@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
 from textual.widgets import DataTable
 
 from lorabooth.core.workspace import init_workspace
@@ -52,6 +54,27 @@ def test_a_reason_naming_a_cjk_photo_fits_its_column_in_cells():
     assert why.startswith("exact duplicate of 写") and why.endswith("…")
     assert WHY_WIDTH - 1 <= cell_len(why) <= WHY_WIDTH
     assert headline("too small: 100x80, under 512 on its short side") == "too small"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "broken", "binary"])
+def test_a_settings_file_that_cannot_be_read_gives_the_defaults_and_says_why(
+        tmp_path: Path, monkeypatch, kind: str):
+    """A FIFO in its place would block the UI's start forever, if it were opened."""
+    monkeypatch.setenv("LORABOOTH_CONFIG_DIR", str(tmp_path))
+    monkeypatch.delenv("LORABOOTH_IMAGES", raising=False)
+    path = tmp_path / "ui.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_bytes(b'theme = "nord' if kind == "broken" else b"\xff\xfe theme")
+    loaded = UISettings.load()
+    assert (loaded.theme, loaded.images) == ("lorabooth-dark", "auto")
+    (problem,) = loaded.problems
+    assert problem.startswith(f"{path}: ") and problem.endswith("; using defaults")
+    if kind == "fifo":
+        assert "FIFO" in problem
+        loaded.save_theme("nord")  # refused too, never opened: the choice lasts the session
+        assert loaded.theme == "nord" and path.is_fifo()
 
 
 def test_lorabooth_images_is_obeyed_with_or_without_a_settings_file(tmp_path: Path,
