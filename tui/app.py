@@ -21,7 +21,6 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.keys import format_key
-from textual.lazy import Lazy
 from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Static, TabbedContent, TabPane
@@ -39,6 +38,7 @@ from .commands import LoraboothCommands
 from .messages import (
     Done,
     EngineWanted,
+    FirstScreen,
     Notice,
     OpenViewer,
     PaneReady,
@@ -64,9 +64,11 @@ from .store_io import (
 )
 from .widgets.footer import KeyFooter
 from .widgets.inputs import PaneInput, focus_at_once
+from .widgets.later import Later
 from .widgets.text import set_text
 
 POLL_SECONDS = 0.25  # 4 Hz: live enough for a loss curve, idle enough over SSH
+REVEAL_PANES_BY = 1.5  # seconds: the hidden panes mount by then even if the scan is slow
 PANES = ("dataset", "train", "queue", "gallery")
 EVENTS_KEPT = 200
 MAX_ERROR_TOASTS = 2  # more new errors at once are said in one toast
@@ -171,17 +173,20 @@ class LoraboothApp(App):
         with TabbedContent(id="panes"):
             with TabPane("1 Dataset", id="dataset"):
                 yield DatasetPane(self.ws, protocol, id="dataset-pane")
-            # The hidden panes mount after the first frame: half the start-up is their CSS.
+            # The hidden panes mount once the photo list is drawn, or when opened: half the
+            # start-up is their CSS (widgets/later.py).
             with TabPane("2 Train", id="train"):
-                yield Lazy(TrainPane(self.ws, protocol, id="train-pane"))
+                yield Later(TrainPane(self.ws, protocol, id="train-pane"))
             with TabPane("3 Queue", id="queue"):
-                yield Lazy(QueuePane(self.ws, protocol, id="queue-pane"))
+                yield Later(QueuePane(self.ws, protocol, id="queue-pane"))
             with TabPane("4 Gallery", id="gallery"):
-                yield Lazy(GalleryPane(self.ws, protocol, id="gallery-pane"))
+                yield Later(GalleryPane(self.ws, protocol, id="gallery-pane"))
         yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one(StatusBar).show(self.ws, "connecting", None, None, None)
+        # A slow first scan (thousands of photos) does not keep the other panes waiting.
+        self.set_timer(REVEAL_PANES_BY, self.reveal_panes)
         for problem in self.settings.problems:
             self.notify(problem, severity="warning", markup=False)
         self.read_store()
@@ -189,6 +194,14 @@ class LoraboothApp(App):
             self.set_interval(POLL_SECONDS, self.read_store)
         if self.start_engine:
             self.ensure_engine()
+
+    @on(FirstScreen)
+    def first_screen(self) -> None:
+        self.call_after_refresh(self.reveal_panes)  # after the photo list is on the screen
+
+    def reveal_panes(self) -> None:
+        for later in self.query(Later).results(Later):
+            later.reveal()
 
     # -- the store ------------------------------------------------------------------------
 
@@ -353,6 +366,8 @@ class LoraboothApp(App):
 
     def action_show_pane(self, pane: str) -> None:
         self.query_one("#panes", TabbedContent).active = pane
+        for later in self.query(f"#{pane} Later").results(Later):
+            later.reveal()
         panes = self.query(f"#{pane}-pane")  # empty, or not composed, while a lazy pane mounts
         if not (panes and self.focus_pane_list(panes.first())):
             # Until it has mounted (and `catch_up` focuses its list), keys typed after the

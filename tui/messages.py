@@ -99,6 +99,10 @@ class DatasetScanned(Message):
         self.problem = problem
 
 
+class FirstScreen(Message):
+    """The Dataset pane has drawn its first scan: the hidden panes may mount now."""
+
+
 class Notice(Message):
     """A one-line message for the user (from a worker)."""
 

@@ -19,7 +19,15 @@ from lorabooth.core.dataset.captions import CaptionChanged, caption_stamp
 from lorabooth.core.safetext import plain, printable
 from lorabooth.core.workspace import Workspace
 
-from ..messages import DatasetScanned, Done, Notice, PaneReady, PaneUpdate, Write
+from ..messages import (
+    DatasetScanned,
+    Done,
+    FirstScreen,
+    Notice,
+    PaneReady,
+    PaneUpdate,
+    Write,
+)
 from ..store_io import SaveCaption
 from ..widgets.lists import move_cursor
 from ..widgets.preview import Preview
@@ -123,6 +131,7 @@ class DatasetPane(Vertical):
     @on(DatasetScanned)
     def show_scan(self, message: DatasetScanned) -> None:
         message.stop()
+        self.post_message(FirstScreen())  # the app heeds the first only
         summary = self.query_one("#dataset-summary", Label)
         if message.scan is None:
             summary.update(plain(message.problem, "red", keep_newlines=True))
