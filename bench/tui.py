@@ -1,7 +1,8 @@
 """UI speed and bytes in a real terminal, each figure against a bare Textual app measured by
 the same harness in the same run:
 - start to first full frame (tmux): `lorabooth WORKSPACE` until the photo list is drawn,
-  against a minimal Textual app until its first label is drawn;
+  against a minimal Textual app until its first label is drawn (both with their modules
+  compiled, as installed);
 - key press to repaint (tmux) while a writer adds training metrics at 20 steps/s: toggling the
   loss plot's log scale (`l`) until the screen shows it, against a minimal app toggling a label;
 - bytes written to the terminal per second (a pty, what SSH carries) at 80x24 and 160x48: idle
@@ -17,6 +18,7 @@ the same harness in the same run:
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shlex
 import shutil
@@ -214,6 +216,11 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("tmux") is None:
         sys.exit("bench/tui.py needs tmux")
+    # As installed: pip compiles the package's modules, and a first run writes them where the
+    # shell does not forbid it (PYTHONDONTWRITEBYTECODE); without this, a checkout edited since
+    # its last run compiled ours at each start (~0.05 s) and not the bare app's.
+    for folder in ("core", "tui", "themes"):
+        compileall.compile_dir(REPO / folder, quiet=1)
     root = Path(tempfile.mkdtemp(prefix="lorabooth-bench-tui-"))
     env = {"LORABOOTH_NO_ENGINE": "1", "LORABOOTH_IMAGES": "halfcell",
            "LORABOOTH_CONFIG_DIR": str(root / "config"), "TERM": "xterm-256color"}

@@ -49,3 +49,29 @@ async def test_a_wide_picture_is_letterboxed_and_the_next_one_replaces_it(tmp_pa
         # 20 rows are 40 pixels high: a 1:2 picture is 20 cells wide, centred.
         assert len(rows) == 20 and all(r.count("▀") == 20 for r in rows)
         assert all(r.index("▀") == 10 for r in rows)
+
+
+async def test_a_phone_portrait_stored_sideways_shows_upright(tmp_path):
+    """A phone stores a portrait as a landscape JPEG with EXIF orientation 6; training turns
+    it upright (dataset/files.py), and so must the preview: tall, its top (red) at the top."""
+    stored = Image.new("RGB", (400, 200), (30, 30, 200))
+    stored.paste((200, 30, 30), (0, 0, 200, 200))  # the left half: the picture's top, once turned
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90° clockwise: the stored left edge at the top
+    path = tmp_path / "portrait.jpg"
+    stored.save(path, exif=exif, quality=95)
+    app = OnePreview()
+    async with app.run_test(size=(60, 30)) as pilot:
+        preview = app.query_one(Preview)
+        preview.show(path)
+        await pilot.pause()
+        widget = app.query_one(HalfcellImage)
+        rows = [line for line in drawn(widget) if "▀" in line]
+        # Upright it is 1:2, so 20 rows of 20 cells (a sideways one would be 10 rows of 40).
+        assert len(rows) == 20 and all(r.count("▀") == 20 for r in rows)
+        top = list(widget.render_line(0))
+        bottom = list(widget.render_line(19))
+        colour = [s.style.color.triplet for s in top if s.text.strip()][0]
+        assert colour.red > 150 and colour.blue < 100, colour  # red at the top
+        colour = [s.style.color.triplet for s in bottom if s.text.strip()][0]
+        assert colour.blue > 150 and colour.red < 100, colour
