@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         out.print(plain(text, "yellow"))
 
     # The run is a job in the store, so the UI (`lorabooth WORKSPACE`) shows it live.
-    record = TerminalJob(ws, warn=say, interrupted=lambda: stop["asked"], say=say)
+    record = TerminalJob(ws, warn=say, interrupted=lambda: stop["asked"], say=say,
+                         note=lambda text: out.print(plain(text, "dim")))
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         view = train_view(out, args.steps or config.train.steps)

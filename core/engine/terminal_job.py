@@ -50,9 +50,12 @@ class TerminalJob(RunRecorder):
     nothing) to its end."""
 
     def __init__(self, ws: Workspace, warn: Callable[[str], None],
-                 interrupted: Callable[[], bool], say: Callable[[str], None]):
+                 interrupted: Callable[[], bool], say: Callable[[str], None],
+                 note: Callable[[str], None] | None = None):
+        """`warn` and `say` reach the terminal's person loudly, `note` quietly (a hint)."""
         super().__init__(None, 0)  # type: ignore[arg-type]  # until the run starts
         self.ws, self.warn, self.interrupted, self.say = ws, warn, interrupted, say
+        self.note = note or say
         self.store: Store | None = None
         self.job_id: int | None = None
         self.warned = False
@@ -72,6 +75,8 @@ class TerminalJob(RunRecorder):
             self.lost(exc)
             return
         self.store = store
+        self.note(f"job {self.job_id}: `lorabooth {self.ws.root}` shows this run live "
+                  "(its curve, samples and checkpoints; p pauses it, x stops it)")
 
     def lost(self, exc: BaseException) -> None:
         """Recording stops; training does not."""

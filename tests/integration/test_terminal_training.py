@@ -67,6 +67,7 @@ def test_a_terminal_training_is_recorded_as_a_job_the_engine_leaves_alone(demo_w
     assert {o.recipe["step"] for o in samples if o.kind == "sample"} == {0, 100, 200, 300}
     assert [o.path for o in samples if o.kind == "lora"] == [str(ws.lora_path)]
     assert len(store.jobs()) == 1  # the engine queued nothing
+    assert f"`lorabooth {ws.root}` shows this run live" in out  # where to watch it, said
     said = [e.message for e in store.events() if e.job == job.id]
     assert f"job {job.id} (train) started in a terminal (pid {proc.pid})" in said
     assert not any("interrupted" in m for m in said), said

@@ -71,7 +71,7 @@ async def test_a_phone_portrait_stored_sideways_shows_upright(tmp_path):
         assert len(rows) == 20 and all(r.count("▀") == 20 for r in rows)
         top = list(widget.render_line(0))
         bottom = list(widget.render_line(19))
-        colour = [s.style.color.triplet for s in top if s.text.strip()][0]
+        colour = next(s.style.color.triplet for s in top if s.text.strip())
         assert colour.red > 150 and colour.blue < 100, colour  # red at the top
-        colour = [s.style.color.triplet for s in bottom if s.text.strip()][0]
+        colour = next(s.style.color.triplet for s in bottom if s.text.strip())
         assert colour.blue > 150 and colour.red < 100, colour
