@@ -388,8 +388,8 @@ def toml_mistake(text: str) -> str:
         return str(exc)
     try:
         tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        return str(exc)
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        return str(exc) or "nested too deeply"
     return "unreadable"
 
 
@@ -397,7 +397,7 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     """Parse and validate config text; raise ConfigError listing every problem."""
     try:
         data = tomllib.loads(text)  # a tenth of tomlkit's time, and no import of it at start
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):  # brackets nested past its recursion
         raise ConfigError([ConfigProblem("", f"not valid TOML: {toml_mistake(text)}")],
                           path) from None
     problems: list[ConfigProblem] = []

@@ -44,6 +44,9 @@ class UISettings:
             data = tomllib.loads(read_settings(path))
         except FileNotFoundError:
             data = {}
+        except RecursionError:  # brackets nested past tomllib's recursion
+            settings.problems.append(f"{path}: nested too deeply to be settings; using defaults")
+            data = {}
         except (OSError, ValueError) as exc:  # a FIFO there is refused, never opened
             settings.problems.append(f"{path}: {exc}; using defaults")
             data = {}

@@ -56,7 +56,7 @@ def test_a_reason_naming_a_cjk_photo_fits_its_column_in_cells():
     assert headline("too small: 100x80, under 512 on its short side") == "too small"
 
 
-@pytest.mark.parametrize("kind", ["fifo", "broken", "binary"])
+@pytest.mark.parametrize("kind", ["fifo", "broken", "binary", "nested"])
 def test_a_settings_file_that_cannot_be_read_gives_the_defaults_and_says_why(
         tmp_path: Path, monkeypatch, kind: str):
     """A FIFO in its place would block the UI's start forever, if it were opened."""
@@ -66,7 +66,8 @@ def test_a_settings_file_that_cannot_be_read_gives_the_defaults_and_says_why(
     if kind == "fifo":
         os.mkfifo(path)
     else:
-        path.write_bytes(b'theme = "nord' if kind == "broken" else b"\xff\xfe theme")
+        path.write_bytes({"broken": b'theme = "nord', "binary": b"\xff\xfe theme",
+                          "nested": b"x = " + b"[" * 5000 + b"]" * 5000}[kind])
     loaded = UISettings.load()
     assert (loaded.theme, loaded.images) == ("lorabooth-dark", "auto")
     (problem,) = loaded.problems
