@@ -42,10 +42,9 @@ def run(args: argparse.Namespace) -> int:
 
     out = console()
     stop = {"asked": False}
-    trainers: list = []  # the trainer, once made: has it taken a step?
 
     def on_interrupt(signum, frame) -> None:
-        if not trainers or trainers[0].step == 0:
+        if record.trainer is None or record.trainer.step == 0:
             # Still loading or encoding (minutes for a full-size model): nothing to save yet,
             # and every cache file is written atomically, so quit now rather than after a step.
             out.print(plain("interrupted before the first step: nothing to save", "yellow"))
@@ -59,18 +58,19 @@ def run(args: argparse.Namespace) -> int:
     def say(text: str) -> None:
         out.print(plain(text, "yellow"))
 
+    def note(text: str) -> None:
+        out.print(plain(text, "dim"))
+
     # The run is a job in the store, so the UI (`lorabooth WORKSPACE`) shows it live.
     record = TerminalJob(ws, warn=say, interrupted=lambda: stop["asked"], say=say,
-                         note=lambda text: out.print(plain(text, "dim")))
+                         note=note)
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         view = train_view(out, args.steps or config.train.steps)
         trainer = Trainer(ws, config, on_step=chained(view.step, record.on_step),
-                          should_stop=record.should_stop, log=chained(
-                              lambda text: out.print(plain(text, "dim")), record.log),
+                          should_stop=record.should_stop, log=chained(note, record.log),
                           on_sample=record.on_sample, on_validation=record.on_validation,
                           on_run_start=record.on_run_start, on_run_end=record.on_run_end)
-        trainers.append(trainer)
         record.trainer = trainer
         with view:
             result = trainer.run(steps=args.steps, resume=args.resume, run=args.run)

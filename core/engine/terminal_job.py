@@ -65,7 +65,7 @@ class TerminalJob(RunRecorder):
         try:
             store = Store(self.ws.db_path, retry_for=5.0)
             close_orphans(store, self.ws, claimed=True)
-            params = {"run": run, "steps": total, TERMINAL_PID: os.getpid()}
+            params = {"run": run, "steps": total, **self.stamp}
             if self.renders():
                 params[RENDERS] = self.trainer.config.model
             self.job_id = store.add_job("train", params, total=total, running_from=step)

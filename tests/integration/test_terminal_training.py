@@ -155,7 +155,7 @@ def test_ctrl_c_during_a_render_between_steps_gives_the_prompt_back(demo_workspa
     back = store.job(asked)
     saved = [o for o in store.outputs(asked) if o.kind == "image"]
     assert back.state == "queued" and back.terminal_pid is None, (back.state, out)
-    assert 1 <= len(saved) < 3
+    assert back.step == len(saved)  # the image it resumes at, as its progress says
     assert f"job {asked} goes back to the queue" in out
     assert store.job(job.id).state == "cancelled"  # the training stopped with a checkpoint
     assert run_cli("engine", str(ws.root), "start").returncode == 0

@@ -32,6 +32,7 @@ class HalfcellImage(Widget):
         super().__init__(**kwargs)
         self.path = Path(path)
         self._upright: tuple[int, int] | None = None  # upright, as the camera's EXIF says
+        self._turned = False  # stored a quarter turned from upright (read with _upright)
         self._source = None  # decoded, upright, at least the size last drawn
         self._lines: list[Strip] = []
         self._for: tuple[int, int] | None = None
@@ -50,8 +51,8 @@ class HalfcellImage(Widget):
 
             with Image.open(self.path) as img:  # the header only
                 w, h = img.size
-                turned = img.getexif().get(ORIENTATION) in SIDEWAYS
-            self._upright = (h, w) if turned else (w, h)
+                self._turned = img.getexif().get(ORIENTATION) in SIDEWAYS
+            self._upright = (h, w) if self._turned else (w, h)
         return self._upright
 
     def _image(self, at_least: tuple[int, int]):
@@ -61,9 +62,9 @@ class HalfcellImage(Widget):
         if source is None or source.width < at_least[0] or source.height < at_least[1]:
             from PIL import Image, ImageOps
 
+            self._upright_size()  # whether it is stored turned, read once a picture
             with Image.open(self.path) as img:
-                turned = img.getexif().get(ORIENTATION) in SIDEWAYS
-                img.draft("RGB", at_least[::-1] if turned else at_least)
+                img.draft("RGB", at_least[::-1] if self._turned else at_least)
                 source = ImageOps.exif_transpose(img).convert("RGB")
             self._source = source
         return source
